@@ -1,0 +1,37 @@
+# kiln: `make demo` and `make test` work on a fresh clone with nothing installed.
+# The venv is created once and reinstalled only when pyproject.toml or constraints.txt change.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+KILN   := $(VENV)/bin/kiln
+STAMP  := $(VENV)/.kiln-installed
+# Every install goes through the constraints file: it keeps torch at the 2.13.0 CPU build.
+PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: install demo test lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[all,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(KILN) targets
+	$(KILN) build examples/digits/kiln.toml
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check kiln tests examples benchmarks
+	$(VENV)/bin/ruff format --check kiln tests examples benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format kiln tests examples benchmarks
+	$(VENV)/bin/ruff check --fix kiln tests examples benchmarks
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

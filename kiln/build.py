@@ -1,0 +1,218 @@
+"""``kiln build``: export once, build each target, gate it against eager, write its manifest.
+
+The order of work: validate (config, targets) -> plan cache keys from file contents (no torch
+import, so an unchanged rebuild finishes in about a second) -> load the source and export if
+stale -> for each stale target: compile into a temporary folder, load, run the parity gate and
+the task metric, write the manifest, rename into place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln import __version__
+from kiln.config import KilnConfig, TargetConfig
+from kiln.errors import KilnError, ParityError
+from kiln.exporters import META, ExportBundle
+from kiln.sources import LoadedModel, load_source, source_files
+from kiln.store import (
+    MANIFEST,
+    MANIFEST_SCHEMA,
+    BuildLock,
+    atomic_dir,
+    cache_key,
+    clean_debris,
+    file_entries,
+    hash_files,
+    up_to_date,
+    write_json,
+)
+from kiln.targets import REGISTRY, availability
+from kiln.versions import CORE, versions
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TargetResult:
+    target: TargetConfig
+    status: str  # built | up to date | failed
+    manifest: dict[str, Any] | None = None
+    error: KilnError | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error.exit_code
+        if self.manifest and not self.manifest.get("gate", {}).get("passed", True):
+            return ParityError.exit_code
+        return 0
+
+
+@dataclass
+class BuildPlan:
+    config: KilnConfig
+    model_dir: Path
+    export_key: str
+    target_keys: dict[str, str] = field(default_factory=dict)
+
+
+def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
+    """Cache keys for every stage, from content: source bytes, config, toolchain versions."""
+    files = source_files(config.model, config.root)
+    export_key = cache_key(
+        {
+            "kiln": __version__,
+            "source": hash_files(files, config.root),
+            "model": config.model.model_dump(mode="json"),
+            "export": config.export.model_dump(mode="json"),
+            "versions": versions(CORE),
+        }
+    )
+    p = BuildPlan(config, out_root / config.model.name, export_key)
+    data_files = [
+        f for spec in (config.calibration, config.evaluation) if spec for f in _data_files(spec.source, config.root)
+    ]
+    data_key = hash_files(data_files, config.root)
+    for target in config.target:
+        spec = REGISTRY[target.name]
+        p.target_keys[target.key] = cache_key(
+            {
+                "export": export_key,
+                "target": target.model_dump(mode="json"),
+                "data": data_key,
+                "calibration": config.calibration.model_dump(mode="json") if config.calibration else None,
+                "evaluation": config.evaluation.model_dump(mode="json") if config.evaluation else None,
+                "gates": config.gates.model_dump(mode="json"),
+                "versions": versions(spec.requires),
+            }
+        )
+    return p
+
+
+def _data_files(source: str, root: Path) -> list[Path]:
+    """Files whose bytes define a data spec: the callable's module, a .npz, or a folder of arrays."""
+    ref, _, _ = source.partition(":") if source.split(":", 1)[0].endswith(".py") else (source, "", "")
+    path = root / ref
+    if path.is_file():
+        return [path]
+    return sorted(path.glob("*.np[yz]")) if path.is_dir() else []
+
+
+def build(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> list[TargetResult]:
+    """Build every configured target; failures are collected per target, not raised."""
+    p = plan(config, out_root)
+    with BuildLock(p.model_dir):
+        clean_debris(p.model_dir)
+        results: dict[str, TargetResult] = {}
+        for target in config.target:
+            manifest = up_to_date(p.model_dir / target.key, p.target_keys[target.key])
+            if manifest is not None:
+                results[target.key] = TargetResult(target, "up to date", manifest)
+        stale = [t for t in config.target if t.key not in results]
+        if stale:
+            _build_stale(p, stale, results, progress)
+        return [results[t.key] for t in config.target]
+
+
+def _build_stale(p: BuildPlan, stale: list[TargetConfig], results: dict[str, TargetResult], progress: Progress) -> None:
+    from kiln.reference import Reference
+
+    config = p.config
+    progress("loading the model source")
+    loaded = load_source(config.model, config.root)
+    bundle = _export(p, loaded, progress)
+    reference = Reference(config, bundle, loaded)
+    for target in stale:
+        start = time.perf_counter()
+        try:
+            avail = availability(target.name)
+            if not avail.build:
+                from kiln.targets import get_target
+
+                get_target(target.name)  # raises the precise unavailable / missing-extra error
+            progress(f"building {target.name}:{target.precision}")
+            manifest = _build_target(p, target, bundle, reference, progress)
+            results[target.key] = TargetResult(target, "built", manifest, seconds=time.perf_counter() - start)
+        except KilnError as err:
+            results[target.key] = TargetResult(target, "failed", error=err, seconds=time.perf_counter() - start)
+
+
+def _export(p: BuildPlan, loaded: LoadedModel, progress: Progress) -> ExportBundle:
+    from kiln.exporters import export_model
+
+    folder = p.model_dir / "export"
+    if up_to_date(folder, p.export_key, META) is not None:
+        bundle = ExportBundle.open(folder)
+        if loaded.kind != "onnx":  # the source module may be the reference; keep names aligned
+            loaded.signature = bundle.signature
+        return bundle
+    progress("capturing with torch.export and lowering to ONNX")
+    with atomic_dir(folder) as tmp:
+        bundle = export_model(loaded, tmp, p.config.export.opset, p.config.export.strict, p.export_key)
+    bundle.path = folder
+    loaded.signature = bundle.signature
+    return bundle
+
+
+def _build_target(
+    p: BuildPlan, target: TargetConfig, bundle: ExportBundle, reference: Any, progress: Progress
+) -> dict[str, Any]:
+    from kiln.targets import get_target
+    from kiln.targets.base import CompileContext, RunOptions
+
+    config = p.config
+    impl = get_target(target.name)
+    final = p.model_dir / target.key
+    start = time.perf_counter()
+    with atomic_dir(final) as tmp:
+        ctx = CompileContext(bundle, target, tmp, reference.calibration(), config.bench.threads)
+        artifact = impl.compile(ctx)
+        compile_seconds = time.perf_counter() - start
+        gate: dict[str, Any] = {"passed": True, "reason": None}
+        if availability(target.name).run:
+            progress(f"checking {target.name}:{target.precision} against eager")
+            with impl.load(artifact, RunOptions(threads=config.bench.threads)) as runner:
+                gate = reference.check(runner, target)
+                artifact.info.update({k: v for k, v in runner.info().items() if k not in artifact.info})
+        else:
+            gate = {"passed": True, "reason": f"not run: {availability(target.name).reason}"}
+        manifest = {
+            "schema": MANIFEST_SCHEMA,
+            "kiln_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": config.model.name,
+            "source": config.model.source,
+            "export_key": p.export_key,
+            "cache_key": p.target_keys[target.key],
+            "target": target.name,
+            "precision": target.precision,
+            "options": target.options,
+            "main_file": artifact.main_file,
+            "signature": bundle.signature.to_dict(),
+            "toolchain": versions(),
+            "execution": artifact.info,
+            "calibration": ctx.calibration.summary() if ctx.calibration else None,
+            "gate": gate,
+            "build_seconds": round(compile_seconds, 3),
+            "files": file_entries(tmp),
+        }
+        manifest["size_bytes"] = sum(f["bytes"] for f in manifest["files"])
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> Path:
+    """The export stage alone (``kiln export``); returns the export folder."""
+    p = plan(config, out_root)
+    with BuildLock(p.model_dir):
+        clean_debris(p.model_dir)
+        folder = p.model_dir / "export"
+        if up_to_date(folder, p.export_key, META) is None:
+            _export(p, load_source(config.model, config.root), progress)
+    return folder

@@ -1,0 +1,223 @@
+"""The ``kiln`` command line: thin click commands that build a config object and call the API.
+
+Nothing here imports a toolchain, so ``kiln --help`` is instant and a missing extra breaks only
+its own target. A ``KilnError`` becomes one line on stderr and its exit code (2 bad input,
+3 parity or accuracy gate, 4 regression, 5 unavailable here); ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kiln import __version__
+from kiln.errors import ConfigError, KilnError
+
+
+def _fail(err: KilnError, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exception(err)
+    click.echo(f"kiln: error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--verbose`` and turn a ``KilnError`` into one line and its exit code."""
+
+    @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and toolchain output.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, verbose: bool, **kwargs: Any) -> Any:
+        if not verbose:
+            _quiet_toolchains()
+        try:
+            return fn(*args, **kwargs)
+        except KilnError as err:
+            _fail(err, verbose)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kiln")
+def main() -> None:
+    """kiln: fire a PyTorch model into verified artifacts for every runtime."""
+
+
+def _quiet_toolchains() -> None:
+    """Toolchains warn about their own internals (deprecations, untested versions) on every
+    call; a user can act on none of it. ``--verbose`` keeps it."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnxscript|coremltools|nncf)")
+    for name in ("torch", "onnxscript", "nncf", "coremltools"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG.toml", type=click.Path(path_type=Path))
+@click.option(
+    "--target",
+    "-t",
+    "targets",
+    multiple=True,
+    metavar="NAME[:PRECISION]",
+    help="Build only these targets (repeatable); overrides [[target]] in the config.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=Path("build"),
+    show_default=True,
+    help="Build folder; artifacts go to OUT/<model>/<target>-<precision>/.",
+)
+@command
+def build(config_path: Path, targets: tuple[str, ...], out: Path) -> None:
+    """Export the model once and build, check and describe every target's artifact."""
+    from kiln.build import build as run_build
+    from kiln.config import load_config, with_targets
+    from kiln.summary import print_summary
+
+    config = with_targets(load_config(config_path), list(targets))
+    if not config.target:
+        raise ConfigError(f"{config_path}: no [[target]] to build; add one or pass --target NAME[:PRECISION]")
+    console = _console()
+    with console.status("starting") as status:
+        results = run_build(config, out, progress=lambda msg: status.update(msg))
+    print_summary(config, results, out)
+    failures = [r for r in results if r.exit_code]
+    for result in failures:
+        if result.error is not None:
+            click.echo(f"kiln: error: {result.target.key}: {result.error}", err=True)
+        else:
+            for breach in result.manifest["gate"]["breaches"]:  # type: ignore[index]
+                click.echo(f"kiln: gate: {result.target.key}: {breach}", err=True)
+    if failures:
+        sys.exit(failures[0].exit_code)
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    required=True,
+    metavar="NAME:DIMS",
+    help="An input and its shape, e.g. x:batch,3,224,224 (repeatable; dtype with NAME:DIMS:int64).",
+)
+@click.option(
+    "--dim", "dims", multiple=True, metavar="NAME=MIN:OPT:MAX", help="Range of a named dim, e.g. batch=1:1:32."
+)
+@click.option("--opset", type=int, default=20, show_default=True)
+@click.option("--strict/--no-strict", default=False, show_default=True, help="torch.export strict mode.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Build folder (default build/<name>).")
+@command
+def export(
+    source: str, inputs: tuple[str, ...], dims: tuple[str, ...], opset: int, strict: bool, out: Path | None
+) -> None:
+    """Capture SOURCE with torch.export and lower it to ONNX (no targets)."""
+    from kiln.build import export_only
+    from kiln.config import parse_config
+
+    model = _model_from_flags(source, inputs, dims)
+    root = Path.cwd()
+    config = parse_config({"model": model, "export": {"opset": opset, "strict": strict}}, root, where="kiln export")
+    out_root = out.parent if out else Path("build")
+    if out is not None:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"name": out.name})})
+    folder = export_only(config, out_root)
+    click.echo(f"exported {source} -> {folder}")
+
+
+def _model_from_flags(source: str, inputs: tuple[str, ...], dims: tuple[str, ...]) -> dict[str, Any]:
+    specs, ranges = [], {}
+    for item in inputs:
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not parts[1]:
+            raise ConfigError(f"--input {item!r}: expected NAME:DIMS such as x:batch,3,224,224")
+        shape = [int(s) if s.isdigit() else s for s in parts[1].split(",")]
+        specs.append({"name": parts[0], "shape": shape, **({"dtype": parts[2]} if len(parts) == 3 else {})})
+    for item in dims:
+        name, _, spec = item.partition("=")
+        values = spec.split(":")
+        if not name or len(values) != 3 or not all(v.isdigit() for v in values):
+            raise ConfigError(f"--dim {item!r}: expected NAME=MIN:OPT:MAX such as batch=1:1:32")
+        ranges[name] = dict(zip(("min", "opt", "max"), map(int, values), strict=True))
+    for spec in specs:
+        for size in spec["shape"]:
+            if isinstance(size, str):
+                ranges.setdefault(size, {"min": 1, "opt": 1, "max": 64})
+    stem = Path(source.split(":")[0].removeprefix("hf:")).stem or "model"
+    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in stem)
+    return {"name": name, "source": source, "inputs": specs, "dims": ranges}
+
+
+@main.command()
+def targets() -> None:
+    """Every registered target: can it build and run here, and if not, what it needs."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from kiln.targets import REGISTRY, availability
+
+    table = Table(title="kiln targets")
+    for col in ("target", "precisions", "build", "run", "needs / why not", "extra"):
+        table.add_column(col)
+    for name, spec in REGISTRY.items():
+        avail = availability(name)
+        table.add_row(
+            name,
+            ", ".join(spec.precisions),
+            "yes" if avail.build else "no",
+            "yes" if avail.run else "no",
+            escape(avail.reason or spec.summary),
+            escape(f"kiln[{spec.extra}]") if spec.extra else "-",
+        )
+    Console().print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the fingerprint as JSON.")
+def doctor(as_json: bool) -> None:
+    """This machine: CPU model and flags, cores, memory, GPUs, OS and toolchain versions."""
+    import json
+
+    from kiln.hardware import fingerprint
+
+    fp = fingerprint()
+    if as_json:
+        click.echo(json.dumps(fp, indent=2))
+        return
+    flags = ", ".join(f for f, on in fp["flags"].items() if on) or "none of note"
+    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in fp["gpus"]) or "none"
+    click.echo(f"cpu:       {fp['cpu']} ({fp['arch']})")
+    click.echo(f"flags:     {flags}")
+    click.echo(f"cores:     {fp['physical_cores']} physical, {fp['logical_cores']} logical")
+    click.echo(f"memory:    {fp['memory_gib']} GiB")
+    click.echo(f"gpu:       {gpus}")
+    click.echo(f"os:        {fp['os']}, Python {fp['python']}")
+    for dist, ver in fp["toolchain"].items():
+        click.echo(f"{dist + ':':<11}{ver}")
+    click.echo(f"fingerprint: {fp['id']}")
+
+
+if __name__ == "__main__":
+    main()

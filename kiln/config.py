@@ -1,0 +1,206 @@
+"""``kiln.toml``: parsed and validated once, at the boundary, into typed models.
+
+An unknown key, a wrong type or an impossible value becomes one ``ConfigError`` line naming the
+key, before any work starts. Nothing here imports a toolchain.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kiln.errors import ConfigError
+
+DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DimSpec(_Strict):
+    """One named dimension: the range an artifact must accept and the size it is tuned for."""
+
+    min: Annotated[int, Field(ge=1)]
+    opt: Annotated[int, Field(ge=1)] | None = None
+    max: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DimSpec:
+        opt = self.min if self.opt is None else self.opt
+        if not self.min <= opt <= self.max:
+            raise ValueError(f"needs min <= opt <= max, got min={self.min} opt={opt} max={self.max}")
+        return self
+
+    @property
+    def best(self) -> int:
+        return self.min if self.opt is None else self.opt
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.max
+
+
+class InputSpec(_Strict):
+    """One model input: its name, dtype and shape, where a string in the shape is a named dim."""
+
+    name: str
+    shape: list[int | str]
+    dtype: Literal["float32", "float16", "bfloat16", "int64", "int32", "bool"] = "float32"
+    # Inclusive value range for integer inputs made up by kiln (token ids, masks).
+    range: tuple[int, int] | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, shape: list[int | str]) -> list[int | str]:
+        for size in shape:
+            if isinstance(size, int) and size < 1:
+                raise ValueError(f"sizes must be >= 1 or a dim name, got {size}")
+        return shape
+
+
+class ModelConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    source: str
+    inputs: list[InputSpec] = []
+    dims: dict[str, DimSpec] = {}
+    task: Literal["feature-extraction", "text-classification", "auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _dims_declared(self) -> ModelConfig:
+        used = {s for spec in self.inputs for s in spec.shape if isinstance(s, str)}
+        if missing := sorted(used - set(self.dims)):
+            raise ValueError(f"dim {missing[0]!r} is used in an input shape but not declared in dims")
+        names = [spec.name for spec in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must be unique, got {names}")
+        return self
+
+
+class ExportConfig(_Strict):
+    opset: Annotated[int, Field(ge=18, le=23)] = 20
+    strict: bool = False
+
+
+class Tolerance(_Strict):
+    """Parity tolerances; ``None`` means the figure is not gated."""
+
+    max_abs: float | None = None
+    max_rel: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+
+
+class TargetConfig(_Strict):
+    name: str
+    precision: str = "fp32"
+    options: dict[str, Any] = {}  # escape hatch, handed verbatim to the toolchain
+    tolerance: Tolerance | None = None
+    prune: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.precision}"
+
+
+class DataSpec(_Strict):
+    source: str
+    samples: Annotated[int, Field(ge=1)] = 100
+    seed: int = 0
+
+
+class EvaluationConfig(_Strict):
+    source: str
+    metric: str = "top1"  # top1 | cosine | mse | path/file.py:fn (higher is better)
+    samples: Annotated[int, Field(ge=1)] | None = None
+    output: str | None = None  # which output the metric reads; the first one by default
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, metric: str) -> str:
+        if metric not in ("top1", "cosine", "mse") and ":" not in metric:
+            raise ValueError(f"unknown metric {metric!r}; use top1, cosine, mse or path/file.py:fn")
+        return metric
+
+
+class BenchConfig(_Strict):
+    batch: list[Annotated[int, Field(ge=1)]] = [1]
+    threads: Annotated[int, Field(ge=1)] | None = None
+    min_seconds: Annotated[float, Field(gt=0)] = 2.0
+    min_iters: Annotated[int, Field(ge=1)] = 20
+    warmup_seconds: Annotated[float, Field(ge=0)] = 0.5
+    mode: Literal["latency", "throughput"] = "latency"
+    rounds: Annotated[int, Field(ge=1)] = 2
+
+
+class GatesConfig(_Strict):
+    max_metric_drop: Annotated[float, Field(ge=0)] | None = None
+
+
+class KilnConfig(_Strict):
+    model: ModelConfig
+    export: ExportConfig = ExportConfig()
+    calibration: DataSpec | None = None
+    evaluation: EvaluationConfig | None = None
+    target: list[TargetConfig] = []
+    bench: BenchConfig = BenchConfig()
+    gates: GatesConfig = GatesConfig()
+    # Folder the config came from: relative paths in sources resolve against it.
+    root: Path = Path(".")
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    return f"'{key}': {first['msg'].removeprefix('Value error, ')}"
+
+
+def parse_config(data: dict[str, Any], root: Path, where: str = "config") -> KilnConfig:
+    """Validate a config mapping; ``root`` is the folder relative paths resolve against."""
+    try:
+        config = KilnConfig.model_validate({**data, "root": root})
+    except ValidationError as err:
+        raise ConfigError(f"{where}: {_describe(err)}; fix it and run again") from err
+    from kiln.targets import check_target  # the registry is a literal table; no toolchain import
+
+    for target in config.target:
+        check_target(target.name, target.precision)
+    return config
+
+
+def load_config(path: Path) -> KilnConfig:
+    """Read and validate ``kiln.toml``."""
+    if not path.is_file():
+        raise ConfigError(f"config {path} not found; pass the path of a kiln.toml")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err}); fix the syntax and run again") from err
+    return parse_config(data, path.resolve().parent, where=str(path))
+
+
+def with_targets(config: KilnConfig, selectors: list[str]) -> KilnConfig:
+    """Override the config's targets with CLI selectors ``NAME[:PRECISION]``.
+
+    A selector that names a configured target keeps its options; a new one gets defaults.
+    """
+    if not selectors:
+        return config
+    chosen: list[TargetConfig] = []
+    for selector in selectors:
+        name, _, precision = selector.partition(":")
+        matches = [t for t in config.target if t.name == name and (not precision or t.precision == precision)]
+        if matches:
+            chosen.extend(t for t in matches if t not in chosen)
+            continue
+        target = TargetConfig(name=name, precision=precision or "fp32")
+        from kiln.targets import check_target
+
+        check_target(target.name, target.precision)
+        chosen.append(target)
+    return config.model_copy(update={"target": chosen})

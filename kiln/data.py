@@ -1,0 +1,166 @@
+"""Calibration and evaluation data: one spec each, loaded once, checked against the input spec.
+
+A calibration source is a ``.npz`` file, a folder of ``.npy``/``.npz`` files, or a Python callable
+(``file.py:fn``) yielding input dicts. An evaluation source is a callable yielding
+``(inputs, target)`` batches. Arrays are checked against the input spec before any toolchain
+sees them; the content hash of the calibration samples goes into every manifest they fed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.config import DataSpec, EvaluationConfig
+from kiln.errors import DataError
+from kiln.sources import load_callable
+from kiln.spec import NUMPY_DTYPES, Signature
+
+Arrays = dict[str, np.ndarray]
+
+
+def as_array(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def as_inputs(sig: Signature, item: Any, where: str) -> Arrays:
+    """Normalise one sample (dict, tuple or single array) into a checked input dict."""
+    if isinstance(item, dict):
+        arrays = {k: as_array(v) for k, v in item.items()}
+    elif isinstance(item, list | tuple):
+        arrays = {spec.name: as_array(v) for spec, v in zip(sig.inputs, item, strict=False)}
+    else:
+        arrays = {sig.inputs[0].name: as_array(item)}
+    check_inputs(sig, arrays, where)
+    out: Arrays = {}
+    for spec in sig.inputs:
+        want = np.float32 if spec.dtype == "bfloat16" else NUMPY_DTYPES[spec.dtype]
+        out[spec.name] = np.ascontiguousarray(arrays[spec.name].astype(want, copy=False))
+    return out
+
+
+def check_inputs(sig: Signature, arrays: Arrays, where: str) -> None:
+    for spec in sig.inputs:
+        if spec.name not in arrays:
+            raise DataError(
+                f"{where}: sample has no input {spec.name!r} (has {sorted(arrays)}); yield every input by name"
+            )
+        got = arrays[spec.name].shape
+        expected = ["?" if isinstance(s, str) else s for s in spec.shape]
+        ok = len(got) == len(spec.shape) and all(
+            (s == g) if isinstance(s, int) else (sig.dims[s].min <= g <= sig.dims[s].max)
+            for s, g in zip(spec.shape, got, strict=False)
+        )
+        if not ok:
+            shown = [f"{s}[{sig.dims[s].min}..{sig.dims[s].max}]" if isinstance(s, str) else s for s in spec.shape]
+            raise DataError(
+                f"{where}: input {spec.name!r} has shape {list(got)}, expected {shown} "
+                f"({expected}); fix the data or the input spec"
+            )
+        kind = arrays[spec.name].dtype.kind
+        if (spec.dtype.startswith(("float", "bfloat")) and kind not in "fiu") or (
+            spec.dtype.startswith("int") and kind not in "iub"
+        ):
+            raise DataError(f"{where}: input {spec.name!r} has dtype {arrays[spec.name].dtype}, expected {spec.dtype}")
+
+
+@dataclass
+class CalibrationSet:
+    samples: list[Arrays]
+    digest: str
+    source: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "samples": len(self.samples), "sha256": self.digest}
+
+
+def digest_arrays(samples: Iterable[Arrays]) -> str:
+    h = hashlib.sha256()
+    for sample in samples:
+        for name in sorted(sample):
+            a = np.ascontiguousarray(sample[name])
+            h.update(f"{name}:{a.dtype}:{a.shape};".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _iterate(spec: DataSpec, root: Path) -> Iterable[Any]:
+    src = spec.source
+    path = Path(src) if Path(src).is_absolute() else root / src
+    if src.endswith(".npz") and path.is_file():
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        n = len(next(iter(arrays.values())))
+        return ({k: v[i : i + 1] for k, v in arrays.items()} for i in range(n))
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
+        if not files:
+            raise DataError(f"calibration folder {path} has no .npy or .npz files")
+        return (_load_file(p) for p in files)
+    if ":" in src and not src.endswith(".npz"):
+        fn = load_callable(src, root, "calibration source")
+        try:
+            return iter(fn())
+        except Exception as err:
+            raise DataError(f"calibration source {src!r} raised {type(err).__name__}: {err}") from err
+    raise DataError(f"calibration source {path} not found; give a .npz file, a folder of .npy/.npz, or file.py:fn")
+
+
+def _load_file(path: Path) -> Any:
+    if path.suffix == ".npy":
+        return np.load(path)
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def load_calibration(spec: DataSpec, sig: Signature, root: Path) -> CalibrationSet:
+    """Up to ``spec.samples`` samples, checked and hashed. Callables are asked for them in order."""
+    samples = []
+    for i, item in enumerate(_iterate(spec, root)):
+        if i >= spec.samples:
+            break
+        samples.append(as_inputs(sig, item, f"calibration sample {i}"))
+    if not samples:
+        raise DataError(f"calibration source {spec.source!r} yielded no samples")
+    return CalibrationSet(samples, digest_arrays(samples), spec.source)
+
+
+@dataclass
+class EvaluationSet:
+    batches: list[tuple[Arrays, np.ndarray]]
+    metric: str
+    output: str | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(len(t) for _, t in self.batches)
+
+
+def load_evaluation(spec: EvaluationConfig, sig: Signature, root: Path) -> EvaluationSet:
+    fn = load_callable(spec.source, root, "evaluation source")
+    batches: list[tuple[Arrays, np.ndarray]] = []
+    seen = 0
+    try:
+        for i, item in enumerate(fn()):
+            inputs, target = item
+            batches.append((as_inputs(sig, inputs, f"evaluation batch {i}"), as_array(target)))
+            seen += len(batches[-1][1])
+            if spec.samples and seen >= spec.samples:
+                break
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(
+            f"evaluation source {spec.source!r} failed: {type(err).__name__}: {err}; "
+            "it must yield (inputs, target) pairs"
+        ) from err
+    if not batches:
+        raise DataError(f"evaluation source {spec.source!r} yielded nothing")
+    return EvaluationSet(batches, spec.metric, spec.output)

@@ -1,0 +1,69 @@
+"""One error hierarchy. The CLI catches ``KilnError`` only and prints its one-line message.
+
+Every message says what happened, what was expected and what to do. Anything that is not a
+``KilnError`` is a bug in kiln and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base of every error kiln reports to a user; ``exit_code`` is the CLI's exit status."""
+
+    exit_code = 1
+
+
+class ConfigError(KilnError):
+    """The config file, a CLI flag or a spec (input, calibration, evaluation) is wrong."""
+
+    exit_code = 2
+
+
+class SourceError(KilnError):
+    """The model source cannot be loaded."""
+
+    exit_code = 2
+
+
+class DataError(KilnError):
+    """Calibration or evaluation data does not match the input spec."""
+
+    exit_code = 2
+
+
+class UnknownTargetError(ConfigError):
+    """A target or precision name that the registry does not know."""
+
+
+class ExportError(KilnError):
+    """torch.export or the ONNX exporter failed; the message names the stage and what to try."""
+
+    exit_code = 1
+
+
+class TargetBuildError(KilnError):
+    """A target's toolchain failed while compiling an artifact."""
+
+    exit_code = 1
+
+
+class ParityError(KilnError):
+    """An artifact's outputs or task metric breached the gate."""
+
+    exit_code = 3
+
+
+class RegressionError(KilnError):
+    """A benchmark comparison found a regression beyond the allowed threshold."""
+
+    exit_code = 4
+
+
+class UnavailableError(KilnError):
+    """The target needs a package or hardware this machine does not have."""
+
+    exit_code = 5
+
+
+class MissingDependencyError(UnavailableError):
+    """A target's Python package is not installed; the message names the pip extra."""

@@ -1,0 +1,102 @@
+"""Export once: capture with ``torch.export`` and lower to ONNX, into ``build/<model>/export/``.
+
+:class:`ExportBundle` is what every target builds from. An ONNX failure does not stop targets
+that build from the ExportedProgram (eager, aoti); the ones that need ONNX report it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import ExportError
+from kiln.sources import LoadedModel
+from kiln.spec import Signature
+
+PROGRAM = "program.pt2"
+ONNX = "model.onnx"
+META = "export.json"
+
+
+@dataclass
+class ExportBundle:
+    path: Path
+    signature: Signature
+    kind: str
+    opset: int | None = None
+    onnx_error: str | None = None
+    _program: Any = field(default=None, repr=False)
+
+    @property
+    def program_path(self) -> Path:
+        if not (self.path / PROGRAM).is_file():
+            raise ExportError(
+                f"this target needs the captured torch.export program, but the source is {self.kind}; "
+                "use a Python, .pt2 or hf: source"
+            )
+        return self.path / PROGRAM
+
+    @property
+    def onnx_path(self) -> Path:
+        if self.onnx_error:
+            raise ExportError(self.onnx_error)
+        return self.path / ONNX
+
+    def program(self) -> Any:
+        """The ExportedProgram, loaded once."""
+        if self._program is None:
+            import torch
+
+            self._program = torch.export.load(str(self.program_path))
+        return self._program
+
+    @classmethod
+    def open(cls, path: Path) -> ExportBundle:
+        meta = json.loads((path / META).read_text())
+        return cls(
+            path=path,
+            signature=Signature.from_dict(meta["signature"]),
+            kind=meta["kind"],
+            opset=meta.get("opset"),
+            onnx_error=meta.get("onnx_error"),
+        )
+
+
+def export_model(loaded: LoadedModel, out_dir: Path, opset: int, strict: bool, key: str) -> ExportBundle:
+    """Capture and lower into ``out_dir`` (a fresh folder); ``key`` is the stage's cache key."""
+    import torch
+
+    from kiln.exporters.onnx import to_onnx
+    from kiln.exporters.torch_export import capture, example_inputs, flatten_outputs
+
+    sig = loaded.signature
+    meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key}
+    if loaded.kind == "onnx":
+        assert loaded.onnx_path is not None
+        shutil.copyfile(loaded.onnx_path, out_dir / ONNX)
+        bundle = ExportBundle(out_dir, sig, loaded.kind)
+        meta["signature"] = sig.to_dict()
+        (out_dir / META).write_text(json.dumps(meta, indent=2))
+        return bundle
+    args = example_inputs(sig, loaded.example)
+    if len(args) != len(sig.inputs):
+        raise ExportError(
+            f"the model's example has {len(args)} inputs but [model].inputs names {len(sig.inputs)}; make them agree"
+        )
+    with torch.no_grad():
+        names, _ = flatten_outputs(loaded.module(*args))
+    sig = Signature(sig.inputs, sig.dims, tuple(names))
+    program = loaded.program if loaded.program is not None else capture(loaded.module, args, sig, strict)
+    torch.export.save(program, str(out_dir / PROGRAM))
+    bundle = ExportBundle(out_dir, sig, loaded.kind, opset=opset, _program=program)
+    try:
+        to_onnx(program, args, sig, out_dir / ONNX, opset)
+    except ExportError as err:
+        bundle.onnx_error = str(err)
+        (out_dir / ONNX).unlink(missing_ok=True)
+    meta.update(signature=sig.to_dict(), opset=opset, onnx_error=bundle.onnx_error)
+    (out_dir / META).write_text(json.dumps(meta, indent=2))
+    return bundle

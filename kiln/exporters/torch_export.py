@@ -1,0 +1,77 @@
+"""Capture with ``torch.export``: one dynamic-shape spec, positional inputs, named outputs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kiln.errors import ExportError
+from kiln.spec import Signature, random_inputs, torch_dynamic_shapes
+
+
+def flatten_outputs(out: Any) -> tuple[list[str], list[Any]]:
+    """Flatten tuples, dicts, nested containers and ``ModelOutput`` into stable names.
+
+    A single tensor is ``output``; a top-level sequence gives ``output_0``, ``output_1``; dict keys
+    are kept; nesting joins with ``.`` (``output_1.hidden``).
+    """
+    import torch.utils._pytree as pytree
+
+    leaves, _ = pytree.tree_flatten_with_path(out)
+    names, values = [], []
+    for path, value in leaves:
+        parts = []
+        for i, key in enumerate(path):
+            if isinstance(key, pytree.SequenceKey):
+                parts.append(f"output_{key.idx}" if i == 0 else str(key.idx))
+            elif isinstance(key, pytree.MappingKey):
+                parts.append(str(key.key))
+            else:
+                parts.append(str(getattr(key, "name", key)))
+        names.append(".".join(parts) or "output")
+        values.append(value)
+    return names, values
+
+
+def example_inputs(sig: Signature, given: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    """Inputs to trace with: the source's own examples, else seeded ones at the example sizes."""
+    import torch
+
+    if given is not None:
+        return given
+    arrays = random_inputs(sig, seed=0, sizes=sig.example_sizes())
+    tensors = []
+    for spec in sig.inputs:
+        t = torch.from_numpy(arrays[spec.name])
+        tensors.append(t.to(torch.bfloat16) if spec.dtype == "bfloat16" else t)
+    return tuple(tensors)
+
+
+def _unsupported_op(message: str) -> str | None:
+    found = re.search(r"(aten[.:]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", message)
+    return found.group(1) if found else None
+
+
+def describe_failure(stage: str, err: Exception, hint: str) -> ExportError:
+    """One line: the stage, the operator when one is named, the first line of the cause, a hint."""
+    message = str(err).strip()
+    first = message.splitlines()[0][:300] if message else type(err).__name__
+    op = _unsupported_op(message)
+    what = f" (operator {op})" if op else ""
+    return ExportError(f"{stage} failed{what}: {type(err).__name__}: {first}; {hint}")
+
+
+def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) -> Any:
+    """``torch.export.export`` with the spec's dynamic dims."""
+    import torch
+
+    try:
+        return torch.export.export(module, args, dynamic_shapes=torch_dynamic_shapes(sig), strict=strict)
+    except Exception as err:
+        other = "false" if strict else "true"
+        raise describe_failure(
+            "torch.export",
+            err,
+            f"try [export] strict = {other}, make the failing dim static in [model].dims, "
+            "or rewrite the data-dependent code; --verbose shows the full trace",
+        ) from err

@@ -1,0 +1,164 @@
+"""The parity gate: every artifact against eager, with precision-aware tolerances.
+
+Figures per output, over every parity case (seeded inputs at the min, opt and max of each dim,
+plus calibration samples when given):
+
+- ``max_abs``: the largest absolute difference;
+- ``max_rel``: ``max_abs`` divided by the reference's largest magnitude (stable near zeros, unlike
+  an element-wise ratio);
+- ``cosine``: the smallest per-sample cosine similarity;
+- ``top1``: the fraction of rows whose argmax agrees (classifier-like outputs: float, last dim > 1).
+
+A figure is gated when its tolerance is set; a breach names the output, the figure, the
+tolerance, and the tolerance that would have passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kiln.config import Tolerance
+
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_rel=1e-4, min_cosine=0.99999),
+    "fp16": Tolerance(max_rel=3e-2, min_cosine=0.999, min_top1=0.98),
+    "bf16": Tolerance(max_rel=5e-2, min_cosine=0.999, min_top1=0.98),
+    "fp8": Tolerance(min_cosine=0.98, min_top1=0.95),
+    "int8": Tolerance(min_cosine=0.98, min_top1=0.95),
+    "int8-dynamic": Tolerance(min_cosine=0.98, min_top1=0.95),
+    "int4": Tolerance(min_cosine=0.95, min_top1=0.90),
+}
+HIGHER_IS_BETTER = {"cosine", "top1"}
+
+
+def tolerance_for(precision: str, override: Tolerance | None) -> Tolerance:
+    base = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["int8"])
+    if override is None:
+        return base
+    return base.model_copy(update=override.model_dump(exclude_unset=True))
+
+
+@dataclass
+class OutputFigures:
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    cosine: float = 1.0
+    top1: float | None = None
+    _agree: int = field(default=0, repr=False)
+    _rows: int = field(default=0, repr=False)
+
+    def add(self, got: np.ndarray, ref: np.ndarray) -> None:
+        got64, ref64 = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+        if got64.shape != ref64.shape:
+            self.max_abs = self.max_rel = float("inf")
+            self.cosine = 0.0
+            return
+        diff = np.abs(got64 - ref64)
+        max_abs = float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
+        scale = float(np.abs(ref64).max()) if ref64.size else 0.0
+        self.max_abs = max(self.max_abs, max_abs)
+        self.max_rel = max(self.max_rel, max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf")))
+        self.cosine = min(self.cosine, _min_cosine(got64, ref64))
+        if np.issubdtype(np.asarray(ref).dtype, np.floating) and ref64.ndim >= 2 and ref64.shape[-1] > 1:
+            a, b = got64.reshape(-1, ref64.shape[-1]), ref64.reshape(-1, ref64.shape[-1])
+            self._agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+            self._rows += a.shape[0]
+            self.top1 = self._agree / self._rows
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "cosine": self.cosine, "top1": self.top1}
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    rows_a = a.reshape(a.shape[0], -1) if a.ndim >= 2 else a.reshape(1, -1)
+    rows_b = b.reshape(rows_a.shape)
+    dot = (rows_a * rows_b).sum(-1)
+    norm = np.linalg.norm(rows_a, axis=-1) * np.linalg.norm(rows_b, axis=-1)
+    # Two all-zero rows agree perfectly; one zero row against a non-zero one does not.
+    cos = np.where(
+        norm > 0, dot / np.where(norm > 0, norm, 1), np.where(np.abs(rows_a - rows_b).max(-1) == 0, 1.0, 0.0)
+    )
+    cos = np.nan_to_num(cos, nan=0.0)
+    return float(cos.min()) if cos.size else 1.0
+
+
+@dataclass
+class ParityReport:
+    tolerance: Tolerance
+    outputs: dict[str, OutputFigures] = field(default_factory=dict)
+    cases: int = 0
+
+    def add_case(self, got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
+        self.cases += 1
+        for name, value in ref.items():
+            figures = self.outputs.setdefault(name, OutputFigures())
+            if name not in got:
+                figures.max_abs = figures.max_rel = float("inf")
+                figures.cosine = 0.0
+                continue
+            figures.add(got[name], value)
+
+    def breaches(self) -> list[str]:
+        found = []
+        for name, figures in self.outputs.items():
+            for figure, limit in self._limits():
+                value = getattr(figures, figure)
+                if value is None or limit is None:
+                    continue
+                if figure in HIGHER_IS_BETTER and value < limit:
+                    found.append(
+                        f"output {name!r}: {figure} {value:.6g} < tolerance {limit:.6g} "
+                        f"(min_{figure} = {_floor(value):.6g} would pass)"
+                    )
+                elif figure not in HIGHER_IS_BETTER and not value <= limit:
+                    found.append(
+                        f"output {name!r}: {figure} {value:.3g} > tolerance {limit:.3g} "
+                        f"({figure} = {_ceil(value):.3g} would pass)"
+                    )
+        return found
+
+    def _limits(self) -> list[tuple[str, float | None]]:
+        t = self.tolerance
+        return [("max_abs", t.max_abs), ("max_rel", t.max_rel), ("cosine", t.min_cosine), ("top1", t.min_top1)]
+
+    @property
+    def passed(self) -> bool:
+        return not self.breaches()
+
+    def worst(self) -> str:
+        """The one figure a summary table shows: the gated figure closest to (or past) its limit."""
+        best: tuple[float, str] | None = None
+        for name, figures in self.outputs.items():
+            for figure, limit in self._limits():
+                value = getattr(figures, figure)
+                if value is None or limit is None:
+                    continue
+                ratio = (1 - value) / max(1 - limit, 1e-12) if figure in HIGHER_IS_BETTER else value / max(limit, 1e-30)
+                if best is None or ratio > best[0]:
+                    best = (ratio, f"{figure} {value:.3g}" + (f" ({name})" if len(self.outputs) > 1 else ""))
+        return best[1] if best else "-"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "cases": self.cases,
+            "tolerance": self.tolerance.model_dump(),
+            "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+            "breaches": self.breaches(),
+            "worst": self.worst(),
+        }
+
+
+def _ceil(value: float) -> float:
+    """A round tolerance just above ``value``."""
+    if not np.isfinite(value) or value <= 0:
+        return value
+    exp = np.floor(np.log10(value))
+    return float(np.ceil(value / 10**exp * 10) / 10 * 10**exp)
+
+
+def _floor(value: float) -> float:
+    return float(np.floor(value * 1e4) / 1e4)

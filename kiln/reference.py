@@ -1,0 +1,101 @@
+"""The eager reference every artifact is gated against, computed once per build.
+
+The reference is the source model itself (the user's ``nn.Module``, the loaded program, or for an
+ONNX source, ONNX Runtime at fp32 on the source file). Parity cases are seeded inputs at the min,
+opt and max of every dim plus up to 8 calibration samples; the task metric runs on the evaluation
+set when one is configured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.config import KilnConfig, TargetConfig
+from kiln.data import Arrays, CalibrationSet, EvaluationSet, load_calibration, load_evaluation
+from kiln.exporters import ExportBundle
+from kiln.metrics import evaluate, metric_drop
+from kiln.parity import ParityReport, tolerance_for
+from kiln.sources import LoadedModel
+from kiln.spec import parity_points, random_inputs
+from kiln.targets.base import Runner, RunOptions
+
+CALIBRATION_CASES = 8
+
+
+class Reference:
+    def __init__(self, config: KilnConfig, bundle: ExportBundle, loaded: LoadedModel) -> None:
+        self.config, self.bundle, self.loaded = config, bundle, loaded
+        self._runner: Runner | None = None
+        self._calibration: CalibrationSet | None = None
+        self._evaluation: EvaluationSet | None = None
+        self._cases: list[tuple[Arrays, Arrays]] | None = None
+        self._metric: float | None = None
+
+    def runner(self) -> Runner:
+        if self._runner is None:
+            options = RunOptions(threads=self.config.bench.threads)
+            if self.loaded.kind == "onnx":
+                from kiln.targets.onnxruntime import ORTRunner
+
+                self._runner = ORTRunner(self.bundle.onnx_path, self.bundle.signature, options)
+            else:
+                from kiln.targets.eager import TorchRunner
+
+                self._runner = TorchRunner(self.loaded.module, self.bundle.signature, options)
+        return self._runner
+
+    def calibration(self) -> CalibrationSet | None:
+        if self._calibration is None and self.config.calibration is not None:
+            self._calibration = load_calibration(self.config.calibration, self.bundle.signature, self.config.root)
+        return self._calibration
+
+    def evaluation(self) -> EvaluationSet | None:
+        if self._evaluation is None and self.config.evaluation is not None:
+            self._evaluation = load_evaluation(self.config.evaluation, self.bundle.signature, self.config.root)
+        return self._evaluation
+
+    def cases(self) -> list[tuple[Arrays, Arrays]]:
+        if self._cases is None:
+            sig = self.bundle.signature
+            inputs = [random_inputs(sig, point, seed=i) for i, point in enumerate(parity_points(sig))]
+            calibration = self.calibration()
+            if calibration is not None:
+                inputs += calibration.samples[:CALIBRATION_CASES]
+            runner = self.runner()
+            self._cases = [(x, runner.infer(x)) for x in inputs]
+        return self._cases
+
+    def metric(self) -> float | None:
+        evalset = self.evaluation()
+        if evalset is not None and self._metric is None:
+            self._metric = evaluate(self.runner().infer, evalset, self.config.root)
+        return self._metric
+
+    def check(self, runner: Runner, target: TargetConfig) -> dict[str, Any]:
+        """Parity figures and the task metric of one artifact, with the gate's verdict."""
+        report = ParityReport(tolerance_for(target.precision, target.tolerance))
+        for inputs, expected in self.cases():
+            report.add_case(runner.infer(inputs), expected)
+        gate: dict[str, Any] = {"parity": report.to_dict(), "breaches": list(report.breaches())}
+        evalset = self.evaluation()
+        if evalset is not None:
+            reference = self.metric()
+            assert reference is not None
+            value = evaluate(runner.infer, evalset, self.config.root)
+            drop = metric_drop(evalset.metric, reference, value)
+            limit = self.config.gates.max_metric_drop
+            gate["evaluation"] = {
+                "metric": evalset.metric,
+                "samples": evalset.count,
+                "eager": reference,
+                "value": value,
+                "drop": drop,
+                "max_drop": limit,
+            }
+            if limit is not None and drop > limit:
+                gate["breaches"].append(
+                    f"metric {evalset.metric!r} dropped {drop:.4g} vs eager ({reference:.4g} -> {value:.4g}), "
+                    f"over [gates].max_metric_drop = {limit:.4g} (max_metric_drop = {drop:.4g} would pass)"
+                )
+        gate["passed"] = not gate["breaches"]
+        return gate

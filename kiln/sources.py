@@ -1,0 +1,224 @@
+"""Model sources: a Python factory, a saved ``torch.export`` program, a local Hugging Face folder,
+or an ONNX file. Each loads into a :class:`LoadedModel`; each failure is one ``SourceError`` line.
+
+:func:`source_files` lists the files whose content identifies a source, without importing torch,
+so that an up-to-date check stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kiln.config import DimSpec, InputSpec, ModelConfig
+from kiln.errors import SourceError
+from kiln.spec import Signature
+
+SourceKind = Literal["python", "pt2", "hf", "onnx"]
+WEIGHT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".npz", ".npy", ".json", ".txt", ".model"}
+
+
+@dataclass
+class LoadedModel:
+    kind: SourceKind
+    signature: Signature
+    module: Any = None  # torch.nn.Module for python / hf / pt2 sources
+    example: tuple[Any, ...] | None = None  # positional example inputs, when the source gave them
+    program: Any = None  # ExportedProgram for a .pt2 source
+    onnx_path: Path | None = None
+
+
+def source_kind(source: str) -> SourceKind:
+    if source.startswith("hf:"):
+        return "hf"
+    if source.endswith(".pt2"):
+        return "pt2"
+    if source.endswith(".onnx"):
+        return "onnx"
+    if ":" in source:
+        return "python"
+    raise SourceError(
+        f"model source {source!r} is not recognised; expected path/file.py:fn, package.module:fn, "
+        "model.pt2, model.onnx or hf:path/to/folder"
+    )
+
+
+def _resolve(root: Path, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (root / p)
+
+
+def source_files(model: ModelConfig, root: Path) -> list[Path]:
+    """The files whose bytes identify the model (for the cache key); no torch import."""
+    kind = source_kind(model.source)
+    if kind == "hf":
+        folder = _resolve(root, model.source[3:])
+        return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    if kind in ("pt2", "onnx"):
+        path = _resolve(root, model.source)
+        return [path] if path.is_file() else []
+    module_part = model.source.rsplit(":", 1)[0]
+    if module_part.endswith(".py"):
+        file = _resolve(root, module_part)
+    else:
+        spec = importlib.util.find_spec(module_part.split(".")[0])
+        if spec is None or spec.origin is None:
+            return []
+        found = importlib.util.find_spec(module_part)
+        file = Path(found.origin) if found and found.origin else Path(spec.origin)
+    if not file.is_file():
+        return []
+    # The factory's folder: helper modules and weight files beside it change the model too.
+    return sorted(
+        p for p in file.parent.iterdir() if p.is_file() and (p.suffix == ".py" or p.suffix in WEIGHT_SUFFIXES)
+    )
+
+
+def load_callable(ref: str, root: Path, what: str) -> Any:
+    """Import ``path/file.py:fn`` or ``package.module:fn``."""
+    module_part, sep, attr = ref.rpartition(":")
+    if not sep or not attr:
+        raise SourceError(f"{what} {ref!r} needs the form path/file.py:fn or package.module:fn")
+    try:
+        if module_part.endswith(".py"):
+            path = _resolve(root, module_part).resolve()
+            if not path.is_file():
+                raise SourceError(f"{what} file {path} does not exist; check the path in the config")
+            name = f"kiln_user_{path.stem}_{abs(hash(str(path)))}"
+            module = sys.modules.get(name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(name, path)
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                sys.path.insert(0, str(path.parent))
+                try:
+                    sys.modules[name] = module
+                    spec.loader.exec_module(module)
+                finally:
+                    sys.path.remove(str(path.parent))
+        else:
+            module = importlib.import_module(module_part)
+    except SourceError:
+        raise
+    except Exception as err:  # user code: any failure is the user's to fix, with its cause kept
+        raise SourceError(f"{what} {ref!r} failed to import: {type(err).__name__}: {err}") from err
+    if not hasattr(module, attr):
+        raise SourceError(f"{what} {ref!r}: module has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def load_source(model: ModelConfig, root: Path) -> LoadedModel:
+    """Load the model named by ``[model].source``."""
+    kind = source_kind(model.source)
+    loader = {"python": _load_python, "pt2": _load_pt2, "hf": _load_hf, "onnx": _load_onnx}[kind]
+    return loader(model, root)
+
+
+def _configured(model: ModelConfig) -> Signature | None:
+    return Signature(tuple(model.inputs), dict(model.dims)) if model.inputs else None
+
+
+def _load_python(model: ModelConfig, root: Path) -> LoadedModel:
+    import torch
+
+    factory = load_callable(model.source, root, "model factory")
+    try:
+        made = factory()
+    except Exception as err:
+        raise SourceError(f"model factory {model.source!r} raised {type(err).__name__}: {err}") from err
+    module, example = made if isinstance(made, tuple) else (made, None)
+    if not isinstance(module, torch.nn.Module):
+        raise SourceError(
+            f"model factory {model.source!r} returned {type(module).__name__}; expected an nn.Module "
+            "or (nn.Module, example_inputs)"
+        )
+    if example is not None and not isinstance(example, tuple):
+        example = (example,)
+    sig = _configured(model) or _signature_from_example(module, example, model.source)
+    return LoadedModel("python", sig, module=module.eval(), example=example)
+
+
+def _signature_from_example(module: Any, example: tuple[Any, ...] | None, source: str) -> Signature:
+    """No [model].inputs: take shapes from the example, with a dynamic leading batch dim."""
+    if example is None:
+        raise SourceError(
+            f"model {source!r} gives no example inputs and the config has no [model].inputs; "
+            "add inputs = [{ name = ..., shape = [...] }] or return (module, example_inputs)"
+        )
+    params = [p for p in inspect.signature(module.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
+    names = [p.name for p in params] + [f"input_{i}" for i in range(len(params), len(example))]
+    inputs = tuple(
+        InputSpec(name=names[i], shape=["batch", *t.shape[1:]], dtype=str(t.dtype).removeprefix("torch."))
+        for i, t in enumerate(example)
+    )
+    size = int(example[0].shape[0])
+    return Signature(inputs, {"batch": DimSpec(min=1, opt=size, max=max(64, size))})
+
+
+def _load_pt2(model: ModelConfig, root: Path) -> LoadedModel:
+    import torch
+
+    path = _resolve(root, model.source)
+    if not path.is_file():
+        raise SourceError(f"saved program {path} does not exist; check [model].source")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as err:
+        raise SourceError(f"{path} is not a loadable torch.export program ({type(err).__name__}: {err})") from err
+    sig = _configured(model)
+    if sig is None:
+        raise SourceError(f"{path}: a .pt2 source needs [model].inputs and [model].dims to name its inputs")
+    return LoadedModel("pt2", sig, module=program.module(), program=program)
+
+
+def _load_onnx(model: ModelConfig, root: Path) -> LoadedModel:
+    import onnx
+
+    path = _resolve(root, model.source)
+    if not path.is_file():
+        raise SourceError(f"ONNX file {path} does not exist; check [model].source")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise SourceError(f"{path} is not a readable ONNX model ({type(err).__name__}: {err})") from err
+    sig = _configured(model) or _signature_from_onnx(proto, str(path))
+    outputs = tuple(o.name for o in proto.graph.output)
+    return LoadedModel("onnx", Signature(sig.inputs, sig.dims, outputs), onnx_path=path)
+
+
+def _signature_from_onnx(proto: Any, where: str) -> Signature:
+    from onnx import helper
+
+    init = {i.name for i in proto.graph.initializer}
+    inputs, dims = [], {}
+    for value in proto.graph.input:
+        if value.name in init:
+            continue
+        tensor = value.type.tensor_type
+        shape: list[int | str] = []
+        for d in tensor.shape.dim:
+            if d.HasField("dim_value"):
+                shape.append(int(d.dim_value))
+            else:
+                name = d.dim_param or f"{value.name}_dim{len(shape)}"
+                dims.setdefault(name, DimSpec(min=1, opt=1, max=64))
+                shape.append(name)
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        inputs.append(InputSpec(name=value.name, shape=shape, dtype=dtype))
+    if not inputs:
+        raise SourceError(f"{where}: the graph has no inputs")
+    return Signature(tuple(inputs), dims)
+
+
+def _load_hf(model: ModelConfig, root: Path) -> LoadedModel:
+    folder = _resolve(root, model.source[3:])
+    if not (folder / "config.json").is_file():
+        raise SourceError(f"hf source {folder} has no config.json; point hf: at a local transformers model folder")
+    from kiln.hf import load_hf
+
+    return load_hf(folder, model)

@@ -1,0 +1,118 @@
+"""The input spec: named dims with min/opt/max, translated for each backend.
+
+One spec, many spellings: ``torch.export`` ``Dim`` objects, ONNX dim names, OpenVINO
+``PartialShape`` ranges, TensorRT optimization profiles and Core ML ``RangeDim`` are all derived
+from :class:`Signature` here or in the target that needs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from kiln.config import DimSpec, InputSpec
+
+Point = Literal["min", "opt", "max"]
+
+NUMPY_DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "bool": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Inputs (in call order) with their dims, and the model's output names once known."""
+
+    inputs: tuple[InputSpec, ...]
+    dims: dict[str, DimSpec]
+    outputs: tuple[str, ...] = field(default=())
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
+
+    def size(self, dim: str, point: Point) -> int:
+        spec = self.dims[dim]
+        return {"min": spec.min, "opt": spec.best, "max": spec.max}[point]
+
+    def shape(self, spec: InputSpec, point: Point, overrides: dict[str, int] | None = None) -> tuple[int, ...]:
+        sizes = overrides or {}
+        return tuple(s if isinstance(s, int) else sizes.get(s, self.size(s, point)) for s in spec.shape)
+
+    def shape_range(self, spec: InputSpec) -> list[tuple[int, int]]:
+        """(min, max) per axis: what OpenVINO and TensorRT profiles need."""
+        return [(s, s) if isinstance(s, int) else (self.dims[s].min, self.dims[s].max) for s in spec.shape]
+
+    def example_sizes(self) -> dict[str, int]:
+        """Sizes to trace with: torch.export specializes a dynamic dim traced at size 0 or 1."""
+        sizes = {}
+        for name, spec in self.dims.items():
+            size = spec.best
+            if not spec.static and size < 2:
+                size = min(2, spec.max)
+            sizes[name] = size
+        return sizes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": [spec.model_dump(mode="json", exclude_none=True) for spec in self.inputs],
+            "dims": {k: v.model_dump(mode="json", exclude_none=True) for k, v in self.dims.items()},
+            "outputs": list(self.outputs),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        return cls(
+            inputs=tuple(InputSpec.model_validate(s) for s in data["inputs"]),
+            dims={k: DimSpec.model_validate(v) for k, v in data["dims"].items()},
+            outputs=tuple(data.get("outputs", ())),
+        )
+
+
+def random_inputs(
+    sig: Signature, point: Point = "opt", seed: int = 0, sizes: dict[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded inputs at a point of the dim ranges (or explicit sizes, e.g. a benchmark batch)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for spec in sig.inputs:
+        shape = sig.shape(spec, point, sizes)
+        if spec.dtype in ("float32", "float16", "bfloat16"):
+            # bfloat16 has no numpy dtype: it travels as float32 and is cast at the runtime edge.
+            dtype = np.float16 if spec.dtype == "float16" else np.float32
+            out[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif spec.dtype == "bool":
+            out[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        else:
+            low, high = spec.range or (0, 1)
+            out[spec.name] = rng.integers(low, high + 1, shape).astype(NUMPY_DTYPES[spec.dtype])
+    return out
+
+
+def parity_points(sig: Signature) -> list[Point]:
+    """min, opt and max of every dim; one point when every dim is static."""
+    if all(spec.static for spec in sig.dims.values()):
+        return ["opt"]
+    return ["min", "opt", "max"]
+
+
+def torch_dynamic_shapes(sig: Signature) -> tuple[dict[int, Any], ...]:
+    """``dynamic_shapes`` for ``torch.export.export``, positional in input order."""
+    from torch.export import Dim
+
+    made = {name: Dim(name, min=spec.min, max=spec.max) for name, spec in sig.dims.items() if not spec.static}
+    return tuple(
+        {axis: made[s] for axis, s in enumerate(spec.shape) if isinstance(s, str) and s in made} for spec in sig.inputs
+    )
+
+
+def batch_dim(sig: Signature) -> str | None:
+    """The dim that leads the first input: what a batch sweep varies."""
+    first = sig.inputs[0].shape[0] if sig.inputs and sig.inputs[0].shape else None
+    return first if isinstance(first, str) else None

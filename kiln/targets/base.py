@@ -1,0 +1,110 @@
+"""The small typed interface every target implements.
+
+A target turns the one capture into a native artifact (``compile``) and loads that artifact into
+a :class:`Runner` (``load``). Runners speak numpy dicts keyed by the signature's input and output
+names, so the parity gate and the benchmark harness treat every runtime alike. Timing lives only
+in the benchmark harness, never in a target.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kiln.config import TargetConfig
+from kiln.spec import Signature
+
+if TYPE_CHECKING:
+    from kiln.calibration import CalibrationSet
+    from kiln.exporters import ExportBundle
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a runner runs: threads are always set explicitly, and recorded."""
+
+    threads: int | None = None
+    mode: str = "latency"  # latency | throughput
+    requests: int = 1  # requests in flight in throughput mode
+
+
+@dataclass
+class CompileContext:
+    """What a target gets to build from: the capture, its own config, data, a folder to fill."""
+
+    export: ExportBundle
+    target: TargetConfig
+    out_dir: Path
+    calibration: CalibrationSet | None = None
+    threads: int | None = None
+
+
+@dataclass
+class Artifact:
+    """A built artifact: the folder, its main file and what the toolchain really chose."""
+
+    target: str
+    precision: str
+    path: Path
+    main_file: str
+    signature: Signature
+    info: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def main(self) -> Path:
+        return self.path / self.main_file
+
+
+class Runner(abc.ABC):
+    """A loaded artifact. Reusable: ``infer`` may be called any number of times."""
+
+    @abc.abstractmethod
+    def infer(self, inputs: Arrays) -> Arrays:
+        """Run one request; outputs keyed by the signature's output names."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (GPU targets); a no-op on synchronous CPU runtimes."""
+
+    def info(self) -> dict[str, Any]:
+        """What the runtime reports about how it runs (execution precision, threads, streams)."""
+        return {}
+
+    def infer_many(self, batches: list[Arrays]) -> None:
+        """Throughput mode: run all requests, using the runtime's own concurrency if it has it."""
+        for inputs in batches:
+            self.infer(inputs)
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Target(abc.ABC):
+    """A backend: compile the capture into an artifact, and load an artifact to run it."""
+
+    @abc.abstractmethod
+    def compile(self, ctx: CompileContext) -> Artifact:
+        """Write the native artifact into ``ctx.out_dir`` and describe it."""
+
+    @abc.abstractmethod
+    def load(self, artifact: Artifact, options: RunOptions) -> Runner:
+        """Load a built artifact into a runner."""
+
+
+def named_outputs(names: tuple[str, ...], values: list[Any]) -> Arrays:
+    """Pair flat runtime outputs with the recorded output names."""
+    if len(names) != len(values):
+        raise RuntimeError(f"runtime returned {len(values)} outputs, signature has {len(names)}: {names}")
+    return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}

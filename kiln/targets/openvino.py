@@ -1,0 +1,101 @@
+"""OpenVINO on the CPU plugin. Execution precision is always set and recorded.
+
+Toolchain: openvino 2026.4. On a CPU with AVX512-BF16 the plugin runs "fp32" models in bf16
+unless told otherwise, so ``fp32`` here means ``INFERENCE_PRECISION_HINT=f32`` and ``bf16`` is its
+own precision; the precision the compiled model reports is written into the manifest. The IR is
+converted from kiln's ONNX with the spec's dim ranges, and saved without fp16 weight compression
+so fp32 stays exact.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from kiln.spec import Signature
+from kiln.targets.base import Arrays, Artifact, CompileContext, Runner, RunOptions, Target, named_outputs
+
+# Telemetry off: OpenVINO and NNCF send usage data through the optional `openvino_telemetry`
+# package and fall back to a silent stub when it cannot be imported. A build tool should not phone
+# home from release pipelines, so kiln makes that import fail for its own process.
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+MAIN = "model.xml"
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def partial_shapes(sig: Signature) -> dict[str, Any]:
+    import openvino as ov
+
+    return {
+        spec.name: ov.PartialShape([ov.Dimension(lo, hi) for lo, hi in sig.shape_range(spec)]) for spec in sig.inputs
+    }
+
+
+def compile_model(path: Path, precision: str, options: RunOptions) -> Any:
+    import openvino as ov
+
+    core = ov.Core()
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": HINTS.get(precision, "f32"),
+        "PERFORMANCE_HINT": "THROUGHPUT" if options.mode == "throughput" else "LATENCY",
+    }
+    if options.threads:
+        config["INFERENCE_NUM_THREADS"] = options.threads
+    if options.mode != "throughput":
+        config["NUM_STREAMS"] = 1
+    return core.compile_model(core.read_model(str(path)), "CPU", config)
+
+
+def execution_info(compiled: Any) -> dict[str, Any]:
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    return {
+        "execution_precision": {v: k for k, v in HINTS.items()}.get(hint, hint),
+        "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+        "streams": int(compiled.get_property("NUM_STREAMS")),
+    }
+
+
+class OVRunner(Runner):
+    def __init__(self, artifact: Artifact, options: RunOptions) -> None:
+        self.sig, self.options = artifact.signature, options
+        self.compiled = compile_model(artifact.main, artifact.precision, options)
+        self.request = self.compiled.create_infer_request()
+
+    def infer(self, inputs: Arrays) -> Arrays:
+        result = self.request.infer({spec.name: inputs[spec.name] for spec in self.sig.inputs})
+        return named_outputs(self.sig.outputs, [result[out] for out in self.compiled.outputs])
+
+    def infer_many(self, batches: list[Arrays]) -> None:
+        import openvino as ov
+
+        # The runtime's own concurrency: one request per stream it chose, kept busy.
+        jobs = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        queue = ov.AsyncInferQueue(self.compiled, max(1, jobs))
+        for inputs in batches:
+            queue.start_async({spec.name: inputs[spec.name] for spec in self.sig.inputs})
+        queue.wait_all()
+
+    def info(self) -> dict[str, Any]:
+        return execution_info(self.compiled)
+
+
+class OpenVINOTarget(Target):
+    def compile(self, ctx: CompileContext) -> Artifact:
+        import openvino as ov
+
+        sig = ctx.export.signature
+        model = ov.Core().read_model(str(ctx.export.onnx_path))
+        model.reshape(partial_shapes(sig))
+        ov.save_model(model, str(ctx.out_dir / MAIN), compress_to_fp16=False)
+        artifact = Artifact("openvino", ctx.target.precision, ctx.out_dir, MAIN, sig)
+        compiled = compile_model(artifact.main, artifact.precision, RunOptions(threads=ctx.threads))
+        artifact.info.update(execution_info(compiled))
+        return artifact
+
+    def load(self, artifact: Artifact, options: RunOptions) -> Runner:
+        return OVRunner(artifact, options)
+
+
+TARGET = OpenVINOTarget()
