@@ -172,10 +172,10 @@ def _model_from_flags(source: str, inputs: tuple[str, ...], dims: tuple[str, ...
 @main.command()
 def targets() -> None:
     """Every registered target: can it build and run here, and if not, what it needs."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from kiln.summary import wide_console
     from kiln.targets import REGISTRY, availability
 
     table = Table(title="kiln targets")
@@ -191,7 +191,7 @@ def targets() -> None:
             escape(avail.reason or spec.summary),
             escape(f"kiln[{spec.extra}]") if spec.extra else "-",
         )
-    Console().print(table)
+    wide_console().print(table)
 
 
 @main.command()
@@ -217,6 +217,124 @@ def doctor(as_json: bool) -> None:
     for dist, ver in fp["toolchain"].items():
         click.echo(f"{dist + ':':<11}{ver}")
     click.echo(f"fingerprint: {fp['id']}")
+
+
+def _batches(value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        batches = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise ConfigError(f"--batch {value!r}: expected positive sizes separated by commas, e.g. 1,8,32")
+    return batches
+
+
+@main.command()
+@click.argument("source", metavar="CONFIG.toml|build/<model>", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--target",
+    "-t",
+    "targets",
+    multiple=True,
+    metavar="NAME[:PRECISION]",
+    help="Only these targets (eager always runs).",
+)
+@click.option("--batch", "batch", metavar="1,8,...", help="Batch sizes to sweep (default: [bench].batch).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads for every runtime (default: [bench].threads, else physical cores).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["latency", "throughput"]),
+    help="One request at a time, or the runtime's own concurrency.",
+)
+@click.option(
+    "--min-seconds", type=click.FloatRange(min=0, min_open=True), help="Timed seconds per cell, over all rounds."
+)
+@click.option("--min-iters", type=click.IntRange(min=1), help="Timed runs per cell, over all rounds.")
+@click.option("--warmup-seconds", type=click.FloatRange(min=0), help="Warm-up seconds per cell and round.")
+@click.option("--rounds", type=click.IntRange(min=1), help="Interleaved rounds over the targets.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=Path("build"),
+    show_default=True,
+    help="Build folder, as for kiln build.",
+)
+@click.option("--report-dir", type=click.Path(path_type=Path), help="Where the reports go (default: OUT/<model>/).")
+@click.option("--refresh-peak", is_flag=True, help="Re-measure the machine's peak instead of using the cache.")
+@command
+def bench(
+    source: Path,
+    targets: tuple[str, ...],
+    batch: str | None,
+    threads: int | None,
+    mode: str | None,
+    min_seconds: float | None,
+    min_iters: int | None,
+    warmup_seconds: float | None,
+    rounds: int | None,
+    out: Path,
+    report_dir: Path | None,
+    refresh_peak: bool,
+) -> None:
+    """Measure every artifact of a model beside eager, with one harness; write results.json,
+    report.md and report.html. Builds missing or stale artifacts first."""
+    from kiln.bench.run import BenchRequest
+    from kiln.bench.run import bench as run_bench
+    from kiln.report.console import print_results
+
+    request = BenchRequest(
+        targets=list(targets),
+        batches=_batches(batch),
+        threads=threads,
+        mode=mode,
+        min_seconds=min_seconds,
+        min_iters=min_iters,
+        warmup_seconds=warmup_seconds,
+        rounds=rounds,
+        out=out,
+        report_dir=report_dir,
+        refresh_peak=refresh_peak,
+    )
+    with _console().status("starting") as status:
+        results, folder = run_bench(source, request, progress=lambda msg: status.update(msg))
+    print_results(results)
+    click.echo(f"reports: {folder / 'results.json'}, {folder / 'report.md'}, {folder / 'report.html'}")
+
+
+@main.command()
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--max-regression", default="10%", show_default=True, help="Allowed loss per cell, e.g. 10% or 0.1.")
+@click.option("--allow-different-hardware", is_flag=True, help="Compare results from different machines anyway.")
+@command
+def compare(old: Path, new: Path, max_regression: str, allow_different_hardware: bool) -> None:
+    """Per-cell deltas between two results.json; exit 4 on a regression beyond the threshold."""
+    from kiln.report import load_results
+    from kiln.report.compare import compare_results, parse_threshold, print_comparison
+
+    before, after = load_results(old), load_results(new)
+    comparison = compare_results(before, after, parse_threshold(max_regression), allow_different_hardware)
+    print_comparison(comparison)
+    comparison.raise_on_regression()
+
+
+@main.command()
+@click.argument("results_path", metavar="results.json", type=click.Path(path_type=Path))
+@click.option("--html/--no-html", default=True, show_default=True, help="Also write report.html.")
+@command
+def report(results_path: Path, html: bool) -> None:
+    """Re-render report.md (and report.html) beside a results.json."""
+    from kiln.report import load_results, write_reports
+
+    written = write_reports(load_results(results_path), results_path.parent, html=html, with_results=False)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class ModelConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    opset: Annotated[int, Field(ge=18, le=23)] = 20
+    opset: Annotated[int, Field(ge=13, le=23)] = 20
     strict: bool = False
 
 
@@ -134,6 +134,11 @@ class BenchConfig(_Strict):
     warmup_seconds: Annotated[float, Field(ge=0)] = 0.5
     mode: Literal["latency", "throughput"] = "latency"
     rounds: Annotated[int, Field(ge=1)] = 2
+    # A cell whose coefficient of variation (std / mean) exceeds this is flagged unstable.
+    cv_threshold: Annotated[float, Field(gt=0)] = 0.10
+    warmup_iters: Annotated[int, Field(ge=0)] = 5
+    # Requests in flight per timed sample in throughput mode; None: max(2, threads).
+    requests: Annotated[int, Field(ge=1)] | None = None
 
 
 class GatesConfig(_Strict):

@@ -9,6 +9,7 @@ sees them; the content hash of the calibration samples goes into every manifest 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,6 @@ def check_inputs(sig: Signature, arrays: Arrays, where: str) -> None:
                 f"{where}: sample has no input {spec.name!r} (has {sorted(arrays)}); yield every input by name"
             )
         got = arrays[spec.name].shape
-        expected = ["?" if isinstance(s, str) else s for s in spec.shape]
         ok = len(got) == len(spec.shape) and all(
             (s == g) if isinstance(s, int) else (sig.dims[s].min <= g <= sig.dims[s].max)
             for s, g in zip(spec.shape, got, strict=False)
@@ -61,8 +61,7 @@ def check_inputs(sig: Signature, arrays: Arrays, where: str) -> None:
         if not ok:
             shown = [f"{s}[{sig.dims[s].min}..{sig.dims[s].max}]" if isinstance(s, str) else s for s in spec.shape]
             raise DataError(
-                f"{where}: input {spec.name!r} has shape {list(got)}, expected {shown} "
-                f"({expected}); fix the data or the input spec"
+                f"{where}: input {spec.name!r} has shape {list(got)}, expected {shown}; fix the data or the input spec"
             )
         kind = arrays[spec.name].dtype.kind
         if (spec.dtype.startswith(("float", "bfloat")) and kind not in "fiu") or (
@@ -97,13 +96,19 @@ def _iterate(spec: DataSpec, root: Path) -> Iterable[Any]:
     if src.endswith(".npz") and path.is_file():
         with np.load(path) as data:
             arrays = {k: data[k] for k in data.files}
-        n = len(next(iter(arrays.values())))
-        return ({k: v[i : i + 1] for k, v in arrays.items()} for i in range(n))
+        lengths = {k: len(v) if v.ndim else 0 for k, v in arrays.items()}
+        if not arrays or len(set(lengths.values())) != 1:
+            raise DataError(
+                f"calibration file {path}: arrays must share their first (sample) axis, got lengths {lengths}; "
+                "save one array per input with the samples stacked along axis 0"
+            )
+        order = _subset(next(iter(lengths.values())), spec)
+        return ({k: v[i : i + 1] for k, v in arrays.items()} for i in order)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
         if not files:
             raise DataError(f"calibration folder {path} has no .npy or .npz files")
-        return (_load_file(p) for p in files)
+        return (_load_file(files[i]) for i in _subset(len(files), spec))
     if ":" in src and not src.endswith(".npz"):
         fn = load_callable(src, root, "calibration source")
         try:
@@ -111,6 +116,14 @@ def _iterate(spec: DataSpec, root: Path) -> Iterable[Any]:
         except Exception as err:
             raise DataError(f"calibration source {src!r} raised {type(err).__name__}: {err}") from err
     raise DataError(f"calibration source {path} not found; give a .npz file, a folder of .npy/.npz, or file.py:fn")
+
+
+def _subset(count: int, spec: DataSpec) -> list[int]:
+    """Which stored samples to use: all of them when they fit, else a ``seed``-ed random subset
+    (stored data is often sorted by class; its first N would be a biased sample)."""
+    if count <= spec.samples:
+        return list(range(count))
+    return sorted(np.random.default_rng(spec.seed).choice(count, spec.samples, replace=False).tolist())
 
 
 def _load_file(path: Path) -> Any:
@@ -121,15 +134,46 @@ def _load_file(path: Path) -> Any:
 
 
 def load_calibration(spec: DataSpec, sig: Signature, root: Path) -> CalibrationSet:
-    """Up to ``spec.samples`` samples, checked and hashed. Callables are asked for them in order."""
-    samples = []
-    for i, item in enumerate(_iterate(spec, root)):
-        if i >= spec.samples:
+    """Up to ``spec.samples`` samples, checked and hashed. Callables are asked for them in order;
+    stored samples beyond ``spec.samples`` are subset with ``spec.seed``."""
+    samples: list[Arrays] = []
+    items = iter(_iterate(spec, root))
+    while len(samples) < spec.samples:
+        try:
+            item = next(items, None)
+        except Exception as err:  # a user's generator failing part-way
+            raise DataError(
+                f"calibration source {spec.source!r} failed at sample {len(samples)}: {type(err).__name__}: {err}"
+            ) from err
+        if item is None:
             break
-        samples.append(as_inputs(sig, item, f"calibration sample {i}"))
+        samples.append(as_inputs(sig, item, f"calibration sample {len(samples)}"))
     if not samples:
         raise DataError(f"calibration source {spec.source!r} yielded no samples")
     return CalibrationSet(samples, digest_arrays(samples), spec.source)
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration set is usable but smaller than a quantizer's own guidance."""
+
+
+# How many calibration samples each quantizer's documentation asks for: ONNX Runtime's
+# calibrators and PyTorch's PT2E observers see stable ranges from about 100; NNCF's default
+# ``subset_size`` is 300.
+SAMPLE_GUIDANCE = {"onnxruntime": 100, "pt2e": 100, "nncf": 300}
+
+
+def warn_few_samples(calibration: CalibrationSet, guidance: int, who: str) -> str | None:
+    """Warn (and return the message for the manifest) when fewer samples than ``guidance``."""
+    count = len(calibration.samples)
+    if count >= guidance:
+        return None
+    message = (
+        f"{who}: calibrating on {count} samples, fewer than the {guidance} this quantizer's guidance asks for; "
+        "ranges may be unrepresentative: raise [calibration].samples or add data"
+    )
+    warnings.warn(message, CalibrationWarning, stacklevel=2)
+    return message
 
 
 @dataclass

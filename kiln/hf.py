@@ -26,12 +26,19 @@ SENTENCES = [
 def _wrap(model: Any, names: list[str]) -> Any:
     import torch
 
+    if not 1 <= len(names) <= 3:
+        raise SourceError(f"hf: sources take 1 to 3 inputs (ids, mask, token types), got {names}")
+
     class HFWrapper(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, *args: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Explicit positional slots (not *args): torch.export matches dynamic_shapes per argument.
+        def forward(
+            self, x0: torch.Tensor, x1: torch.Tensor | None = None, x2: torch.Tensor | None = None
+        ) -> dict[str, torch.Tensor]:
+            args = (x0, x1, x2)[: len(names)]
             out = self.model(**dict(zip(names, args, strict=True)), return_dict=True)
             return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 

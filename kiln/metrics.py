@@ -1,12 +1,14 @@
 """Task metrics on the evaluation set: ``top1``, ``cosine``, ``mse`` or a user's ``file.py:fn``.
 
-A user's metric is called as ``fn(predictions, targets) -> float`` with the concatenated arrays,
-and is taken as higher-is-better. The drop of a metric is how much worse an artifact is than
+A user's metric is called as ``fn(predictions, targets) -> float`` with the concatenated arrays
+(or ``fn(predictions, targets, inputs)`` if it takes a third argument: the concatenated input
+dict, e.g. an attention mask for mean pooling), and is taken as higher-is-better. The drop of a metric is how much worse an artifact is than
 eager, whatever the metric's direction.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,8 +41,9 @@ BUILTIN: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"top1": _top1, 
 
 def evaluate(run: Callable[[Arrays], Arrays], evalset: EvaluationSet, root: Path) -> float:
     """Run every evaluation batch through ``run`` and compute the metric."""
-    preds, targets = [], []
+    preds, targets, feeds = [], [], []
     for inputs, target in evalset.batches:
+        feeds.append(inputs)
         outputs = run(inputs)
         name = evalset.output or next(iter(outputs))
         if name not in outputs:
@@ -50,6 +53,9 @@ def evaluate(run: Callable[[Arrays], Arrays], evalset: EvaluationSet, root: Path
     pred, target = np.concatenate(preds), np.concatenate(targets)
     fn = BUILTIN.get(evalset.metric) or load_callable(evalset.metric, root, "metric")
     try:
+        if len(inspect.signature(fn).parameters) >= 3:
+            joined = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
+            return float(fn(pred, target, joined))
         return float(fn(pred, target))
     except Exception as err:
         raise DataError(f"metric {evalset.metric!r} failed: {type(err).__name__}: {err}") from err

@@ -53,11 +53,24 @@ def _resolve(root: Path, path: str) -> Path:
     return p if p.is_absolute() else (root / p)
 
 
+def hf_folder(source: str, root: Path) -> Path:
+    """The folder of an ``hf:`` source: a path, or ``hf:pkg://package/sub/folder`` for a model
+    folder shipped inside an installed Python package (found without importing it)."""
+    ref = source.removeprefix("hf:")
+    if ref.startswith("pkg://"):
+        package, _, sub = ref.removeprefix("pkg://").partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise SourceError(f"hf source {source!r}: package {package!r} is not installed; pip install it")
+        return Path(next(iter(spec.submodule_search_locations))) / sub
+    return _resolve(root, ref)
+
+
 def source_files(model: ModelConfig, root: Path) -> list[Path]:
     """The files whose bytes identify the model (for the cache key); no torch import."""
     kind = source_kind(model.source)
     if kind == "hf":
-        folder = _resolve(root, model.source[3:])
+        folder = hf_folder(model.source, root)
         return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
     if kind in ("pt2", "onnx"):
         path = _resolve(root, model.source)
@@ -216,7 +229,7 @@ def _signature_from_onnx(proto: Any, where: str) -> Signature:
 
 
 def _load_hf(model: ModelConfig, root: Path) -> LoadedModel:
-    folder = _resolve(root, model.source[3:])
+    folder = hf_folder(model.source, root)
     if not (folder / "config.json").is_file():
         raise SourceError(f"hf source {folder} has no config.json; point hf: at a local transformers model folder")
     from kiln.hf import load_hf

@@ -22,6 +22,11 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def wide_console() -> Console:
+    """Tables in CI logs and pipes are not cut to 80 columns."""
+    return Console(width=max(Console().width, 160))
+
+
 def print_summary(config: KilnConfig, results: list[TargetResult], out: Path) -> None:
     table = Table(title=f"kiln build: {config.model.name} -> {out / config.model.name}")
     for col in (
@@ -46,7 +51,7 @@ def print_summary(config: KilnConfig, results: list[TargetResult], out: Path) ->
         else:
             parity = gate.get("reason") or "-"
         ev = gate.get("evaluation")
-        metric = f"{ev['metric']} {ev['value']:.4f} ({ev['drop']:+.4f})" if ev else "-"
+        metric = f"{ev['metric'].rpartition(':')[2]} {ev['value']:.4f} ({ev['drop']:+.4f})" if ev else "-"
         if ev and not gate.get("passed", True) and any("metric" in b for b in gate.get("breaches", [])):
             metric = f"[red]{metric}[/red]"
         table.add_row(
@@ -59,4 +64,4 @@ def print_summary(config: KilnConfig, results: list[TargetResult], out: Path) ->
             human_size(m["size_bytes"]) if "size_bytes" in m else "-",
             f"{m.get('build_seconds', r.seconds):.1f}" if m else f"{r.seconds:.1f}",
         )
-    Console(width=max(Console().width, 140)).print(table)
+    wide_console().print(table)

@@ -69,7 +69,7 @@ REGISTRY: dict[str, TargetSpec] = {
             "coreml",
             "kiln.targets.coreml",
             "Core ML .mlpackage (mlprogram) for Apple devices",
-            ("fp16", "fp32"),
+            ("fp16", "fp32", "int8", "int4", "palettize4", "palettize", "w8a8"),
             requires=("coremltools",),
             extra="coreml",
             build_needs=("coreml-converter",),
@@ -78,8 +78,8 @@ REGISTRY: dict[str, TargetSpec] = {
         TargetSpec(
             "tensorrt",
             "kiln.targets.tensorrt",
-            "TensorRT engine for NVIDIA GPUs",
-            ("fp32", "fp16", "bf16", "int8"),
+            "TensorRT 10 engine for NVIDIA GPUs: Q/DQ int8/fp8, 2:4 sparse, what it really ran recorded",
+            ("fp32", "fp16", "bf16", "int8", "fp8"),
             requires=("tensorrt",),
             extra="tensorrt",
             build_needs=("cuda",),
@@ -144,12 +144,20 @@ def check_target(name: str, precision: str) -> TargetSpec:
     return spec
 
 
+def implementation(name: str) -> Target:
+    """The target's implementation, imported lazily; toolchains are imported only when used."""
+    return importlib.import_module(REGISTRY[name].module).TARGET
+
+
+def require(name: str, run: bool = False) -> None:
+    """Raise the precise exit-5 error when the target cannot build (or run) here."""
+    avail = availability(name)
+    if not avail.build or (run and not avail.run):
+        error = MissingDependencyError if "Python package" in avail.reason and not avail.build else UnavailableError
+        raise error(f"target {name!r} is unavailable here: {avail.reason}")
+
+
 def get_target(name: str, need_run: bool = False) -> Target:
     """Import and instantiate a target, or say exactly what is missing (exit 5)."""
-    spec = REGISTRY[name]
-    avail = availability(name)
-    if not avail.build or (need_run and not avail.run):
-        error = MissingDependencyError if "Python package" in avail.reason else UnavailableError
-        raise error(f"target {name!r} is unavailable here: {avail.reason}")
-    module = importlib.import_module(spec.module)
-    return module.TARGET
+    require(name, run=need_run)
+    return implementation(name)

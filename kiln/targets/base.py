@@ -19,7 +19,7 @@ from kiln.config import TargetConfig
 from kiln.spec import Signature
 
 if TYPE_CHECKING:
-    from kiln.calibration import CalibrationSet
+    from kiln.data import CalibrationSet, EvaluationSet
     from kiln.exporters import ExportBundle
 
 Arrays = dict[str, np.ndarray]
@@ -43,6 +43,9 @@ class CompileContext:
     out_dir: Path
     calibration: CalibrationSet | None = None
     threads: int | None = None
+    evaluation: EvaluationSet | None = None  # for accuracy-aware toolchains (NNCF accuracy control)
+    max_metric_drop: float | None = None
+    root: Path = Path(".")  # the config's folder, for user callables (custom metrics)
 
 
 @dataclass
@@ -101,6 +104,16 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         """Load a built artifact into a runner."""
+
+    def prepare(self, ctx: CompileContext) -> None:
+        """Work that needs no toolchain, done even where the target cannot build (e.g. the Q/DQ
+        ONNX a TensorRT engine would be built from); ``ctx.out_dir`` is kept for inspection."""
+
+    def simulated_runner(self, artifact: Artifact, ctx: CompileContext) -> Runner | None:
+        """Where the artifact cannot run here, a runner that reproduces its numerics on this
+        machine (e.g. Core ML compression applied in PyTorch), so the gate still has figures.
+        Its results are labelled simulated in the manifest."""
+        return None
 
 
 def named_outputs(names: tuple[str, ...], values: list[Any]) -> Arrays:

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny configs written into a temp folder, and capability-based skips."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MODELS = Path(__file__).parent / "models.py"
+
+CNN = {
+    "model": {
+        "name": "cnn",
+        "source": f"{MODELS}:tiny_cnn",
+        "inputs": [{"name": "x", "shape": ["batch", 3, 16, 16]}],
+        "dims": {"batch": {"min": 1, "opt": 2, "max": 8}},
+    },
+    "calibration": {"source": f"{MODELS}:cnn_calibration", "samples": 32},
+    "evaluation": {"source": f"{MODELS}:cnn_evaluation", "metric": "top1"},
+}
+TWO = {
+    "model": {
+        "name": "two",
+        "source": f"{MODELS}:two_in_out",
+        "inputs": [{"name": "a", "shape": ["batch", 6]}, {"name": "b", "shape": ["batch", 4]}],
+        "dims": {"batch": {"min": 1, "opt": 3, "max": 16}},
+    },
+    "calibration": {"source": f"{MODELS}:two_calibration", "samples": 32},
+}
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """A tiny TOML writer for the flat configs tests use (tables, arrays of tables, inline dicts)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        return repr(v)
+
+    lines = []
+    for section, body in data.items():
+        if isinstance(body, list):
+            for item in body:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {value(v)}" for k, v in item.items()]
+        else:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {value(v)}" for k, v in body.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(folder: Path, data: dict[str, Any], name: str = "kiln.toml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(to_toml(data))
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path: Path):
+    def make(base: dict[str, Any], **sections: Any) -> Path:
+        data = {**base, **sections}
+        return write_config(tmp_path, data)
+
+    return make
+
+
+def skip_unless(target: str, run: bool = False) -> None:
+    from kiln.targets import availability
+
+    avail = availability(target)
+    if not avail.build or (run and not avail.run):
+        pytest.skip(f"{target}: {avail.reason}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
