@@ -61,6 +61,10 @@ class BuildPlan:
     model_dir: Path
     export_key: str
     target_keys: dict[str, str] = field(default_factory=dict)
+    variant_keys: dict[str, str] = field(default_factory=dict)  # prune slug -> its export key
+
+    def export_key_for(self, target: TargetConfig) -> str:
+        return self.variant_keys[target.prune.slug] if target.prune else self.export_key
 
 
 def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
@@ -80,11 +84,25 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
         f for spec in (config.calibration, config.evaluation) if spec for f in _data_files(spec.source, config.root)
     ]
     data_key = hash_files(data_files, config.root)
+    recovery = config.recovery
+    recovery_files = _data_files(recovery.source, config.root) if recovery else []
+    for target in config.target:
+        if target.prune and target.prune.slug not in p.variant_keys:
+            p.variant_keys[target.prune.slug] = cache_key(
+                {
+                    "export": export_key,
+                    "prune": target.prune.model_dump(mode="json"),
+                    "recovery": recovery.model_dump(mode="json") if recovery else None,
+                    "recovery_data": hash_files(recovery_files, config.root),
+                    "data": data_key,  # data-driven importance and the metric before/after recovery
+                    "versions": versions(("torch-pruning",)),
+                }
+            )
     for target in config.target:
         spec = REGISTRY[target.name]
         p.target_keys[target.key] = cache_key(
             {
-                "export": export_key,
+                "export": p.export_key_for(target),
                 "target": target.model_dump(mode="json"),
                 "data": data_key,
                 "calibration": config.calibration.model_dump(mode="json") if config.calibration else None,
@@ -128,15 +146,68 @@ def _build_stale(p: BuildPlan, stale: list[TargetConfig], results: dict[str, Tar
     progress("loading the model source")
     loaded = load_source(config.model, config.root)
     bundle = _export(p, loaded, progress)
-    reference = Reference(config, bundle, loaded)
+    dense = Reference(config, bundle, loaded)
+    variants: dict[str | None, tuple[ExportBundle, Any]] = {None: (bundle, dense)}
     for target in stale:
         start = time.perf_counter()
         try:
+            slug = target.prune.slug if target.prune else None
+            if slug not in variants:
+                variants[slug] = _pruned_variant(p, target, loaded, dense, progress)
+            variant_bundle, reference = variants[slug]
             progress(f"building {target.name}:{target.precision}")
-            manifest = _build_target(p, target, bundle, reference, progress)
+            manifest = _build_target(p, target, variant_bundle, reference, progress)
             results[target.key] = TargetResult(target, "built", manifest, seconds=time.perf_counter() - start)
         except KilnError as err:
             results[target.key] = TargetResult(target, "failed", error=err, seconds=time.perf_counter() - start)
+
+
+def _pruned_variant(p: BuildPlan, target: TargetConfig, loaded: LoadedModel, dense: Any, progress: Progress) -> tuple[ExportBundle, Any]:
+    """The pruned model's own export stage (``export-<slug>/``) and its eager reference.
+
+    Parity compares each pruned artifact with the pruned eager model; the task metric's drop is
+    measured against the dense eager model, which is what a user ships instead.
+    """
+    import copy
+
+    from kiln.exporters import export_model
+    from kiln.prune import PruneContext, prune_model
+    from kiln.reference import Reference
+    from kiln.targets.eager import TorchRunner
+    from kiln.targets.base import RunOptions
+
+    assert target.prune is not None
+    config, slug = p.config, target.prune.slug
+    folder, key = p.model_dir / f"export-{slug}", p.variant_keys[slug]
+    if up_to_date(folder, key, META) is None:
+        if loaded.module is None:
+            raise ConfigError(f"pruning needs a PyTorch model; {config.model.source!r} is an ONNX file")
+        progress(f"pruning: {slug}")
+        evalset = dense.evaluation()
+
+        def evaluate(module: Any) -> float:
+            from kiln.metrics import evaluate as run_metric
+
+            runner = TorchRunner(module.eval(), bundle_sig, RunOptions(threads=config.bench.threads))
+            return run_metric(runner.infer, evalset, config.root)
+
+        bundle_sig = dense.bundle.signature
+        ctx = PruneContext(
+            signature=bundle_sig,
+            calibration=dense.calibration(),
+            recovery=config.recovery,
+            root=config.root,
+            evaluate=evaluate if evalset is not None else None,
+            progress=progress,
+        )
+        pruned, report = prune_model(copy.deepcopy(loaded.module), target.prune, ctx)
+        variant = LoadedModel(loaded.kind, bundle_sig, module=pruned.eval(), example=loaded.example)
+        progress(f"capturing the pruned model ({slug})")
+        with atomic_dir(folder) as tmp:
+            export_model(variant, tmp, config.export.opset, config.export.strict, key, extra={"prune": report})
+    bundle = ExportBundle.open(folder)
+    variant = LoadedModel("pt2", bundle.signature, module=bundle.program().module())
+    return bundle, Reference(config, bundle, variant, baseline=dense)
 
 
 def _export(p: BuildPlan, loaded: LoadedModel, progress: Progress) -> ExportBundle:
@@ -220,6 +291,7 @@ def _build_target(
             "execution": artifact.info,
             "calibration": ctx.calibration.summary() if ctx.calibration else None,
             "gate": gate,
+            "prune": bundle.prune,
             "build_seconds": round(compile_seconds, 3),
             "files": file_entries(tmp),
         }

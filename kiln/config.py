@@ -94,16 +94,44 @@ class Tolerance(_Strict):
     min_top1: float | None = None
 
 
+class PruneConfig(_Strict):
+    """Pruning applied to the PyTorch model before capture, so every target gets it."""
+
+    method: Literal["channel", "magnitude", "2:4"]
+    amount: Annotated[float, Field(gt=0, lt=1)] = 0.3  # fraction removed; 2:4 is always 0.5
+    importance: Literal["magnitude", "taylor"] = "magnitude"  # taylor is data-driven (calibration)
+    scope: Literal["layer", "global"] = "layer"
+    keep: list[str] = []  # module names never pruned; the classifier head is always kept
+    steps: Annotated[int, Field(ge=1)] = 1  # iterative: prune -> fine-tune -> prune ...
+
+    @property
+    def slug(self) -> str:
+        amount = 50 if self.method == "2:4" else round(self.amount * 100)
+        return f"{self.method.replace(':', 'of')}{amount}"
+
+
+class RecoveryConfig(_Strict):
+    """Fine-tuning after pruning, optionally distilled from the unpruned model."""
+
+    source: str  # callable yielding (inputs, target) training batches
+    epochs: Annotated[int, Field(ge=1)] = 3
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    distill: bool = True
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.7  # weight of the distillation loss
+
+
 class TargetConfig(_Strict):
     name: str
     precision: str = "fp32"
     options: dict[str, Any] = {}  # escape hatch, handed verbatim to the toolchain
     tolerance: Tolerance | None = None
-    prune: dict[str, Any] | None = None
+    prune: PruneConfig | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.name}-{self.precision}"
+        base = f"{self.name}-{self.precision}"
+        return f"{base}-{self.prune.slug}" if self.prune else base
 
 
 class DataSpec(_Strict):
@@ -153,6 +181,7 @@ class KilnConfig(_Strict):
     target: list[TargetConfig] = []
     bench: BenchConfig = BenchConfig()
     gates: GatesConfig = GatesConfig()
+    recovery: RecoveryConfig | None = None
     # Folder the config came from: relative paths in sources resolve against it.
     root: Path = Path(".")
 

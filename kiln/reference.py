@@ -23,8 +23,13 @@ CALIBRATION_CASES = 8
 
 
 class Reference:
-    def __init__(self, config: KilnConfig, bundle: ExportBundle, loaded: LoadedModel) -> None:
+    def __init__(
+        self, config: KilnConfig, bundle: ExportBundle, loaded: LoadedModel, baseline: Reference | None = None
+    ) -> None:
         self.config, self.bundle, self.loaded = config, bundle, loaded
+        # A pruned variant is gated for parity against its own eager model, but its task metric
+        # drop is measured against the dense model (the baseline).
+        self.baseline = baseline
         self._runner: Runner | None = None
         self._calibration: CalibrationSet | None = None
         self._evaluation: EvaluationSet | None = None
@@ -45,11 +50,15 @@ class Reference:
         return self._runner
 
     def calibration(self) -> CalibrationSet | None:
+        if self.baseline is not None:
+            return self.baseline.calibration()
         if self._calibration is None and self.config.calibration is not None:
             self._calibration = load_calibration(self.config.calibration, self.bundle.signature, self.config.root)
         return self._calibration
 
     def evaluation(self) -> EvaluationSet | None:
+        if self.baseline is not None:
+            return self.baseline.evaluation()
         if self._evaluation is None and self.config.evaluation is not None:
             self._evaluation = load_evaluation(self.config.evaluation, self.bundle.signature, self.config.root)
         return self._evaluation
@@ -79,7 +88,7 @@ class Reference:
         gate: dict[str, Any] = {"parity": report.to_dict(), "breaches": list(report.breaches())}
         evalset = self.evaluation()
         if evalset is not None:
-            reference = self.metric()
+            reference = (self.baseline or self).metric()
             assert reference is not None
             value = evaluate(runner.infer, evalset, self.config.root)
             drop = metric_drop(evalset.metric, reference, value)
@@ -92,6 +101,8 @@ class Reference:
                 "drop": drop,
                 "max_drop": limit,
             }
+            if self.baseline is not None:
+                gate["evaluation"]["pruned_eager"] = self.metric()
             if limit is not None and drop > limit:
                 gate["breaches"].append(
                     f"metric {evalset.metric!r} dropped {drop:.4g} vs eager ({reference:.4g} -> {value:.4g}), "

@@ -28,6 +28,7 @@ class ExportBundle:
     kind: str
     opset: int | None = None
     onnx_error: str | None = None
+    prune: dict[str, Any] | None = None  # what pruning did, for pruned variants
     _program: Any = field(default=None, repr=False)
 
     @property
@@ -62,10 +63,13 @@ class ExportBundle:
             kind=meta["kind"],
             opset=meta.get("opset"),
             onnx_error=meta.get("onnx_error"),
+            prune=meta.get("prune"),
         )
 
 
-def export_model(loaded: LoadedModel, out_dir: Path, opset: int, strict: bool, key: str) -> ExportBundle:
+def export_model(
+    loaded: LoadedModel, out_dir: Path, opset: int, strict: bool, key: str, extra: dict[str, Any] | None = None
+) -> ExportBundle:
     """Capture and lower into ``out_dir`` (a fresh folder); ``key`` is the stage's cache key."""
     import torch
 
@@ -73,7 +77,7 @@ def export_model(loaded: LoadedModel, out_dir: Path, opset: int, strict: bool, k
     from kiln.exporters.torch_export import capture, example_inputs, flatten_outputs
 
     sig = loaded.signature
-    meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key}
+    meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key, **(extra or {})}
     if loaded.kind == "onnx":
         assert loaded.onnx_path is not None
         shutil.copyfile(loaded.onnx_path, out_dir / ONNX)
