@@ -47,7 +47,7 @@ def print_summary(config: KilnConfig, results: list[TargetResult], out: Path) ->
             parity = f"[red]{type(r.error).__name__}[/red]"
         elif gate.get("parity"):
             verdict = "[green]pass[/green]" if not gate["parity"]["breaches"] else "[red]FAIL[/red]"
-            parity = f"{verdict} {gate['parity']['worst']}"
+            parity = f"{verdict} {gate['parity']['worst']}" + (" (simulated)" if gate.get("simulated") else "")
         else:
             parity = gate.get("reason") or "-"
         ev = gate.get("evaluation")

@@ -93,3 +93,16 @@ def two_calibration() -> Iterator[dict[str, np.ndarray]]:
     rng = np.random.default_rng(3)
     for _ in range(32):
         yield {"a": rng.standard_normal((1, 6)).astype(np.float32), "b": rng.standard_normal((1, 4)).astype(np.float32)}
+
+
+class DataDependent(nn.Module):
+    """Python control flow on tensor values: torch.export cannot capture it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return x - 1
+
+
+def data_dependent() -> nn.Module:
+    return DataDependent()
