@@ -1,0 +1,331 @@
+"""TensorRT engines for NVIDIA GPUs, built from kiln's ONNX with the TensorRT 10 Python API.
+
+Toolchain: ``tensorrt`` 10.x (``pip install 'kiln[tensorrt]'``; its libraries come from NVIDIA's
+index) with a CUDA build of PyTorch for the runner (no pycuda). Written against the documented
+TensorRT 10 API; on kiln's development machines (no GPU, no TensorRT) only :meth:`prepare` has
+run: profile derivation, the Q/DQ ONNX and its checks, the 2:4 pattern check. The engine build,
+the inspector and the runner have not been executed there.
+
+- ``prepare`` (no TensorRT needed): ``profiles.json`` (min/opt/max per input from the named
+  dims), for ``int8``/``fp8`` the explicit-quantization ``model.qdq.onnx`` with ``qdq.json``
+  (:mod:`kiln.targets.tensorrt_qdq`), for 2:4 pruning ``sparsity-2of4.json``, and ``plan.json``:
+  the builder flags, workspace and ONNX file the build will use.
+- ``compile``: parse, one optimization profile per entry of ``profiles.json``, precision flags
+  (``fp32`` clears TF32 so fp32 means fp32), ``SPARSE_WEIGHTS`` for 2:4, a workspace limit, the
+  timing cache ``<out>/<model>/.trt-timing.cache`` (loaded, then saved back), ``model.engine``,
+  and the inspector's layer JSON (``engine-layers.json``) summarised into the artifact info with
+  flags for optimizations TensorRT did not take (:mod:`kiln.targets.tensorrt_inspect`).
+- ``load``: a runner on one CUDA stream; tensors travel through PyTorch; shapes are set per
+  call and the profile is picked per call. An engine only runs on the GPU model and TensorRT
+  version it was built with: ``load`` checks both against the artifact info.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import ConfigError, TargetBuildError, UnavailableError
+from kiln.parity import tolerance_for
+from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
+from kiln.targets.tensorrt_inspect import engine_flags, sparsity_log, summarize
+from kiln.targets.tensorrt_profiles import Profile, derive_profiles, read_profiles, write_profiles
+from kiln.targets.tensorrt_qdq import QDQ_ONNX, prepare_qdq, recipe_for
+from kiln.targets.tensorrt_runner import TensorRTRunner
+from kiln.targets.tensorrt_sparsity import check_2of4
+
+MAIN = "model.engine"
+PLAN = "plan.json"
+LAYERS = "engine-layers.json"
+TIMING_CACHE = ".trt-timing.cache"
+INSTALL = "pip install 'kiln[tensorrt]' (TensorRT 10 from NVIDIA's index) and a CUDA build of PyTorch"
+OPTIONS = (
+    "workspace_mb",
+    "profiles",
+    "calibrate_method",
+    "qdq_op_types",
+    "optimization_level",
+    "int8_fallback",
+    "sparse_weights",
+    "timing_cache",
+)
+PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8",), "fp8": ("FP8", "FP16")}
+MIN_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9), "2:4": (8, 0)}
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """What the builder will be asked for, decided (and written) before TensorRT is imported."""
+
+    precision: str
+    onnx: str  # the file the engine is built from: the export's ONNX or model.qdq.onnx
+    builder_flags: tuple[str, ...]
+    cleared_flags: tuple[str, ...]
+    workspace_bytes: int
+    sparse: bool
+    optimization_level: int | None
+    timing_cache: str | None
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What one engine build reported: versions, device, the inspector's JSON, the log, the cache."""
+
+    version: str
+    device: dict[str, Any]
+    layers: str
+    messages: list[str]
+    cache: tuple[int, int]  # timing cache bytes loaded, saved
+
+
+def read_plan(folder: Path) -> EnginePlan:
+    data = json.loads((folder / PLAN).read_text())
+    return EnginePlan(
+        **{**data, "builder_flags": tuple(data["builder_flags"]), "cleared_flags": tuple(data["cleared_flags"])}
+    )
+
+
+def checked_options(ctx: CompileContext) -> dict[str, Any]:
+    options = dict(ctx.target.options)
+    if unknown := sorted(set(options) - set(OPTIONS)):
+        raise ConfigError(f"tensorrt: unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
+    return options
+
+
+def sparse_requested(ctx: CompileContext, options: dict[str, Any]) -> bool:
+    prune = ctx.target.prune  # a PruneConfig (a plain table in older configs)
+    method = prune.get("method") if isinstance(prune, dict) else getattr(prune, "method", None)
+    return method == "2:4" or bool(options.get("sparse_weights", False))
+
+
+def make_plan(ctx: CompileContext, options: dict[str, Any]) -> EnginePlan:
+    precision = ctx.target.precision
+    flags = list(PRECISION_FLAGS[precision])
+    if precision == "int8":
+        fallback = options.get("int8_fallback", "fp16")
+        if fallback not in ("fp16", "fp32"):
+            raise ConfigError(f"tensorrt options.int8_fallback {fallback!r}: choose 'fp16' or 'fp32'")
+        flags += ["FP16"] if fallback == "fp16" else []  # layers left unquantized run fp16 or fp32
+    sparse = sparse_requested(ctx, options)
+    if sparse and not {"FP16", "INT8"} & set(flags):
+        raise ConfigError(f"tensorrt: 2:4 sparse weights need fp16 or int8 kernels, not {precision}; pick one of those")
+    if sparse:
+        flags.append("SPARSE_WEIGHTS")
+    workspace = options.get("workspace_mb", 2048)
+    level = options.get("optimization_level")
+    if not isinstance(workspace, int) or workspace < 16:
+        raise ConfigError(f"tensorrt options.workspace_mb must be an integer >= 16, got {workspace!r}")
+    if level is not None and level not in range(6):
+        raise ConfigError(f"tensorrt options.optimization_level must be 0..5, got {level!r}")
+    cache = ctx.export.path.parent / TIMING_CACHE if options.get("timing_cache", True) else None
+    return EnginePlan(
+        precision=precision,
+        onnx=QDQ_ONNX if precision in ("int8", "fp8") else str(ctx.export.onnx_path),
+        builder_flags=tuple(flags),
+        cleared_flags=("TF32",) if precision == "fp32" else (),
+        workspace_bytes=workspace * 2**20,
+        sparse=sparse,
+        optimization_level=level,
+        timing_cache=str(cache) if cache else None,
+    )
+
+
+def import_tensorrt() -> Any:
+    """``tensorrt`` >= 10, or the exit-5 error that says what to install."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as err:  # the bindings import, but libnvinfer may be missing
+        raise UnavailableError(f"TensorRT does not load here ({err}); {INSTALL}") from err
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise UnavailableError(f"kiln needs TensorRT 10 or later, found {trt.__version__}; {INSTALL}")
+    return trt
+
+
+def cuda_device() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UnavailableError(f"PyTorch sees no CUDA GPU (torch {torch.__version__}); {INSTALL}")
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}", "sm": (major, minor)}
+
+
+def _logger(trt: Any) -> Any:
+    class Logger(trt.ILogger):  # keeps messages: the sparsity report lives in the builder's log
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[Any, str]] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity != trt.ILogger.Severity.VERBOSE:
+                self.messages.append((severity, msg))
+
+    return Logger()
+
+
+def _errors(trt: Any, logger: Any) -> str:
+    bad = (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)
+    return "; ".join(msg for severity, msg in logger.messages if severity in bad)[-800:] or "no error logged"
+
+
+def _network(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TargetBuildError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}; --verbose shows more")
+    return network, parser
+
+
+def _config(trt: Any, builder: Any, plan: EnginePlan, profiles: list[Profile]) -> tuple[Any, int]:
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector needs layer detail
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in plan.cleared_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, flag))
+    if plan.optimization_level is not None:
+        config.builder_optimization_level = plan.optimization_level
+    for profile in profiles:
+        trt_profile = builder.create_optimization_profile()
+        for shapes in profile.inputs:
+            trt_profile.set_shape(shapes.name, shapes.min, shapes.opt, shapes.max)
+        config.add_optimization_profile(trt_profile)
+    loaded = 0
+    if plan.timing_cache:
+        path = Path(plan.timing_cache)
+        data = path.read_bytes() if path.is_file() else b""
+        cache = config.create_timing_cache(data) if data else None  # None: a blob TensorRT cannot read
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            loaded = len(data)
+        else:  # none yet, or written by another GPU / TensorRT version: start a fresh one
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    return config, loaded
+
+
+def _save_timing_cache(config: Any, path: Path) -> int:
+    data = bytes(config.get_timing_cache().serialize())
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # several builds share the cache: never leave half a file
+    return len(data)
+
+
+def _inspect(trt: Any, logger: Any, engine_bytes: Any, profile: Profile) -> str:
+    runtime = trt.Runtime(logger)  # must outlive the engine
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    context = engine.create_execution_context()
+    for shapes in profile.inputs:  # concrete shapes, or the inspector hides tensor formats
+        context.set_input_shape(shapes.name, shapes.opt)
+    inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
+    information = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    del inspector, context, engine  # released before their runtime
+    return information
+
+
+class TensorRTTarget(Target):
+    def prepare(self, ctx: CompileContext) -> None:
+        options = checked_options(ctx)
+        write_profiles(derive_profiles(ctx.export.signature, options.get("profiles")), ctx.out_dir)
+        plan = make_plan(ctx, options)
+        precision = ctx.target.precision
+        if precision in ("int8", "fp8"):
+            if ctx.calibration is None or not ctx.calibration.samples:
+                raise ConfigError(
+                    f"tensorrt:{precision} needs calibration data for its Q/DQ model (TensorRT's implicit "
+                    "calibration is deprecated); add a [calibration] section to the config"
+                )
+            tolerance = tolerance_for(precision, ctx.target.tolerance)
+            recipe = recipe_for(precision, options)
+            prepare_qdq(ctx.export.onnx_path, ctx.out_dir, ctx.calibration.samples, recipe, tolerance)
+        if plan.sparse:
+            check_2of4(ctx.export.onnx_path).write(ctx.out_dir)
+        (ctx.out_dir / PLAN).write_text(json.dumps(asdict(plan), indent=2))
+
+    def compile(self, ctx: CompileContext) -> Artifact:
+        trt = import_tensorrt()
+        device = cuda_device()
+        plan = read_plan(ctx.out_dir)
+        for need, floor in MIN_CAPABILITY.items():
+            if (need == plan.precision or (need == "2:4" and plan.sparse)) and device["sm"] < floor:
+                raise UnavailableError(
+                    f"tensorrt:{plan.precision}{' with 2:4' if plan.sparse else ''} needs compute capability "
+                    f"{floor[0]}.{floor[1]} or later; {device['gpu']} is {device['compute_capability']}"
+                )
+        profiles = read_profiles(ctx.out_dir)
+        onnx_path = Path(plan.onnx) if Path(plan.onnx).is_absolute() else ctx.out_dir / plan.onnx
+        logger = _logger(trt)
+        builder = trt.Builder(logger)
+        network, _parser = _network(trt, builder, logger, onnx_path)
+        names = [network.get_input(i).name for i in range(network.num_inputs)]
+        if sorted(names) != sorted(ctx.export.signature.input_names):
+            raise TargetBuildError(f"the ONNX inputs {names} differ from the signature's; report the model")
+        config, loaded = _config(trt, builder, plan, profiles)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise TargetBuildError(f"TensorRT could not build the engine: {_errors(trt, logger)}")
+        with open(ctx.out_dir / MAIN, "wb") as f:
+            f.write(serialized)
+        saved = _save_timing_cache(config, Path(plan.timing_cache)) if plan.timing_cache else 0
+        layers = _inspect(trt, logger, serialized, profiles[0])
+        (ctx.out_dir / LAYERS).write_text(layers)
+        record = BuildRecord(trt.__version__, device, layers, [msg for _, msg in logger.messages], (loaded, saved))
+        return self._artifact(ctx, plan, record)
+
+    def _artifact(self, ctx: CompileContext, plan: EnginePlan, record: BuildRecord) -> Artifact:
+        version, device, cache = record.version, record.device, record.cache
+        summary = summarize(record.layers)
+        log = sparsity_log(record.messages)
+        pattern = json.loads((ctx.out_dir / "sparsity-2of4.json").read_text()) if plan.sparse else None
+        qdq = json.loads((ctx.out_dir / "qdq.json").read_text()) if plan.precision in ("int8", "fp8") else None
+        info: dict[str, Any] = {
+            "execution_precision": plan.precision,
+            "tensorrt_version": version,
+            "gpu": device["gpu"],
+            "compute_capability": device["compute_capability"],
+            "portability": (
+                f"an engine only runs where it was built: {device['gpu']} (compute capability "
+                f"{device['compute_capability']}) with TensorRT {version}"
+            ),
+            "builder_flags": list(plan.builder_flags),
+            "cleared_flags": list(plan.cleared_flags),
+            "workspace_mb": plan.workspace_bytes // 2**20,
+            "profiles": [p.to_dict() for p in read_profiles(ctx.out_dir)],
+            "timing_cache": {
+                "path": plan.timing_cache,
+                "reused": cache[0] > 0,
+                "loaded_bytes": cache[0],
+                "saved_bytes": cache[1],
+            },
+            "layers": summary.to_dict(),
+            "sparse": {"requested": plan.sparse, "builder_log": log, "pattern": pattern and pattern["qualifying"]},
+            "qdq": qdq and {k: qdq[k] for k in ("recipe", "placement", "parity_vs_fp32")},
+            "flags": engine_flags(plan.precision, summary, plan.sparse, log, pattern and pattern["qualifying"]),
+        }
+        return Artifact("tensorrt", plan.precision, ctx.out_dir, MAIN, ctx.export.signature, info)
+
+    def load(self, artifact: Artifact, options: RunOptions) -> Runner:
+        trt = import_tensorrt()
+        device = cuda_device()
+        built = (artifact.info.get("tensorrt_version"), artifact.info.get("compute_capability"))
+        if built[0] and built != (trt.__version__, device["compute_capability"]):
+            raise UnavailableError(
+                f"this engine was built with TensorRT {built[0]} for compute capability {built[1]}; here: TensorRT "
+                f"{trt.__version__} on {device['gpu']} ({device['compute_capability']}); rebuild it on this machine"
+            )
+        logger = _logger(trt)
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(artifact.main.read_bytes())
+        if engine is None:
+            raise UnavailableError(f"TensorRT could not load {artifact.main}: {_errors(trt, logger)}; rebuild it here")
+        runner = TensorRTRunner(trt, engine, artifact, read_profiles(artifact.path), options)
+        runner.owners = (runtime, logger)  # TensorRT wants both alive as long as the engine
+        return runner
+
+
+TARGET = TensorRTTarget()
