@@ -31,6 +31,12 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "int8-dynamic": Tolerance(min_cosine=0.98, min_top1=0.95),
     "int4": Tolerance(min_cosine=0.95, min_top1=0.90),
 }
+# Compression schemes named by their own precision take the figures of their bit width.
+DEFAULT_TOLERANCES |= {
+    "w8a8": DEFAULT_TOLERANCES["int8"],
+    "palettize4": DEFAULT_TOLERANCES["int4"],
+    "palettize": DEFAULT_TOLERANCES["int4"],
+}
 HIGHER_IS_BETTER = {"cosine", "top1"}
 
 
