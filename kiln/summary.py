@@ -56,7 +56,7 @@ def print_summary(config: KilnConfig, results: list[TargetResult], out: Path) ->
             metric = f"[red]{metric}[/red]"
         table.add_row(
             r.target.name,
-            r.target.precision,
+            r.target.precision + (f" {r.target.prune.slug}" if r.target.prune else ""),
             str(m.get("execution", {}).get("execution_precision", "-")),
             r.status,
             parity,

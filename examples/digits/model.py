@@ -7,6 +7,7 @@ Real data and a real accuracy: 1,797 8x8 images, a fixed 75/25 split, about 97 %
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from functools import cache
 
@@ -94,6 +95,19 @@ def evaluation() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     _, _, x, y = _split()
     for i in range(0, len(x), 50):
         yield {"x": x[i : i + 50]}, y[i : i + 50]
+
+
+_train_epoch = itertools.count()
+
+
+def train_batches() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Shuffled (images, labels) batches of the training split, for pruning recovery
+    (``[recovery].source``); each call is one epoch in a new, seeded order."""
+    x, y, _, _ = _split()
+    order = np.random.default_rng(SEED + next(_train_epoch)).permutation(len(x))
+    for i in range(0, len(x), 64):
+        idx = order[i : i + 64]
+        yield {"x": x[idx]}, y[idx]
 
 
 if __name__ == "__main__":
