@@ -16,7 +16,7 @@ from typing import Any
 
 from kiln import __version__
 from kiln.config import KilnConfig, TargetConfig
-from kiln.errors import ConfigError, KilnError, ParityError
+from kiln.errors import ConfigError, KilnError, ParityError, UnavailableError
 from kiln.exporters import META, ExportBundle
 from kiln.sources import LoadedModel, load_source, source_files
 from kiln.spec import Signature
@@ -162,7 +162,9 @@ def _build_stale(p: BuildPlan, stale: list[TargetConfig], results: dict[str, Tar
             results[target.key] = TargetResult(target, "failed", error=err, seconds=time.perf_counter() - start)
 
 
-def _pruned_variant(p: BuildPlan, target: TargetConfig, loaded: LoadedModel, dense: Any, progress: Progress) -> tuple[ExportBundle, Any]:
+def _pruned_variant(
+    p: BuildPlan, target: TargetConfig, loaded: LoadedModel, dense: Any, progress: Progress
+) -> tuple[ExportBundle, Any]:
     """The pruned model's own export stage (``export-<slug>/``) and its eager reference.
 
     Parity compares each pruned artifact with the pruned eager model; the task metric's drop is
@@ -173,8 +175,8 @@ def _pruned_variant(p: BuildPlan, target: TargetConfig, loaded: LoadedModel, den
     from kiln.exporters import export_model
     from kiln.prune import PruneContext, prune_model
     from kiln.reference import Reference
-    from kiln.targets.eager import TorchRunner
     from kiln.targets.base import RunOptions
+    from kiln.targets.eager import TorchRunner
 
     assert target.prune is not None
     config, slug = p.config, target.prune.slug
@@ -246,7 +248,7 @@ def _context(p: BuildPlan, target: TargetConfig, bundle: ExportBundle, reference
 def _build_target(
     p: BuildPlan, target: TargetConfig, bundle: ExportBundle, reference: Any, progress: Progress
 ) -> dict[str, Any]:
-    from kiln.targets import implementation, require
+    from kiln.targets import implementation, precision_missing, require
     from kiln.targets.base import RunOptions
 
     config = p.config
@@ -257,6 +259,8 @@ def _build_target(
         with atomic_dir(p.model_dir / f"{target.key}.prepared") as tmp:
             impl.prepare(_context(p, target, bundle, reference, tmp))
         require(target.name)
+    if missing := precision_missing(target.name, target.precision):
+        raise UnavailableError(missing)
     final = p.model_dir / target.key
     start = time.perf_counter()
     with atomic_dir(final) as tmp:

@@ -176,7 +176,7 @@ def targets() -> None:
     from rich.table import Table
 
     from kiln.summary import wide_console
-    from kiln.targets import REGISTRY, availability
+    from kiln.targets import REGISTRY, availability, precision_missing
 
     table = Table(title="kiln targets")
     for col in ("target", "precisions", "build", "run", "needs / why not", "extra"):
@@ -188,7 +188,11 @@ def targets() -> None:
             ", ".join(spec.precisions),
             "yes" if avail.build else "no",
             "yes" if avail.run else "no",
-            escape(avail.reason or spec.summary),
+            escape(
+                "; ".join(
+                    [avail.reason or spec.summary] + [m for p in spec.precisions if (m := precision_missing(name, p))]
+                )
+            ),
             escape(f"kiln[{spec.extra}]") if spec.extra else "-",
         )
     wide_console().print(table)

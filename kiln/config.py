@@ -200,11 +200,22 @@ def parse_config(data: dict[str, Any], root: Path, where: str = "config") -> Kil
         config = KilnConfig.model_validate({**data, "root": root})
     except ValidationError as err:
         raise ConfigError(f"{where}: {_describe(err)}; fix it and run again") from err
+    check_targets(config)
+    return config
+
+
+def check_targets(config: KilnConfig) -> None:
+    """Every target x precision is known, and static quantizers have calibration data."""
     from kiln.targets import check_target  # the registry is a literal table; no toolchain import
 
     for target in config.target:
-        check_target(target.name, target.precision)
-    return config
+        spec = check_target(target.name, target.precision)
+        if target.precision in spec.calibrated and config.calibration is None:
+            raise ConfigError(
+                f"{target.name}:{target.precision} calibrates on data and the config has no [calibration]; "
+                "add [calibration] source = 'data.npz' | 'folder/' | 'file.py:fn' (kiln never calibrates "
+                "on random inputs), or pick a weight-only or dynamic precision"
+            )
 
 
 def load_config(path: Path) -> KilnConfig:
@@ -232,9 +243,7 @@ def with_targets(config: KilnConfig, selectors: list[str]) -> KilnConfig:
         if matches:
             chosen.extend(t for t in matches if t not in chosen)
             continue
-        target = TargetConfig(name=name, precision=precision or "fp32")
-        from kiln.targets import check_target
-
-        check_target(target.name, target.precision)
-        chosen.append(target)
-    return config.model_copy(update={"target": chosen})
+        chosen.append(TargetConfig(name=name, precision=precision or "fp32"))
+    config = config.model_copy(update={"target": chosen})
+    check_targets(config)
+    return config

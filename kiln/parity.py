@@ -29,6 +29,8 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp8": Tolerance(min_cosine=0.98, min_top1=0.95),
     "int8": Tolerance(min_cosine=0.98, min_top1=0.95),
     "int8-dynamic": Tolerance(min_cosine=0.98, min_top1=0.95),
+    # Weight-only int8 (activations stay float): measured cosine >= 0.99999 on a tiny attention block.
+    "int8-weights": Tolerance(min_cosine=0.99, min_top1=0.98),
     "int4": Tolerance(min_cosine=0.95, min_top1=0.90),
 }
 # Compression schemes named by their own precision take the figures of their bit width.
@@ -94,6 +96,9 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass
 class ParityReport:
     tolerance: Tolerance
+    # Top-1 agreement is gated on this output only (the one the task reads); other outputs, such
+    # as hidden states, have no classes and are gated by cosine and error figures.
+    primary: str | None = None
     outputs: dict[str, OutputFigures] = field(default_factory=dict)
     cases: int = 0
 
@@ -110,7 +115,7 @@ class ParityReport:
     def breaches(self) -> list[str]:
         found = []
         for name, figures in self.outputs.items():
-            for figure, limit in self._limits():
+            for figure, limit in self._limits(name):
                 value = getattr(figures, figure)
                 if value is None or limit is None:
                     continue
@@ -126,9 +131,10 @@ class ParityReport:
                     )
         return found
 
-    def _limits(self) -> list[tuple[str, float | None]]:
+    def _limits(self, output: str) -> list[tuple[str, float | None]]:
         t = self.tolerance
-        return [("max_abs", t.max_abs), ("max_rel", t.max_rel), ("cosine", t.min_cosine), ("top1", t.min_top1)]
+        top1 = t.min_top1 if self.primary is None or output == self.primary else None
+        return [("max_abs", t.max_abs), ("max_rel", t.max_rel), ("cosine", t.min_cosine), ("top1", top1)]
 
     @property
     def passed(self) -> bool:
@@ -138,7 +144,7 @@ class ParityReport:
         """The one figure a summary table shows: the gated figure closest to (or past) its limit."""
         best: tuple[float, str] | None = None
         for name, figures in self.outputs.items():
-            for figure, limit in self._limits():
+            for figure, limit in self._limits(name):
                 value = getattr(figures, figure)
                 if value is None or limit is None:
                     continue

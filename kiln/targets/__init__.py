@@ -29,6 +29,10 @@ class TargetSpec:
     extra: str | None = None
     build_needs: tuple[str, ...] = ()
     run_needs: tuple[str, ...] = ()
+    # Precisions whose quantizer calibrates on data: refused before export without [calibration].
+    calibrated: tuple[str, ...] = ()
+    # Precisions that need one more package: precision -> (import name, pip extra).
+    precision_requires: tuple[tuple[str, str, str], ...] = ()
 
 
 REGISTRY: dict[str, TargetSpec] = {
@@ -45,25 +49,29 @@ REGISTRY: dict[str, TargetSpec] = {
             "aoti",
             "kiln.targets.aoti",
             "PyTorch AOTInductor: a compiled .pt2 package, loadable without Python model code",
-            ("fp32",),
+            ("fp32", "int8"),
             requires=("torch",),
             build_needs=("cxx",),
+            calibrated=("int8",),
+            precision_requires=(("int8", "torchao", "aoti-int8"),),
         ),
         TargetSpec(
             "onnxruntime",
             "kiln.targets.onnxruntime",
             "ONNX Runtime, CPU execution provider, all graph optimizations",
-            ("fp32",),
+            ("fp32", "fp16", "int8", "int8-dynamic"),
             requires=("onnxruntime",),
             extra="onnxruntime",
+            calibrated=("int8",),
         ),
         TargetSpec(
             "openvino",
             "kiln.targets.openvino",
             "OpenVINO IR on the CPU plugin, execution precision always set",
-            ("fp32", "bf16"),
+            ("fp32", "fp16", "bf16", "int8", "int8-weights", "int4"),
             requires=("openvino",),
             extra="openvino",
+            calibrated=("int8",),
         ),
         TargetSpec(
             "coreml",
@@ -74,6 +82,7 @@ REGISTRY: dict[str, TargetSpec] = {
             extra="coreml",
             build_needs=("coreml-converter",),
             run_needs=("macos",),
+            calibrated=("w8a8",),
         ),
         TargetSpec(
             "tensorrt",
@@ -84,6 +93,7 @@ REGISTRY: dict[str, TargetSpec] = {
             extra="tensorrt",
             build_needs=("cuda",),
             run_needs=("cuda",),
+            calibrated=("int8", "fp8"),
         ),
     )
 }
@@ -130,6 +140,14 @@ def availability(name: str) -> Availability:
     if run_missing:
         return Availability(True, False, "convert and compress: yes; run: needs " + " and ".join(run_missing))
     return Availability(True, True, "")
+
+
+def precision_missing(name: str, precision: str) -> str | None:
+    """What a precision needs beyond its target's packages, when it is not installed."""
+    for wanted, module, extra in REGISTRY[name].precision_requires:
+        if wanted == precision and importlib.util.find_spec(module) is None:
+            return f"{name}:{precision} needs the Python package {module!r} (pip install 'kiln[{extra}]')"
+    return None
 
 
 def check_target(name: str, precision: str) -> TargetSpec:

@@ -2,7 +2,8 @@
 
 Toolchain: onnxruntime 1.31. The artifact is the ONNX file the session loads; the session
 applies its hardware-specific optimizations at load time (saving an ``ORT_ENABLE_ALL`` graph
-would tie the file to this CPU).
+would tie the file to this CPU). ``int8`` (static QDQ), ``int8-dynamic`` and ``fp16`` are made by
+ORT's own tools in :mod:`kiln.quant.ort`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def session(path: Path, options: RunOptions) -> Any:
 
 
 class ORTRunner(Runner):
-    def __init__(self, path: Path, sig: Signature, options: RunOptions) -> None:
-        self.sig, self.options = sig, options
+    def __init__(self, path: Path, sig: Signature, options: RunOptions, precision: str = "fp32") -> None:
+        self.sig, self.options, self.precision = sig, options, precision
         self.session = session(path, options)
         self.names = [o.name for o in self.session.get_outputs()]
 
@@ -49,20 +50,27 @@ class ORTRunner(Runner):
         return {
             "threads": self.options.threads or "ort-default",
             "providers": self.session.get_providers(),
-            "execution_precision": "fp32",
+            "execution_precision": self.precision,
         }
 
 
 class ORTTarget(Target):
     def compile(self, ctx: CompileContext) -> Artifact:
-        shutil.copyfile(ctx.export.onnx_path, ctx.out_dir / MAIN)
         artifact = Artifact("onnxruntime", ctx.target.precision, ctx.out_dir, MAIN, ctx.export.signature)
+        if ctx.target.precision == "fp32":
+            shutil.copyfile(ctx.export.onnx_path, artifact.main)
+            artifact.info["execution_precision"] = "fp32"
+        else:
+            from kiln.quant.ort import executed_precision, quantize
+
+            artifact.info.update(quantize(ctx, ctx.export.onnx_path, artifact.main))
+            if ctx.target.precision == "fp16":
+                artifact.info["execution_precision"] = executed_precision(artifact.main)
         session(artifact.main, RunOptions(threads=ctx.threads))  # fail at build, not at first run
-        artifact.info["execution_precision"] = "fp32"
         return artifact
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
-        return ORTRunner(artifact.main, artifact.signature, options)
+        return ORTRunner(artifact.main, artifact.signature, options, artifact.info.get("execution_precision", "fp32"))
 
 
 TARGET = ORTTarget()

@@ -4,7 +4,11 @@ Toolchain: openvino 2026.4. On a CPU with AVX512-BF16 the plugin runs "fp32" mod
 unless told otherwise, so ``fp32`` here means ``INFERENCE_PRECISION_HINT=f32`` and ``bf16`` is its
 own precision; the precision the compiled model reports is written into the manifest. The IR is
 converted from kiln's ONNX with the spec's dim ranges, and saved without fp16 weight compression
-so fp32 stays exact.
+so fp32 stays exact (``fp16`` stores fp16 weights). ``fp16`` asks for ``f16`` execution; a CPU
+without AVX512-FP16/AMX-FP16 (Zen 4) runs it in bf16, and the manifest says so. ``int8``,
+``int8-weights`` and ``int4`` are made by NNCF (:mod:`kiln.quant.nncf`); their non-quantized ops
+run in f32. ``execution_precision`` is read back from the compiled model's runtime graph: the
+precision its compute layers (convolutions, matmuls) really run in.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from kiln.targets.base import Arrays, Artifact, CompileContext, Runner, RunOptio
 sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 MAIN = "model.xml"
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+QUANTIZED = ("int8", "int8-weights", "int4")
 
 
 def partial_shapes(sig: Signature) -> dict[str, Any]:
@@ -47,11 +52,31 @@ def compile_model(path: Path, precision: str, options: RunOptions) -> Any:
     return core.compile_model(core.read_model(str(path)), "CPU", config)
 
 
+COMPUTE = ("Convolution", "MatMul", "FullyConnected", "GroupConvolution", "Deconvolution")
+NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "u8": "int8", "i8": "int8"}
+
+
+def compute_precisions(compiled: Any) -> dict[str, int]:
+    """How many compute layers of the runtime graph run in each precision."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) in COMPUTE:
+            name = NAMES.get(rt["runtimePrecision"].astype(str), rt["runtimePrecision"].astype(str))
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def execution_info(compiled: Any) -> dict[str, Any]:
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    counts = compute_precisions(compiled)
+    hinted = {v: k for k, v in HINTS.items()}.get(hint, hint)
+    ran = max(counts, key=lambda k: counts[k]) if counts else hinted
     return {
-        "execution_precision": {v: k for k, v in HINTS.items()}.get(hint, hint),
+        "execution_precision": ran if len(counts) <= 1 else f"{ran} (mixed: {counts})",
+        "inference_precision_hint": hinted,
+        "compute_precisions": counts,
         "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
         "streams": int(compiled.get_property("NUM_STREAMS")),
     }
@@ -88,10 +113,21 @@ class OpenVINOTarget(Target):
         sig = ctx.export.signature
         model = ov.Core().read_model(str(ctx.export.onnx_path))
         model.reshape(partial_shapes(sig))
-        ov.save_model(model, str(ctx.out_dir / MAIN), compress_to_fp16=False)
         artifact = Artifact("openvino", ctx.target.precision, ctx.out_dir, MAIN, sig)
+        quantized: dict[str, Any] = {}
+        if ctx.target.precision in QUANTIZED:
+            from kiln.quant.nncf import quantize
+
+            model, quantized = quantize(ctx, model)
+        ov.save_model(model, str(artifact.main), compress_to_fp16=ctx.target.precision == "fp16")
         compiled = compile_model(artifact.main, artifact.precision, RunOptions(threads=ctx.threads))
         artifact.info.update(execution_info(compiled))
+        artifact.info.update({k: v for k, v in quantized.items() if k != "execution_precision"})
+        if ctx.target.precision == "fp16" and artifact.info["inference_precision_hint"] != "fp16":
+            artifact.info.setdefault("notes", []).append(
+                f"asked the CPU plugin for f16 execution; it runs {artifact.info['inference_precision_hint']} "
+                "(no native fp16 compute on this CPU); weights are stored in fp16"
+            )
         return artifact
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:

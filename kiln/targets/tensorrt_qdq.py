@@ -91,7 +91,8 @@ def make_qdq(src: Path, dst: Path, samples: list[Arrays], recipe: QDQRecipe) -> 
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from kiln.quant.ort import preprocess
 
     class Reader(CalibrationDataReader):  # ONNX Runtime's protocol over kiln's checked samples
         def __init__(self) -> None:
@@ -104,7 +105,7 @@ def make_qdq(src: Path, dst: Path, samples: list[Arrays], recipe: QDQRecipe) -> 
     qtype = QuantType.QInt8 if recipe.precision == "int8" else QuantType.QFLOAT8E4M3FN
     with tempfile.TemporaryDirectory(prefix="kiln-qdq-") as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre))  # shape inference + folding, as the quantizer expects
+        preprocess(src, pre)  # shape inference + folding, as the quantizer expects
         try:
             quantize_static(
                 str(pre),

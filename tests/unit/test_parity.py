@@ -54,3 +54,13 @@ def test_overrides_replace_only_the_figures_given() -> None:
 def test_lower_precisions_are_looser() -> None:
     assert DEFAULT_TOLERANCES["fp32"].max_rel < DEFAULT_TOLERANCES["fp16"].max_rel
     assert DEFAULT_TOLERANCES["fp16"].min_cosine > DEFAULT_TOLERANCES["int8"].min_cosine
+
+
+def test_top1_is_gated_only_on_the_primary_output() -> None:
+    ref = np.eye(4, dtype=np.float32)
+    got = ref.copy()
+    got[0] = [0, 2, 0, 0]
+    report = ParityReport(Tolerance(min_top1=0.9), primary="logits")
+    report.add_case({"logits": ref, "hidden": got}, {"logits": ref, "hidden": ref})
+    assert report.outputs["hidden"].top1 == 0.75
+    assert report.passed
