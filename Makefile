@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kiln-installed
 # Every install goes through the constraints file: it keeps torch at the 2.13.0 CPU build.
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(KILN) targets
 	$(KILN) build examples/digits/kiln.toml
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest
 
 lint: $(STAMP)
@@ -31,6 +31,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format kiln tests examples benchmarks
 	$(VENV)/bin/ruff check --fix kiln tests examples benchmarks
+
+# The suite (benchmarks/suite.toml): builds into build/suite, reports to benchmarks/results/<fingerprint>/.
+bench: $(STAMP)
+	$(PY) benchmarks/run_suite.py --out build/suite
+
+# Headless Chromium for the report.html browser test (the Debian package; apt-get needs root).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache

@@ -17,7 +17,9 @@ from tests.conftest import write_config
 def _proto(opset: int) -> onnx.ModelProto:
     node = helper.make_node("Relu", ["x"], ["y"])
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -31,7 +33,9 @@ def test_check_opset_refuses_a_silently_different_opset() -> None:
 
 
 def test_describe_failure_names_the_operator_and_a_hint() -> None:
-    err = describe_failure("ONNX export", RuntimeError("Unsupported FX nodes: {'aten::_fft_r2c.default'}\nmore"), "try X")
+    err = describe_failure(
+        "ONNX export", RuntimeError("Unsupported FX nodes: {'aten::_fft_r2c.default'}\nmore"), "try X"
+    )
     assert str(err) == (
         "ONNX export failed (operator aten::_fft_r2c.default): RuntimeError: "
         "Unsupported FX nodes: {'aten::_fft_r2c.default'}; try X"
@@ -54,8 +58,10 @@ def test_untraceable_model_fails_in_one_line_naming_the_stage(tmp_path: Path) ->
 
     models = Path(__file__).parents[1] / "models.py"
     model = {
-        "name": "dd", "source": f"{models}:data_dependent",
-        "inputs": [{"name": "x", "shape": ["batch", 4]}], "dims": {"batch": {"min": 1, "max": 4}},
+        "name": "dd",
+        "source": f"{models}:data_dependent",
+        "inputs": [{"name": "x", "shape": ["batch", 4]}],
+        "dims": {"batch": {"min": 1, "max": 4}},
     }
     path = write_config(tmp_path, {"model": model, "target": [{"name": "onnxruntime"}]})
     result = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "b")])

@@ -1,0 +1,142 @@
+"""Run the benchmark suite (``make bench``): every model in ``suite.toml``, one harness, one
+machine; then write ``benchmarks/results/<fingerprint>/``.
+
+    python benchmarks/run_suite.py [--out build/suite] [--only resnet50] [--min-seconds 1]
+
+Each model gets ``kiln bench`` (building what is missing or stale); its results.json, report.md
+and report.html are copied under the fingerprint folder, and ``report.md`` there sums the suite
+up: speed-up vs eager per model, target and batch, with the CV of every cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def _row(model: str, cells: list[dict[str, Any]], batch: int) -> list[str]:
+    out = []
+    for cell in (c for c in cells if c["batch"] == batch):
+        if cell["status"] != "ok":
+            out.append(f"| {model} | {cell['key']} | {batch} | {cell['status']}: {cell['reason'][:80]} | | | | |")
+            continue
+        lat = cell["latency"]
+        speedup = f"{cell['speedup_vs_eager']:.2f}×" if cell["speedup_vs_eager"] is not None else "-"
+        peak = f"{cell['roofline_fraction']:.1%}" if cell["roofline_fraction"] is not None else "-"
+        unstable = " ⚠" if lat["unstable"] else ""
+        out.append(
+            f"| {model} | {cell['key']} | {batch} | {lat['p50_ms']:.3g} | {lat['p90_ms']:.3g} | {speedup} | "
+            f"{lat['cv']:.1%}{unstable} | {peak} |"
+        )
+    return out
+
+
+def _load(run: dict[str, Any]) -> str:
+    load = run.get("machine_load") or {}
+    before, after = load.get("load_average_before"), load.get("load_average_after")
+    return f"{before[0]:.1f} → {after[0]:.1f}" if before and after else "-"
+
+
+def summary(runs: list[dict[str, Any]], failures: list[str], seconds: float) -> str:
+    fp = runs[0]["fingerprint"] if runs else {}
+    lines = [
+        "# kiln benchmark suite",
+        "",
+        f"Machine `{fp.get('id')}`: {fp.get('cpu')}, {fp.get('physical_cores')} cores, {fp.get('memory_gib')} GiB, "
+        f"{fp.get('os')}; flags: {', '.join(k for k, v in fp.get('flags', {}).items() if v) or 'none of note'}.  ",
+        f"Toolchains: {', '.join(f'{k} {v}' for k, v in fp.get('toolchain', {}).items())}.  ",
+        f"Suite wall time {seconds / 60:.1f} min. Each model's full report (all figures, plots, parity, "
+        "fingerprint and peak) is in its folder: `<model>/report.md`, `<model>/report.html`, `<model>/results.json`.",
+        "",
+        "| model | target | batch | p50 ms | p90 ms | vs eager | CV | of peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        for batch in run["settings"]["batches"]:
+            lines += _row(run["model"], run["cells"], batch)
+    flags = [f"- {r['model']} {c['key']} batch {c['batch']}: {f}" for r in runs for c in r["cells"] for f in c["flags"]]
+    lines += ["", "⚠: CV above the unstable threshold (see each model's report).", "", "## Flags", ""]
+    lines += [f for f in flags if "unstable" not in f] or ["None besides instability."]
+    if failures:
+        lines += ["", "## Models that did not run", "", *[f"- {f}" for f in failures]]
+    settings = {k: v for k, v in (runs[0]["settings"] if runs else {}).items() if k != "batches"}
+    lines += [
+        "",
+        "## Machine load during each model's run",
+        "",
+        "The benchmark itself accounts for about 1; the rest is other work on the machine.",
+        "",
+    ]
+    lines += ["| model | 1-min load average, before → after |"]
+    lines += ["|---|---|", *[f"| {r['model']} | {_load(r)} |" for r in runs]]
+    lines += ["", f"Settings (every model): {settings}", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", type=Path, default=HERE / "suite.toml")
+    parser.add_argument("--out", type=Path, default=Path("build/suite"), help="build folder for the artifacts")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="where <fingerprint>/ goes")
+    parser.add_argument("--only", action="append", default=[], help="run only this model (repeatable)")
+    parser.add_argument("--min-seconds", type=float, help="override the suite's timed seconds per cell")
+    parser.add_argument("--summarize", action="store_true", help="only re-render report.md from the last run")
+    args = parser.parse_args(argv)
+
+    from kiln.bench.run import BenchRequest, bench
+    from kiln.errors import KilnError
+    from kiln.hardware import fingerprint
+    from kiln.report import load_results
+    from kiln.report.console import print_results
+
+    suite = tomllib.loads(args.suite.read_text())
+    settings = suite.get("settings", {})
+    folder = args.results / fingerprint()["id"]
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.summarize:
+        meta = json.loads((folder / "suite.json").read_text())
+        runs = [load_results(folder / name / "results.json") for name in meta["models"]]
+        (folder / "report.md").write_text(summary(runs, meta["failures"], meta["seconds"]))
+        return 0
+    runs, failures, start = [], [], time.perf_counter()
+    for entry in suite["model"]:
+        config = (args.suite.parent / entry["config"]).resolve()
+        name = tomllib.loads(config.read_text())["model"]["name"]
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name} ({config})", file=sys.stderr, flush=True)
+        request = BenchRequest(
+            threads=settings.get("threads"),
+            min_seconds=args.min_seconds or settings.get("min_seconds"),
+            min_iters=settings.get("min_iters"),
+            warmup_seconds=settings.get("warmup_seconds"),
+            rounds=settings.get("rounds"),
+            out=args.out,
+            report_dir=folder / name,
+        )
+        try:
+            results, _ = bench(config, request, progress=lambda msg, n=name: print(f"   {n}: {msg}", file=sys.stderr))
+        except KilnError as err:
+            failures.append(f"{name}: {err}")
+            print(f"kiln: error: {name}: {err}", file=sys.stderr)
+            continue
+        print_results(results)
+        runs.append(results)
+    if runs:
+        seconds = time.perf_counter() - start
+        meta = {"models": [r["model"] for r in runs], "failures": failures, "seconds": round(seconds, 1)}
+        (folder / "suite.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (folder / "report.md").write_text(summary(runs, failures, seconds))
+        print(f"suite report: {folder / 'report.md'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The machine's peak: measured by a short calibrated GEMM, and the theoretical figure beside it.
+
+Measured: a fully connected layer's product (128 x 768 activations, 768 x 3072 constant weights)
+in fp32, bf16 and int8 (int32 accumulation) at the
+benchmark's thread count, with every GEMM kernel installed (torch's BLAS and oneDNN, ONNX
+Runtime's MLAS, OpenVINO's CPU plugin); the fastest single product over a short time budget is kept. Several kernels
+because one library can be far from the silicon: MKL takes a slow path on AMD CPUs. The result is cached per
+hardware fingerprint and thread count under ``~/.cache/kiln/`` (``$XDG_CACHE_HOME`` respected).
+
+Theoretical: cores x clock x operations per cycle from the ISA (FMA width and ports, VNNI, AMX).
+It is an estimate from ``/proc/cpuinfo`` at the clock the OS reports (often the nominal one: a
+boosting core measures above it); the measured figure is what the fractions use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from kiln.store import write_json
+
+PEAK_SCHEMA = "kiln.peak/4"  # bump when the method changes: cached figures are re-measured
+# One fully connected layer as inference runs it (a BERT-base FFN over 128 tokens): activations
+# (M x K) times constant weights (K x N) the runtime may pre-pack; 0.6 GFLOP per product. On the
+# development machine a square 1024^3 GEMM of two inputs reached about half of this shape's rate
+# with the same libraries, and real models beat it, so it was no peak.
+M, K, N = 128, 768, 3072
+OPS = 2 * M * K * N
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln"
+
+
+def _best_rate(op: Any, seconds: float) -> float:
+    """Operations per second of the fastest single product over the time budget. Preemption by
+    other processes only ever adds time, so the minimum is the machine's rate, not the load's."""
+    for _ in range(3):  # first calls pick kernels, pack weights and fault pages in
+        op()
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        start = time.perf_counter()
+        op()
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+    return OPS / best
+
+
+def _torch_gemm(dtype: str, threads: int) -> Any:
+    import torch
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    if dtype == "int8":
+        a = torch.randint(-128, 128, (M, K), dtype=torch.int8, generator=gen)
+        b = torch.randint(-128, 128, (K, N), dtype=torch.int8, generator=gen)
+        return lambda: torch._int_mm(a, b)
+    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    x, w = torch.randn(M, K, generator=gen).to(kind), torch.randn(K, N, generator=gen).to(kind)
+    out = torch.empty(M, N, dtype=kind)
+    return lambda: torch.matmul(x, w, out=out)
+
+
+def _ort_gemm(dtype: str, threads: int) -> Any:
+    """ONNX Runtime's MLAS kernels: MatMul (fp32) and MatMulInteger (u8 x s8, VNNI where present),
+    the weights an initializer as in a real model."""
+    if dtype == "bf16" or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if dtype == "int8":
+        a_type, c_type, op = TensorProto.UINT8, TensorProto.INT32, "MatMulInteger"
+        x = rng.integers(0, 256, (M, K), dtype=np.uint8)
+        w = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    else:
+        a_type, c_type, op = TensorProto.FLOAT, TensorProto.FLOAT, "MatMul"
+        x = rng.standard_normal((M, K), dtype=np.float32)
+        w = rng.standard_normal((K, N), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node(op, ["a", "w"], ["c"])],
+        "gemm",
+        [helper.make_tensor_value_info("a", a_type, [M, K])],
+        [helper.make_tensor_value_info("c", c_type, [M, N])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"a": x})
+
+
+def _openvino_gemm(dtype: str, threads: int) -> Any:
+    """OpenVINO's CPU plugin (oneDNN JIT kernels) on a MatMul with constant weights, fp32 or bf16."""
+    if dtype == "int8" or importlib.util.find_spec("openvino") is None:
+        return None
+    import sys
+
+    import numpy as np
+
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino as ov
+
+    rng = np.random.default_rng(0)
+    x = ov.opset13.parameter([M, K], ov.Type.f32)
+    w = ov.opset13.constant(rng.standard_normal((K, N), dtype=np.float32))
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16" if dtype == "bf16" else "f32",
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+    compiled = ov.Core().compile_model(ov.Model([ov.opset13.matmul(x, w, False, False)], [x]), "CPU", config)
+    request = compiled.create_infer_request()
+    request.set_input_tensor(0, ov.Tensor(rng.standard_normal((M, K), dtype=np.float32)))
+    return lambda: request.infer()
+
+
+def measure_peak(threads: int, seconds: float = 0.5) -> dict[str, Any]:
+    """Measured GFLOP/s (fp32, bf16) and GOP/s (int8) at ``threads``: the best of the GEMM
+    kernels installed (torch's BLAS / oneDNN, ONNX Runtime's MLAS, OpenVINO's oneDNN JIT); ``None``
+    where none runs."""
+    import torch
+
+    old = torch.get_num_threads()
+    result: dict[str, Any] = {
+        "threads": threads,
+        "method": f"GEMM {M}x{K}x{N}, constant weights, fastest of {seconds:g} s",
+    }
+    try:
+        for dtype in ("fp32", "bf16", "int8"):
+            rates: dict[str, float] = {}
+            for name, make in (("torch", _torch_gemm), ("onnxruntime", _ort_gemm), ("openvino", _openvino_gemm)):
+                try:
+                    op = make(dtype, threads)
+                    if op is not None:
+                        rates[name] = _best_rate(op, seconds)
+                except RuntimeError:
+                    continue
+            best = max(rates, key=rates.__getitem__) if rates else None
+            result[f"{dtype}_gflops"] = round(rates[best] / 1e9, 1) if best else None
+            result[f"{dtype}_kernel"] = best
+    finally:
+        torch.set_num_threads(old)
+    return result
+
+
+def _max_mhz() -> float | None:
+    for path in ("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq",):
+        try:
+            return int(Path(path).read_text()) / 1e3
+        except (OSError, ValueError):
+            pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _cpu_id() -> tuple[str, int]:
+    """(vendor, family) from /proc/cpuinfo."""
+    vendor, family = "", 0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "vendor_id" and not vendor:
+                vendor = value.strip()
+            elif key.strip() == "cpu family" and not family:
+                family = int(value.strip() or 0)
+    except (OSError, ValueError):
+        pass
+    return vendor, family
+
+
+def theoretical_peak(fp: dict[str, Any], threads: int) -> dict[str, Any]:
+    """cores x clock x ops/cycle. Intel server cores and AMD Zen 5 (family 26) have two 512-bit
+    FMA pipes; Zen 4 runs 512-bit vectors as two 256-bit halves, so AVX-512 does not double its
+    FMA rate over AVX2."""
+    flags = fp.get("flags", {})
+    mhz = _max_mhz()
+    cores = min(threads, fp.get("physical_cores") or threads)
+    if mhz is None:
+        return {"basis": "clock unknown", "fp32_gflops": None, "bf16_gflops": None, "int8_gflops": None}
+    vendor, family = _cpu_id()
+    wide = flags.get("avx512f") and (vendor != "AuthenticAMD" or family >= 26)
+    fp32 = 64 if wide else (32 if flags.get("avx2") or flags.get("avx512f") else 16)
+    bf16 = 2 * fp32 if flags.get("avx512_bf16") else fp32
+    int8 = 4 * fp32 if flags.get("avx512_vnni") else 2 * fp32
+    if flags.get("amx_bf16"):
+        bf16 = 1024
+    if flags.get("amx_int8"):
+        int8 = 2048
+    scale = cores * mhz / 1e3
+    return {
+        "basis": f"{cores} cores x {mhz:.0f} MHz x ops/cycle (fp32 {fp32}, bf16 {bf16}, int8 {int8}) from CPU flags",
+        "fp32_gflops": round(scale * fp32, 1),
+        "bf16_gflops": round(scale * bf16, 1),
+        "int8_gflops": round(scale * int8, 1),
+    }
+
+
+def machine_peak(fp: dict[str, Any], threads: int, refresh: bool = False) -> dict[str, Any]:
+    """Measured (cached per fingerprint and thread count) and theoretical peaks."""
+    path = cache_dir() / f"peak-{fp['id']}-t{threads}.json"
+    measured = None
+    if not refresh and path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+            measured = cached if cached.get("schema") == PEAK_SCHEMA else None
+        except (OSError, ValueError):
+            measured = None
+    if measured is None:
+        measured = {"schema": PEAK_SCHEMA, "fingerprint": fp["id"], **measure_peak(threads)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, measured)
+    return {"measured": measured, "theoretical": theoretical_peak(fp, threads), "cache": str(path)}
+
+
+def peak_for(precision: str, peak: dict[str, Any]) -> float | None:
+    """The measured peak a cell of this precision is compared with (GFLOP/s or GOP/s)."""
+    key = {"int8": "int8_gflops", "int4": "int8_gflops", "bf16": "bf16_gflops"}.get(precision, "fp32_gflops")
+    return peak["measured"].get(key)

@@ -1,0 +1,164 @@
+"""One benchmark cell in its own process: ``python -m kiln.bench.worker``.
+
+The parent writes one JSON line (the cell) on stdin; the worker loads the artifact, runs the
+first inference and answers ``ready``; then each ``round`` command runs a warm-up (by time and
+count) and a timed loop (until both the minimum time and count are met) and answers the raw
+timings; ``stop`` answers the worker's peak RSS and exits. Any failure answers ``error`` and
+exits non-zero; a worker that dies without answering becomes an error cell in the parent.
+
+Toolchains print to stdout; the protocol uses a private copy of the original stdout and fd 1 is
+pointed at stderr, so nothing a runtime prints can corrupt an answer.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+from kiln.targets.base import Arrays, Runner
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set. Linux: ``VmHWM``, which belongs to the process's own
+    address space; ``ru_maxrss`` would be wrong here, since it carries over the parent's peak
+    through fork and exec (a parent that imported torch would set every worker's floor)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def prepare_inputs(signature: Any, batch: int, count: int, seed: int) -> list[Arrays]:
+    """Seeded inputs for ``count`` requests at ``batch``, made before any timing starts."""
+    from kiln.spec import batch_dim, random_inputs
+
+    dim = batch_dim(signature)
+    sizes = {dim: batch} if dim else {}
+    return [random_inputs(signature, "opt", seed + i, sizes) for i in range(count)]
+
+
+def timed_loop(step: Any, sync: Any, min_seconds: float, min_iters: int) -> list[float]:
+    """Run ``step`` until both ``min_seconds`` of timed work and ``min_iters`` samples are done."""
+    samples: list[float] = []
+    total = 0.0
+    clock = time.perf_counter
+    while total < min_seconds or len(samples) < min_iters:
+        start = clock()
+        step()
+        sync()
+        elapsed = clock() - start
+        samples.append(elapsed)
+        total += elapsed
+    return samples
+
+
+class Cell:
+    """A loaded runner and its prepared inputs."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from kiln.build import load_artifact
+        from kiln.targets import REGISTRY, implementation
+        from kiln.targets.base import RunOptions
+
+        self.spec = spec
+        self.rss_before = _rss_bytes()
+        artifact = load_artifact(Path(spec["artifact"]))
+        start = time.perf_counter()
+        for module in REGISTRY[artifact.target].requires:
+            importlib.import_module(module)
+        self.import_s = time.perf_counter() - start
+        options = RunOptions(threads=spec["threads"], mode=spec["mode"], requests=spec["requests"])
+        start = time.perf_counter()
+        self.runner: Runner = implementation(artifact.target).load(artifact, options)
+        self.load_s = time.perf_counter() - start
+        count = spec["requests"] if spec["mode"] == "throughput" else 1
+        self.inputs = prepare_inputs(artifact.signature, spec["batch"], count, spec.get("seed", 0))
+        start = time.perf_counter()
+        self.step()
+        self.runner.synchronize()
+        self.first_ms = (time.perf_counter() - start) * 1e3
+
+    def step(self) -> None:
+        if self.spec["mode"] == "throughput":
+            self.runner.infer_many(self.inputs)
+        else:
+            self.runner.infer(self.inputs[0])
+
+    def round(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        warm = timed_loop(self.step, self.runner.synchronize, cmd["warmup_seconds"], cmd["warmup_iters"])
+        gc.collect()
+        gc.disable()  # a collection inside the timed region would land on one unlucky sample
+        try:
+            samples = timed_loop(self.step, self.runner.synchronize, cmd["min_seconds"], cmd["min_iters"])
+        finally:
+            gc.enable()
+        return {"event": "round", "seconds": samples, "warmup_iters": len(warm)}
+
+
+def _answer(out: TextIO, message: dict[str, Any]) -> None:
+    out.write(json.dumps(message) + "\n")
+    out.flush()
+
+
+def serve(inp: TextIO, out: TextIO) -> int:
+    """The protocol loop; returns the exit status."""
+    try:
+        cell = Cell(json.loads(inp.readline()))
+        _answer(
+            out,
+            {
+                "event": "ready",
+                "load_s": cell.load_s,
+                "import_s": cell.import_s,
+                "first_ms": cell.first_ms,
+                "rss_before_load_bytes": cell.rss_before,
+                "info": cell.runner.info(),
+            },
+        )
+        for line in inp:
+            cmd = json.loads(line)
+            if cmd["cmd"] == "round":
+                _answer(out, cell.round(cmd))
+            elif cmd["cmd"] == "stop":
+                cell.runner.close()
+                _answer(out, {"event": "done", "peak_rss_bytes": peak_rss_bytes()})
+                return 0
+        return 0
+    except Exception as err:
+        traceback.print_exc(file=sys.stderr)
+        first = str(err).strip().splitlines()[0][:400] if str(err).strip() else ""
+        _answer(out, {"event": "error", "error": f"{type(err).__name__}: {first}"})
+        return 1
+
+
+def main(inp: TextIO | None = None) -> int:
+    """Serve the protocol on ``inp`` (stdin by default) with stdout kept for the answers."""
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    return serve(inp or sys.stdin, protocol)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

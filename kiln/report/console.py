@@ -1,0 +1,71 @@
+"""The table ``kiln bench`` prints: one row per cell, flags underneath."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kiln.report import fmt
+
+
+def print_results(results: dict[str, Any]) -> None:
+    table = Table(
+        title=f"kiln bench: {results['model']} ({results['settings']['mode']}, {results['settings']['threads']} threads)"
+    )
+    for col in (
+        "batch",
+        "target",
+        "runs as",
+        "p50 ms",
+        "p90 ms",
+        "CV",
+        "items/s",
+        "vs eager",
+        "of peak",
+        "size",
+        "peak RSS",
+        "accuracy",
+    ):
+        table.add_column(col, justify="left" if col in ("target", "runs as", "accuracy") else "right")
+    for c in results["cells"]:
+        if c["status"] != "ok":
+            table.add_row(
+                str(c["batch"]),
+                c["key"],
+                "-",
+                f"[dim]{c['status']}[/dim]",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                escape(str(c["reason"]))[:60],
+            )
+            continue
+        lat = c["latency"]
+        cv = fmt.pct(lat["cv"]) + (" [yellow]unstable[/yellow]" if lat["unstable"] else "")
+        table.add_row(
+            str(c["batch"]),
+            c["key"],
+            c.get("execution_precision") or "-",
+            fmt.ms(lat["p50_ms"]),
+            fmt.ms(lat["p90_ms"]),
+            cv,
+            fmt.num(lat["throughput"]),
+            fmt.ratio(c["speedup_vs_eager"]),
+            fmt.pct(c["roofline_fraction"]),
+            fmt.size(c["size_bytes"]),
+            fmt.size(c["peak_rss_bytes"]),
+            fmt.accuracy(c),
+        )
+    console = Console(width=max(Console().width, 150))
+    console.print(table)
+    for c in results["cells"]:
+        for flag in c.get("flags", []):
+            console.print(f"[yellow]flag[/yellow] {escape(c['key'])} batch {c['batch']}: {escape(flag)}")
+    console.print(f"fingerprint: {results['fingerprint']['id']}")

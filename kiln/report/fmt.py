@@ -1,0 +1,101 @@
+"""Number formats shared by the Markdown and HTML reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def num(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    return (f"{v:,.0f}" if v >= 100 else f"{v:.3g}") + unit
+
+
+def ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}×"
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"
+
+
+def accuracy(cell: dict[str, Any]) -> str:
+    acc = cell.get("accuracy")
+    if not acc:
+        return "-"
+    return f"{acc['metric']} {acc['value']:.4f} ({-acc['drop']:+.4f})"
+
+
+def parity(cell: dict[str, Any]) -> str:
+    if cell.get("parity_passed") is None:
+        return "-"
+    verdict = "pass" if cell["parity_passed"] else "FAIL"
+    return f"{verdict} {cell.get('parity_worst') or ''}".strip() + (" (simulated)" if cell.get("simulated") else "")
+
+
+def label(cell: dict[str, Any]) -> str:
+    return cell["key"]
+
+
+def fingerprint_lines(results: dict[str, Any]) -> list[tuple[str, str]]:
+    fp = results["fingerprint"]
+    flags = ", ".join(f for f, on in fp["flags"].items() if on) or "none of note"
+    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in fp["gpus"]) or "none"
+    tools = ", ".join(f"{k} {v}" for k, v in fp["toolchain"].items())
+    peak = results["peak"]
+    m, t = peak["measured"], peak["theoretical"]
+    load = results.get("machine_load") or {}
+    busy = (
+        f"load average {load['load_average_before'][0]} before, {load['load_average_after'][0]} after the timed "
+        f"cells, on {load.get('cpus')} CPUs"
+        if load.get("load_average_before") and load.get("load_average_after")
+        else "not recorded"
+    )
+    return [
+        ("fingerprint", fp["id"]),
+        ("machine load", busy),
+        ("cpu", f"{fp['cpu']} ({fp['arch']}), {fp['physical_cores']} physical / {fp['logical_cores']} logical cores"),
+        ("flags", flags),
+        ("memory", f"{fp['memory_gib']} GiB"),
+        ("gpu", gpus),
+        ("os", f"{fp['os']}, Python {fp['python']}"),
+        ("toolchains", tools),
+        (
+            "peak (measured)",
+            f"fp32 {num(m.get('fp32_gflops'))} GFLOP/s, bf16 {num(m.get('bf16_gflops'))} GFLOP/s, "
+            f"int8 {num(m.get('int8_gflops'))} GOP/s at {m.get('threads')} threads ({m.get('method', '')})",
+        ),
+        (
+            "peak (theoretical)",
+            f"fp32 {num(t.get('fp32_gflops'))}, bf16 {num(t.get('bf16_gflops'))}, int8 {num(t.get('int8_gflops'))} "
+            f"({t.get('basis', '')})",
+        ),
+    ]
+
+
+def settings_line(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    inflight = f", {s['requests']} requests in flight" if s["mode"] == "throughput" else ""
+    return (
+        f"{s['mode']} mode{inflight}, {s['threads']} threads, batches {', '.join(map(str, s['batches']))}; "
+        f"per cell and round: warm-up >= {s['warmup_seconds']} s and >= {s['warmup_iters']} runs (1 after the first "
+        f"round), then timed runs until >= "
+        f"{s['min_seconds']} s and >= {s['min_iters']} runs in all, split over {s['rounds']} interleaved rounds; "
+        f"unstable above CV {s['cv_threshold']:.0%}"
+    )

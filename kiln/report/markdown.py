@@ -1,0 +1,106 @@
+"""``report.md``: per-batch tables, flags and the fingerprint, from ``results.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.report import fmt
+
+COLUMNS = (
+    "target",
+    "runs as",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "CV",
+    "items/s",
+    "vs eager",
+    "GFLOP/s",
+    "of peak",
+    "size",
+    "peak RSS",
+    "load s",
+    "1st ms",
+    "parity",
+    "accuracy",
+)
+
+
+def _row(cell: dict[str, Any]) -> list[str]:
+    name = fmt.label(cell)
+    if cell["status"] != "ok":
+        return [name, cell.get("execution_precision") or "-", f"{cell['status']}: {cell['reason']}"] + [""] * (
+            len(COLUMNS) - 3
+        )
+    lat = cell["latency"]
+    cv = fmt.pct(lat["cv"]) + (" ⚠ unstable" if lat["unstable"] else "")
+    return [
+        name + (" ⚑" if any(not f.startswith("unstable") for f in cell["flags"]) else ""),
+        cell.get("execution_precision") or "-",
+        fmt.ms(lat["p50_ms"]),
+        fmt.ms(lat["p90_ms"]),
+        fmt.ms(lat["p99_ms"]),
+        cv,
+        fmt.num(lat["throughput"]),
+        fmt.ratio(cell["speedup_vs_eager"]),
+        fmt.num(cell["gflops"]),
+        fmt.pct(cell["roofline_fraction"]),
+        fmt.size(cell["size_bytes"]),
+        fmt.size(cell["peak_rss_bytes"]),
+        f"{cell['load_s']:.2f}",
+        fmt.ms(cell["first_inference_ms"]),
+        fmt.parity(cell),
+        fmt.accuracy(cell),
+    ]
+
+
+def _table(cells: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|",
+    ]
+    for cell in cells:
+        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in _row(cell)) + " |")
+    return lines
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    cells = results["cells"]
+    out = [
+        f"# kiln benchmark: {results['model']}",
+        "",
+        f"Run {results['created']} by kiln {results['kiln_version']} from `{results.get('config')}`.  ",
+        f"Settings: {fmt.settings_line(results)}.",
+        "",
+    ]
+    for batch in results["settings"]["batches"]:
+        flops = results["flops"].get(str(batch))
+        extra = f" ({flops / 1e9:.3g} GFLOP per forward pass)" if flops else ""
+        out += [f"## Batch {batch}{extra}", ""]
+        out += _table([c for c in cells if c["batch"] == batch])
+        out.append("")
+    flagged = [(c, f) for c in cells for f in c.get("flags", [])]
+    out += ["## Flags", ""]
+    out += [f"- **{c['key']}** batch {c['batch']}: {f}" for c, f in flagged] or [
+        "None: every cell is stable, runs at "
+        "the requested precision, and no "
+        "compressed artifact is slower than "
+        "its fp32 sibling."
+    ]
+    out += ["", "## Machine", ""]
+    out += [f"- **{k}**: {v}" for k, v in fmt.fingerprint_lines(results)]
+    out += [
+        "",
+        (
+            "p50/p90/p99: latency percentiles of one request (one batch) in ms. "
+            if results["settings"]["mode"] == "latency"
+            else f"p50/p90/p99: percentiles in ms of one timed sample, {results['settings']['requests']} requests kept in "
+            "flight by the runtime's own concurrency. "
+        )
+        + "CV: standard deviation / mean of the "
+        "timed runs. vs eager: eager's p50 / this p50 in latency mode, this throughput / eager's in throughput mode, at the same batch in the same run. GFLOP/s: the model's FLOPs "
+        "(counted on the captured program) per second at the measured throughput; of peak: that over the measured "
+        "GEMM peak for the cell's precision. peak RSS: the worker process's peak resident memory. ⚑: see Flags.",
+        "",
+    ]
+    return "\n".join(out)
