@@ -296,6 +296,7 @@ def _build_target(
             "calibration": ctx.calibration.summary() if ctx.calibration else None,
             "gate": gate,
             "prune": bundle.prune,
+            "export_dir": bundle.path.name,  # export/ or export-<prune slug>/: what FLOPs are counted on
             "build_seconds": round(compile_seconds, 3),
             "files": file_entries(tmp),
         }

@@ -26,11 +26,14 @@ def _compressed(manifest: dict[str, Any], precision: str) -> bool:
 def enrich(
     cells: list[dict[str, Any]],
     manifests: dict[str, dict[str, Any]],
-    flops: dict[int, int],
+    flops: dict[str, dict[int, int]],
     peak: dict[str, Any] | None,
     cv_threshold: float,
 ) -> list[dict[str, Any]]:
-    """Add per-cell size, quality, FLOPs, roofline fraction, speed-up vs eager and flags."""
+    """Add per-cell size, quality, FLOPs, roofline fraction, speed-up vs eager and flags.
+
+    ``flops`` maps each cell key to FLOPs per batch size (pruned variants count their own program).
+    """
     by_batch: dict[int, dict[str, dict[str, Any]]] = {}
     for cell in cells:
         by_batch.setdefault(cell["batch"], {})[cell["key"]] = cell
@@ -44,7 +47,7 @@ def enrich(
         cell.update(_quality(manifest))
         cell.setdefault("flags", [])
         ran = cell["status"] == "ok"
-        cell["flops"] = flops.get(cell["batch"])
+        cell["flops"] = flops.get(cell["key"], {}).get(cell["batch"])
         cell["gflops"] = cell["roofline_fraction"] = cell["speedup_vs_eager"] = None
         if not ran:
             continue

@@ -159,12 +159,21 @@ def bench(source: Path, req: BenchRequest, progress: Progress = lambda _: None) 
     program = model_dir / "export" / "program.pt2"
     progress("counting FLOPs from the captured program")
     flops = count_flops(program, sig, list(options.batches)) if program.is_file() else {}
+    # Pruned variants have their own, smaller program: count their FLOPs on it.
+    variant_flops: dict[str, dict[int, int]] = {}
+    by_dir: dict[str, dict[int, int]] = {"export": flops}
+    for plan in plans:
+        folder = (plan.manifest or {}).get("export_dir", "export")
+        if folder not in by_dir:
+            variant = model_dir / folder / "program.pt2"
+            by_dir[folder] = count_flops(variant, sig, list(options.batches)) if variant.is_file() else {}
+        variant_flops[plan.key] = by_dir[folder]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load_before = _load()
     cells = run_cells(plans, options, progress)
     load = {"load_average_before": load_before, "load_average_after": _load(), "cpus": os.cpu_count()}
     manifests = {p.key: p.manifest for p in plans}
-    cells = enrich(cells, manifests, flops, peak, options.cv_threshold)
+    cells = enrich(cells, manifests, variant_flops, peak, options.cv_threshold)
     results = {
         "schema": RESULTS_SCHEMA,
         "kiln_version": __version__,

@@ -83,7 +83,7 @@ def test_enrich_flags_compressed_artifact_slower_than_fp32_sibling() -> None:
     cells = [*_raw(results), slow_bf16]
     manifests = {c["key"]: {"execution": {"execution_precision": c["precision"]}, "size_bytes": 1} for c in cells}
     peak = {"measured": {"fp32_gflops": 100.0, "bf16_gflops": 200.0}}
-    out = {c["key"]: c for c in enrich(cells, manifests, {1: 10**6}, peak, 0.1)}
+    out = {c["key"]: c for c in enrich(cells, manifests, {c["key"]: {1: 10**6} for c in cells}, peak, 0.1)}
     assert any("wasted optimization" in f for f in out["onnxruntime-bf16"]["flags"])
     assert not out["onnxruntime-fp32"]["flags"]
     assert out["onnxruntime-fp32"]["speedup_vs_eager"] == pytest.approx(2.0)
