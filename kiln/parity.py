@@ -151,7 +151,9 @@ class ParityReport:
                 ratio = (1 - value) / max(1 - limit, 1e-12) if figure in HIGHER_IS_BETTER else value / max(limit, 1e-30)
                 if best is None or ratio > best[0]:
                     best = (ratio, f"{figure} {value:.3g}" + (f" ({name})" if len(self.outputs) > 1 else ""))
-        return best[1] if best else "-"
+        if best is None:
+            return "-"
+        return "exact" if best[0] < 1e-6 else best[1]  # float rounding of a perfect cosine
 
     def to_dict(self) -> dict[str, Any]:
         return {
