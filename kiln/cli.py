@@ -8,8 +8,10 @@ its own target. A ``KilnError`` becomes one line on stderr and its exit code (2 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,20 @@ def _fail(err: KilnError, verbose: bool) -> None:
     sys.exit(err.exit_code)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    return f"kiln: warning: {message}\n"
+
+
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--verbose`` and turn a ``KilnError`` into one line and its exit code."""
 
     @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and toolchain output.")
     @functools.wraps(fn)
     def wrapper(*args: Any, verbose: bool, **kwargs: Any) -> Any:
-        if not verbose:
+        warnings.formatwarning = _one_line_warning
+        if verbose:
+            os.environ["KILN_VERBOSE"] = "1"
+        else:
             _quiet_toolchains()
         try:
             return fn(*args, **kwargs)
@@ -58,7 +67,11 @@ def _quiet_toolchains() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnxscript|coremltools|nncf)")
-    for name in ("torch", "onnxscript", "nncf", "coremltools"):
+    # transformers imports torchao when installed, which logs every CUDA-only extension it cannot
+    # load, and torch warns about enums torchao registers; transformers draws loading bars.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("torch", "torch.utils._pytree", "torchao", "onnxscript", "nncf", "coremltools", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -55,8 +55,21 @@ def _dataset(samples: list[dict[str, Any]], names: list[str]) -> Any:
     return nncf.Dataset([{n: s[n] for n in names} for s in samples])
 
 
+def _quiet_nncf() -> None:
+    """NNCF logs every validation and statistics pass at INFO and resets its level on import;
+    kiln's own summary reports the outcome. ``kiln --verbose`` keeps NNCF's log."""
+    import logging
+    import os
+
+    import nncf
+
+    if not os.environ.get("KILN_VERBOSE"):
+        nncf.set_log_level(logging.WARNING)
+
+
 def quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     """The compressed model and what was done, for the manifest."""
+    _quiet_nncf()
     try:
         if ctx.target.precision == "int8":
             return _quantize(ctx, model)
