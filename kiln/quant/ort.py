@@ -70,7 +70,7 @@ def preprocess(src: Path, dest: Path) -> None:
             quant_pre_process(str(src), str(dest), skip_symbolic_shape=True)
 
 
-class _Reader:
+class SampleReader:
     """``CalibrationDataReader``: hands kiln's checked samples to ORT's calibrator, one by one."""
 
     def __init__(self, samples: list[dict[str, Any]], names: set[str]) -> None:
@@ -97,7 +97,7 @@ def _static(ctx: CompileContext, pre: Path, dest: Path) -> dict[str, Any]:
     quantize_static(
         str(pre),
         str(dest),
-        _Reader(calibration.samples, names),
+        SampleReader(calibration.samples, names),
         quant_format=QuantFormat.QDQ,
         per_channel=per_channel,
         activation_type=QuantType.QUInt8,

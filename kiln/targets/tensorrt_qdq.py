@@ -85,23 +85,15 @@ def make_qdq(src: Path, dst: Path, samples: list[Arrays], recipe: QDQRecipe) -> 
     """Calibrate on ``samples`` and write the Q/DQ model of ``src`` to ``dst``."""
     import onnx
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
 
-    from kiln.quant.ort import preprocess
+    from kiln.quant.ort import SampleReader, preprocess
 
-    class Reader(CalibrationDataReader):  # ONNX Runtime's protocol over kiln's checked samples
-        def __init__(self) -> None:
-            self.items = iter(samples)
-
-        def get_next(self) -> Arrays | None:
-            return next(self.items, None)
-
-    reader = Reader()
+    reader = SampleReader(samples, set().union(*(s.keys() for s in samples)))
     qtype = QuantType.QInt8 if recipe.precision == "int8" else QuantType.QFLOAT8E4M3FN
     with tempfile.TemporaryDirectory(prefix="kiln-qdq-") as tmp:
         pre = Path(tmp) / "pre.onnx"
