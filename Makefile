@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kiln-installed
 # Every install goes through the constraints file: it keeps torch at the 2.13.0 CPU build.
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test lint format bench chromium clean
+.PHONY: install demo test test-fast lint format schemas bench chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,20 @@ demo: $(STAMP)
 test: $(STAMP) chromium
 	$(PY) -m pytest
 
+# The inner loop: everything but the tests that build real artifacts or train (under 3 minutes).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kiln tests examples benchmarks
 	$(VENV)/bin/ruff format --check kiln tests examples benchmarks
+	$(VENV)/bin/lint-imports
+	$(PY) -m kiln.report.schema --check
+
+# The JSON schemas are generated from the typed models; tests check the committed ones match.
+schemas: $(STAMP)
+	$(PY) -m kiln.manifest
+	$(PY) -m kiln.report.schema
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format kiln tests examples benchmarks

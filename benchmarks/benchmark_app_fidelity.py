@@ -27,9 +27,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kiln.bench.harness import BenchOptions, CellPlan, run_cells
+from kiln.bench.harness import CellPlan, run_cells
+from kiln.config import BenchSettings
+from kiln.manifest import Manifest
+from kiln.results import MeasuredCell
 from kiln.spec import Signature, batch_dim
-from kiln.store import MANIFEST, read_json
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
@@ -40,7 +42,7 @@ def data_shape(sig: Signature, batch: int) -> str:
     return ",".join(f"{s.name}[{','.join(map(str, sig.shape(s, 'opt', sizes)))}]" for s in sig.inputs)
 
 
-def run_benchmark_app(folder: Path, manifest: dict, batch: int, threads: int, seconds: int) -> float:
+def run_benchmark_app(folder: Path, manifest: Manifest, batch: int, threads: int, seconds: int) -> float:
     """benchmark_app's median latency in ms.
 
     benchmark_app refuses ``-nthreads`` together with ``-hint latency`` (its own UI rule, not an
@@ -48,8 +50,8 @@ def run_benchmark_app(folder: Path, manifest: dict, batch: int, threads: int, se
     ``-load_config``: the plugin then gets exactly the properties kiln's OpenVINO runner sets.
     """
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    sig = Signature.from_dict(manifest["signature"])
-    precision = manifest.get("execution", {}).get("execution_precision") or manifest["precision"]
+    sig = manifest.signature
+    precision = manifest.execution.execution_precision or manifest.precision
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.json"
         properties = {
@@ -60,7 +62,7 @@ def run_benchmark_app(folder: Path, manifest: dict, batch: int, threads: int, se
         config.write_text(json.dumps({"CPU": properties}))
         cmd = [
             exe,
-            "-m", str(folder / manifest["main_file"]),
+            "-m", str(folder / manifest.main_file),
             "-d", "CPU",
             "-api", "sync",
             "-hint", "latency",
@@ -76,14 +78,14 @@ def run_benchmark_app(folder: Path, manifest: dict, batch: int, threads: int, se
     return float(found.group(1)) / (1e3 if found.group(2) == "us" else 1.0)
 
 
-def run_kiln(folder: Path, manifest: dict, batch: int, threads: int, seconds: float) -> float:
+def run_kiln(folder: Path, manifest: Manifest, batch: int, threads: int, seconds: float) -> float:
     """kiln's p50 in ms, from the same harness ``kiln bench`` uses (one round, one worker)."""
-    plan = CellPlan(manifest["target"], manifest["precision"], folder.name, folder, manifest)
-    options = BenchOptions(batches=(batch,), threads=threads, min_seconds=seconds, min_iters=10, rounds=1)
-    (cell,) = run_cells([plan], options)
-    if cell["status"] != "ok":
-        raise SystemExit(f"kiln could not measure {folder}: {cell['reason']}")
-    return cell["latency"]["p50_ms"]
+    plan = CellPlan(manifest.target, manifest.precision, folder.name, folder, manifest)
+    settings = BenchSettings(batches=[batch], threads=threads, min_seconds=seconds, min_iters=10, rounds=1)
+    (cell,) = run_cells([plan], settings.resolve(physical_cores=threads))
+    if not isinstance(cell, MeasuredCell):
+        raise SystemExit(f"kiln could not measure {folder}: {cell.reason}")
+    return cell.latency.p50_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in args.models:
         for folder in sorted(model.glob("openvino-*")):
-            manifest = read_json(folder / MANIFEST)
+            manifest = Manifest.find(folder)
             if manifest is None:
                 continue
             kiln_ms, app_ms = [], []

@@ -17,9 +17,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from kiln.results import Results
 
 TARGETS = ("eager", "aoti", "onnxruntime", "openvino")
 AMOUNT = 0.3
@@ -98,28 +102,31 @@ def write_config(out: Path, size: int, min_seconds: float, rounds: int) -> Path:
     return path
 
 
-def table(results: dict, model_dir: Path) -> list[dict]:
+def table(results: Results, model_dir: Path) -> list[dict]:
     """One row per target and batch: FLOPs and p50 latency, dense vs pruned, from one run."""
-    cells = {(c["key"], c["batch"]): c for c in results["cells"]}
+    from kiln.manifest import Manifest
+    from kiln.results import MeasuredCell
+
+    cells = {(c.key, c.batch): c for c in results.cells}
     rows = []
     for name in TARGETS:
         dense_key, pruned_key = f"{name}-fp32", f"{name}-fp32-channel{round(AMOUNT * 100)}"
-        manifest = json.loads((model_dir / pruned_key / "manifest.json").read_text())
-        prune = manifest["prune"]
-        for batch in results["settings"]["batches"]:
+        prune = Manifest.read(model_dir / pruned_key).prune
+        assert prune is not None, f"{pruned_key} was built without pruning"
+        for batch in results.settings.batches:
             dense, pruned = cells.get((dense_key, batch)), cells.get((pruned_key, batch))
-            ok = dense and pruned and dense["status"] == pruned["status"] == "ok"
+            ok = isinstance(dense, MeasuredCell) and isinstance(pruned, MeasuredCell)
             rows.append(
                 {
                     "target": name,
                     "batch": batch,
-                    "flops_dense": prune["flops_before"],
-                    "flops_pruned": prune["flops_after"],
-                    "params_dense": prune["params_before"],
-                    "params_pruned": prune["params_after"],
-                    "p50_dense_ms": dense["latency"]["p50_ms"] if ok else None,
-                    "p50_pruned_ms": pruned["latency"]["p50_ms"] if ok else None,
-                    "status": "ok" if ok else f"{dense and dense['status']} / {pruned and pruned['status']}",
+                    "flops_dense": prune.flops_before,
+                    "flops_pruned": prune.flops_after,
+                    "params_dense": prune.params_before,
+                    "params_pruned": prune.params_after,
+                    "p50_dense_ms": dense.latency.p50_ms if ok else None,
+                    "p50_pruned_ms": pruned.latency.p50_ms if ok else None,
+                    "status": "ok" if ok else f"{dense and dense.status} / {pruned and pruned.status}",
                 }
             )
     return rows
@@ -133,10 +140,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the targets")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from kiln.bench.run import BenchRequest, bench
+    from kiln.bench.run import BenchRun, bench
 
     path = write_config(args.out, args.size, args.min_seconds, args.rounds)
-    results, folder = bench(path, BenchRequest(out=args.out / "build"), progress=lambda m: print(f"  {m}", flush=True))
+    results, folder = bench(path, BenchRun(out=args.out / "build"), progress=lambda m: print(f"  {m}", flush=True))
     rows = table(results, args.out / "build" / "resnet18")
     (folder / "prune_resnet.json").write_text(json.dumps(rows, indent=2))
     print(f"\nResNet-18-style, {args.size}x{args.size}, channel pruning {AMOUNT:.0%}, threads 2 ({folder})")

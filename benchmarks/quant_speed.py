@@ -15,12 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
-
-
-def _latency_ms(cell: dict[str, Any]) -> float | None:
-    value = (cell.get("latency") or {}).get("p50_ms")
-    return float(value) if value is not None else None
 
 
 def main() -> None:
@@ -33,36 +27,35 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = parser.parse_args()
 
-    from kiln.bench.run import BenchRequest, bench
+    from kiln.bench.run import BenchRun, bench
+    from kiln.config import BenchSettings
+    from kiln.manifest import Manifest
+    from kiln.results import MeasuredCell
 
-    request = BenchRequest(
-        batches=[args.batch],
-        threads=args.threads,
-        mode="latency",
-        min_seconds=args.min_seconds,
-        rounds=args.rounds,
-        report_dir=args.model_dir / "quant-speed",
+    settings = BenchSettings(
+        batches=[args.batch], threads=args.threads, mode="latency", min_seconds=args.min_seconds, rounds=args.rounds
     )
-    results, _ = bench(args.model_dir, request, progress=lambda msg: print(f"... {msg}", flush=True))
+    run = BenchRun(overrides=settings, report_dir=args.model_dir / "quant-speed")
+    results, _ = bench(args.model_dir, run, progress=lambda msg: print(f"... {msg}", flush=True))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-    cells = [c for c in results["cells"] if c.get("batch") == args.batch]
-    eager = next((_latency_ms(c) for c in cells if c.get("target") == "eager"), None)
+        args.json.write_text(json.dumps(results.to_json(), indent=2))
+    cells = results.batch(args.batch)
+    eager = next((c.latency.p50_ms for c in cells if c.target == "eager" and isinstance(c, MeasuredCell)), None)
     print(f"\nbatch {args.batch}, {args.threads} threads, p50 over {args.rounds} interleaved rounds (one run)")
     print("| target | precision | p50 ms | cv | speed-up vs eager fp32 | metric | metric drop |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for cell in cells:
-        ms = _latency_ms(cell)
-        manifest_path = args.model_dir / str(cell.get("key")) / "manifest.json"
-        gate = json.loads(manifest_path.read_text()).get("gate", {}) if manifest_path.is_file() else {}
-        evaluation = gate.get("evaluation") or {}
+        built = Manifest.find(args.model_dir / cell.key)
+        evaluation = built.gate.evaluation if built else None
+        metric = f"{evaluation.value:.4f}" if evaluation else "-"
+        drop = f"{evaluation.drop:+.4f}" if evaluation else "-"
+        if not isinstance(cell, MeasuredCell):
+            print(f"| {cell.target} | {cell.precision} | {cell.status}: {cell.reason} | - | - | {metric} | {drop} |")
+            continue
+        ms, lat = cell.latency.p50_ms, cell.latency
         ratio = f"{eager / ms:.2f}x" if eager and ms else "-"
-        metric = f"{evaluation['value']:.4f}" if "value" in evaluation else "-"
-        drop = f"{evaluation['drop']:+.4f}" if "drop" in evaluation else "-"
-        shown = f"{ms:.3f}" if ms else f"{cell.get('status')}: {cell.get('reason')}"
-        latency = cell.get("latency") or {}
-        cv = f"{latency['cv']:.2f}" + (" (unstable)" if latency.get("unstable") else "") if "cv" in latency else "-"
-        print(f"| {cell.get('target')} | {cell.get('precision')} | {shown} | {cv} | {ratio} | {metric} | {drop} |")
+        cv = f"{lat.cv:.2f}" + (" (unstable)" if lat.unstable else "")
+        print(f"| {cell.target} | {cell.precision} | {ms:.3f} | {cv} | {ratio} | {metric} | {drop} |")
 
 
 if __name__ == "__main__":

@@ -16,42 +16,52 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kiln.results import FailedCell, MeasuredCell, Results
 
 HERE = Path(__file__).resolve().parent
 
 
-def _row(model: str, cells: list[dict[str, Any]], batch: int) -> list[str]:
+def _row(model: str, cells: list[MeasuredCell | FailedCell]) -> list[str]:
+    from kiln.results import FailedCell
+
     out = []
-    for cell in (c for c in cells if c["batch"] == batch):
-        if cell["status"] != "ok":
-            out.append(f"| {model} | {cell['key']} | {batch} | {cell['status']}: {cell['reason'][:80]} | | | | |")
+    for cell in cells:
+        if isinstance(cell, FailedCell):
+            out.append(f"| {model} | {cell.key} | {cell.batch} | {cell.status}: {cell.reason[:80]} | | | | |")
             continue
-        lat = cell["latency"]
-        speedup = f"{cell['speedup_vs_eager']:.2f}×" if cell["speedup_vs_eager"] is not None else "-"
-        peak = f"{cell['roofline_fraction']:.1%}" if cell["roofline_fraction"] is not None else "-"
-        unstable = " ⚠" if lat["unstable"] else ""
+        lat = cell.latency
+        speedup = f"{cell.speedup_vs_eager:.2f}×" if cell.speedup_vs_eager is not None else "-"
+        peak = f"{cell.roofline_fraction:.1%}" if cell.roofline_fraction is not None else "-"
+        unstable = " ⚠" if lat.unstable else ""
         out.append(
-            f"| {model} | {cell['key']} | {batch} | {lat['p50_ms']:.3g} | {lat['p90_ms']:.3g} | {speedup} | "
-            f"{lat['cv']:.1%}{unstable} | {peak} |"
+            f"| {model} | {cell.key} | {cell.batch} | {lat.p50_ms:.3g} | {lat.p90_ms:.3g} | {speedup} | "
+            f"{lat.cv:.1%}{unstable} | {peak} |"
         )
     return out
 
 
-def _load(run: dict[str, Any]) -> str:
-    load = run.get("machine_load") or {}
-    before, after = load.get("load_average_before"), load.get("load_average_after")
+def _load(run: Results) -> str:
+    load = run.machine_load
+    before, after = (load.load_average_before, load.load_average_after) if load else (None, None)
     return f"{before[0]:.1f} → {after[0]:.1f}" if before and after else "-"
 
 
-def summary(runs: list[dict[str, Any]], failures: list[str], seconds: float) -> str:
-    fp = runs[0]["fingerprint"] if runs else {}
+def summary(runs: list[Results], failures: list[str], seconds: float) -> str:
+    fp = runs[0].fingerprint if runs else None
+    machine = (
+        f"Machine `{fp.id}`: {fp.cpu}, {fp.physical_cores} cores, {fp.memory_gib} GiB, {fp.os}; "
+        f"flags: {', '.join(k for k, v in fp.flags.items() if v) or 'none of note'}.  "
+        if fp
+        else "Machine: no model ran.  "
+    )
     lines = [
         "# kiln benchmark suite",
         "",
-        f"Machine `{fp.get('id')}`: {fp.get('cpu')}, {fp.get('physical_cores')} cores, {fp.get('memory_gib')} GiB, "
-        f"{fp.get('os')}; flags: {', '.join(k for k, v in fp.get('flags', {}).items() if v) or 'none of note'}.  ",
-        f"Toolchains: {', '.join(f'{k} {v}' for k, v in fp.get('toolchain', {}).items())}.  ",
+        machine,
+        f"Toolchains: {', '.join(f'{k} {v}' for k, v in (fp.toolchain if fp else {}).items())}.  ",
         f"Suite wall time {seconds / 60:.1f} min. Each model's full report (all figures, plots, parity, "
         "fingerprint and peak) is in its folder: `<model>/report.md`, `<model>/report.html`, `<model>/results.json`.",
         "",
@@ -59,14 +69,14 @@ def summary(runs: list[dict[str, Any]], failures: list[str], seconds: float) -> 
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
-        for batch in run["settings"]["batches"]:
-            lines += _row(run["model"], run["cells"], batch)
-    flags = [f"- {r['model']} {c['key']} batch {c['batch']}: {f}" for r in runs for c in r["cells"] for f in c["flags"]]
+        for batch in run.settings.batches:
+            lines += _row(run.model, run.batch(batch))
+    flags = [f"- {r.model} {c.key} batch {c.batch}: {f}" for r in runs for c in r.cells for f in c.flags]
     lines += ["", "⚠: CV above the unstable threshold (see each model's report).", "", "## Flags", ""]
     lines += [f for f in flags if "unstable" not in f] or ["None besides instability."]
     if failures:
         lines += ["", "## Models that did not run", "", *[f"- {f}" for f in failures]]
-    settings = {k: v for k, v in (runs[0]["settings"] if runs else {}).items() if k != "batches"}
+    settings = runs[0].settings.model_dump(exclude={"batches"}) if runs else {}
     lines += [
         "",
         "## Machine load during each model's run",
@@ -75,7 +85,7 @@ def summary(runs: list[dict[str, Any]], failures: list[str], seconds: float) -> 
         "",
     ]
     lines += ["| model | 1-min load average, before → after |"]
-    lines += ["|---|---|", *[f"| {r['model']} | {_load(r)} |" for r in runs]]
+    lines += ["|---|---|", *[f"| {r.model} | {_load(r)} |" for r in runs]]
     lines += ["", f"Settings (every model): {settings}", ""]
     return "\n".join(lines)
 
@@ -90,14 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarize", action="store_true", help="only re-render report.md from the last run")
     args = parser.parse_args(argv)
 
-    from kiln.bench.run import BenchRequest, bench
+    from pydantic import ValidationError
+
+    from kiln.bench.run import BenchRun, bench
+    from kiln.config import BenchSettings
     from kiln.errors import KilnError
     from kiln.hardware import fingerprint
     from kiln.report import load_results
     from kiln.report.console import print_results
 
     suite = tomllib.loads(args.suite.read_text())
-    settings = suite.get("settings", {})
+    given = {**suite.get("settings", {}), **({"min_seconds": args.min_seconds} if args.min_seconds else {})}
+    try:
+        overrides = BenchSettings.model_validate(given)  # only the keys given override each [bench]
+    except ValidationError as err:
+        raise SystemExit(f"{args.suite} [settings]: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from err
     folder = args.results / fingerprint()["id"]
     folder.mkdir(parents=True, exist_ok=True)
     if args.summarize:
@@ -112,17 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         print(f"== {name} ({config})", file=sys.stderr, flush=True)
-        request = BenchRequest(
-            threads=settings.get("threads"),
-            min_seconds=args.min_seconds or settings.get("min_seconds"),
-            min_iters=settings.get("min_iters"),
-            warmup_seconds=settings.get("warmup_seconds"),
-            rounds=settings.get("rounds"),
-            out=args.out,
-            report_dir=folder / name,
-        )
+        run = BenchRun(overrides=overrides, out=args.out, report_dir=folder / name)
         try:
-            results, _ = bench(config, request, progress=lambda msg, n=name: print(f"   {n}: {msg}", file=sys.stderr))
+            results, _ = bench(config, run, progress=lambda msg, n=name: print(f"   {n}: {msg}", file=sys.stderr))
         except KilnError as err:
             failures.append(f"{name}: {err}")
             print(f"kiln: error: {name}: {err}", file=sys.stderr)
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(results)
     if runs:
         seconds = time.perf_counter() - start
-        meta = {"models": [r["model"] for r in runs], "failures": failures, "seconds": round(seconds, 1)}
+        meta = {"models": [r.model for r in runs], "failures": failures, "seconds": round(seconds, 1)}
         (folder / "suite.json").write_text(json.dumps(meta, indent=2) + "\n")
         (folder / "report.md").write_text(summary(runs, failures, seconds))
         print(f"suite report: {folder / 'report.md'}")

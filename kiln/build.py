@@ -1,9 +1,11 @@
 """``kiln build``: export once, build each target, gate it against eager, write its manifest.
 
-The order of work: validate (config, targets) -> plan cache keys from file contents (no torch
-import, so an unchanged rebuild finishes in about a second) -> load the source and export if
-stale -> for each stale target: compile into a temporary folder, load, run the parity gate and
-the task metric, write the manifest, rename into place.
+The order of work: plan (the registry checks every target x precision, its fit to the source, its
+data and its options; cache keys come from file contents, with no torch import, so an unchanged
+rebuild finishes in about a second; a target whose packages or hardware are missing is refused
+here, before any export) -> load the source and export if stale -> load calibration and
+evaluation data once -> for each stale target: compile into a temporary folder, load (or
+simulate), gate, write the manifest, rename into place.
 """
 
 from __future__ import annotations
@@ -12,28 +14,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
 from kiln.config import KilnConfig, TargetConfig
-from kiln.errors import ConfigError, KilnError, ParityError, UnavailableError
+from kiln.errors import KilnError, ParityError
 from kiln.exporters import META, ExportBundle
-from kiln.sources import LoadedModel, load_source, source_files
-from kiln.spec import Signature
-from kiln.store import (
-    MANIFEST,
-    MANIFEST_SCHEMA,
-    BuildLock,
-    atomic_dir,
-    cache_key,
-    clean_debris,
-    file_entries,
-    hash_files,
-    up_to_date,
-    write_json,
-)
-from kiln.targets import REGISTRY, availability
+from kiln.loaded import LoadedModel
+from kiln.manifest import MANIFEST_SCHEMA, CalibrationSummary, FileEntry, Gate, Manifest
+from kiln.sources import load_source, source_files, source_kind
+from kiln.store import BuildLock, atomic_dir, cache_key, clean_debris, file_entries, hash_files, up_to_date
+from kiln.targets import REGISTRY, Availability, TargetSpec, availability, check_config, target_options, tolerance_for
 from kiln.versions import CORE, versions
+
+if TYPE_CHECKING:
+    from kiln.reference import BuildData, Reference
+    from kiln.targets.base import Artifact, CompileContext, Runner, Target, TargetOptions
 
 Progress = Callable[[str], None]
 
@@ -42,7 +38,7 @@ Progress = Callable[[str], None]
 class TargetResult:
     target: TargetConfig
     status: str  # built | up to date | failed
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     error: KilnError | None = None
     seconds: float = 0.0
 
@@ -50,45 +46,82 @@ class TargetResult:
     def exit_code(self) -> int:
         if self.error is not None:
             return self.error.exit_code
-        if self.manifest and not self.manifest.get("gate", {}).get("passed", True):
+        if self.manifest is not None and self.manifest.gate.passed is False:
             return ParityError.exit_code
         return 0
 
 
-@dataclass
+@dataclass(frozen=True)
+class TargetPlan:
+    """One target as planned: its registry row, validated options, cache keys, availability."""
+
+    target: TargetConfig
+    spec: TargetSpec
+    options: TargetOptions
+    key: str  # the target stage's cache key
+    export_key: str  # the export stage it builds from (the dense one or a pruned variant's)
+    available: Availability
+
+    @property
+    def folder_name(self) -> str:
+        return self.target.key
+
+
+@dataclass(frozen=True)
 class BuildPlan:
     config: KilnConfig
     model_dir: Path
     export_key: str
-    target_keys: dict[str, str] = field(default_factory=dict)
+    targets: dict[str, TargetPlan] = field(default_factory=dict)  # by target key
     variant_keys: dict[str, str] = field(default_factory=dict)  # prune slug -> its export key
-
-    def export_key_for(self, target: TargetConfig) -> str:
-        return self.variant_keys[target.prune.slug] if target.prune else self.export_key
 
 
 def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
-    """Cache keys for every stage, from content: source bytes, config, toolchain versions."""
-    files = source_files(config.model, config.root)
+    """Check every target with the registry, then derive every stage's cache key from content:
+    source bytes, config, data files, toolchain versions."""
+    check_config(config, source_kind(config.model.source))
     export_key = cache_key(
         {
             "kiln": __version__,
-            "source": hash_files(files, config.root),
+            "source": hash_files(source_files(config.model, config.root), config.root),
             "model": config.model.model_dump(mode="json"),
             "export": config.export.model_dump(mode="json"),
             "versions": versions(CORE),
         }
     )
-    p = BuildPlan(config, out_root / config.model.name, export_key)
     data_files = [
         f for spec in (config.calibration, config.evaluation) if spec for f in _data_files(spec.source, config.root)
     ]
     data_key = hash_files(data_files, config.root)
+    variant_keys = _variant_keys(config, export_key, data_key)
+    targets: dict[str, TargetPlan] = {}
+    for target in config.target:
+        spec = REGISTRY[target.name]
+        stage = variant_keys[target.prune.slug] if target.prune else export_key
+        key = cache_key(
+            {
+                "manifest": MANIFEST_SCHEMA,
+                "export": stage,
+                "target": target.model_dump(mode="json"),
+                "data": data_key,
+                "calibration": config.calibration.model_dump(mode="json") if config.calibration else None,
+                "evaluation": config.evaluation.model_dump(mode="json") if config.evaluation else None,
+                "gates": config.gates.model_dump(mode="json"),
+                "versions": versions(spec.dists(target.precision)),
+            }
+        )
+        options = target_options(target)
+        targets[target.key] = TargetPlan(target, spec, options, key, stage, availability(target.name, target.precision))
+    return BuildPlan(config, out_root / config.model.name, export_key, targets, variant_keys)
+
+
+def _variant_keys(config: KilnConfig, export_key: str, data_key: str) -> dict[str, str]:
     recovery = config.recovery
     recovery_files = _data_files(recovery.source, config.root) if recovery else []
+    keys: dict[str, str] = {}
     for target in config.target:
-        if target.prune and target.prune.slug not in p.variant_keys:
-            p.variant_keys[target.prune.slug] = cache_key(
+        if target.prune and target.prune.slug not in keys:
+            keys[target.prune.slug] = cache_key(
                 {
                     "export": export_key,
                     "prune": target.prune.model_dump(mode="json"),
@@ -98,20 +131,7 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
                     "versions": versions(("torch-pruning",)),
                 }
             )
-    for target in config.target:
-        spec = REGISTRY[target.name]
-        p.target_keys[target.key] = cache_key(
-            {
-                "export": p.export_key_for(target),
-                "target": target.model_dump(mode="json"),
-                "data": data_key,
-                "calibration": config.calibration.model_dump(mode="json") if config.calibration else None,
-                "evaluation": config.evaluation.model_dump(mode="json") if config.evaluation else None,
-                "gates": config.gates.model_dump(mode="json"),
-                "versions": versions(spec.requires),
-            }
-        )
-    return p
+    return keys
 
 
 def _data_files(source: str, root: Path) -> list[Path]:
@@ -129,42 +149,64 @@ def build(config: KilnConfig, out_root: Path, progress: Progress = lambda _: Non
     with BuildLock(p.model_dir):
         clean_debris(p.model_dir)
         results: dict[str, TargetResult] = {}
-        for target in config.target:
-            manifest = up_to_date(p.model_dir / target.key, p.target_keys[target.key])
+        for key, tp in p.targets.items():
+            manifest = _up_to_date(p.model_dir / key, tp.key)
             if manifest is not None:
-                results[target.key] = TargetResult(target, "up to date", manifest)
-        stale = [t for t in config.target if t.key not in results]
+                results[key] = TargetResult(tp.target, "up to date", manifest)
+            elif not tp.available.build and not _implementation(tp).prepares:
+                results[key] = _refused(tp)  # nothing to do here without the toolchain: no export
+        stale = [tp for key, tp in p.targets.items() if key not in results]
         if stale:
             _build_stale(p, stale, results, progress)
         return [results[t.key] for t in config.target]
 
 
-def _build_stale(p: BuildPlan, stale: list[TargetConfig], results: dict[str, TargetResult], progress: Progress) -> None:
-    from kiln.reference import Reference
+def _up_to_date(folder: Path, key: str) -> Manifest | None:
+    return Manifest.find(folder) if up_to_date(folder, key) is not None else None
+
+
+def _implementation(tp: TargetPlan) -> Target:
+    from kiln.targets import implementation
+
+    return implementation(tp.target.name)
+
+
+def _refused(tp: TargetPlan) -> TargetResult:
+    try:
+        tp.available.require(tp.target.name)
+    except KilnError as err:
+        return TargetResult(tp.target, "failed", error=err)
+    raise AssertionError("a refused target is one that cannot build")
+
+
+def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, TargetResult], progress: Progress) -> None:
+    from kiln.reference import BuildData, Reference
 
     config = p.config
     progress("loading the model source")
     loaded = load_source(config.model, config.root)
     bundle = _export(p, loaded, progress)
-    dense = Reference(config, bundle, loaded)
-    variants: dict[str | None, tuple[ExportBundle, Any]] = {None: (bundle, dense)}
-    for target in stale:
+    progress("loading calibration and evaluation data")
+    data = BuildData.load(config, bundle.signature)
+    dense = Reference(config, bundle, loaded.module if loaded.kind != "onnx" else None, data)
+    variants: dict[str | None, tuple[ExportBundle, Reference]] = {None: (bundle, dense)}
+    for tp in stale:
         start = time.perf_counter()
         try:
-            slug = target.prune.slug if target.prune else None
+            slug = tp.target.prune.slug if tp.target.prune else None
             if slug not in variants:
-                variants[slug] = _pruned_variant(p, target, loaded, dense, progress)
+                variants[slug] = _pruned_variant(p, tp.target, loaded, dense, progress)
             variant_bundle, reference = variants[slug]
-            progress(f"building {target.name}:{target.precision}")
-            manifest = _build_target(p, target, variant_bundle, reference, progress)
-            results[target.key] = TargetResult(target, "built", manifest, seconds=time.perf_counter() - start)
+            progress(f"building {tp.target.name}:{tp.target.precision}")
+            manifest = _build_target(p, tp, variant_bundle, reference, progress)
+            results[tp.target.key] = TargetResult(tp.target, "built", manifest, seconds=time.perf_counter() - start)
         except KilnError as err:
-            results[target.key] = TargetResult(target, "failed", error=err, seconds=time.perf_counter() - start)
+            results[tp.target.key] = TargetResult(tp.target, "failed", error=err, seconds=time.perf_counter() - start)
 
 
 def _pruned_variant(
-    p: BuildPlan, target: TargetConfig, loaded: LoadedModel, dense: Any, progress: Progress
-) -> tuple[ExportBundle, Any]:
+    p: BuildPlan, target: TargetConfig, loaded: LoadedModel, dense: Reference, progress: Progress
+) -> tuple[ExportBundle, Reference]:
     """The pruned model's own export stage (``export-<slug>/``) and its eager reference.
 
     Parity compares each pruned artifact with the pruned eager model; the task metric's drop is
@@ -175,41 +217,44 @@ def _pruned_variant(
     from kiln.exporters import export_model
     from kiln.prune import PruneContext, prune_model
     from kiln.reference import Reference
-    from kiln.targets.base import RunOptions
-    from kiln.targets.eager import TorchRunner
 
     assert target.prune is not None
     config, slug = p.config, target.prune.slug
     folder, key = p.model_dir / f"export-{slug}", p.variant_keys[slug]
+    sig = dense.bundle.signature
     if up_to_date(folder, key, META) is None:
-        if loaded.module is None:
-            raise ConfigError(f"pruning needs a PyTorch model; {config.model.source!r} is an ONNX file")
         progress(f"pruning: {slug}")
-        evalset = dense.evaluation()
-
-        def evaluate(module: Any) -> float:
-            from kiln.metrics import evaluate as run_metric
-
-            runner = TorchRunner(module.eval(), bundle_sig, RunOptions(threads=config.bench.threads))
-            return run_metric(runner.infer, evalset, config.root)
-
-        bundle_sig = dense.bundle.signature
         ctx = PruneContext(
-            signature=bundle_sig,
-            calibration=dense.calibration(),
+            signature=sig,
+            calibration=dense.data.calibration,
             recovery=config.recovery,
             root=config.root,
-            evaluate=evaluate if evalset is not None else None,
+            evaluate=_evaluator(config, dense) if dense.data.evaluation is not None else None,
             progress=progress,
         )
         pruned, report = prune_model(copy.deepcopy(loaded.module), target.prune, ctx)
-        variant = LoadedModel(loaded.kind, bundle_sig, module=pruned.eval(), example=loaded.example)
+        variant = LoadedModel(loaded.kind, sig, module=pruned.eval(), example=loaded.example)
         progress(f"capturing the pruned model ({slug})")
         with atomic_dir(folder) as tmp:
-            export_model(variant, tmp, config.export.opset, config.export.strict, key, extra={"prune": report})
+            export_model(variant, tmp, config.export.opset, config.export.strict, key, prune=report)
     bundle = ExportBundle.open(folder)
-    variant = LoadedModel("pt2", bundle.signature, module=bundle.program().module())
-    return bundle, Reference(config, bundle, variant, baseline=dense)
+    return bundle, Reference(config, bundle, bundle.program().module(), dense.data, baseline=dense)
+
+
+def _evaluator(config: KilnConfig, dense: Reference) -> Callable[[Any], float]:
+    """The task metric of a PyTorch module under pruning, on the build's evaluation set."""
+    from kiln.metrics import evaluate
+    from kiln.targets.base import RunOptions
+    from kiln.targets.eager import TorchRunner
+
+    evalset, sig = dense.data.evaluation, dense.bundle.signature
+    assert evalset is not None
+
+    def run(module: Any) -> float:
+        runner = TorchRunner(module.eval(), sig, RunOptions(threads=config.bench.threads))
+        return evaluate(runner.infer, evalset, config.root)
+
+    return run
 
 
 def _export(p: BuildPlan, loaded: LoadedModel, progress: Progress) -> ExportBundle:
@@ -217,110 +262,113 @@ def _export(p: BuildPlan, loaded: LoadedModel, progress: Progress) -> ExportBund
 
     folder = p.model_dir / "export"
     if up_to_date(folder, p.export_key, META) is not None:
-        bundle = ExportBundle.open(folder)
-        if loaded.kind != "onnx":  # the source module may be the reference; keep names aligned
-            loaded.signature = bundle.signature
-        return bundle
+        return ExportBundle.open(folder)
     progress("capturing with torch.export and lowering to ONNX")
     with atomic_dir(folder) as tmp:
         bundle = export_model(loaded, tmp, p.config.export.opset, p.config.export.strict, p.export_key)
-    bundle.path = folder
-    loaded.signature = bundle.signature
-    return bundle
+    return bundle.moved(folder)
 
 
-def _context(p: BuildPlan, target: TargetConfig, bundle: ExportBundle, reference: Any, out_dir: Path) -> Any:
+def _context(p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, data: BuildData, out_dir: Path) -> CompileContext:
     from kiln.targets.base import CompileContext
 
     config = p.config
     return CompileContext(
         export=bundle,
-        target=target,
+        target=tp.target,
+        options=tp.options,
         out_dir=out_dir,
-        calibration=reference.calibration(),
+        tolerance=tolerance_for(tp.target),
+        calibration=data.calibration,
+        calibration_guidance=tp.spec.precision(tp.target.precision).calibration,
         threads=config.bench.threads,
-        evaluation=reference.evaluation(),
+        evaluation=data.evaluation,
         max_metric_drop=config.gates.max_metric_drop,
         root=config.root,
     )
 
 
 def _build_target(
-    p: BuildPlan, target: TargetConfig, bundle: ExportBundle, reference: Any, progress: Progress
-) -> dict[str, Any]:
-    from kiln.targets import implementation, precision_missing, require
-    from kiln.targets.base import RunOptions
-
-    config = p.config
-    impl = implementation(target.name)
-    avail = availability(target.name)
-    if not avail.build:
+    p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, reference: Reference, progress: Progress
+) -> Manifest:
+    impl = _implementation(tp)
+    if not tp.available.build:
         # What needs no toolchain is still done and kept, for inspection, before exit 5.
-        with atomic_dir(p.model_dir / f"{target.key}.prepared") as tmp:
-            impl.prepare(_context(p, target, bundle, reference, tmp))
-        require(target.name)
-    if missing := precision_missing(target.name, target.precision):
-        raise UnavailableError(missing)
-    final = p.model_dir / target.key
-    start = time.perf_counter()
-    with atomic_dir(final) as tmp:
-        ctx = _context(p, target, bundle, reference, tmp)
+        with atomic_dir(p.model_dir / f"{tp.folder_name}.prepared") as tmp:
+            impl.prepare(_context(p, tp, bundle, reference.data, tmp))
+        tp.available.require(tp.target.name)
+    with atomic_dir(p.model_dir / tp.folder_name) as tmp:
+        ctx = _context(p, tp, bundle, reference.data, tmp)
+        start = time.perf_counter()
         impl.prepare(ctx)
         artifact = impl.compile(ctx)
-        compile_seconds = time.perf_counter() - start
-        options = RunOptions(threads=config.bench.threads)
-        runner = impl.load(artifact, options) if avail.run else impl.simulated_runner(artifact, ctx)
-        if runner is None:
-            gate: dict[str, Any] = {"passed": True, "reason": f"not run: {avail.reason}", "simulated": False}
-        else:
-            progress(f"checking {target.name}:{target.precision} against eager")
-            with runner:
-                gate = reference.check(runner, target)
-                gate["simulated"] = not avail.run
-                artifact.info.update({k: v for k, v in runner.info().items() if k not in artifact.info})
-        manifest = {
-            "schema": MANIFEST_SCHEMA,
-            "kiln_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": config.model.name,
-            "source": config.model.source,
-            "export_key": p.export_key,
-            "cache_key": p.target_keys[target.key],
-            "target": target.name,
-            "precision": target.precision,
-            "options": target.options,
-            "main_file": artifact.main_file,
-            "signature": bundle.signature.to_dict(),
-            "toolchain": versions(),
-            "execution": artifact.info,
-            "calibration": ctx.calibration.summary() if ctx.calibration else None,
-            "gate": gate,
-            "prune": bundle.prune,
-            "export_dir": bundle.path.name,  # export/ or export-<prune slug>/: what FLOPs are counted on
-            "build_seconds": round(compile_seconds, 3),
-            "files": file_entries(tmp),
-        }
-        manifest["size_bytes"] = sum(f["bytes"] for f in manifest["files"])
-        write_json(tmp / MANIFEST, manifest)
+        seconds = time.perf_counter() - start
+        runner = impl.load(artifact, _run_options(p)) if tp.available.run else impl.simulated_runner(artifact, ctx)
+        gate = _gate(tp, artifact, runner, reference, progress)
+        manifest = _manifest(p, tp, _Built(bundle, artifact, gate, seconds, tmp), reference.data)
+        manifest.write(tmp)
     return manifest
 
 
-def load_artifact(folder: Path) -> Any:
-    """An :class:`Artifact` from a built target folder (its manifest); for bench and package."""
-    from kiln.store import read_json
-    from kiln.targets.base import Artifact
+def _run_options(p: BuildPlan) -> Any:
+    from kiln.targets.base import RunOptions
 
-    manifest = read_json(folder / MANIFEST)
-    if manifest is None:
-        raise ConfigError(f"{folder} has no readable {MANIFEST}; run kiln build first")
-    return Artifact(
-        target=manifest["target"],
-        precision=manifest["precision"],
-        path=folder,
-        main_file=manifest["main_file"],
-        signature=Signature.from_dict(manifest["signature"]),
-        info=manifest.get("execution", {}),
-        options=manifest.get("options", {}),
+    return RunOptions(threads=p.config.bench.threads)
+
+
+def _gate(tp: TargetPlan, artifact: Artifact, runner: Runner | None, reference: Reference, progress: Progress) -> Gate:
+    """The artifact's verdict: run (or simulated) against eager, or built and not run here."""
+    if runner is None:
+        return Gate.not_run(tp.available.reason)
+    progress(f"checking {tp.target.name}:{tp.target.precision} against eager")
+    calibrates = tp.spec.precision(tp.target.precision).calibrates
+    with runner:
+        gate = reference.check(runner, tolerance_for(tp.target), real_data=calibrates)
+        # What the runtime reports about how it runs, where the build recorded nothing else.
+        artifact.info.update({k: v for k, v in runner.info().items() if not artifact.info.has(k)})
+    return gate.model_copy(update={"simulated": not tp.available.run})
+
+
+@dataclass(frozen=True)
+class _Built:
+    """One compiled and gated artifact, before its manifest is written."""
+
+    bundle: ExportBundle
+    artifact: Artifact
+    gate: Gate
+    seconds: float
+    folder: Path
+
+
+def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> Manifest:
+    config, target = p.config, tp.target
+    bundle, artifact, gate = built.bundle, built.artifact, built.gate
+    files = [FileEntry(**entry) for entry in file_entries(built.folder)]
+    used = data.calibration
+    calibration = (
+        CalibrationSummary(source=used.source, samples=len(used.samples), sha256=used.digest) if used else None
+    )
+    return Manifest(
+        kiln_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        model=config.model.name,
+        source=config.model.source,
+        export_key=p.export_key,
+        cache_key=tp.key,
+        target=target.name,
+        precision=target.precision,
+        options=target.options,
+        main_file=artifact.main_file,
+        signature=bundle.signature,
+        toolchain=versions((*CORE, *tp.spec.dists(target.precision))),
+        execution=artifact.info,
+        calibration=calibration,
+        gate=gate,
+        prune=bundle.prune,
+        export_dir=bundle.path.name,
+        build_seconds=round(built.seconds, 3),
+        files=files,
+        size_bytes=sum(f.bytes for f in files),
     )
 
 

@@ -60,19 +60,17 @@ def main() -> None:
 
 def _quiet_toolchains() -> None:
     """Toolchains warn about their own internals (deprecations, untested versions) on every
-    call; a user can act on none of it. ``--verbose`` keeps it."""
-    import logging
-    import warnings
+    call; a user can act on none of it. The registry names each target's chatty loggers and the
+    imports it blocks; ``--verbose`` keeps it all."""
+    from kiln.targets import quiet_toolchains
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnxscript|coremltools|nncf)")
-    # transformers imports torchao when installed, which logs every CUDA-only extension it cannot
-    # load, and torch warns about enums torchao registers; transformers draws loading bars.
+    # transformers draws loading bars and logs per model; kiln reports its own progress.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("torch", "torch.utils._pytree", "torchao", "onnxscript", "nncf", "coremltools", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_toolchains()
 
 
 def _console() -> Any:
@@ -118,7 +116,8 @@ def build(config_path: Path, targets: tuple[str, ...], out: Path) -> None:
         if result.error is not None:
             click.echo(f"kiln: error: {result.target.key}: {result.error}", err=True)
         else:
-            for breach in result.manifest["gate"]["breaches"]:  # type: ignore[index]
+            assert result.manifest is not None
+            for breach in result.manifest.gate.breaches:
                 click.echo(f"kiln: gate: {result.target.key}: {breach}", err=True)
     if failures:
         sys.exit(failures[0].exit_code)
@@ -189,24 +188,27 @@ def targets() -> None:
     from rich.table import Table
 
     from kiln.summary import wide_console
-    from kiln.targets import REGISTRY, availability, precision_missing
+    from kiln.targets import REGISTRY, availability
 
     table = Table(title="kiln targets")
     for col in ("target", "precisions", "build", "run", "needs / why not", "extra"):
         table.add_column(col)
     for name, spec in REGISTRY.items():
         avail = availability(name)
+        # Precisions that need one more package than their target, where it is missing.
+        extra_needs = [
+            f"{name}:{p.name} {availability(name, p.name).reason}"
+            for p in spec.precisions
+            if avail.build and not availability(name, p.name).build
+        ]
+        extras = sorted({pkg.extra for p in spec.precisions for pkg in spec.packages_for(p.name) if pkg.extra})
         table.add_row(
             name,
-            ", ".join(spec.precisions),
+            ", ".join(spec.precision_names),
             "yes" if avail.build else "no",
             "yes" if avail.run else "no",
-            escape(
-                "; ".join(
-                    [avail.reason or spec.summary] + [m for p in spec.precisions if (m := precision_missing(name, p))]
-                )
-            ),
-            escape(f"kiln[{spec.extra}]") if spec.extra else "-",
+            escape("; ".join([avail.reason or spec.summary, *extra_needs])),
+            escape(", ".join(f"kiln[{e}]" for e in extras)) if extras else "-",
         )
     wide_console().print(table)
 
@@ -302,25 +304,27 @@ def bench(
 ) -> None:
     """Measure every artifact of a model beside eager, with one harness; write results.json,
     report.md and report.html. Builds missing or stale artifacts first."""
-    from kiln.bench.run import BenchRequest
+    from kiln.bench.run import BenchRun
     from kiln.bench.run import bench as run_bench
+    from kiln.config import BenchSettings
     from kiln.report.console import print_results
 
-    request = BenchRequest(
-        targets=list(targets),
-        batches=_batches(batch),
-        threads=threads,
-        mode=mode,
-        min_seconds=min_seconds,
-        min_iters=min_iters,
-        warmup_seconds=warmup_seconds,
-        rounds=rounds,
-        out=out,
-        report_dir=report_dir,
-        refresh_peak=refresh_peak,
+    flags = {
+        "batches": _batches(batch),
+        "threads": threads,
+        "mode": mode,
+        "min_seconds": min_seconds,
+        "min_iters": min_iters,
+        "warmup_seconds": warmup_seconds,
+        "rounds": rounds,
+    }
+    # Only the flags given are set, so only they override the config's [bench] values.
+    overrides = BenchSettings(**{name: value for name, value in flags.items() if value is not None})
+    run = BenchRun(
+        targets=tuple(targets), overrides=overrides, out=out, report_dir=report_dir, refresh_peak=refresh_peak
     )
     with _console().status("starting") as status:
-        results, folder = run_bench(source, request, progress=lambda msg: status.update(msg))
+        results, folder = run_bench(source, run, progress=lambda msg: status.update(msg))
     print_results(results)
     click.echo(f"reports: {folder / 'results.json'}, {folder / 'report.md'}, {folder / 'report.html'}")
 

@@ -1,7 +1,8 @@
 """``kiln.toml``: parsed and validated once, at the boundary, into typed models.
 
 An unknown key, a wrong type or an impossible value becomes one ``ConfigError`` line naming the
-key, before any work starts. Nothing here imports a toolchain.
+key, before any work starts. Pure schema: nothing here imports a toolchain, nor any of kiln but
+``kiln.errors``; target names, precisions and options are checked by the registry.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kiln.errors import ConfigError
 
@@ -154,19 +155,42 @@ class EvaluationConfig(_Strict):
         return metric
 
 
-class BenchConfig(_Strict):
-    batch: list[Annotated[int, Field(ge=1)]] = [1]
+class BenchSettings(_Strict):
+    """How cells are measured: the ``[bench]`` table, the ``kiln bench`` flags over it, and the
+    ``settings`` block of ``results.json``. ``min_seconds`` and ``min_iters`` are per cell, over
+    all rounds. ``None`` is resolved at run time: threads to the physical cores, requests to
+    max(2, threads) in throughput mode (always 1 in latency mode); results.json records both.
+    """
+
+    # Every field is written to results.json, so the generated schema requires each of them.
+    model_config = ConfigDict(populate_by_name=True, json_schema_serialization_defaults_required=True)
+
+    # Users write ``batch`` in [bench]; results.json has always called it ``batches``.
+    batches: list[Annotated[int, Field(ge=1)]] = Field(
+        [1], min_length=1, validation_alias=AliasChoices("batch", "batches"), serialization_alias="batches"
+    )
     threads: Annotated[int, Field(ge=1)] | None = None
+    mode: Literal["latency", "throughput"] = "latency"
+    # Requests in flight per timed sample in throughput mode (1 in latency mode once resolved).
+    requests: Annotated[int, Field(ge=1)] | None = None
     min_seconds: Annotated[float, Field(gt=0)] = 2.0
     min_iters: Annotated[int, Field(ge=1)] = 20
     warmup_seconds: Annotated[float, Field(ge=0)] = 0.5
-    mode: Literal["latency", "throughput"] = "latency"
+    warmup_iters: Annotated[int, Field(ge=0)] = 5
     rounds: Annotated[int, Field(ge=1)] = 2
     # A cell whose coefficient of variation (std / mean) exceeds this is flagged unstable.
     cv_threshold: Annotated[float, Field(gt=0)] = 0.10
-    warmup_iters: Annotated[int, Field(ge=0)] = 5
-    # Requests in flight per timed sample in throughput mode; None: max(2, threads).
-    requests: Annotated[int, Field(ge=1)] | None = None
+
+    def merged(self, overrides: BenchSettings) -> BenchSettings:
+        """These settings with the fields set explicitly in ``overrides`` (the command line's
+        flags, validated when ``overrides`` was made) taking their place."""
+        return self.model_copy(update={name: getattr(overrides, name) for name in overrides.model_fields_set})
+
+    def resolve(self, physical_cores: int) -> BenchSettings:
+        """Every figure fixed: what a run measures with and ``results.json`` records."""
+        threads = self.threads or physical_cores
+        requests = (self.requests or max(2, threads)) if self.mode == "throughput" else 1
+        return self.model_copy(update={"threads": threads, "requests": requests})
 
 
 class GatesConfig(_Strict):
@@ -179,7 +203,7 @@ class KilnConfig(_Strict):
     calibration: DataSpec | None = None
     evaluation: EvaluationConfig | None = None
     target: list[TargetConfig] = []
-    bench: BenchConfig = BenchConfig()
+    bench: BenchSettings = BenchSettings()
     gates: GatesConfig = GatesConfig()
     recovery: RecoveryConfig | None = None
     # Folder the config came from: relative paths in sources resolve against it.
@@ -195,27 +219,14 @@ def _describe(err: ValidationError) -> str:
 
 
 def parse_config(data: dict[str, Any], root: Path, where: str = "config") -> KilnConfig:
-    """Validate a config mapping; ``root`` is the folder relative paths resolve against."""
+    """Validate a config mapping; ``root`` is the folder relative paths resolve against.
+
+    Only the schema is checked here; whether each target x precision exists, fits the source and
+    has its data is the registry's check, run first thing when a build is planned."""
     try:
-        config = KilnConfig.model_validate({**data, "root": root})
+        return KilnConfig.model_validate({**data, "root": root})
     except ValidationError as err:
         raise ConfigError(f"{where}: {_describe(err)}; fix it and run again") from err
-    check_targets(config)
-    return config
-
-
-def check_targets(config: KilnConfig) -> None:
-    """Every target x precision is known, and static quantizers have calibration data."""
-    from kiln.targets import check_target  # the registry is a literal table; no toolchain import
-
-    for target in config.target:
-        spec = check_target(target.name, target.precision)
-        if target.precision in spec.calibrated and config.calibration is None:
-            raise ConfigError(
-                f"{target.name}:{target.precision} calibrates on data and the config has no [calibration]; "
-                "add [calibration] source = 'data.npz' | 'folder/' | 'file.py:fn' (kiln never calibrates "
-                "on random inputs), or pick a weight-only or dynamic precision"
-            )
 
 
 def load_config(path: Path) -> KilnConfig:
@@ -244,6 +255,4 @@ def with_targets(config: KilnConfig, selectors: list[str]) -> KilnConfig:
             chosen.extend(t for t in matches if t not in chosen)
             continue
         chosen.append(TargetConfig(name=name, precision=precision or "fp32"))
-    config = config.model_copy(update={"target": chosen})
-    check_targets(config)
-    return config
+    return config.model_copy(update={"target": chosen})

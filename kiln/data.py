@@ -9,7 +9,6 @@ sees them; the content hash of the calibration samples goes into every manifest 
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,7 @@ import numpy as np
 from kiln.config import DataSpec, EvaluationConfig
 from kiln.errors import DataError
 from kiln.sources import load_callable
-from kiln.spec import NUMPY_DTYPES, Signature
-
-Arrays = dict[str, np.ndarray]
+from kiln.spec import NUMPY_DTYPES, Arrays, Signature
 
 
 def as_array(value: Any) -> np.ndarray:
@@ -151,29 +148,6 @@ def load_calibration(spec: DataSpec, sig: Signature, root: Path) -> CalibrationS
     if not samples:
         raise DataError(f"calibration source {spec.source!r} yielded no samples")
     return CalibrationSet(samples, digest_arrays(samples), spec.source)
-
-
-class CalibrationWarning(UserWarning):
-    """The calibration set is usable but smaller than a quantizer's own guidance."""
-
-
-# How many calibration samples each quantizer's documentation asks for: ONNX Runtime's
-# calibrators and PyTorch's PT2E observers see stable ranges from about 100; NNCF's default
-# ``subset_size`` is 300.
-SAMPLE_GUIDANCE = {"onnxruntime": 100, "pt2e": 100, "nncf": 300}
-
-
-def warn_few_samples(calibration: CalibrationSet, guidance: int, who: str) -> str | None:
-    """Warn (and return the message for the manifest) when fewer samples than ``guidance``."""
-    count = len(calibration.samples)
-    if count >= guidance:
-        return None
-    message = (
-        f"{who}: calibrating on {count} samples, fewer than the {guidance} this quantizer's guidance asks for; "
-        "ranges may be unrepresentative: raise [calibration].samples or add data"
-    )
-    warnings.warn(message, CalibrationWarning, stacklevel=2)
-    return message
 
 
 @dataclass

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kiln.versions import versions
+from kiln.targets import toolchain_dists
+from kiln.versions import CORE, SOURCES, versions
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
@@ -75,7 +76,7 @@ def fingerprint() -> dict[str, Any]:
         "gpus": _gpus(),
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
-        "toolchain": versions(),
+        "toolchain": versions((*CORE, *toolchain_dists(), *SOURCES)),
     }
     fp["id"] = fingerprint_id(fp)
     return fp

@@ -12,7 +12,7 @@ from typing import Any
 
 from kiln.config import DimSpec, InputSpec, ModelConfig
 from kiln.errors import SourceError
-from kiln.sources import LoadedModel
+from kiln.loaded import LoadedModel
 from kiln.spec import Signature
 
 SENTENCES = [

@@ -9,6 +9,7 @@ plus calibration samples when given):
 - ``cosine``: the smallest per-sample cosine similarity;
 - ``top1``: the fraction of rows whose argmax agrees (classifier-like outputs: float, last dim > 1).
 
+Default tolerances are per target and precision, in the registry rows (``kiln.targets``).
 A figure is gated when its tolerance is set; a breach names the output, the figure, the
 tolerance, and the tolerance that would have passed.
 """
@@ -16,41 +17,19 @@ tolerance, and the tolerance that would have passed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from kiln.config import Tolerance
+from kiln.manifest import OutputFigures, ParityResult
 
-DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_rel=1e-4, min_cosine=0.99999),
-    "fp16": Tolerance(max_rel=3e-2, min_cosine=0.999, min_top1=0.98),
-    "bf16": Tolerance(max_rel=5e-2, min_cosine=0.999, min_top1=0.98),
-    "fp8": Tolerance(min_cosine=0.98, min_top1=0.95),
-    "int8": Tolerance(min_cosine=0.98, min_top1=0.95),
-    "int8-dynamic": Tolerance(min_cosine=0.98, min_top1=0.95),
-    # Weight-only int8 (activations stay float): measured cosine >= 0.99999 on a tiny attention block.
-    "int8-weights": Tolerance(min_cosine=0.99, min_top1=0.98),
-    "int4": Tolerance(min_cosine=0.95, min_top1=0.90),
-}
-# Compression schemes named by their own precision take the figures of their bit width.
-DEFAULT_TOLERANCES |= {
-    "w8a8": DEFAULT_TOLERANCES["int8"],
-    "palettize4": DEFAULT_TOLERANCES["int4"],
-    "palettize": DEFAULT_TOLERANCES["int4"],
-}
 HIGHER_IS_BETTER = {"cosine", "top1"}
 
 
-def tolerance_for(precision: str, override: Tolerance | None) -> Tolerance:
-    base = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["int8"])
-    if override is None:
-        return base
-    return base.model_copy(update=override.model_dump(exclude_unset=True))
-
-
 @dataclass
-class OutputFigures:
+class Figures:
+    """The running figures of one output over the parity cases."""
+
     max_abs: float = 0.0
     max_rel: float = 0.0
     cosine: float = 1.0
@@ -76,8 +55,8 @@ class OutputFigures:
             self._rows += a.shape[0]
             self.top1 = self._agree / self._rows
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "cosine": self.cosine, "top1": self.top1}
+    def result(self) -> OutputFigures:
+        return OutputFigures(max_abs=self.max_abs, max_rel=self.max_rel, cosine=self.cosine, top1=self.top1)
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -99,13 +78,13 @@ class ParityReport:
     # Top-1 agreement is gated on this output only (the one the task reads); other outputs, such
     # as hidden states, have no classes and are gated by cosine and error figures.
     primary: str | None = None
-    outputs: dict[str, OutputFigures] = field(default_factory=dict)
+    outputs: dict[str, Figures] = field(default_factory=dict)
     cases: int = 0
 
     def add_case(self, got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
         self.cases += 1
         for name, value in ref.items():
-            figures = self.outputs.setdefault(name, OutputFigures())
+            figures = self.outputs.setdefault(name, Figures())
             if name not in got:
                 figures.max_abs = figures.max_rel = float("inf")
                 figures.cosine = 0.0
@@ -155,15 +134,16 @@ class ParityReport:
             return "-"
         return "exact" if best[0] < 1e-6 else best[1]  # float rounding of a perfect cosine
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "cases": self.cases,
-            "tolerance": self.tolerance.model_dump(),
-            "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
-            "breaches": self.breaches(),
-            "worst": self.worst(),
-        }
+    def result(self, inputs: str = "seeded + calibration") -> ParityResult:
+        return ParityResult(
+            passed=self.passed,
+            cases=self.cases,
+            tolerance=self.tolerance,
+            outputs={k: v.result() for k, v in self.outputs.items()},
+            breaches=self.breaches(),
+            worst=self.worst(),
+            inputs=inputs,
+        )
 
 
 def _ceil(value: float) -> float:

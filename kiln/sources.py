@@ -11,26 +11,15 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from kiln.config import DimSpec, InputSpec, ModelConfig
 from kiln.errors import SourceError
+from kiln.loaded import LoadedModel, SourceKind
 from kiln.spec import Signature
 
-SourceKind = Literal["python", "pt2", "hf", "onnx"]
 WEIGHT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".npz", ".npy", ".json", ".txt", ".model"}
-
-
-@dataclass
-class LoadedModel:
-    kind: SourceKind
-    signature: Signature
-    module: Any = None  # torch.nn.Module for python / hf / pt2 sources
-    example: tuple[Any, ...] | None = None  # positional example inputs, when the source gave them
-    program: Any = None  # ExportedProgram for a .pt2 source
-    onnx_path: Path | None = None
 
 
 def source_kind(source: str) -> SourceKind:

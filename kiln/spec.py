@@ -16,6 +16,9 @@ from kiln.config import DimSpec, InputSpec
 
 Point = Literal["min", "opt", "max"]
 
+# Inputs or outputs of one request, keyed by the signature's names: what every runner speaks.
+Arrays = dict[str, np.ndarray]
+
 NUMPY_DTYPES = {
     "float32": np.float32,
     "float16": np.float16,
@@ -75,12 +78,10 @@ class Signature:
         )
 
 
-def random_inputs(
-    sig: Signature, point: Point = "opt", seed: int = 0, sizes: dict[str, int] | None = None
-) -> dict[str, np.ndarray]:
+def random_inputs(sig: Signature, point: Point = "opt", seed: int = 0, sizes: dict[str, int] | None = None) -> Arrays:
     """Seeded inputs at a point of the dim ranges (or explicit sizes, e.g. a benchmark batch)."""
     rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
+    out: Arrays = {}
     for spec in sig.inputs:
         shape = sig.shape(spec, point, sizes)
         if spec.dtype in ("float32", "float16", "bfloat16"):

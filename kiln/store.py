@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
-MANIFEST_SCHEMA = "kiln.manifest/1"
 
 
 def sha256_file(path: Path) -> str:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.config import KilnConfig
+from kiln.manifest import Gate
 
 if TYPE_CHECKING:
     from kiln.build import TargetResult
@@ -41,27 +42,34 @@ def print_summary(config: KilnConfig, results: list[TargetResult], out: Path) ->
     ):
         table.add_column(col, justify="right" if col in ("size", "build s") else "left")
     for r in results:
-        m = r.manifest or {}
-        gate = m.get("gate", {})
-        if r.error is not None:
-            parity = f"[red]{type(r.error).__name__}[/red]"
-        elif gate.get("parity"):
-            verdict = "[green]pass[/green]" if not gate["parity"]["breaches"] else "[red]FAIL[/red]"
-            parity = f"{verdict} {gate['parity']['worst']}" + (" (simulated)" if gate.get("simulated") else "")
+        m = r.manifest
+        if r.error is not None or m is None:
+            parity, metric = f"[red]{type(r.error).__name__}[/red]", "-"
         else:
-            parity = gate.get("reason") or "-"
-        ev = gate.get("evaluation")
-        metric = f"{ev['metric'].rpartition(':')[2]} {ev['value']:.4f} ({ev['drop']:+.4f})" if ev else "-"
-        if ev and not gate.get("passed", True) and any("metric" in b for b in gate.get("breaches", [])):
-            metric = f"[red]{metric}[/red]"
+            parity, metric = _verdict(m.gate), _metric(m.gate)
         table.add_row(
             r.target.name,
             r.target.precision + (f" {r.target.prune.slug}" if r.target.prune else ""),
-            str(m.get("execution", {}).get("execution_precision", "-")),
+            (m.execution.execution_precision if m else None) or "-",
             r.status,
             parity,
             metric,
-            human_size(m["size_bytes"]) if "size_bytes" in m else "-",
-            f"{m.get('build_seconds', r.seconds):.1f}" if m else f"{r.seconds:.1f}",
+            human_size(m.size_bytes) if m else "-",
+            f"{m.build_seconds if m else r.seconds:.1f}",
         )
     wide_console().print(table)
+
+
+def _verdict(gate: Gate) -> str:
+    if gate.parity is None:
+        return gate.reason or "-"
+    verdict = "[green]pass[/green]" if not gate.parity.breaches else "[red]FAIL[/red]"
+    return f"{verdict} {gate.parity.worst}" + (" (simulated)" if gate.simulated else "")
+
+
+def _metric(gate: Gate) -> str:
+    ev = gate.evaluation
+    if ev is None:
+        return "-"
+    text = f"{ev.metric.rpartition(':')[2]} {ev.value:.4f} ({ev.drop:+.4f})"
+    return f"[red]{text}[/red]" if gate.metric_breached else text

@@ -5,10 +5,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 CORE = ("torch", "onnx", "onnxscript", "numpy")
-KNOWN = (*CORE, "onnxruntime", "openvino", "nncf", "coremltools", "tensorrt", "transformers", "torch-pruning")
+# Distributions of the sources and passes that are not targets (each target's are in its registry row).
+SOURCES = ("transformers", "torch-pruning")
 
 
-def versions(dists: tuple[str, ...] | list[str] = KNOWN) -> dict[str, str]:
+def versions(dists: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """The installed version of each distribution that is installed (the others are left out)."""
     found = {}
     for dist in dists:
         try:

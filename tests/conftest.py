@@ -75,11 +75,53 @@ def config_file(tmp_path: Path):
 
 
 def skip_unless(target: str, run: bool = False) -> None:
+    """Skip the running test when a target cannot build (or run) here, with the registry's reason."""
     from kiln.targets import availability
 
     avail = availability(target)
     if not avail.build or (run and not avail.run):
         pytest.skip(f"{target}: {avail.reason}")
+
+
+def _target_of(item: pytest.Item) -> tuple[str, str | None, str] | None:
+    """(target, precision, stage) from ``@pytest.mark.target(name, stage=...)``; a parametrized
+    ``target`` (and ``precision``) argument supplies the name when the marker gives none."""
+    marker = item.get_closest_marker("target")
+    if marker is None:
+        return None
+    params = getattr(item, "callspec", None)
+    values = params.params if params is not None else {}
+    name = marker.args[0] if marker.args else values.get("target")
+    if name is None:
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.target needs a name or a 'target' parameter")
+    stage = marker.kwargs.get("stage", "build")
+    if stage not in ("prepare", "build", "run"):
+        raise pytest.UsageError(f"{item.nodeid}: stage must be prepare, build or run, got {stage!r}")
+    return name, marker.kwargs.get("precision", values.get("precision")), stage
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One hook turns the registry into markers and skips: a test that builds a target is
+    ``slow``; one that needs the target's hardware gets its capability marker (``gpu`` for CUDA,
+    ``macos`` for macOS) and is skipped, with the registry's reason, where it is missing."""
+    from kiln.targets import MARKERS, REGISTRY, availability
+
+    for item in items:
+        found = _target_of(item)
+        if found is None:
+            continue
+        name, precision, stage = found
+        spec = REGISTRY[name]
+        needs = () if stage == "prepare" else spec.build_needs + (spec.run_needs if stage == "run" else ())
+        for need in dict.fromkeys(needs):
+            if need in MARKERS:
+                item.add_marker(MARKERS[need])
+        if stage != "prepare":
+            item.add_marker(pytest.mark.slow)
+            avail = availability(name, precision)
+            if not avail.build or (stage == "run" and not avail.run):
+                label = f"{name}:{precision}" if precision else name
+                item.add_marker(pytest.mark.skip(reason=f"{label}: {avail.reason}"))
 
 
 @pytest.fixture(autouse=True, scope="session")

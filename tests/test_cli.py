@@ -83,7 +83,7 @@ def test_second_build_is_up_to_date_and_does_no_work(tmp_path: Path) -> None:
     code, out = run("build", str(path), "--out", str(out_dir))
     assert code == 0, out
     manifest = json.loads((out_dir / "cnn" / "onnxruntime-fp32" / "manifest.json").read_text())
-    assert manifest["gate"]["passed"] and manifest["gate"]["evaluation"]["value"] == 1.0
+    assert manifest["gate"]["passed"] and manifest["gate"]["evaluation"]["value"] == 1.0  # the JSON a pipeline reads
     stamp = (out_dir / "cnn" / "onnxruntime-fp32" / "manifest.json").stat().st_mtime_ns
     code, out = run("build", str(path), "--out", str(out_dir))
     assert code == 0 and out.count("up to date") == 2
@@ -126,3 +126,41 @@ def test_export_writes_checked_onnx_and_program(tmp_path: Path) -> None:
     assert (out_dir / "export" / "program.pt2").is_file()
     code, out = run("export", "x.py:f", "--input", "x")
     assert code == 2 and "expected NAME:DIMS" in out
+
+
+def test_a_misspelt_target_option_exits_2_naming_it_before_any_export(tmp_path: Path) -> None:
+    target = {"name": "onnxruntime", "precision": "int8", "options": {"calibrate_methd": "entropy"}}
+    path = write_config(tmp_path, {**CNN, "target": [target]})
+    code, out = run("build", str(path), "--out", str(tmp_path / "b"))
+    assert code == 2, out
+    line = _one_error_line(out)
+    assert "unknown key 'calibrate_methd'" in line and "did you mean 'calibration_method'" in line
+    assert not (tmp_path / "b" / "cnn" / "export").exists()
+
+
+def test_a_program_target_on_an_onnx_source_exits_2_before_any_work(tmp_path: Path) -> None:
+    model = {"name": "m", "source": "model.onnx", "inputs": [{"name": "x", "shape": [1, 4]}]}
+    path = write_config(tmp_path, {"model": model, "target": [{"name": "aoti"}]})
+    code, out = run("build", str(path), "--out", str(tmp_path / "b"))
+    assert code == 2, out
+    assert "aoti builds from the captured torch.export program" in _one_error_line(out)
+
+
+def test_a_precision_whose_package_is_missing_is_refused_before_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln.build import build
+    from kiln.config import parse_config
+    from kiln.errors import MissingDependencyError
+    from kiln.targets import Package, availability
+
+    availability.cache_clear()
+    monkeypatch.setattr(Package, "installed", property(lambda self: self.module != "torchao"))
+    try:
+        config = parse_config({**CNN, "target": [{"name": "aoti", "precision": "int8"}]}, tmp_path)
+        (result,) = build(config, tmp_path / "b")
+    finally:
+        availability.cache_clear()
+    assert isinstance(result.error, MissingDependencyError) and result.exit_code == 5
+    assert "kiln[aoti-int8]" in str(result.error)
+    assert sorted(p.name for p in (tmp_path / "b" / "cnn").iterdir()) == [".lock"]  # no export, no .prepared

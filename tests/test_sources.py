@@ -10,6 +10,7 @@ import pytest
 
 from kiln.build import build
 from kiln.config import parse_config
+from kiln.errors import ConfigError
 from kiln.sources import source_kind
 from tests.conftest import CNN
 from tests.models import tiny_cnn
@@ -22,8 +23,8 @@ def _build(tmp_path: Path, model: dict, targets: list[dict]) -> dict:
     results = build(config, tmp_path / "build")
     for r in results:
         assert r.error is None, r.error
-        assert r.manifest["gate"]["passed"], r.manifest["gate"]["breaches"]
-    return {r.target.key: r.manifest for r in results}
+        assert r.manifest.gate.passed, r.manifest.gate.breaches
+    return {r.target.key: r.manifest.to_json() for r in results}  # the JSON a pipeline reads
 
 
 def test_source_kind_is_recognised_from_the_reference() -> None:
@@ -64,8 +65,8 @@ def test_onnx_file_is_a_source_and_skips_capture(tmp_path: Path) -> None:
     assert manifests["openvino-fp32"]["signature"]["inputs"][0]["shape"] == ["batch", 3, 16, 16]
     assert not (tmp_path / "b" / "build" / "from-onnx" / "export" / "program.pt2").exists()
     config = parse_config({"model": model, "target": [{"name": "aoti"}]}, tmp_path / "b")
-    (result,) = build(config, tmp_path / "b" / "build")
-    assert result.error is not None and "needs the captured torch.export program" in str(result.error)
+    with pytest.raises(ConfigError, match=r"aoti builds from the captured torch\.export program"):
+        build(config, tmp_path / "b" / "build")  # refused before any work
 
 
 @pytest.mark.slow

@@ -15,42 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.bench.process import WORKER_COMMAND, WorkerFailed, WorkerProcess
-from kiln.bench.stats import DEFAULT_CV_THRESHOLD, summarize
+from kiln.bench.process import DEFAULT_LAUNCH, Launch, WorkerFailed, WorkerProcess
+from kiln.bench.protocol import CellSpec, RoundCommand
+from kiln.bench.stats import summarize
+from kiln.config import BenchSettings
+from kiln.manifest import Manifest
+from kiln.results import FailedCell, MeasuredCell
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    """How cells are measured; ``min_seconds`` and ``min_iters`` are per cell, over all rounds."""
-
-    batches: tuple[int, ...] = (1,)
-    threads: int = 1
-    mode: str = "latency"  # latency | throughput
-    requests: int = 2  # requests in flight per timed sample in throughput mode
-    min_seconds: float = 2.0
-    min_iters: int = 20
-    warmup_seconds: float = 0.5
-    warmup_iters: int = 5
-    rounds: int = 2
-    cv_threshold: float = DEFAULT_CV_THRESHOLD
-    worker_command: tuple[str, ...] = WORKER_COMMAND
-    timeout: float = 600.0  # seconds a worker may stay silent before it is stopped
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "batches": list(self.batches),
-            "threads": self.threads,
-            "mode": self.mode,
-            "requests": self.requests if self.mode == "throughput" else 1,
-            "min_seconds": self.min_seconds,
-            "min_iters": self.min_iters,
-            "warmup_seconds": self.warmup_seconds,
-            "warmup_iters": self.warmup_iters,
-            "rounds": self.rounds,
-            "cv_threshold": self.cv_threshold,
-        }
 
 
 @dataclass
@@ -61,104 +33,122 @@ class CellPlan:
     precision: str
     key: str
     folder: Path | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest | None = None
     skipped: str | None = None  # the target cannot run here (not an error)
     error: str | None = None  # the artifact could not be built
 
 
-def _base_cell(plan: CellPlan, batch: int, options: BenchOptions) -> dict[str, Any]:
+@dataclass
+class _Timings:
+    """What one live worker has answered so far."""
+
+    worker: WorkerProcess
+    seconds: list[float] = field(default_factory=list)
+    warmup_iters: int = 0
+
+
+def _identity(plan: CellPlan, batch: int, settings: BenchSettings) -> dict[str, Any]:
+    """The fields that name a cell, measured or not."""
     return {
         "key": plan.key,
         "target": plan.target,
         "precision": plan.precision,
         "batch": batch,
-        "mode": options.mode,
-        "threads": options.threads,
-        "status": "ok",
-        "reason": None,
+        "mode": settings.mode,
+        "threads": settings.threads,
     }
 
 
-def _worker_spec(plan: CellPlan, batch: int, options: BenchOptions) -> dict[str, Any]:
-    return {
-        "artifact": str(plan.folder),
-        "batch": batch,
-        "threads": options.threads,
-        "mode": options.mode,
-        "requests": options.requests,
-        "seed": 0,
-    }
+def _failed(plan: CellPlan, batch: int, settings: BenchSettings, status: str, reason: str) -> FailedCell:
+    return FailedCell(**_identity(plan, batch, settings), status=status, reason=reason)
+
+
+def _spec(plan: CellPlan, batch: int, settings: BenchSettings) -> CellSpec:
+    assert settings.threads is not None and settings.requests is not None
+    return CellSpec(
+        artifact=str(plan.folder),
+        batch=batch,
+        threads=settings.threads,
+        mode=settings.mode,
+        requests=settings.requests,
+    )
 
 
 def run_cells(
-    plans: list[CellPlan], options: BenchOptions, progress: Progress = lambda _: None
-) -> list[dict[str, Any]]:
-    """Measure every plan at every batch; returns one raw cell dict per (plan, batch)."""
-    cells: list[dict[str, Any]] = []
-    per_round = {
-        "cmd": "round",
-        "warmup_seconds": options.warmup_seconds,
-        "warmup_iters": options.warmup_iters,
-        "min_seconds": options.min_seconds / options.rounds,
-        "min_iters": math.ceil(options.min_iters / options.rounds),
-    }
-    for batch in options.batches:
-        live: dict[str, tuple[WorkerProcess, dict[str, Any]]] = {}
-        batch_cells: dict[str, dict[str, Any]] = {}
+    plans: list[CellPlan], settings: BenchSettings, progress: Progress = lambda _: None, launch: Launch = DEFAULT_LAUNCH
+) -> list[MeasuredCell | FailedCell]:
+    """Measure every plan at every batch; one cell per (plan, batch), in that order, before the
+    analysis (:func:`kiln.bench.analysis.enrich`) adds what the manifests and FLOPs say.
+
+    ``settings`` must be resolved (:meth:`BenchSettings.resolve`): threads and requests set.
+    """
+    if settings.threads is None or settings.requests is None:
+        raise ValueError("run_cells needs resolved settings (BenchSettings.resolve): threads and requests set")
+    cells: list[MeasuredCell | FailedCell] = []
+    first = RoundCommand(
+        warmup_seconds=settings.warmup_seconds,
+        warmup_iters=settings.warmup_iters,
+        min_seconds=settings.min_seconds / settings.rounds,
+        min_iters=math.ceil(settings.min_iters / settings.rounds),
+    )
+    # The first round warms up by time and count (kernels chosen, memory allocated); later
+    # rounds only refill caches, by time, with at least one run.
+    later = first.model_copy(update={"warmup_iters": min(1, settings.warmup_iters)})
+    for batch in settings.batches:
+        live: dict[str, _Timings] = {}
+        done: dict[str, MeasuredCell | FailedCell] = {}
         for plan in plans:
-            cell = batch_cells[plan.key] = _base_cell(plan, batch, options)
             if plan.skipped or plan.error:
-                cell.update(status="skipped" if plan.skipped else "error", reason=plan.skipped or plan.error)
+                status = "skipped" if plan.skipped else "error"
+                done[plan.key] = _failed(plan, batch, settings, status, plan.skipped or plan.error or "")
                 continue
             progress(f"batch {batch}: loading {plan.key}")
             try:
-                worker = WorkerProcess(_worker_spec(plan, batch, options), options.worker_command, options.timeout)
+                live[plan.key] = _Timings(WorkerProcess(_spec(plan, batch, settings), launch))
             except WorkerFailed as err:
-                cell.update(status="error", reason=str(err))
-                continue
-            live[plan.key] = (worker, {"ready": worker.ready, "seconds": [], "warmup_iters": 0})
+                done[plan.key] = _failed(plan, batch, settings, "error", str(err))
+        by_key = {plan.key: plan for plan in plans}
         try:
-            for r in range(options.rounds):
+            for r in range(settings.rounds):
                 order = list(live) if r % 2 == 0 else list(reversed(live))
-                # The first round warms up by time and count (kernels chosen, memory allocated);
-                # later rounds only refill caches, by time, with at least one run.
-                command = per_round if r == 0 else {**per_round, "warmup_iters": min(1, options.warmup_iters)}
                 for key in order:
-                    progress(f"batch {batch}: round {r + 1}/{options.rounds}: {key}")
-                    worker, raw = live[key]
+                    progress(f"batch {batch}: round {r + 1}/{settings.rounds}: {key}")
+                    timings = live[key]
                     try:
-                        answer = worker.send(command)
+                        answer = timings.worker.round(first if r == 0 else later)
                     except WorkerFailed as err:
-                        batch_cells[key].update(status="error", reason=str(err))
-                        worker.close()
+                        done[key] = _failed(by_key[key], batch, settings, "error", str(err))
+                        timings.worker.close()
                         del live[key]
                         continue
-                    raw["seconds"].extend(answer["seconds"])
-                    raw["warmup_iters"] += answer["warmup_iters"]
-            for key, (worker, raw) in live.items():
+                    timings.seconds.extend(answer.seconds)
+                    timings.warmup_iters += answer.warmup_iters
+            for key, timings in live.items():
                 try:
-                    raw["peak_rss_bytes"] = worker.stop()["peak_rss_bytes"]
+                    peak_rss = timings.worker.stop().peak_rss_bytes
                 except WorkerFailed as err:
-                    batch_cells[key].update(status="error", reason=str(err))
+                    done[key] = _failed(by_key[key], batch, settings, "error", str(err))
                     continue
-                _finish(batch_cells[key], raw, batch, options)
+                done[key] = _measured(by_key[key], batch, settings, timings, peak_rss)
         finally:
-            for worker, _ in live.values():
-                worker.close()
-        cells.extend(batch_cells[plan.key] for plan in plans)
+            for timings in live.values():
+                timings.worker.close()
+        cells.extend(done[plan.key] for plan in plans)
     return cells
 
 
-def _finish(cell: dict[str, Any], raw: dict[str, Any], batch: int, options: BenchOptions) -> None:
-    ready = raw["ready"]
-    items = batch * (options.requests if options.mode == "throughput" else 1)
-    cell.update(
-        latency=summarize(raw["seconds"], items, options.cv_threshold),
-        first_inference_ms=ready["first_ms"],
-        load_s=ready["load_s"],
-        import_s=ready["import_s"],
-        warmup_iters=raw["warmup_iters"],
-        peak_rss_bytes=raw["peak_rss_bytes"],
-        rss_before_load_bytes=ready["rss_before_load_bytes"],
-        runtime=ready["info"],
+def _measured(plan: CellPlan, batch: int, settings: BenchSettings, timings: _Timings, peak_rss: int) -> MeasuredCell:
+    assert settings.threads is not None and settings.requests is not None
+    ready = timings.worker.ready
+    items = batch * (settings.requests if settings.mode == "throughput" else 1)
+    return MeasuredCell(
+        **_identity(plan, batch, settings),
+        latency=summarize(timings.seconds, items, settings.cv_threshold),
+        first_inference_ms=ready.first_ms,
+        load_s=ready.load_s,
+        import_s=ready.import_s,
+        warmup_iters=timings.warmup_iters,
+        peak_rss_bytes=peak_rss,
+        rss_before_load_bytes=ready.rss_before_load_bytes,
+        runtime=ready.info,
     )

@@ -15,12 +15,12 @@ boosting core measures above it); the measured figure is what the fractions use.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from kiln.results import Fingerprint, MeasuredPeak, Peak, TheoreticalPeak
 from kiln.store import write_json
 
 PEAK_SCHEMA = "kiln.peak/4"  # bump when the method changes: cached figures are re-measured
@@ -101,11 +101,11 @@ def _openvino_gemm(dtype: str, threads: int) -> Any:
     """OpenVINO's CPU plugin (oneDNN JIT kernels) on a MatMul with constant weights, fp32 or bf16."""
     if dtype == "int8" or importlib.util.find_spec("openvino") is None:
         return None
-    import sys
-
     import numpy as np
 
-    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    from kiln.targets import block_imports
+
+    block_imports()
     import openvino as ov
 
     rng = np.random.default_rng(0)
@@ -123,13 +123,14 @@ def _openvino_gemm(dtype: str, threads: int) -> Any:
     return lambda: request.infer()
 
 
-def measure_peak(threads: int, seconds: float = 0.5) -> dict[str, Any]:
+def measure_peak(threads: int, seconds: float = 0.5) -> MeasuredPeak:
     """Measured GFLOP/s (fp32, bf16) and GOP/s (int8) at ``threads``: the best of the GEMM
     kernels installed (torch's BLAS / oneDNN, ONNX Runtime's MLAS, OpenVINO's oneDNN JIT); ``None``
     where none runs."""
     import torch
 
     old = torch.get_num_threads()
+    # Keyed by field name (fp32_gflops, fp32_kernel, ...), validated into the model below.
     result: dict[str, Any] = {
         "threads": threads,
         "method": f"GEMM {M}x{K}x{N}, constant weights, fastest of {seconds:g} s",
@@ -149,7 +150,7 @@ def measure_peak(threads: int, seconds: float = 0.5) -> dict[str, Any]:
             result[f"{dtype}_kernel"] = best
     finally:
         torch.set_num_threads(old)
-    return result
+    return MeasuredPeak.model_validate(result)
 
 
 def _max_mhz() -> float | None:
@@ -182,15 +183,15 @@ def _cpu_id() -> tuple[str, int]:
     return vendor, family
 
 
-def theoretical_peak(fp: dict[str, Any], threads: int) -> dict[str, Any]:
+def theoretical_peak(fp: Fingerprint, threads: int) -> TheoreticalPeak:
     """cores x clock x ops/cycle. Intel server cores and AMD Zen 5 (family 26) have two 512-bit
     FMA pipes; Zen 4 runs 512-bit vectors as two 256-bit halves, so AVX-512 does not double its
     FMA rate over AVX2."""
-    flags = fp.get("flags", {})
+    flags = fp.flags
     mhz = _max_mhz()
-    cores = min(threads, fp.get("physical_cores") or threads)
+    cores = min(threads, fp.physical_cores)
     if mhz is None:
-        return {"basis": "clock unknown", "fp32_gflops": None, "bf16_gflops": None, "int8_gflops": None}
+        return TheoreticalPeak(basis="clock unknown")
     vendor, family = _cpu_id()
     wide = flags.get("avx512f") and (vendor != "AuthenticAMD" or family >= 26)
     fp32 = 64 if wide else (32 if flags.get("avx2") or flags.get("avx512f") else 16)
@@ -201,32 +202,29 @@ def theoretical_peak(fp: dict[str, Any], threads: int) -> dict[str, Any]:
     if flags.get("amx_int8"):
         int8 = 2048
     scale = cores * mhz / 1e3
-    return {
-        "basis": f"{cores} cores x {mhz:.0f} MHz x ops/cycle (fp32 {fp32}, bf16 {bf16}, int8 {int8}) from CPU flags",
-        "fp32_gflops": round(scale * fp32, 1),
-        "bf16_gflops": round(scale * bf16, 1),
-        "int8_gflops": round(scale * int8, 1),
-    }
+    return TheoreticalPeak(
+        basis=f"{cores} cores x {mhz:.0f} MHz x ops/cycle (fp32 {fp32}, bf16 {bf16}, int8 {int8}) from CPU flags",
+        fp32_gflops=round(scale * fp32, 1),
+        bf16_gflops=round(scale * bf16, 1),
+        int8_gflops=round(scale * int8, 1),
+    )
 
 
-def machine_peak(fp: dict[str, Any], threads: int, refresh: bool = False) -> dict[str, Any]:
+def _cached(path: Path) -> MeasuredPeak | None:
+    """The cached measurement if it was made by this method (``PEAK_SCHEMA``)."""
+    try:
+        cached = MeasuredPeak.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return cached if cached.schema_id == PEAK_SCHEMA else None
+
+
+def machine_peak(fp: Fingerprint, threads: int, refresh: bool = False) -> Peak:
     """Measured (cached per fingerprint and thread count) and theoretical peaks."""
-    path = cache_dir() / f"peak-{fp['id']}-t{threads}.json"
-    measured = None
-    if not refresh and path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-            measured = cached if cached.get("schema") == PEAK_SCHEMA else None
-        except (OSError, ValueError):
-            measured = None
+    path = cache_dir() / f"peak-{fp.id}-t{threads}.json"
+    measured = None if refresh or not path.is_file() else _cached(path)
     if measured is None:
-        measured = {"schema": PEAK_SCHEMA, "fingerprint": fp["id"], **measure_peak(threads)}
+        measured = measure_peak(threads).model_copy(update={"schema_id": PEAK_SCHEMA, "fingerprint": fp.id})
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, measured)
-    return {"measured": measured, "theoretical": theoretical_peak(fp, threads), "cache": str(path)}
-
-
-def peak_for(precision: str, peak: dict[str, Any]) -> float | None:
-    """The measured peak a cell of this precision is compared with (GFLOP/s or GOP/s)."""
-    key = {"int8": "int8_gflops", "int4": "int8_gflops", "bf16": "bf16_gflops"}.get(precision, "fp32_gflops")
-    return peak["measured"].get(key)
+        write_json(path, measured.model_dump(mode="json", by_alias=True))
+    return Peak(measured=measured, theoretical=theoretical_peak(fp, threads), cache=str(path))

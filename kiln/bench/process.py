@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -10,9 +9,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from kiln.bench.protocol import ANSWER, CellSpec, Done, ErrorAnswer, Ready, RoundAnswer, RoundCommand, StopCommand
 
 WORKER_COMMAND = (sys.executable, "-m", "kiln.bench.worker")
+Expected = TypeVar("Expected", Ready, RoundAnswer, Done)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How workers are started: the command (tests put a misbehaving one here) and how long a
+    worker may stay silent before it is stopped."""
+
+    command: tuple[str, ...] = WORKER_COMMAND
+    timeout: float = 600.0
+
+
+DEFAULT_LAUNCH = Launch()
 
 
 class WorkerFailed(Exception):
@@ -22,12 +39,12 @@ class WorkerFailed(Exception):
 class WorkerProcess:
     """One cell's process. Its stderr goes to a temporary file (a pipe could fill and block it)."""
 
-    def __init__(self, spec: dict[str, Any], command: tuple[str, ...] = WORKER_COMMAND, timeout: float = 600) -> None:
-        self.timeout = timeout
+    def __init__(self, spec: CellSpec, launch: Launch = DEFAULT_LAUNCH) -> None:
+        self.timeout = launch.timeout
         self.stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 (closed in close())
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            list(command),
+            list(launch.command),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -35,16 +52,19 @@ class WorkerProcess:
             env=env,
         )
         try:
-            self.ready = self.send(spec)
+            self.ready = self._send(spec, Ready)
         except WorkerFailed:
             self.close()
             raise
 
-    def send(self, message: dict[str, Any]) -> dict[str, Any]:
+    def round(self, command: RoundCommand) -> RoundAnswer:
+        return self._send(command, RoundAnswer)
+
+    def _send(self, message: BaseModel, expected: type[Expected]) -> Expected:
         """Send one JSON line and wait for the answer line."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
-            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.write(message.model_dump_json() + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise WorkerFailed(self._death()) from None
@@ -55,10 +75,17 @@ class WorkerProcess:
         line = self.proc.stdout.readline()
         if not line:
             raise WorkerFailed(self._death())
-        answer = json.loads(line)
-        if answer.get("event") == "error":
+        try:
+            answer = ANSWER.validate_json(line)
+        except ValidationError:
+            self.kill()
+            raise WorkerFailed(f"worker answered outside the protocol: {line.strip()[:200]}") from None
+        if isinstance(answer, ErrorAnswer):
             self.proc.wait(timeout=30)
-            raise WorkerFailed(answer["error"])
+            raise WorkerFailed(answer.error)
+        if not isinstance(answer, expected):
+            self.kill()
+            raise WorkerFailed(f"worker answered {answer.event!r} where {expected.__name__} was due")
         return answer
 
     def _death(self) -> str:
@@ -91,8 +118,8 @@ class WorkerProcess:
                 stream.close()
         self.stderr.close()
 
-    def stop(self) -> dict[str, Any]:
-        answer = self.send({"cmd": "stop"})
+    def stop(self) -> Done:
+        answer = self._send(StopCommand(), Done)
         deadline = time.monotonic() + 30
         while self.proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)

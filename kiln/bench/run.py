@@ -7,67 +7,51 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kiln import __version__
-from kiln.bench.harness import BenchOptions, CellPlan, Progress, run_cells
-from kiln.config import BenchConfig, KilnConfig, TargetConfig
+from kiln.bench.harness import CellPlan, Progress, run_cells
+from kiln.bench.process import DEFAULT_LAUNCH, Launch
+from kiln.config import BenchSettings, KilnConfig, TargetConfig
 from kiln.errors import ConfigError, UnavailableError
+from kiln.manifest import Manifest
+from kiln.results import Fingerprint, Gates, MachineLoad, Results
 from kiln.spec import Signature, batch_dim
-from kiln.store import MANIFEST, read_json
-
-RESULTS_SCHEMA = "kiln.results/1"
+from kiln.store import MANIFEST
 
 
-@dataclass
-class BenchRequest:
-    """What the command line asked for; ``None`` means the config's ``[bench]`` value."""
+@dataclass(frozen=True)
+class BenchRun:
+    """What to measure and where the files go; *how* cells are measured is :class:`BenchSettings`.
 
-    targets: list[str] = field(default_factory=list)
-    batches: list[int] | None = None
-    threads: int | None = None
-    mode: str | None = None
-    min_seconds: float | None = None
-    min_iters: int | None = None
-    warmup_seconds: float | None = None
-    rounds: int | None = None
+    ``overrides`` holds the command line's flags: only the fields set in it explicitly replace
+    the config's ``[bench]`` values (``BenchSettings(threads=4)`` overrides threads alone).
+    """
+
+    targets: tuple[str, ...] = ()  # NAME[:PRECISION] selectors; eager always runs
+    overrides: BenchSettings = field(default_factory=BenchSettings)
     out: Path = Path("build")
-    report_dir: Path | None = None
+    report_dir: Path | None = None  # default: OUT/<model>/ (or the benchmarked folder)
     refresh_peak: bool = False
-
-
-def options_from(bench: BenchConfig, req: BenchRequest) -> BenchOptions:
-    """Merge ``[bench]`` with the command line; threads default to the physical cores."""
-    from kiln.hardware import fingerprint
-
-    threads = req.threads or bench.threads or fingerprint()["physical_cores"]
-    return BenchOptions(
-        batches=tuple(req.batches or bench.batch),
-        threads=threads,
-        mode=req.mode or bench.mode,
-        requests=bench.requests or max(2, threads),
-        min_seconds=req.min_seconds if req.min_seconds is not None else bench.min_seconds,
-        min_iters=req.min_iters if req.min_iters is not None else bench.min_iters,
-        warmup_seconds=req.warmup_seconds if req.warmup_seconds is not None else bench.warmup_seconds,
-        warmup_iters=bench.warmup_iters,
-        rounds=req.rounds or bench.rounds,
-        cv_threshold=bench.cv_threshold,
-    )
+    launch: Launch = DEFAULT_LAUNCH
 
 
 def plans_from_config(config: KilnConfig, out: Path, progress: Progress) -> tuple[list[CellPlan], Path]:
     """Build (or find up to date) every target plus the eager baseline; one plan per target."""
     from kiln.build import build
+    from kiln.sources import source_kind
     from kiln.targets import availability
 
-    if not any(t.name == "eager" for t in config.target):
+    # An ONNX source has no PyTorch program for eager to run (its parity reference is ONNX
+    # Runtime on the source file): its cells get no speed-up against eager.
+    onnx = source_kind(config.model.source) == "onnx"
+    if not onnx and not any(t.name == "eager" for t in config.target):
         config = config.model_copy(update={"target": [TargetConfig(name="eager"), *config.target]})
     results = build(config, out, progress)
     model_dir = out / config.model.name
     plans = []
     for result in results:
         t = result.target
-        plan = CellPlan(t.name, t.precision, t.key, model_dir / t.key, result.manifest or {})
+        plan = CellPlan(t.name, t.precision, t.key, model_dir / t.key, result.manifest)
         avail = availability(t.name)
         if isinstance(result.error, UnavailableError) or (result.error is None and not avail.run):
             plan.skipped = avail.reason or str(result.error)
@@ -77,22 +61,29 @@ def plans_from_config(config: KilnConfig, out: Path, progress: Progress) -> tupl
     return plans, model_dir
 
 
-def plans_from_folder(model_dir: Path, selectors: list[str]) -> list[CellPlan]:
+def _wanted(manifest: Manifest, selectors: tuple[str, ...]) -> bool:
+    return (
+        manifest.target == "eager"
+        or not selectors
+        or any(
+            manifest.target == s.partition(":")[0] and s.partition(":")[2] in ("", manifest.precision)
+            for s in selectors
+        )
+    )
+
+
+def plans_from_folder(model_dir: Path, selectors: tuple[str, ...]) -> list[CellPlan]:
     """Every built artifact in ``build/<model>/`` (those matching ``--target`` if given)."""
     from kiln.targets import availability
 
     plans = []
     for folder in sorted(p for p in model_dir.iterdir() if p.is_dir() and (p / MANIFEST).is_file()):
-        manifest = read_json(folder / MANIFEST) or {}
-        name, precision = manifest.get("target", ""), manifest.get("precision", "")
-        wanted = not selectors or any(
-            name == s.partition(":")[0] and s.partition(":")[2] in ("", precision) for s in selectors
-        )
-        if not wanted and name != "eager":
+        manifest = Manifest.read(folder)
+        if not _wanted(manifest, selectors):
             continue
-        plan = CellPlan(name, precision, folder.name, folder, manifest)
-        if not availability(name).run:
-            plan.skipped = availability(name).reason
+        plan = CellPlan(manifest.target, manifest.precision, folder.name, folder, manifest)
+        if not availability(manifest.target).run:
+            plan.skipped = availability(manifest.target).reason
         plans.append(plan)
     if not any(p.target == "eager" for p in plans):
         raise ConfigError(
@@ -104,26 +95,25 @@ def plans_from_folder(model_dir: Path, selectors: list[str]) -> list[CellPlan]:
 
 def _signature(plans: list[CellPlan]) -> Signature:
     for plan in plans:
-        if plan.manifest.get("signature"):
-            return Signature.from_dict(plan.manifest["signature"])
+        if plan.manifest is not None:
+            return plan.manifest.signature
     why = "; ".join(f"{p.key}: {p.error or p.skipped}" for p in plans if p.error or p.skipped)
     raise ConfigError(f"no artifact was built to benchmark ({why or 'none found'}); fix the build and run again")
 
 
-def _check_batches(sig: Signature, options: BenchOptions) -> BenchOptions:
+def _check_batches(sig: Signature, settings: BenchSettings) -> None:
     dim = batch_dim(sig)
     if dim is None:
-        if options.batches != (1,):
+        if settings.batches != [1]:
             raise ConfigError("the model has no named batch dim (its first input's first size is fixed); use --batch 1")
-        return options
+        return
     spec = sig.dims[dim]
-    bad = [b for b in options.batches if not spec.min <= b <= spec.max]
+    bad = [b for b in settings.batches if not spec.min <= b <= spec.max]
     if bad:
         raise ConfigError(
             f"batch {bad[0]} is outside the model's {dim!r} range {spec.min}..{spec.max}; "
             f"choose batches in that range or widen [model].dims.{dim} and rebuild"
         )
-    return options
 
 
 def _load() -> list[float] | None:
@@ -134,63 +124,69 @@ def _load() -> list[float] | None:
         return None
 
 
-def bench(source: Path, req: BenchRequest, progress: Progress = lambda _: None) -> tuple[dict[str, Any], Path]:
+def _flops(
+    model_dir: Path, plans: list[CellPlan], sig: Signature, batches: list[int]
+) -> tuple[dict[int, int], dict[str, dict[int, int]]]:
+    """FLOPs per batch of the captured program, and per plan: a pruned variant counts its own
+    smaller program (``export-<slug>/``)."""
+    from kiln.bench.flops import count_flops
+
+    by_dir: dict[str, dict[int, int]] = {}
+
+    def count(folder: str) -> dict[int, int]:
+        if folder not in by_dir:
+            program = model_dir / folder / "program.pt2"
+            by_dir[folder] = count_flops(program, sig, batches) if program.is_file() else {}
+        return by_dir[folder]
+
+    return count("export"), {p.key: count(p.manifest.export_dir if p.manifest else "export") for p in plans}
+
+
+def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> tuple[Results, Path]:
     """Run the benchmark of a ``kiln.toml`` or a ``build/<model>`` folder; returns the results
     and the folder the reports were written to."""
     from kiln.bench.analysis import enrich
-    from kiln.bench.flops import count_flops
     from kiln.bench.peak import machine_peak
     from kiln.config import load_config, with_targets
     from kiln.hardware import fingerprint
+    from kiln.report import write_reports
 
     config: KilnConfig | None = None
     if source.is_dir():
-        model_dir, plans = source, plans_from_folder(source, req.targets)
-        bench_cfg = BenchConfig()
+        model_dir, plans, base = source, plans_from_folder(source, run.targets), BenchSettings()
     else:
-        config = with_targets(load_config(source), req.targets)
-        plans, model_dir = plans_from_config(config, req.out, progress)
-        bench_cfg = config.bench
+        config = with_targets(load_config(source), list(run.targets))
+        plans, model_dir = plans_from_config(config, run.out, progress)
+        base = config.bench
+    fp = Fingerprint.model_validate(fingerprint())
+    settings = base.merged(run.overrides).resolve(fp.physical_cores)
     sig = _signature(plans)
-    options = _check_batches(sig, options_from(bench_cfg, req))
-    fp = fingerprint()
+    _check_batches(sig, settings)
     progress("measuring the machine's peak (cached per fingerprint)")
-    peak = machine_peak(fp, options.threads, refresh=req.refresh_peak)
-    program = model_dir / "export" / "program.pt2"
+    assert settings.threads is not None  # resolved
+    peak = machine_peak(fp, settings.threads, refresh=run.refresh_peak)
     progress("counting FLOPs from the captured program")
-    flops = count_flops(program, sig, list(options.batches)) if program.is_file() else {}
-    # Pruned variants have their own, smaller program: count their FLOPs on it.
-    variant_flops: dict[str, dict[int, int]] = {}
-    by_dir: dict[str, dict[int, int]] = {"export": flops}
-    for plan in plans:
-        folder = (plan.manifest or {}).get("export_dir", "export")
-        if folder not in by_dir:
-            variant = model_dir / folder / "program.pt2"
-            by_dir[folder] = count_flops(variant, sig, list(options.batches)) if variant.is_file() else {}
-        variant_flops[plan.key] = by_dir[folder]
+    flops, per_key = _flops(model_dir, plans, sig, settings.batches)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load_before = _load()
-    cells = run_cells(plans, options, progress)
-    load = {"load_average_before": load_before, "load_average_after": _load(), "cpus": os.cpu_count()}
+    cells = run_cells(plans, settings, progress, run.launch)
+    load = MachineLoad(load_average_before=load_before, load_average_after=_load(), cpus=os.cpu_count())
     manifests = {p.key: p.manifest for p in plans}
-    cells = enrich(cells, manifests, variant_flops, peak, options.cv_threshold)
-    results = {
-        "schema": RESULTS_SCHEMA,
-        "kiln_version": __version__,
-        "created": started,
-        "model": model_dir.name,
-        "source": (config.model.source if config else next(iter(manifests.values())).get("source")),
-        "config": str(source),
-        "settings": options.to_dict(),
-        "fingerprint": fp,
-        "machine_load": load,
-        "peak": peak,
-        "flops": {str(b): n for b, n in flops.items()},
-        "gates": {"max_metric_drop": config.gates.max_metric_drop if config else None},
-        "cells": cells,
-    }
-    out_dir = req.report_dir or model_dir
-    from kiln.report import write_reports
-
+    built = next((m for m in manifests.values() if m is not None), None)
+    results = Results(
+        kiln_version=__version__,
+        created=started,
+        model=model_dir.name,
+        source=config.model.source if config else (built.source if built else None),
+        config=str(source),
+        settings=settings,
+        fingerprint=fp,
+        machine_load=load,
+        peak=peak,
+        flops=flops,
+        gates=Gates(max_metric_drop=config.gates.max_metric_drop if config else None),
+        cells=enrich(cells, manifests, per_key, peak, settings.cv_threshold),
+    )
+    out_dir = run.report_dir or model_dir
     write_reports(results, out_dir, html=True)
     return results, out_dir

@@ -8,7 +8,8 @@ what ``benchmark_app`` and most dashboards report as a median.
 from __future__ import annotations
 
 import math
-from typing import Any
+
+from kiln.results import Latency
 
 DEFAULT_CV_THRESHOLD = 0.10
 
@@ -25,9 +26,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def summarize(
-    seconds: list[float], items_per_sample: int, cv_threshold: float = DEFAULT_CV_THRESHOLD
-) -> dict[str, Any]:
+def summarize(seconds: list[float], items_per_sample: int, cv_threshold: float = DEFAULT_CV_THRESHOLD) -> Latency:
     """Latency figures in milliseconds, throughput in items/s, and whether the cell is unstable.
 
     ``items_per_sample`` is what one timed sample processed (batch x requests in flight), so
@@ -42,17 +41,17 @@ def summarize(
     std = math.sqrt(sum((v - mean) ** 2 for v in ms) / (n - 1)) if n > 1 else 0.0
     cv = std / mean if mean > 0 else 0.0
     total = sum(seconds)
-    return {
-        "samples": n,
-        "p50_ms": percentile(ms, 50),
-        "p90_ms": percentile(ms, 90),
-        "p99_ms": percentile(ms, 99),
-        "mean_ms": mean,
-        "min_ms": ms[0],
-        "max_ms": ms[-1],
-        "std_ms": std,
-        "cv": cv,
-        "throughput": items_per_sample * n / total if total > 0 else 0.0,
-        "timed_seconds": total,
-        "unstable": cv > cv_threshold,
-    }
+    return Latency(
+        samples=n,
+        p50_ms=percentile(ms, 50),
+        p90_ms=percentile(ms, 90),
+        p99_ms=percentile(ms, 99),
+        mean_ms=mean,
+        min_ms=ms[0],
+        max_ms=ms[-1],
+        std_ms=std,
+        cv=cv,
+        throughput=items_per_sample * n / total if total > 0 else 0.0,
+        timed_seconds=total,
+        unstable=cv > cv_threshold,
+    )

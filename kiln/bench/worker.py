@@ -1,9 +1,9 @@
 """One benchmark cell in its own process: ``python -m kiln.bench.worker``.
 
-The parent writes one JSON line (the cell) on stdin; the worker loads the artifact, runs the
-first inference and answers ``ready``; then each ``round`` command runs a warm-up (by time and
-count) and a timed loop (until both the minimum time and count are met) and answers the raw
-timings; ``stop`` answers the worker's peak RSS and exits. Any failure answers ``error`` and
+The parent writes one JSON line (the cell, :class:`kiln.bench.protocol.CellSpec`) on stdin; the
+worker loads the artifact, runs the first inference and answers ``ready``; then each ``round``
+command runs a warm-up (by time and count) and a timed loop (until both the minimum time and
+count are met) and answers the raw timings; ``stop`` answers the worker's peak RSS and exits. Any failure answers ``error`` and
 exits non-zero; a worker that dies without answering becomes an error cell in the parent.
 
 Toolchains print to stdout; the protocol uses a private copy of the original stdout and fd 1 is
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
 import os
 import resource
 import sys
@@ -23,7 +22,12 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
-from kiln.targets.base import Arrays, Runner
+from pydantic import BaseModel
+
+from kiln.bench.protocol import COMMAND, CellSpec, Done, ErrorAnswer, Ready, RoundAnswer, RoundCommand
+from kiln.results import RuntimeInfo
+from kiln.spec import Arrays
+from kiln.targets.base import Runner
 
 
 def _rss_bytes() -> int:
@@ -72,91 +76,91 @@ def timed_loop(step: Any, sync: Any, min_seconds: float, min_iters: int) -> list
     return samples
 
 
-class Cell:
+class LoadedCell:
     """A loaded runner and its prepared inputs."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
-        from kiln.build import load_artifact
+    def __init__(self, spec: CellSpec) -> None:
         from kiln.targets import REGISTRY, implementation
-        from kiln.targets.base import RunOptions
+        from kiln.targets.base import Artifact, RunOptions
 
         self.spec = spec
         self.rss_before = _rss_bytes()
-        artifact = load_artifact(Path(spec["artifact"]))
+        artifact = Artifact.from_manifest(Path(spec.artifact))
         start = time.perf_counter()
-        for module in REGISTRY[artifact.target].requires:
-            importlib.import_module(module)
+        for package in REGISTRY[artifact.target].packages_for(artifact.precision):
+            importlib.import_module(package.module)
         self.import_s = time.perf_counter() - start
-        options = RunOptions(threads=spec["threads"], mode=spec["mode"], requests=spec["requests"])
+        options = RunOptions(threads=spec.threads, mode=spec.mode, requests=spec.requests)
         start = time.perf_counter()
         self.runner: Runner = implementation(artifact.target).load(artifact, options)
         self.load_s = time.perf_counter() - start
-        count = spec["requests"] if spec["mode"] == "throughput" else 1
-        self.inputs = prepare_inputs(artifact.signature, spec["batch"], count, spec.get("seed", 0))
+        count = spec.requests if spec.mode == "throughput" else 1
+        self.inputs = prepare_inputs(artifact.signature, spec.batch, count, spec.seed)
         start = time.perf_counter()
         self.step()
         self.runner.synchronize()
         self.first_ms = (time.perf_counter() - start) * 1e3
 
     def step(self) -> None:
-        if self.spec["mode"] == "throughput":
+        if self.spec.mode == "throughput":
             self.runner.infer_many(self.inputs)
         else:
             self.runner.infer(self.inputs[0])
 
-    def round(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        warm = timed_loop(self.step, self.runner.synchronize, cmd["warmup_seconds"], cmd["warmup_iters"])
+    def ready(self) -> Ready:
+        return Ready(
+            load_s=self.load_s,
+            import_s=self.import_s,
+            first_ms=self.first_ms,
+            rss_before_load_bytes=self.rss_before,
+            info=RuntimeInfo.model_validate(self.runner.info()),
+        )
+
+    def round(self, cmd: RoundCommand) -> RoundAnswer:
+        warm = timed_loop(self.step, self.runner.synchronize, cmd.warmup_seconds, cmd.warmup_iters)
         gc.collect()
         gc.disable()  # a collection inside the timed region would land on one unlucky sample
         try:
-            samples = timed_loop(self.step, self.runner.synchronize, cmd["min_seconds"], cmd["min_iters"])
+            samples = timed_loop(self.step, self.runner.synchronize, cmd.min_seconds, cmd.min_iters)
         finally:
             gc.enable()
-        return {"event": "round", "seconds": samples, "warmup_iters": len(warm)}
+        return RoundAnswer(seconds=samples, warmup_iters=len(warm))
 
 
-def _answer(out: TextIO, message: dict[str, Any]) -> None:
-    out.write(json.dumps(message) + "\n")
+def _answer(out: TextIO, message: BaseModel) -> None:
+    out.write(message.model_dump_json() + "\n")
     out.flush()
 
 
 def serve(inp: TextIO, out: TextIO) -> int:
     """The protocol loop; returns the exit status."""
     try:
-        cell = Cell(json.loads(inp.readline()))
-        _answer(
-            out,
-            {
-                "event": "ready",
-                "load_s": cell.load_s,
-                "import_s": cell.import_s,
-                "first_ms": cell.first_ms,
-                "rss_before_load_bytes": cell.rss_before,
-                "info": cell.runner.info(),
-            },
-        )
+        cell = LoadedCell(CellSpec.model_validate_json(inp.readline()))
+        _answer(out, cell.ready())
         for line in inp:
-            cmd = json.loads(line)
-            if cmd["cmd"] == "round":
+            cmd = COMMAND.validate_json(line)
+            if isinstance(cmd, RoundCommand):
                 _answer(out, cell.round(cmd))
-            elif cmd["cmd"] == "stop":
+            else:
                 cell.runner.close()
-                _answer(out, {"event": "done", "peak_rss_bytes": peak_rss_bytes()})
+                _answer(out, Done(peak_rss_bytes=peak_rss_bytes()))
                 return 0
         return 0
     except Exception as err:
         traceback.print_exc(file=sys.stderr)
         first = str(err).strip().splitlines()[0][:400] if str(err).strip() else ""
-        _answer(out, {"event": "error", "error": f"{type(err).__name__}: {first}"})
+        _answer(out, ErrorAnswer(error=f"{type(err).__name__}: {first}"))
         return 1
 
 
 def main(inp: TextIO | None = None) -> int:
     """Serve the protocol on ``inp`` (stdin by default) with stdout kept for the answers."""
+    from kiln.targets import block_imports
+
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    block_imports()
     return serve(inp or sys.stdin, protocol)
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kiln.errors import ExportError
-from kiln.sources import LoadedModel
+from kiln.loaded import LoadedModel
+from kiln.manifest import PruneReport
 from kiln.spec import Signature
 
 PROGRAM = "program.pt2"
@@ -21,14 +22,14 @@ ONNX = "model.onnx"
 META = "export.json"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportBundle:
     path: Path
     signature: Signature
     kind: str
     opset: int | None = None
     onnx_error: str | None = None
-    prune: dict[str, Any] | None = None  # what pruning did, for pruned variants
+    prune: PruneReport | None = None  # what pruning did, for pruned variants
     _program: Any = field(default=None, repr=False)
 
     @property
@@ -51,8 +52,12 @@ class ExportBundle:
         if self._program is None:
             import torch
 
-            self._program = torch.export.load(str(self.program_path))
+            object.__setattr__(self, "_program", torch.export.load(str(self.program_path)))
         return self._program
+
+    def moved(self, path: Path) -> ExportBundle:
+        """The same bundle at its final folder (it is written under a temporary name)."""
+        return replace(self, path=path)
 
     @classmethod
     def open(cls, path: Path) -> ExportBundle:
@@ -63,25 +68,28 @@ class ExportBundle:
             kind=meta["kind"],
             opset=meta.get("opset"),
             onnx_error=meta.get("onnx_error"),
-            prune=meta.get("prune"),
+            prune=PruneReport.model_validate(meta["prune"]) if meta.get("prune") else None,
         )
 
 
 def export_model(
-    loaded: LoadedModel, out_dir: Path, opset: int, strict: bool, key: str, extra: dict[str, Any] | None = None
+    loaded: LoadedModel, out_dir: Path, opset: int, strict: bool, key: str, prune: PruneReport | None = None
 ) -> ExportBundle:
     """Capture and lower into ``out_dir`` (a fresh folder); ``key`` is the stage's cache key."""
     import torch
 
     from kiln.exporters.onnx import to_onnx
-    from kiln.exporters.torch_export import capture, example_inputs, flatten_outputs
+    from kiln.exporters.torch_export import capture, example_inputs
+    from kiln.tensors import flatten_outputs
 
     sig = loaded.signature
-    meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key, **(extra or {})}
+    meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key}
+    if prune is not None:
+        meta["prune"] = prune.model_dump(mode="json")
     if loaded.kind == "onnx":
         assert loaded.onnx_path is not None
         shutil.copyfile(loaded.onnx_path, out_dir / ONNX)
-        bundle = ExportBundle(out_dir, sig, loaded.kind)
+        bundle = ExportBundle(out_dir, sig, loaded.kind, prune=prune)
         meta["signature"] = sig.to_dict()
         (out_dir / META).write_text(json.dumps(meta, indent=2))
         return bundle
@@ -95,12 +103,12 @@ def export_model(
     sig = Signature(sig.inputs, sig.dims, tuple(names))
     program = loaded.program if loaded.program is not None else capture(loaded.module, args, sig, strict)
     torch.export.save(program, str(out_dir / PROGRAM))
-    bundle = ExportBundle(out_dir, sig, loaded.kind, opset=opset, _program=program)
+    onnx_error = None
     try:
         to_onnx(program, args, sig, out_dir / ONNX, opset)
     except ExportError as err:
-        bundle.onnx_error = str(err)
+        onnx_error = str(err)
         (out_dir / ONNX).unlink(missing_ok=True)
-    meta.update(signature=sig.to_dict(), opset=opset, onnx_error=bundle.onnx_error)
+    meta.update(signature=sig.to_dict(), opset=opset, onnx_error=onnx_error)
     (out_dir / META).write_text(json.dumps(meta, indent=2))
-    return bundle
+    return ExportBundle(out_dir, sig, loaded.kind, opset, onnx_error, prune, _program=program)

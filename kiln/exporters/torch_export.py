@@ -9,30 +9,6 @@ from kiln.errors import ExportError
 from kiln.spec import Signature, random_inputs, torch_dynamic_shapes
 
 
-def flatten_outputs(out: Any) -> tuple[list[str], list[Any]]:
-    """Flatten tuples, dicts, nested containers and ``ModelOutput`` into stable names.
-
-    A single tensor is ``output``; a top-level sequence gives ``output_0``, ``output_1``; dict keys
-    are kept; nesting joins with ``.`` (``output_1.hidden``).
-    """
-    import torch.utils._pytree as pytree
-
-    leaves, _ = pytree.tree_flatten_with_path(out)
-    names, values = [], []
-    for path, value in leaves:
-        parts = []
-        for i, key in enumerate(path):
-            if isinstance(key, pytree.SequenceKey):
-                parts.append(f"output_{key.idx}" if i == 0 else str(key.idx))
-            elif isinstance(key, pytree.MappingKey):
-                parts.append(str(key.key))
-            else:
-                parts.append(str(getattr(key, "name", key)))
-        names.append(".".join(parts) or "output")
-        values.append(value)
-    return names, values
-
-
 def example_inputs(sig: Signature, given: tuple[Any, ...] | None) -> tuple[Any, ...]:
     """Inputs to trace with: the source's own examples, else seeded ones at the example sizes."""
     import torch

@@ -26,6 +26,7 @@ from typing import Any
 from kiln.config import PruneConfig, RecoveryConfig
 from kiln.data import CalibrationSet
 from kiln.errors import ConfigError
+from kiln.manifest import PruneReport
 from kiln.prune.semistructured import check_2to4
 from kiln.spec import Signature
 
@@ -81,7 +82,7 @@ def _metric(ctx: PruneContext, module: Any) -> float | None:
     return round(value, 6)
 
 
-def prune_model(module: Any, spec: PruneConfig, ctx: PruneContext) -> tuple[Any, dict[str, Any]]:
+def prune_model(module: Any, spec: PruneConfig, ctx: PruneContext) -> tuple[Any, PruneReport]:
     """Prune ``module`` in place per ``spec`` (recovering accuracy when ``ctx.recovery`` is set).
 
     Returns the pruned module in eval mode (plain tensors, no pruning hooks: ready for
@@ -155,4 +156,4 @@ def prune_model(module: Any, spec: PruneConfig, ctx: PruneContext) -> tuple[Any,
         "seconds": round(time.perf_counter() - start, 2),
         **details,
     }
-    return module, report
+    return module, PruneReport.model_validate(report)

@@ -13,14 +13,14 @@ WEIGHT_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 
 def example_inputs(sig: Signature, seed: int = 0) -> tuple[Any, ...]:
     """Seeded positional tensors at the signature's opt point."""
-    from kiln.targets.eager import to_tensors
+    from kiln.tensors import to_tensors
 
     return tuple(to_tensors(sig, random_inputs(sig, "opt", seed)))
 
 
 def first_output(out: Any) -> Any:
     """The model's first output tensor (the one losses and distillation read)."""
-    from kiln.exporters.torch_export import flatten_outputs
+    from kiln.tensors import flatten_outputs
 
     _, values = flatten_outputs(out)
     return values[0]

@@ -41,7 +41,7 @@ class Recovery:
         """(positional input tensors, target tensor) for one epoch."""
         import torch
 
-        from kiln.targets.eager import to_tensors
+        from kiln.tensors import to_tensors
 
         try:
             items = iter(self.source())

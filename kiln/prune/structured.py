@@ -44,7 +44,7 @@ def output_coupled(module: Any, args: tuple[Any, ...]) -> list[Any]:
     """
     import torch
 
-    from kiln.exporters.torch_export import flatten_outputs
+    from kiln.tensors import flatten_outputs
 
     made: dict[Any, Any] = {}
 
@@ -134,7 +134,7 @@ class ChannelPruner:
     def _gradients(self) -> None:
         import torch
 
-        from kiln.targets.eager import to_tensors
+        from kiln.tensors import to_tensors
 
         assert self.calibration is not None
         module = self.module.eval()

@@ -1,44 +1,59 @@
-"""PyTorch's own int8 flow for AOTInductor: PT2E with the x86 Inductor quantizer.
+"""PyTorch's own quantization flow, PT2E, with the quantizer passed in by the target.
 
 Toolchain: torch 2.13 + torchao 0.18. torch 2.13 no longer ships ``torch.ao.quantization``'s PT2E
-entry points (``quantize_pt2e``, ``quantizer.x86_inductor_quantizer``); they live in torchao
-(``torchao.quantization.pt2e``), installed with ``pip install 'kiln[aoti-int8]' -c constraints.txt``.
-
-The captured program is annotated (``X86InductorQuantizer``: static, per-channel symmetric int8
-weights, uint8 activations), observed on
-kiln's calibration samples, converted to quantize/dequantize pairs, re-captured with the spec's
-dynamic dims, and compiled with Inductor's freezing on, which folds the pairs into oneDNN int8
-kernels (``onednn.qconv``/``qlinear``).
+entry points (``quantize_pt2e``, the quantizers); they live in torchao
+(``torchao.quantization.pt2e``). The captured program's module is annotated by the target's
+quantizer (AOTInductor: ``X86InductorQuantizer``; an ExecuTorch target: ``XNNPACKQuantizer``),
+observed on kiln's calibration samples, converted to quantize/dequantize pairs and re-captured
+with the spec's dynamic dims; what the target's compiler does with the pairs is its own business.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from kiln.data import SAMPLE_GUIDANCE
-from kiln.errors import TargetBuildError
-from kiln.quant import require_calibration
-from kiln.targets.base import CompileContext
+from kiln.errors import MissingDependencyError, TargetBuildError
+from kiln.spec import Arrays, Signature
 
-PACKAGE = "torchao"
+FLOW = "torchao.quantization.pt2e.quantize_pt2e"
 
 
-def quantize(ctx: CompileContext) -> tuple[Any, dict[str, Any]]:
-    """An ExportedProgram with int8 quantize/dequantize pairs, ready for AOTInductor."""
+def load_torchao(module: str, needed_by: str, install: str) -> Any:
+    """A torchao module, imported quietly, or the exit-5 error naming who needs it and how to
+    install it. torchao's import logs a warning per CUDA-only extension it cannot load (none
+    matter on a CPU) and torch warns about an enum torchao registers; neither is actionable."""
+    import importlib
+
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{needed_by} needs torchao (torch 2.13 moved PT2E quantization there); {install}"
+        ) from err
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
+def quantize(program: Any, sig: Signature, samples: list[Arrays], quantizer: Any) -> Any:
+    """``program`` (an ExportedProgram) with the quantize/dequantize pairs ``quantizer`` (a
+    torchao PT2E quantizer, configured by the target) asks for, observed on ``samples``; returns
+    the re-captured ExportedProgram."""
     import torch
 
     from kiln.exporters.torch_export import capture, example_inputs
-    from kiln.targets.eager import to_tensors
+    from kiln.tensors import to_tensors
 
-    calibration, notes = require_calibration(ctx, "pt2e", SAMPLE_GUIDANCE["pt2e"])
-    quantizer_mod, flow = _toolchain()
-    quantizer = quantizer_mod.X86InductorQuantizer()
-    quantizer.set_global(quantizer_mod.get_default_x86_inductor_quantization_config())
-    sig = ctx.export.signature
+    flow = load_torchao(FLOW, "PT2E quantization", "pip install torchao -c constraints.txt")
     try:
-        prepared = flow.prepare_pt2e(ctx.export.program().module(), quantizer)
+        prepared = flow.prepare_pt2e(program.module(), quantizer)
         with torch.no_grad():
-            for sample in calibration.samples:
+            for sample in samples:
                 prepared(*to_tensors(sig, sample))
         converted = flow.convert_pt2e(prepared)
     except Exception as err:  # torchao raises plain Python errors from deep inside the graph passes
@@ -47,53 +62,4 @@ def quantize(ctx: CompileContext) -> tuple[Any, dict[str, Any]]:
             f"PT2E quantization failed: {type(err).__name__}: {first}; "
             "build onnxruntime:int8 or openvino:int8 instead; --verbose shows the trace"
         ) from err
-    program = capture(converted, example_inputs(sig, None), sig, strict=False)
-    info = {
-        "execution_precision": "int8",
-        "quantization": {
-            "tool": "torchao.quantization.pt2e (X86InductorQuantizer)",
-            "weights": "int8 per-channel",
-            "activations": "uint8",
-            "calibration_samples": len(calibration.samples),
-        },
-        "notes": notes,
-    }
-    return program, info
-
-
-def _toolchain() -> tuple[Any, Any]:
-    import logging
-
-    from kiln.errors import MissingDependencyError
-
-    # torchao's import logs a warning per CUDA-only extension it cannot load (none matter on a
-    # CPU) and torch warns about an enum torchao registers; neither is actionable.
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    try:
-        import torchao.quantization.pt2e.quantize_pt2e as flow
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as quantizer_mod
-    except ImportError as err:
-        raise MissingDependencyError(
-            "aoti:int8 needs torchao (torch 2.13 moved PT2E quantization there); "
-            "pip install 'kiln[aoti-int8]' -c constraints.txt"
-        ) from err
-    finally:
-        for log, level in zip(loggers, levels, strict=True):
-            log.setLevel(level)
-    return quantizer_mod, flow
-
-
-def int8_kernels(package_dir: Any) -> int:
-    """How many oneDNN int8 kernel calls the compiled package's generated code makes."""
-    import zipfile
-
-    calls = 0
-    with zipfile.ZipFile(package_dir) as zf:
-        for name in zf.namelist():
-            if name.endswith((".cpp", ".wrapper.cpp", ".h")):
-                text = zf.read(name).decode(errors="ignore")
-                calls += text.count("qconv") + text.count("qlinear")
-    return calls
+    return capture(converted, example_inputs(sig, None), sig, strict=False)

@@ -9,11 +9,9 @@ hardware are refused unless explicitly allowed, naming the fields that differ.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from kiln.errors import ConfigError, RegressionError
-
-HARDWARE_FIELDS = ("cpu", "arch", "flags", "physical_cores", "logical_cores", "memory_gib", "gpus")
+from kiln.results import FailedCell, Fingerprint, MeasuredCell, Results
 
 
 def parse_threshold(text: str) -> float:
@@ -28,12 +26,12 @@ def parse_threshold(text: str) -> float:
     return value
 
 
-def hardware_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def hardware_differences(old: Fingerprint, new: Fingerprint) -> list[str]:
+    """Each hardware field that differs, with what changed (the flags by name)."""
     diffs = []
-    for key in HARDWARE_FIELDS:
-        a, b = old.get(key), new.get(key)
-        if key == "gpus":
-            a, b = [g.get("name") for g in a or []], [g.get("name") for g in b or []]
+    before, after = old.hardware(), new.hardware()
+    for key in before:
+        a, b = before[key], after[key]
         if a != b:
             if isinstance(a, dict) and isinstance(b, dict):
                 changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -73,8 +71,8 @@ class Comparison:
             )
 
 
-def _key(cell: dict[str, Any]) -> tuple[str, int, str]:
-    return cell["key"], cell["batch"], cell["mode"]
+def _key(cell: MeasuredCell | FailedCell) -> tuple[str, int, str]:
+    return cell.key, cell.batch, cell.mode
 
 
 def _worse(old: float, new: float, higher_is_better: bool) -> float:
@@ -83,51 +81,56 @@ def _worse(old: float, new: float, higher_is_better: bool) -> float:
     return (old - new) / old if higher_is_better else (new - old) / old
 
 
-def compare_results(
-    old: dict[str, Any], new: dict[str, Any], threshold: float, allow_different_hardware: bool
-) -> Comparison:
-    diffs = hardware_differences(old["fingerprint"], new["fingerprint"])
+def _toolchain_note(old: Fingerprint, new: Fingerprint) -> str | None:
+    a, b = old.toolchain, new.toolchain
+    changed = [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return "toolchains differ: " + ", ".join(changed) if changed else None
+
+
+def _deltas(name: str, prev: MeasuredCell, cell: MeasuredCell, threshold: float, gate: float | None) -> list[Delta]:
+    figures = [
+        ("p50 ms", prev.latency.p50_ms, cell.latency.p50_ms, False),
+        ("items/s", prev.latency.throughput, cell.latency.throughput, True),
+        ("size", prev.size_bytes or 0, cell.size_bytes or 0, False),
+        ("peak RSS", prev.peak_rss_bytes, cell.peak_rss_bytes, False),
+    ]
+    deltas = []
+    for metric, a, b, higher in figures:
+        change = _worse(a, b, higher)
+        deltas.append(Delta(name, metric, a, b, change, change > threshold))
+    if prev.accuracy and cell.accuracy:
+        a, b = prev.accuracy.value, cell.accuracy.value
+        limit = gate if gate is not None else float("inf")
+        deltas.append(Delta(name, f"accuracy ({cell.accuracy.metric})", a, b, a - b, a - b > limit))
+    return deltas
+
+
+def compare_results(old: Results, new: Results, threshold: float, allow_different_hardware: bool) -> Comparison:
+    diffs = hardware_differences(old.fingerprint, new.fingerprint)
     result = Comparison(threshold)
     if diffs:
-        message = (
-            f"the runs are from different hardware ({old['fingerprint']['id']} vs {new['fingerprint']['id']}): "
-            + "; ".join(diffs)
+        message = f"the runs are from different hardware ({old.fingerprint.id} vs {new.fingerprint.id}): " + "; ".join(
+            diffs
         )
         if not allow_different_hardware:
             raise ConfigError(f"{message}; compare runs from one machine, or pass --allow-different-hardware")
         result.notes.append(message)
-    if old["fingerprint"].get("toolchain") != new["fingerprint"].get("toolchain"):
-        a, b = old["fingerprint"].get("toolchain", {}), new["fingerprint"].get("toolchain", {})
-        changed = [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        result.notes.append("toolchains differ: " + ", ".join(changed))
-    before = {_key(c): c for c in old["cells"]}
-    gate = new.get("gates", {}).get("max_metric_drop")
+    if note := _toolchain_note(old.fingerprint, new.fingerprint):
+        result.notes.append(note)
+    before = {_key(c): c for c in old.cells}
     matched = 0
-    for cell in new["cells"]:
+    for cell in new.cells:
         prev = before.get(_key(cell))
-        name = f"{cell['key']}@b{cell['batch']}"
+        name = f"{cell.key}@b{cell.batch}"
         if prev is None:
             result.notes.append(f"{name}: new cell, nothing to compare")
             continue
-        if cell["status"] != "ok" or prev["status"] != "ok":
-            if prev["status"] == "ok" and cell["status"] == "error":
+        if not isinstance(prev, MeasuredCell) or not isinstance(cell, MeasuredCell):
+            if isinstance(prev, MeasuredCell) and cell.status == "error":
                 result.deltas.append(Delta(name, "status (now error)", 0, 1, 1.0, True))
             continue
         matched += 1
-        figures = [
-            ("p50 ms", prev["latency"]["p50_ms"], cell["latency"]["p50_ms"], False),
-            ("items/s", prev["latency"]["throughput"], cell["latency"]["throughput"], True),
-            ("size", prev.get("size_bytes") or 0, cell.get("size_bytes") or 0, False),
-            ("peak RSS", prev.get("peak_rss_bytes") or 0, cell.get("peak_rss_bytes") or 0, False),
-        ]
-        for metric, a, b, higher in figures:
-            change = _worse(a, b, higher)
-            result.deltas.append(Delta(name, metric, a, b, change, change > threshold))
-        if prev.get("accuracy") and cell.get("accuracy"):
-            a, b = prev["accuracy"]["value"], cell["accuracy"]["value"]
-            drop = a - b
-            limit = gate if gate is not None else float("inf")
-            result.deltas.append(Delta(name, f"accuracy ({cell['accuracy']['metric']})", a, b, drop, drop > limit))
+        result.deltas += _deltas(name, prev, cell, threshold, new.gates.max_metric_drop)
     if matched == 0:
         result.notes.append("no cell of the new run matches a cell of the old run (target, precision, batch, mode)")
     return result

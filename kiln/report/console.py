@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from kiln.report import fmt
+from kiln.results import FailedCell, Results
 
 
-def print_results(results: dict[str, Any]) -> None:
-    table = Table(
-        title=f"kiln bench: {results['model']} ({results['settings']['mode']}, {results['settings']['threads']} threads)"
-    )
+def print_results(results: Results) -> None:
+    table = Table(title=f"kiln bench: {results.model} ({results.settings.mode}, {results.settings.threads} threads)")
     for col in (
         "batch",
         "target",
@@ -30,42 +27,29 @@ def print_results(results: dict[str, Any]) -> None:
         "accuracy",
     ):
         table.add_column(col, justify="left" if col in ("target", "runs as", "accuracy") else "right")
-    for c in results["cells"]:
-        if c["status"] != "ok":
-            table.add_row(
-                str(c["batch"]),
-                c["key"],
-                "-",
-                f"[dim]{c['status']}[/dim]",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                escape(str(c["reason"]))[:60],
-            )
+    for c in results.cells:
+        if isinstance(c, FailedCell):
+            table.add_row(str(c.batch), c.key, "-", f"[dim]{c.status}[/dim]", *[""] * 7, escape(c.reason)[:60])
             continue
-        lat = c["latency"]
-        cv = fmt.pct(lat["cv"]) + (" [yellow]unstable[/yellow]" if lat["unstable"] else "")
+        lat = c.latency
+        cv = fmt.pct(lat.cv) + (" [yellow]unstable[/yellow]" if lat.unstable else "")
         table.add_row(
-            str(c["batch"]),
-            c["key"],
-            c.get("execution_precision") or "-",
-            fmt.ms(lat["p50_ms"]),
-            fmt.ms(lat["p90_ms"]),
+            str(c.batch),
+            c.key,
+            c.execution_precision or "-",
+            fmt.ms(lat.p50_ms),
+            fmt.ms(lat.p90_ms),
             cv,
-            fmt.num(lat["throughput"]),
-            fmt.ratio(c["speedup_vs_eager"]),
-            fmt.pct(c["roofline_fraction"]),
-            fmt.size(c["size_bytes"]),
-            fmt.size(c["peak_rss_bytes"]),
+            fmt.num(lat.throughput),
+            fmt.ratio(c.speedup_vs_eager),
+            fmt.pct(c.roofline_fraction),
+            fmt.size(c.size_bytes),
+            fmt.size(c.peak_rss_bytes),
             fmt.accuracy(c),
         )
     console = Console(width=max(Console().width, 150))
     console.print(table)
-    for c in results["cells"]:
-        for flag in c.get("flags", []):
-            console.print(f"[yellow]flag[/yellow] {escape(c['key'])} batch {c['batch']}: {escape(flag)}")
-    console.print(f"fingerprint: {results['fingerprint']['id']}")
+    for c in results.cells:
+        for flag in c.flags:
+            console.print(f"[yellow]flag[/yellow] {escape(c.key)} batch {c.batch}: {escape(flag)}")
+    console.print(f"fingerprint: {results.fingerprint.id}")

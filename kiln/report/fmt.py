@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from kiln.results import CellBase, Results
 
 
 def ms(v: float | None) -> str:
@@ -35,67 +35,61 @@ def size(n: float | None) -> str:
     return "-"
 
 
-def accuracy(cell: dict[str, Any]) -> str:
-    acc = cell.get("accuracy")
-    if not acc:
+def accuracy(cell: CellBase) -> str:
+    acc = cell.accuracy
+    if acc is None:
         return "-"
-    return f"{acc['metric']} {acc['value']:.4f} ({-acc['drop']:+.4f})"
+    return f"{acc.metric} {acc.value:.4f} ({-acc.drop:+.4f})"
 
 
-def parity(cell: dict[str, Any]) -> str:
-    if cell.get("parity_passed") is None:
+def parity(cell: CellBase) -> str:
+    if cell.parity_passed is None:
         return "-"
-    verdict = "pass" if cell["parity_passed"] else "FAIL"
-    return f"{verdict} {cell.get('parity_worst') or ''}".strip() + (" (simulated)" if cell.get("simulated") else "")
+    verdict = "pass" if cell.parity_passed else "FAIL"
+    return f"{verdict} {cell.parity_worst or ''}".strip() + (" (simulated)" if cell.simulated else "")
 
 
-def label(cell: dict[str, Any]) -> str:
-    return cell["key"]
-
-
-def fingerprint_lines(results: dict[str, Any]) -> list[tuple[str, str]]:
-    fp = results["fingerprint"]
-    flags = ", ".join(f for f, on in fp["flags"].items() if on) or "none of note"
-    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in fp["gpus"]) or "none"
-    tools = ", ".join(f"{k} {v}" for k, v in fp["toolchain"].items())
-    peak = results["peak"]
-    m, t = peak["measured"], peak["theoretical"]
-    load = results.get("machine_load") or {}
+def fingerprint_lines(results: Results) -> list[tuple[str, str]]:
+    fp = results.fingerprint
+    flags = ", ".join(f for f, on in fp.flags.items() if on) or "none of note"
+    gpus = "; ".join(f"{g.name} (driver {g.driver})" for g in fp.gpus) or "none"
+    tools = ", ".join(f"{k} {v}" for k, v in fp.toolchain.items())
+    m, t = results.peak.measured, results.peak.theoretical
+    load = results.machine_load
     busy = (
-        f"load average {load['load_average_before'][0]} before, {load['load_average_after'][0]} after the timed "
-        f"cells, on {load.get('cpus')} CPUs"
-        if load.get("load_average_before") and load.get("load_average_after")
+        f"load average {load.load_average_before[0]} before, {load.load_average_after[0]} after the timed "
+        f"cells, on {load.cpus} CPUs"
+        if load and load.load_average_before and load.load_average_after
         else "not recorded"
     )
     return [
-        ("fingerprint", fp["id"]),
+        ("fingerprint", fp.id),
         ("machine load", busy),
-        ("cpu", f"{fp['cpu']} ({fp['arch']}), {fp['physical_cores']} physical / {fp['logical_cores']} logical cores"),
+        ("cpu", f"{fp.cpu} ({fp.arch}), {fp.physical_cores} physical / {fp.logical_cores} logical cores"),
         ("flags", flags),
-        ("memory", f"{fp['memory_gib']} GiB"),
+        ("memory", f"{fp.memory_gib} GiB"),
         ("gpu", gpus),
-        ("os", f"{fp['os']}, Python {fp['python']}"),
+        ("os", f"{fp.os}, Python {fp.python}"),
         ("toolchains", tools),
         (
             "peak (measured)",
-            f"fp32 {num(m.get('fp32_gflops'))} GFLOP/s, bf16 {num(m.get('bf16_gflops'))} GFLOP/s, "
-            f"int8 {num(m.get('int8_gflops'))} GOP/s at {m.get('threads')} threads ({m.get('method', '')})",
+            f"fp32 {num(m.fp32_gflops)} GFLOP/s, bf16 {num(m.bf16_gflops)} GFLOP/s, "
+            f"int8 {num(m.int8_gflops)} GOP/s at {m.threads} threads ({m.method or ''})",
         ),
         (
             "peak (theoretical)",
-            f"fp32 {num(t.get('fp32_gflops'))}, bf16 {num(t.get('bf16_gflops'))}, int8 {num(t.get('int8_gflops'))} "
-            f"({t.get('basis', '')})",
+            f"fp32 {num(t.fp32_gflops)}, bf16 {num(t.bf16_gflops)}, int8 {num(t.int8_gflops)} ({t.basis or ''})",
         ),
     ]
 
 
-def settings_line(results: dict[str, Any]) -> str:
-    s = results["settings"]
-    inflight = f", {s['requests']} requests in flight" if s["mode"] == "throughput" else ""
+def settings_line(results: Results) -> str:
+    s = results.settings
+    inflight = f", {s.requests} requests in flight" if s.mode == "throughput" else ""
     return (
-        f"{s['mode']} mode{inflight}, {s['threads']} threads, batches {', '.join(map(str, s['batches']))}; "
-        f"per cell and round: warm-up >= {s['warmup_seconds']} s and >= {s['warmup_iters']} runs (1 after the first "
+        f"{s.mode} mode{inflight}, {s.threads} threads, batches {', '.join(map(str, s.batches))}; "
+        f"per cell and round: warm-up >= {s.warmup_seconds} s and >= {s.warmup_iters} runs (1 after the first "
         f"round), then timed runs until >= "
-        f"{s['min_seconds']} s and >= {s['min_iters']} runs in all, split over {s['rounds']} interleaved rounds; "
-        f"unstable above CV {s['cv_threshold']:.0%}"
+        f"{s.min_seconds} s and >= {s.min_iters} runs in all, split over {s.rounds} interleaved rounds; "
+        f"unstable above CV {s.cv_threshold:.0%}"
     )

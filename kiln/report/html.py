@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from html import escape
-from typing import Any
 
 from kiln.report import fmt, svg
 from kiln.report.markdown import COLUMNS, _row
+from kiln.results import FailedCell, MeasuredCell, Results
 
 CSS = """
 body { font-family: sans-serif; margin: 24px auto; max-width: 1500px; color: #222; }
@@ -20,58 +20,57 @@ div.wide { overflow-x: auto; } td:nth-last-child(-n+2) { white-space: normal; mi
 """
 
 
-def _colors(cells: list[dict[str, Any]]) -> dict[str, str]:
-    keys = list(dict.fromkeys(c["key"] for c in cells))
+def _colors(cells: list[MeasuredCell | FailedCell]) -> dict[str, str]:
+    keys = list(dict.fromkeys(c.key for c in cells))
     return {k: svg.color(i) for i, k in enumerate(keys)}
 
 
-def _plots(results: dict[str, Any]) -> list[str]:
-    cells = [c for c in results["cells"] if c["status"] == "ok"]
+def _plots(results: Results) -> list[str]:
+    cells = [c for c in results.cells if isinstance(c, MeasuredCell)]
     if not cells:
         return ["<p>No cell ran, so there is nothing to plot.</p>"]
-    colors = _colors(results["cells"])
+    colors = _colors(results.cells)
     plots = []
-    for batch in results["settings"]["batches"]:
-        rows = [c for c in cells if c["batch"] == batch]
+    for batch in results.settings.batches:
+        rows = [c for c in cells if c.batch == batch]
         if not rows:
             continue
         plots.append(
             svg.range_bars(
                 "latency",
                 f"Latency per target, batch {batch} (bar p50, whisker to p90)",
-                [(c["key"], c["latency"]["p50_ms"], c["latency"]["p90_ms"], colors[c["key"]]) for c in rows],
+                [(c.key, c.latency.p50_ms, c.latency.p90_ms, colors[c.key]) for c in rows],
                 "ms",
             )
         )
-        ratios = [c for c in rows if c["speedup_vs_eager"] is not None]
+        ratios = [(c.key, c.speedup_vs_eager) for c in rows if c.speedup_vs_eager is not None]
         if ratios:
             plots.append(
                 svg.range_bars(
                     "speedup",
                     f"Speed-up vs eager, batch {batch} (dashed line: eager)",
-                    [(c["key"], c["speedup_vs_eager"], c["speedup_vs_eager"], colors[c["key"]]) for c in ratios],
+                    [(key, ratio, ratio, colors[key]) for key, ratio in ratios],
                     "×",
                     ref=1.0,
                 )
             )
-    first = results["settings"]["batches"][0]
-    acc = [c for c in cells if c["batch"] == first and c.get("accuracy")]
+    first = results.settings.batches[0]
+    acc = [(c, c.accuracy) for c in cells if c.batch == first and c.accuracy is not None]
     if acc:
-        metric = acc[0]["accuracy"]["metric"]
         plots.append(
             svg.scatter(
                 "accuracy",
                 f"Latency vs accuracy, batch {first}",
-                [(c["key"], c["latency"]["p50_ms"], c["accuracy"]["value"], colors[c["key"]]) for c in acc],
+                [(c.key, c.latency.p50_ms, a.value, colors[c.key]) for c, a in acc],
                 "p50 ms",
-                metric,
+                acc[0][1].metric,
             )
         )
     else:
         plots.append('<p data-plot="accuracy">No evaluation set in the config, so no latency-vs-accuracy plot.</p>')
     series: dict[str, list[tuple[int, float]]] = {}
     for c in cells:
-        series.setdefault(c["key"], []).append((c["batch"], c["latency"]["throughput"]))
+        series.setdefault(c.key, []).append((c.batch, c.latency.throughput))
     plots.append(
         svg.lines_chart(
             "sweep",
@@ -83,44 +82,42 @@ def _plots(results: dict[str, Any]) -> list[str]:
     return plots
 
 
-def _table(cells: list[dict[str, Any]]) -> str:
+def _table(cells: list[MeasuredCell | FailedCell]) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
     rows = []
     for cell in cells:
-        cls = cell["status"] if cell["status"] != "ok" else ("unstable" if cell["latency"]["unstable"] else "")
         values = _row(cell)
-        if cell["status"] != "ok":
+        if isinstance(cell, FailedCell):
+            cls = cell.status
             tds = f"<td>{escape(values[0])}</td><td>{escape(values[1])}</td><td colspan='{len(COLUMNS) - 2}' style='text-align:left'>{escape(values[2])}</td>"
         else:
+            cls = "unstable" if cell.latency.unstable else ""
             tds = "".join(f"<td>{escape(v)}</td>" for v in values)
         rows.append(f'<tr class="{cls}">{tds}</tr>')
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-def render_html(results: dict[str, Any]) -> str:
-    cells = results["cells"]
+def render_html(results: Results) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>kiln benchmark: {escape(results['model'])}</title>",
+        f"<title>kiln benchmark: {escape(results.model)}</title>",
         f"<style>{CSS}</style></head><body>",
-        f"<h1>kiln benchmark: {escape(results['model'])}</h1>",
-        f"<p>Run {escape(results['created'])} by kiln {escape(results['kiln_version'])} from "
-        f"<code>{escape(str(results.get('config')))}</code>.<br>{escape(fmt.settings_line(results))}.</p>",
+        f"<h1>kiln benchmark: {escape(results.model)}</h1>",
+        f"<p>Run {escape(results.created)} by kiln {escape(results.kiln_version)} from "
+        f"<code>{escape(str(results.config))}</code>.<br>{escape(fmt.settings_line(results))}.</p>",
         '<h2>Plots</h2><div class="plots">',
         *_plots(results),
         "</div>",
     ]
-    for batch in results["settings"]["batches"]:
-        flops = results["flops"].get(str(batch))
+    for batch in results.settings.batches:
+        flops = results.flops.get(batch)
         extra = f" ({flops / 1e9:.3g} GFLOP per forward pass)" if flops else ""
         parts.append(f"<h2>Batch {batch}{escape(extra)}</h2>")
-        parts.append(_table([c for c in cells if c["batch"] == batch]))
-    flagged = [(c, f) for c in cells for f in c.get("flags", [])]
+        parts.append(_table(results.batch(batch)))
+    flagged = [(c, f) for c in results.cells for f in c.flags]
     parts.append('<h2>Flags</h2><ul class="flags">')
-    parts += [f"<li><b>{escape(c['key'])}</b> batch {c['batch']}: {escape(f)}</li>" for c, f in flagged] or [
-        "<li>None.</li>"
-    ]
+    parts += [f"<li><b>{escape(c.key)}</b> batch {c.batch}: {escape(f)}</li>" for c, f in flagged] or ["<li>None.</li>"]
     parts.append("</ul><h2>Machine</h2><dl>")
     parts += [f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in fmt.fingerprint_lines(results)]
     parts.append("</dl></body></html>")

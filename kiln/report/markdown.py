@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from kiln.report import fmt
+from kiln.results import FailedCell, MeasuredCell, Results
 
 COLUMNS = (
     "target",
@@ -26,35 +25,32 @@ COLUMNS = (
 )
 
 
-def _row(cell: dict[str, Any]) -> list[str]:
-    name = fmt.label(cell)
-    if cell["status"] != "ok":
-        return [name, cell.get("execution_precision") or "-", f"{cell['status']}: {cell['reason']}"] + [""] * (
-            len(COLUMNS) - 3
-        )
-    lat = cell["latency"]
-    cv = fmt.pct(lat["cv"]) + (" ⚠ unstable" if lat["unstable"] else "")
+def _row(cell: MeasuredCell | FailedCell) -> list[str]:
+    if isinstance(cell, FailedCell):
+        return [cell.key, cell.execution_precision or "-", f"{cell.status}: {cell.reason}"] + [""] * (len(COLUMNS) - 3)
+    lat = cell.latency
+    cv = fmt.pct(lat.cv) + (" ⚠ unstable" if lat.unstable else "")
     return [
-        name + (" ⚑" if any(not f.startswith("unstable") for f in cell["flags"]) else ""),
-        cell.get("execution_precision") or "-",
-        fmt.ms(lat["p50_ms"]),
-        fmt.ms(lat["p90_ms"]),
-        fmt.ms(lat["p99_ms"]),
+        cell.key + (" ⚑" if any(not f.startswith("unstable") for f in cell.flags) else ""),
+        cell.execution_precision or "-",
+        fmt.ms(lat.p50_ms),
+        fmt.ms(lat.p90_ms),
+        fmt.ms(lat.p99_ms),
         cv,
-        fmt.num(lat["throughput"]),
-        fmt.ratio(cell["speedup_vs_eager"]),
-        fmt.num(cell["gflops"]),
-        fmt.pct(cell["roofline_fraction"]),
-        fmt.size(cell["size_bytes"]),
-        fmt.size(cell["peak_rss_bytes"]),
-        f"{cell['load_s']:.2f}",
-        fmt.ms(cell["first_inference_ms"]),
+        fmt.num(lat.throughput),
+        fmt.ratio(cell.speedup_vs_eager),
+        fmt.num(cell.gflops),
+        fmt.pct(cell.roofline_fraction),
+        fmt.size(cell.size_bytes),
+        fmt.size(cell.peak_rss_bytes),
+        f"{cell.load_s:.2f}",
+        fmt.ms(cell.first_inference_ms),
         fmt.parity(cell),
         fmt.accuracy(cell),
     ]
 
 
-def _table(cells: list[dict[str, Any]]) -> list[str]:
+def _table(cells: list[MeasuredCell | FailedCell]) -> list[str]:
     lines = [
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|",
@@ -64,24 +60,24 @@ def _table(cells: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    cells = results["cells"]
+def render_markdown(results: Results) -> str:
+    settings = results.settings
     out = [
-        f"# kiln benchmark: {results['model']}",
+        f"# kiln benchmark: {results.model}",
         "",
-        f"Run {results['created']} by kiln {results['kiln_version']} from `{results.get('config')}`.  ",
+        f"Run {results.created} by kiln {results.kiln_version} from `{results.config}`.  ",
         f"Settings: {fmt.settings_line(results)}.",
         "",
     ]
-    for batch in results["settings"]["batches"]:
-        flops = results["flops"].get(str(batch))
+    for batch in settings.batches:
+        flops = results.flops.get(batch)
         extra = f" ({flops / 1e9:.3g} GFLOP per forward pass)" if flops else ""
         out += [f"## Batch {batch}{extra}", ""]
-        out += _table([c for c in cells if c["batch"] == batch])
+        out += _table(results.batch(batch))
         out.append("")
-    flagged = [(c, f) for c in cells for f in c.get("flags", [])]
+    flagged = [(c, f) for c in results.cells for f in c.flags]
     out += ["## Flags", ""]
-    out += [f"- **{c['key']}** batch {c['batch']}: {f}" for c, f in flagged] or [
+    out += [f"- **{c.key}** batch {c.batch}: {f}" for c, f in flagged] or [
         "None: every cell is stable, runs at "
         "the requested precision, and no "
         "compressed artifact is slower than "
@@ -93,8 +89,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         (
             "p50/p90/p99: latency percentiles of one request (one batch) in ms. "
-            if results["settings"]["mode"] == "latency"
-            else f"p50/p90/p99: percentiles in ms of one timed sample, {results['settings']['requests']} requests kept in "
+            if settings.mode == "latency"
+            else f"p50/p90/p99: percentiles in ms of one timed sample, {settings.requests} requests kept in "
             "flight by the runtime's own concurrency. "
         )
         + "CV: standard deviation / mean of the "

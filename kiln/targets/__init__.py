@@ -1,22 +1,97 @@
-"""The target registry: one literal table, checked without importing any toolchain.
+"""The target registry: one literal table, the one place a target's policy lives.
 
-Each :class:`TargetSpec` names the module that implements the target, the Python packages it
-imports (looked up with ``importlib.util.find_spec``, never imported here), the pip extra that
-installs them, the precisions it builds, and the hardware it needs to build and to run.
+Each :class:`TargetSpec` row names the module that implements the target, what it builds from
+(the captured program or the ONNX), the Python packages it imports (import names looked up with
+``importlib.util.find_spec``, never imported here, and the distribution names whose versions go
+into cache keys and manifests), the pip extra that installs them, the hardware it needs to build
+and to run, the loggers to quiet and the imports to block, and one :class:`Precision` row per
+precision: its default parity tolerances, whether (and on how many samples) it calibrates, and
+the packages it needs beyond the target's. Adding a target is one module plus one row here plus
+one extra in ``pyproject.toml`` (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import logging
 import os
 import platform
 import shutil
+import sys
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING, Literal
 
-from kiln.errors import MissingDependencyError, UnavailableError, UnknownTargetError
-from kiln.targets.base import Target
+from pydantic import ValidationError
+
+from kiln.config import KilnConfig, TargetConfig, Tolerance
+from kiln.errors import ConfigError, MissingDependencyError, UnavailableError, UnknownTargetError
+
+if TYPE_CHECKING:
+    from kiln.targets.base import Target, TargetOptions
+
+Consumes = Literal["program", "onnx"]
+
+
+@dataclass(frozen=True)
+class Package:
+    """A Python package a target imports: its import name, the distributions that provide it
+    (the first one installed is the version recorded), and the pip extra that installs it."""
+
+    module: str
+    dists: tuple[str, ...]
+    extra: str | None = None
+
+    @property
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+    @property
+    def install_hint(self) -> str:
+        how = f"pip install 'kiln[{self.extra}]' -c constraints.txt" if self.extra else f"pip install {self.dists[0]}"
+        return f"the Python package {self.module!r} ({how})"
+
+
+TORCH = Package("torch", ("torch",))
+ONNXRUNTIME = Package("onnxruntime", ("onnxruntime",), "onnxruntime")
+OPENVINO = Package("openvino", ("openvino",), "openvino")
+NNCF = Package("nncf", ("nncf",), "openvino")
+TORCHAO = Package("torchao", ("torchao",), "aoti-int8")
+COREMLTOOLS = Package("coremltools", ("coremltools",), "coreml")
+TENSORRT = Package("tensorrt", ("tensorrt-cu12", "tensorrt-cu13", "tensorrt"), "tensorrt")
+
+# Default parity tolerances by numeric format (``None`` figures are not gated).
+FP32 = Tolerance(max_rel=1e-4, min_cosine=0.99999)
+FP16 = Tolerance(max_rel=3e-2, min_cosine=0.999, min_top1=0.98)
+BF16 = Tolerance(max_rel=5e-2, min_cosine=0.999, min_top1=0.98)
+INT8 = Tolerance(min_cosine=0.98, min_top1=0.95)
+# Weight-only int8 (activations stay float): measured cosine >= 0.99999 on a tiny attention block.
+INT8_WEIGHTS = Tolerance(min_cosine=0.99, min_top1=0.98)
+INT4 = Tolerance(min_cosine=0.95, min_top1=0.90)
+
+# How many calibration samples each quantizer's documentation asks for: ONNX Runtime's
+# calibrators and PyTorch's PT2E observers see stable ranges from about 100; NNCF's default
+# ``subset_size`` is 300.
+ORT_SAMPLES, PT2E_SAMPLES, NNCF_SAMPLES = 100, 100, 300
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One precision of one target. A precision that calibrates (``calibration`` is the
+    quantizer's sample guidance) fixes its activation ranges from data, so it is refused before
+    export without ``[calibration]``, and its parity is measured on real inputs only: seeded noise
+    lies outside those ranges and saturates, which says nothing about the artifact."""
+
+    name: str
+    tolerance: Tolerance
+    calibration: int | None = None
+    needs: tuple[Package, ...] = ()
+
+    @property
+    def calibrates(self) -> bool:
+        return self.calibration is not None
 
 
 @dataclass(frozen=True)
@@ -24,15 +99,36 @@ class TargetSpec:
     name: str
     module: str
     summary: str
-    precisions: tuple[str, ...]
-    requires: tuple[str, ...] = ()
-    extra: str | None = None
+    consumes: Consumes
+    precisions: tuple[Precision, ...]
+    packages: tuple[Package, ...] = ()
     build_needs: tuple[str, ...] = ()
     run_needs: tuple[str, ...] = ()
-    # Precisions whose quantizer calibrates on data: refused before export without [calibration].
-    calibrated: tuple[str, ...] = ()
-    # Precisions that need one more package: precision -> (import name, pip extra).
-    precision_requires: tuple[tuple[str, str, str], ...] = ()
+    quiet_loggers: tuple[str, ...] = ()  # toolchain loggers that talk per op or per pass
+    blocked_imports: tuple[str, ...] = ()  # optional modules kiln makes fail to import (telemetry)
+    # Precisions known not to conform yet, with why: the conformance suite expects them to fail
+    # (strict xfail), so a fix shows up as an unexpected pass to be removed from here.
+    known_issues: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def precision_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.precisions)
+
+    def precision(self, name: str) -> Precision:
+        for p in self.precisions:
+            if p.name == name:
+                return p
+        raise UnknownTargetError(
+            f"target {self.name!r} has no precision {name!r}; choose one of: {', '.join(self.precision_names)}"
+        )
+
+    def packages_for(self, precision: str) -> tuple[Package, ...]:
+        return self.packages + self.precision(precision).needs
+
+    def dists(self, precision: str | None = None) -> tuple[str, ...]:
+        """Distribution names whose versions identify what built an artifact (cache key, manifest)."""
+        packages = self.packages_for(precision) if precision else self.packages
+        return tuple(d for p in packages for d in p.dists)
 
 
 REGISTRY: dict[str, TargetSpec] = {
@@ -42,61 +138,92 @@ REGISTRY: dict[str, TargetSpec] = {
             "eager",
             "kiln.targets.eager",
             "PyTorch eager: the baseline every artifact is compared with",
-            ("fp32",),
-            requires=("torch",),
+            "program",
+            (Precision("fp32", FP32),),
+            packages=(TORCH,),
         ),
         TargetSpec(
             "aoti",
             "kiln.targets.aoti",
             "PyTorch AOTInductor: a compiled .pt2 package, loadable without Python model code",
-            ("fp32", "int8"),
-            requires=("torch",),
+            "program",
+            (Precision("fp32", FP32), Precision("int8", INT8, PT2E_SAMPLES, needs=(TORCHAO,))),
+            packages=(TORCH,),
             build_needs=("cxx",),
-            calibrated=("int8",),
-            precision_requires=(("int8", "torchao", "aoti-int8"),),
+            quiet_loggers=("torch", "torch.utils._pytree", "torchao"),
         ),
         TargetSpec(
             "onnxruntime",
             "kiln.targets.onnxruntime",
             "ONNX Runtime, CPU execution provider, all graph optimizations",
-            ("fp32", "fp16", "int8", "int8-dynamic"),
-            requires=("onnxruntime",),
-            extra="onnxruntime",
-            calibrated=("int8",),
+            "onnx",
+            (
+                Precision("fp32", FP32),
+                Precision("fp16", FP16),
+                Precision("int8", INT8, ORT_SAMPLES),
+                Precision("int8-dynamic", INT8),
+            ),
+            packages=(ONNXRUNTIME,),
         ),
         TargetSpec(
             "openvino",
             "kiln.targets.openvino",
             "OpenVINO IR on the CPU plugin, execution precision always set",
-            ("fp32", "fp16", "bf16", "int8", "int8-weights", "int4"),
-            requires=("openvino",),
-            extra="openvino",
-            calibrated=("int8",),
+            "onnx",
+            (
+                Precision("fp32", FP32),
+                Precision("fp16", FP16),
+                Precision("bf16", BF16),
+                Precision("int8", INT8, NNCF_SAMPLES, needs=(NNCF,)),
+                Precision("int8-weights", INT8_WEIGHTS, needs=(NNCF,)),
+                Precision("int4", INT4, needs=(NNCF,)),
+            ),
+            packages=(OPENVINO,),
+            quiet_loggers=("nncf",),
+            # OpenVINO and NNCF send usage data through this optional package and fall back to a
+            # silent stub when it cannot be imported: a build tool does not phone home.
+            blocked_imports=("openvino_telemetry",),
         ),
         TargetSpec(
             "coreml",
             "kiln.targets.coreml",
             "Core ML .mlpackage (mlprogram) for Apple devices",
-            ("fp16", "fp32", "int8", "int4", "palettize4", "palettize", "w8a8"),
-            requires=("coremltools",),
-            extra="coreml",
+            "program",
+            (
+                Precision("fp16", FP16),
+                Precision("fp32", FP32),
+                Precision("int8", INT8),
+                Precision("int4", INT4),
+                Precision("palettize4", INT4),
+                Precision("palettize", INT4),
+                Precision("w8a8", INT8, ORT_SAMPLES),
+            ),
+            packages=(COREMLTOOLS,),
             build_needs=("coreml-converter",),
             run_needs=("macos",),
-            calibrated=("w8a8",),
+            quiet_loggers=("coremltools",),
         ),
         TargetSpec(
             "tensorrt",
             "kiln.targets.tensorrt",
             "TensorRT 10 engine for NVIDIA GPUs: Q/DQ int8/fp8, 2:4 sparse, what it really ran recorded",
-            ("fp32", "fp16", "bf16", "int8", "fp8"),
-            requires=("tensorrt",),
-            extra="tensorrt",
+            "onnx",
+            (
+                Precision("fp32", FP32),
+                Precision("fp16", FP16),
+                Precision("bf16", BF16),
+                Precision("int8", INT8, ORT_SAMPLES),
+                Precision("fp8", Tolerance(min_cosine=0.98, min_top1=0.95), ORT_SAMPLES),
+            ),
+            packages=(TENSORRT,),
             build_needs=("cuda",),
             run_needs=("cuda",),
-            calibrated=("int8", "fp8"),
         ),
     )
 }
+
+# Loggers that talk about their own internals whatever the target (exporters, hf sources).
+COMMON_QUIET = ("torch", "torch.utils._pytree", "onnxscript", "transformers")
 
 
 def _has_cuda() -> bool:
@@ -113,6 +240,8 @@ CAPABILITIES = {
         "Linux or macOS, where coremltools has wheels",
     ),
 }
+# Capabilities a test needs become its pytest marker (tests/conftest.py).
+MARKERS = {"cuda": "gpu", "macos": "macos"}
 
 
 @dataclass(frozen=True)
@@ -120,45 +249,38 @@ class Availability:
     build: bool
     run: bool
     reason: str  # empty when both are available
+    missing_package: bool = False  # the build is blocked by a pip package (exit 5, names the extra)
+
+    def require(self, name: str, run: bool = False) -> None:
+        """Raise the precise exit-5 error when the target cannot build (or run) here."""
+        if not self.build or (run and not self.run):
+            error = MissingDependencyError if self.missing_package and not self.build else UnavailableError
+            raise error(f"target {name!r} is unavailable here: {self.reason}")
 
 
 @cache
-def availability(name: str) -> Availability:
-    """Whether a target can build and run here, and if not, what would make it so."""
+def availability(name: str, precision: str | None = None) -> Availability:
+    """Whether a target (at a precision) can build and run here, and if not, what would make it so."""
     spec = REGISTRY[name]
-    build_missing = [
-        f"the Python package {mod!r} (pip install 'kiln[{spec.extra}]')"
-        if spec.extra
-        else f"the Python package {mod!r}"
-        for mod in spec.requires
-        if importlib.util.find_spec(mod) is None
-    ]
-    build_missing += [CAPABILITIES[need][1] for need in spec.build_needs if not CAPABILITIES[need][0]()]
+    packages = spec.packages_for(precision) if precision else spec.packages
+    missing = [p.install_hint for p in packages if not p.installed]
+    build_missing = missing + [CAPABILITIES[n][1] for n in spec.build_needs if not CAPABILITIES[n][0]()]
     if build_missing:
-        return Availability(False, False, "needs " + " and ".join(build_missing))
+        return Availability(False, False, "needs " + " and ".join(build_missing), missing_package=bool(missing))
     run_missing = [CAPABILITIES[need][1] for need in spec.run_needs if not CAPABILITIES[need][0]()]
     if run_missing:
         return Availability(True, False, "convert and compress: yes; run: needs " + " and ".join(run_missing))
     return Availability(True, True, "")
 
 
-def precision_missing(name: str, precision: str) -> str | None:
-    """What a precision needs beyond its target's packages, when it is not installed."""
-    for wanted, module, extra in REGISTRY[name].precision_requires:
-        if wanted == precision and importlib.util.find_spec(module) is None:
-            return f"{name}:{precision} needs the Python package {module!r} (pip install 'kiln[{extra}]')"
-    return None
-
-
 def check_target(name: str, precision: str) -> TargetSpec:
     """Validate a target x precision pair in a second, before any export starts."""
     if name not in REGISTRY:
-        raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(REGISTRY)}")
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownTargetError(f"unknown target {name!r}{hint}; choose one of: {', '.join(REGISTRY)}")
     spec = REGISTRY[name]
-    if precision not in spec.precisions:
-        raise UnknownTargetError(
-            f"target {name!r} has no precision {precision!r}; choose one of: {', '.join(spec.precisions)}"
-        )
+    spec.precision(precision)
     return spec
 
 
@@ -167,15 +289,87 @@ def implementation(name: str) -> Target:
     return importlib.import_module(REGISTRY[name].module).TARGET
 
 
-def require(name: str, run: bool = False) -> None:
-    """Raise the precise exit-5 error when the target cannot build (or run) here."""
-    avail = availability(name)
-    if not avail.build or (run and not avail.run):
-        error = MissingDependencyError if "Python package" in avail.reason and not avail.build else UnavailableError
-        raise error(f"target {name!r} is unavailable here: {avail.reason}")
-
-
 def get_target(name: str, need_run: bool = False) -> Target:
     """Import and instantiate a target, or say exactly what is missing (exit 5)."""
-    require(name, run=need_run)
+    availability(name).require(name, run=need_run)
     return implementation(name)
+
+
+def target_options(target: TargetConfig) -> TargetOptions:
+    """A target's ``options`` validated against its own typed model: one line naming the key."""
+    model = implementation(target.name).options_model
+    try:
+        return model.model_validate(target.options, context={"precision": target.precision})
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        where = f"[[target]] {target.name}:{target.precision} options"
+        if first["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            known = ", ".join(model.model_fields) or "none"
+            raise ConfigError(f"{where}: unknown key {key!r}; {hint}known keys: {known}") from err
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}{message}; fix it and run again") from err
+
+
+def check_config(config: KilnConfig, source_kind: str) -> None:
+    """Every target x precision is known, fits the source, has its data, and its options are
+    valid: all before any export starts (what is *installed* is checked per target, in the plan)."""
+    for target in config.target:
+        spec = check_target(target.name, target.precision)
+        precision = spec.precision(target.precision)
+        if spec.consumes == "program" and source_kind == "onnx":
+            raise ConfigError(
+                f"{target.name} builds from the captured torch.export program and the source "
+                f"{config.model.source!r} is an ONNX file; use a Python, .pt2 or hf: source, or an ONNX target "
+                f"({', '.join(n for n, s in REGISTRY.items() if s.consumes == 'onnx')})"
+            )
+        if target.prune is not None and source_kind == "onnx":
+            raise ConfigError(
+                f"{target.key}: pruning needs a PyTorch model and {config.model.source!r} is an ONNX file; "
+                "use a Python, .pt2 or hf: source, or drop prune"
+            )
+        if precision.calibrates and config.calibration is None:
+            raise ConfigError(
+                f"{target.name}:{target.precision} calibrates on data and the config has no [calibration]; "
+                "add [calibration] source = 'data.npz' | 'folder/' | 'file.py:fn' (kiln never calibrates "
+                "on random inputs), or pick a weight-only or dynamic precision"
+            )
+        target_options(target)
+
+
+def tolerance_for(target: TargetConfig) -> Tolerance:
+    """The precision's default tolerances with the config's overrides applied."""
+    base = check_target(target.name, target.precision).precision(target.precision).tolerance
+    if target.tolerance is None:
+        return base
+    return base.model_copy(update=target.tolerance.model_dump(exclude_unset=True))
+
+
+def toolchain_dists() -> tuple[str, ...]:
+    """Every distribution any target records: what ``kiln doctor`` lists."""
+    seen: dict[str, None] = {}
+    for spec in REGISTRY.values():
+        for p in spec.precisions:
+            seen.update(dict.fromkeys(spec.dists(p.name)))
+    return tuple(seen)
+
+
+def quiet_toolchains() -> None:
+    """Quiet every target's chatty loggers and block the imports rows ask to block. Toolchains
+    warn about their own internals on every call; a user can act on none of it (``--verbose``
+    keeps it all)."""
+    for spec in REGISTRY.values():
+        for name in spec.quiet_loggers:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    for name in COMMON_QUIET:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    block_imports()
+
+
+def block_imports() -> None:
+    """Make the optional modules rows name fail to import, in this process (telemetry)."""
+    for spec in REGISTRY.values():
+        for name in spec.blocked_imports:
+            sys.modules.setdefault(name, None)  # type: ignore[arg-type]

@@ -11,18 +11,30 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from kiln.config import TargetConfig
-from kiln.spec import Signature
+from kiln.config import TargetConfig, Tolerance
+from kiln.manifest import Execution, Manifest
+from kiln.spec import Arrays, Signature
 
 if TYPE_CHECKING:
     from kiln.data import CalibrationSet, EvaluationSet
     from kiln.exporters import ExportBundle
 
-Arrays = dict[str, np.ndarray]
+
+class TargetOptions(BaseModel):
+    """A target's ``options`` table, typed: an unknown key or a bad value is one line naming it,
+    before any work. ``None`` means "the toolchain's (or kiln's measured) default". Validators
+    that depend on the precision read it from ``info.context["precision"]``."""
+
+    # strict: a TOML value of the wrong type ("yes", 64.0) is refused, never coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NoOptions(TargetOptions):
+    """A target with no options."""
 
 
 @dataclass(frozen=True)
@@ -34,18 +46,27 @@ class RunOptions:
     requests: int = 1  # requests in flight in throughput mode
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompileContext:
-    """What a target gets to build from: the capture, its own config, data, a folder to fill."""
+    """What a target gets to build from: the capture, its own config and typed options, the data
+    (loaded once per build), a folder to fill."""
 
     export: ExportBundle
     target: TargetConfig
+    options: Any  # the target's own TargetOptions subclass, validated from target.options
     out_dir: Path
+    tolerance: Tolerance  # the gate's tolerance for this target (registry default + overrides)
     calibration: CalibrationSet | None = None
+    # How many samples the precision's quantizer asks for (the registry row); None: no calibration.
+    calibration_guidance: int | None = None
     threads: int | None = None
     evaluation: EvaluationSet | None = None  # for accuracy-aware toolchains (NNCF accuracy control)
     max_metric_drop: float | None = None
     root: Path = Path(".")  # the config's folder, for user callables (custom metrics)
+
+    @property
+    def precision(self) -> str:
+        return self.target.precision
 
 
 @dataclass
@@ -57,12 +78,22 @@ class Artifact:
     path: Path
     main_file: str
     signature: Signature
-    info: dict[str, Any] = field(default_factory=dict)
+    info: Execution = field(default_factory=Execution)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.info, Execution):  # a target may describe itself with a plain mapping
+            self.info = Execution.model_validate(self.info)
 
     @property
     def main(self) -> Path:
         return self.path / self.main_file
+
+    @classmethod
+    def from_manifest(cls, folder: Path, manifest: Manifest | None = None) -> Artifact:
+        """The artifact a built folder holds, from its manifest (for bench, verify, package)."""
+        m = manifest if manifest is not None else Manifest.read(folder)
+        return cls(m.target, m.precision, folder, m.main_file, m.signature, m.execution.model_copy(), m.options)
 
 
 class Runner(abc.ABC):
@@ -97,6 +128,12 @@ class Runner(abc.ABC):
 class Target(abc.ABC):
     """A backend: compile the capture into an artifact, and load an artifact to run it."""
 
+    # The typed model of this target's ``options`` table.
+    options_model: ClassVar[type[TargetOptions]] = NoOptions
+    # Whether ``prepare`` writes anything: only then is it kept (``<key>.prepared/``) where the
+    # target cannot build.
+    prepares: ClassVar[bool] = False
+
     @abc.abstractmethod
     def compile(self, ctx: CompileContext) -> Artifact:
         """Write the native artifact into ``ctx.out_dir`` and describe it."""
@@ -114,10 +151,3 @@ class Target(abc.ABC):
         machine (e.g. Core ML compression applied in PyTorch), so the gate still has figures.
         Its results are labelled simulated in the manifest."""
         return None
-
-
-def named_outputs(names: tuple[str, ...], values: list[Any]) -> Arrays:
-    """Pair flat runtime outputs with the recorded output names."""
-    if len(names) != len(values):
-        raise RuntimeError(f"runtime returned {len(values)} outputs, signature has {len(names)}: {names}")
-    return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}

@@ -9,60 +9,12 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-import numpy as np
-
-from kiln.spec import Signature
-from kiln.targets.base import Arrays, Artifact, CompileContext, Runner, RunOptions, Target, named_outputs
+from kiln.manifest import Execution
+from kiln.spec import Arrays, Signature
+from kiln.targets.base import Artifact, CompileContext, NoOptions, Runner, RunOptions, Target
+from kiln.tensors import set_threads, to_arrays, to_tensors
 
 MAIN = "program.pt2"
-
-
-def canonical(a: np.ndarray) -> np.ndarray:
-    """A C-ordered array with canonical strides on every axis, size-1 axes included.
-
-    numpy calls an array C-contiguous even when a size-1 axis has an odd stride (a slice of a
-    fancy-indexed ``x[:, None]``); AOTInductor kernels index with the strides they were compiled
-    for and silently read garbage from such inputs, so they are copied into canonical form.
-    """
-    expected, step = [], a.itemsize
-    for size in reversed(a.shape):
-        expected.append(step)
-        step *= size
-    if a.flags.c_contiguous and tuple(reversed(expected)) == a.strides:
-        return a
-    return np.array(a, order="C", copy=True)
-
-
-def to_tensors(sig: Signature, inputs: Arrays, device: str = "cpu") -> list[Any]:
-    import torch
-
-    tensors = []
-    for spec in sig.inputs:
-        t = torch.from_numpy(canonical(inputs[spec.name]))
-        if spec.dtype == "bfloat16":
-            t = t.to(torch.bfloat16)
-        tensors.append(t.to(device))
-    return tensors
-
-
-def to_arrays(sig: Signature, out: Any) -> Arrays:
-    import torch
-
-    from kiln.exporters.torch_export import flatten_outputs
-
-    _, values = flatten_outputs(out)
-    arrays = [
-        v.detach().float().cpu().numpy() if v.dtype == torch.bfloat16 else v.detach().cpu().numpy() for v in values
-    ]
-    return named_outputs(sig.outputs, arrays)
-
-
-def set_threads(threads: int | None) -> int:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
 
 
 class TorchRunner(Runner):
@@ -89,11 +41,12 @@ class TorchRunner(Runner):
 
 
 class EagerTarget(Target):
+    options_model = NoOptions
+
     def compile(self, ctx: CompileContext) -> Artifact:
         shutil.copyfile(ctx.export.program_path, ctx.out_dir / MAIN)
-        return Artifact(
-            "eager", ctx.target.precision, ctx.out_dir, MAIN, ctx.export.signature, info={"execution_precision": "fp32"}
-        )
+        info = Execution(execution_precision="fp32")
+        return Artifact("eager", ctx.precision, ctx.out_dir, MAIN, ctx.export.signature, info=info)
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         import torch

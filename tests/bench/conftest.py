@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from kiln.results import Results
 
 TINY_MODEL = textwrap.dedent(
     '''
@@ -72,11 +73,11 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_results(tiny_project: Path) -> tuple[dict[str, Any], Path]:
+def tiny_results(tiny_project: Path) -> tuple[Results, Path]:
     """A real ``kiln bench`` run: build eager + onnxruntime, measure both at batches 1 and 4."""
-    from kiln.bench.run import BenchRequest, bench
+    from kiln.bench.run import BenchRun, bench
 
     # The measured-peak cache goes to a fresh folder: the test does not read or write ~/.cache.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tiny_project / "cache"))
-        return bench(tiny_project / "kiln.toml", BenchRequest(out=tiny_project / "build"))
+        return bench(tiny_project / "kiln.toml", BenchRun(out=tiny_project / "build"))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kiln.report.html import render_html
+from kiln.results import Results
 from tests.bench.synthetic import synthetic_results
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -81,7 +81,7 @@ def test_synthetic_report_renders_every_plot(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_report_renders_offline(tmp_path: Path, tiny_results: tuple[dict[str, Any], Path]) -> None:
+def test_real_report_renders_offline(tmp_path: Path, tiny_results: tuple[Results, Path]) -> None:
     _, folder = tiny_results
     # Two batches: a latency and a speed-up plot each, one accuracy plot, one sweep.
     _check_page(folder / "report.html", tmp_path, {"latency": 2, "speedup": 2, "accuracy": 1, "sweep": 1})

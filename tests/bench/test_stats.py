@@ -30,28 +30,28 @@ def test_summarize_reports_milliseconds_and_sample_std() -> None:
     seconds = [0.001, 0.002, 0.003, 0.004, 0.010]
     s = summarize(seconds, items_per_sample=8)
     ms = np.array(seconds) * 1e3
-    assert s["samples"] == 5
-    assert s["p50_ms"] == pytest.approx(3.0)
-    assert s["p90_ms"] == pytest.approx(np.percentile(ms, 90))
-    assert s["p99_ms"] == pytest.approx(np.percentile(ms, 99))
-    assert s["min_ms"] == pytest.approx(1.0) and s["max_ms"] == pytest.approx(10.0)
-    assert s["mean_ms"] == pytest.approx(ms.mean())
-    assert s["std_ms"] == pytest.approx(ms.std(ddof=1))
-    assert s["cv"] == pytest.approx(ms.std(ddof=1) / ms.mean())
-    assert s["throughput"] == pytest.approx(8 * 5 / sum(seconds))
+    assert s.samples == 5
+    assert s.p50_ms == pytest.approx(3.0)
+    assert s.p90_ms == pytest.approx(np.percentile(ms, 90))
+    assert s.p99_ms == pytest.approx(np.percentile(ms, 99))
+    assert s.min_ms == pytest.approx(1.0) and s.max_ms == pytest.approx(10.0)
+    assert s.mean_ms == pytest.approx(ms.mean())
+    assert s.std_ms == pytest.approx(ms.std(ddof=1))
+    assert s.cv == pytest.approx(ms.std(ddof=1) / ms.mean())
+    assert s.throughput == pytest.approx(8 * 5 / sum(seconds))
 
 
 def test_summarize_flags_unstable_only_above_threshold() -> None:
     steady = [0.010, 0.0101, 0.0099, 0.0100, 0.0102, 0.0098]
     noisy = [0.010, 0.030, 0.010, 0.011, 0.050, 0.010]
-    assert summarize(steady, 1, cv_threshold=0.1)["unstable"] is False
-    assert summarize(noisy, 1, cv_threshold=0.1)["unstable"] is True
-    assert summarize(noisy, 1, cv_threshold=5.0)["unstable"] is False
+    assert summarize(steady, 1, cv_threshold=0.1).unstable is False
+    assert summarize(noisy, 1, cv_threshold=0.1).unstable is True
+    assert summarize(noisy, 1, cv_threshold=5.0).unstable is False
 
 
 def test_summarize_single_sample_has_zero_spread() -> None:
     s = summarize([0.004], 1)
-    assert s["std_ms"] == 0.0 and s["cv"] == 0.0 and s["p99_ms"] == pytest.approx(4.0)
+    assert s.std_ms == 0.0 and s.cv == 0.0 and s.p99_ms == pytest.approx(4.0)
 
 
 def test_summarize_rejects_no_timings() -> None:

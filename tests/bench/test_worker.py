@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from kiln.bench.harness import BenchOptions, CellPlan, run_cells
+from kiln.bench.harness import CellPlan, run_cells
+from kiln.bench.process import Launch
+from kiln.config import BenchSettings
+from kiln.results import FailedCell, MeasuredCell, Results
 
 # Runs the real worker for every cell except one whose artifact path names the way to fail.
 CHAOS = textwrap.dedent(
@@ -24,6 +27,10 @@ CHAOS = textwrap.dedent(
     if how == "exit":
         os._exit(3)
     if how == "hang":
+        time.sleep(60)
+    if how == "garbage":
+        sys.stdout.write("not json\\n")
+        sys.stdout.flush()
         time.sleep(60)
     if how == "crash-in-round":
         sys.stdout.write(json.dumps({"event": "ready", "load_s": 0, "import_s": 0, "first_ms": 0,
@@ -47,13 +54,22 @@ CHAOS = textwrap.dedent(
     """
 )
 
-FAST = {"min_seconds": 0.05, "min_iters": 3, "warmup_seconds": 0.0, "warmup_iters": 1, "rounds": 2, "threads": 1}
+FAST = BenchSettings(min_seconds=0.05, min_iters=3, warmup_seconds=0.0, warmup_iters=1, rounds=2, threads=1)
 
 
-def _options(tmp_path: Path, **kw: Any) -> BenchOptions:
+def _settings(**kw: Any) -> BenchSettings:
+    return FAST.model_copy(update=kw).resolve(physical_cores=1)
+
+
+def _chaos(tmp_path: Path, timeout: float = 600.0) -> Launch:
     script = tmp_path / "chaos.py"
     script.write_text(CHAOS)
-    return BenchOptions(**{**FAST, **kw, "worker_command": (sys.executable, str(script))})
+    return Launch((sys.executable, str(script)), timeout)
+
+
+def _failed(cells: list[MeasuredCell | FailedCell]) -> list[FailedCell]:
+    assert all(isinstance(c, FailedCell) for c in cells), cells
+    return [c for c in cells if isinstance(c, FailedCell)]
 
 
 @pytest.mark.parametrize(
@@ -62,26 +78,27 @@ def _options(tmp_path: Path, **kw: Any) -> BenchOptions:
         ("segfault", "killed by SIGSEGV"),
         ("exit", "exited with status 3"),
         ("crash-in-round", "exited with status 9"),
+        ("garbage", "answered outside the protocol: not json"),
     ],
 )
 def test_crashing_worker_becomes_error_cell(tmp_path: Path, how: str, expected: str) -> None:
     plans = [CellPlan("eager", "fp32", "eager-fp32", tmp_path / how)]
-    cells = run_cells(plans, _options(tmp_path, batches=(1, 2)))
-    assert [c["status"] for c in cells] == ["error", "error"]
-    assert all(expected in c["reason"] for c in cells)
+    cells = _failed(run_cells(plans, _settings(batches=[1, 2]), launch=_chaos(tmp_path)))
+    assert [(c.status, c.batch) for c in cells] == [("error", 1), ("error", 2)]
+    assert all(expected in c.reason for c in cells)
 
 
 def test_silent_worker_is_stopped_after_timeout(tmp_path: Path) -> None:
     plans = [CellPlan("eager", "fp32", "eager-fp32", tmp_path / "hang")]
-    cells = run_cells(plans, _options(tmp_path, timeout=1.0))
-    assert cells[0]["status"] == "error" and "no answer within 1 s" in cells[0]["reason"]
+    (cell,) = _failed(run_cells(plans, _settings(), launch=_chaos(tmp_path, timeout=1.0)))
+    assert cell.status == "error" and "no answer within 1 s" in cell.reason
 
 
 def test_worker_error_answer_names_the_cause(tmp_path: Path) -> None:
     plans = [CellPlan("eager", "fp32", "eager-fp32", tmp_path / "missing-artifact")]
-    cells = run_cells(plans, BenchOptions(**FAST))
-    assert cells[0]["status"] == "error"
-    assert "ConfigError" in cells[0]["reason"] and "manifest.json" in cells[0]["reason"]
+    (cell,) = _failed(run_cells(plans, _settings()))
+    assert cell.status == "error"
+    assert "ConfigError" in cell.reason and "manifest.json" in cell.reason
 
 
 def test_skipped_and_failed_plans_are_not_started(tmp_path: Path) -> None:
@@ -89,27 +106,32 @@ def test_skipped_and_failed_plans_are_not_started(tmp_path: Path) -> None:
         CellPlan("coreml", "fp16", "coreml-fp16", skipped="run: needs macOS"),
         CellPlan("aoti", "fp32", "aoti-fp32", error="build failed: no g++"),
     ]
-    cells = run_cells(plans, _options(tmp_path))
-    assert [(c["status"], c["reason"]) for c in cells] == [
+    cells = _failed(run_cells(plans, _settings(), launch=_chaos(tmp_path)))
+    assert [(c.status, c.reason) for c in cells] == [
         ("skipped", "run: needs macOS"),
         ("error", "build failed: no g++"),
     ]
 
 
+def test_run_cells_refuses_unresolved_settings() -> None:
+    with pytest.raises(ValueError, match="resolve"):
+        run_cells([], FAST)
+
+
 @pytest.mark.slow
-def test_crash_does_not_stop_the_other_cells(tmp_path: Path, tiny_results: tuple[dict[str, Any], Path]) -> None:
+def test_crash_does_not_stop_the_other_cells(tmp_path: Path, tiny_results: tuple[Results, Path]) -> None:
     _, folder = tiny_results
     plans = [
         CellPlan("eager", "fp32", "eager-fp32", folder / "eager-fp32"),
         CellPlan("eager", "fp32", "broken-fp32", tmp_path / "segfault"),
         CellPlan("onnxruntime", "fp32", "onnxruntime-fp32", folder / "onnxruntime-fp32"),
     ]
-    cells = run_cells(plans, _options(tmp_path, batches=(2,)))
-    by_key = {c["key"]: c for c in cells}
-    assert by_key["broken-fp32"]["status"] == "error"
+    cells = run_cells(plans, _settings(batches=[2]), launch=_chaos(tmp_path))
+    by_key = {c.key: c for c in cells}
+    assert by_key["broken-fp32"].status == "error"
     for key in ("eager-fp32", "onnxruntime-fp32"):
         cell = by_key[key]
-        assert cell["status"] == "ok", cell.get("reason")
-        assert cell["latency"]["samples"] >= FAST["min_iters"]
-        assert cell["latency"]["timed_seconds"] >= FAST["min_seconds"]
-        assert cell["peak_rss_bytes"] > 0 and cell["runtime"]["threads"] == 1
+        assert isinstance(cell, MeasuredCell), cell.reason
+        assert cell.latency.samples >= FAST.min_iters
+        assert cell.latency.timed_seconds >= FAST.min_seconds
+        assert cell.peak_rss_bytes > 0 and cell.runtime.threads == 1 and cell.batch == 2

@@ -41,22 +41,22 @@ def test_build_of_pruned_variants_passes_parity_and_records_the_report(tmp_path:
     ]
     for result in results:
         manifest = result.manifest
-        assert manifest is not None and manifest["gate"]["passed"], manifest and manifest["gate"]
+        assert manifest is not None and manifest.gate.passed, manifest and manifest.gate
         if result.target.prune is None:
-            assert manifest["prune"] is None
+            assert manifest.prune is None
             continue
-        report = manifest["prune"]
-        assert report["method"] == result.target.prune.method
-        assert report["metric_dense"] == 1.0  # the evaluation labels are the dense model's predictions
-        assert manifest["gate"]["evaluation"]["eager"] == 1.0  # the drop is measured against dense
-        assert manifest["gate"]["evaluation"]["pruned_eager"] == report["metric_before_recovery"]
+        report = manifest.prune
+        assert report.method == result.target.prune.method
+        assert report.metric_dense == 1.0  # the evaluation labels are the dense model's predictions
+        assert manifest.gate.evaluation.eager == 1.0  # the drop is measured against dense
+        assert manifest.gate.evaluation.pruned_eager == report.metric_before_recovery
         assert (model_dir / f"export-{result.target.prune.slug}" / "program.pt2").is_file()
 
     dense, channel = results[0].manifest, results[1].manifest
-    assert channel["prune"]["flops_after"] < channel["prune"]["flops_before"]
-    assert channel["size_bytes"] < dense["size_bytes"]
-    assert results[3].manifest["prune"]["sparsity"] == pytest.approx(0.5, abs=0.01)
-    _check_2to4_survives_export(model_dir / "export-2of450", results[4].manifest["prune"]["layers_pruned"])
+    assert channel.prune.flops_after < channel.prune.flops_before
+    assert channel.size_bytes < dense.size_bytes
+    assert results[3].manifest.prune.sparsity == pytest.approx(0.5, abs=0.01)
+    _check_2to4_survives_export(model_dir / "export-2of450", results[4].manifest.prune.layers_pruned)
 
 
 def _check_2to4_survives_export(folder: Path, layers: list[str]) -> None:

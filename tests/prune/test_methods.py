@@ -32,10 +32,10 @@ def test_channel_removes_channels_keeps_head_and_exports() -> None:
     module, report = prune_model(tiny_cnn(), PruneConfig(method="channel", amount=0.5), context(CNN_SIG))
     assert module.body[0].out_channels == 4 and module.body[1].num_features == 4
     assert module.body[3].out_channels == 8
-    assert module.head.out_features == 5 and report["heads"] == ["head"]
-    assert report["layers_pruned"] == ["body.0", "body.3"] and "head" in report["layers_kept"]
-    assert report["params_after"] < report["params_before"] and report["flops_after"] < report["flops_before"]
-    assert report["channels"] == {"body.0": [8, 4], "body.3": [16, 8]}
+    assert module.head.out_features == 5 and report.heads == ["head"]
+    assert report.layers_pruned == ["body.0", "body.3"] and "head" in report.layers_kept
+    assert report.params_after < report.params_before and report.flops_after < report.flops_before
+    assert report.channels == {"body.0": [8, 4], "body.3": [16, 8]}
     assert not module.training
     _exports_and_matches(module, torch.randn(3, 3, 16, 16))
 
@@ -45,7 +45,7 @@ def test_channel_keep_leaves_named_layer_whole() -> None:
         tiny_cnn(), PruneConfig(method="channel", amount=0.5, keep=["body.0"]), context(CNN_SIG)
     )
     assert module.body[0].out_channels == 8 and module.body[3].out_channels == 8
-    assert report["layers_pruned"] == ["body.3"]
+    assert report.layers_pruned == ["body.3"]
 
 
 def test_channel_never_changes_an_output_shape_when_hidden_layer_is_also_an_output() -> None:
@@ -63,7 +63,7 @@ def test_channel_global_scope_prunes_to_the_overall_amount() -> None:
     )
     widths = module.body[0].out_features + module.body[2].out_features
     assert widths == 64  # half of 2 x 64 hidden units, shared however the ranking says
-    assert report["scope"] == "global"
+    assert report.scope == "global"
 
 
 def test_channel_taylor_uses_calibration_and_differs_from_magnitude() -> None:
@@ -71,7 +71,7 @@ def test_channel_taylor_uses_calibration_and_differs_from_magnitude() -> None:
     ctx = context(MLP_SIG, calibration=CalibrationSet(samples, "digest", "tasks.py:calibration"))
     taylor, report = prune_model(blobs_mlp(), PruneConfig(method="channel", amount=0.5, importance="taylor"), ctx)
     magnitude, _ = prune_model(blobs_mlp(), PruneConfig(method="channel", amount=0.5), context(MLP_SIG))
-    assert report["importance"] == "taylor" and taylor.body[0].out_features == 32
+    assert report.importance == "taylor" and taylor.body[0].out_features == 32
     assert not torch.equal(taylor.body[0].weight, magnitude.body[0].weight)
     assert all(p.grad is None for p in taylor.parameters())
 
@@ -81,12 +81,12 @@ def test_magnitude_zeroes_the_smallest_weights_permanently(scope: str) -> None:
     dense = tiny_cnn()
     module, report = prune_model(tiny_cnn(), PruneConfig(method="magnitude", amount=0.6, scope=scope), context(CNN_SIG))
     _no_reparametrization(module)
-    assert report["sparsity"] == pytest.approx(0.6, abs=0.01)
-    assert report["params_after"] == report["params_before"] and report["flops_after"] == report["flops_before"]
-    assert report["compressed_bytes_after"] < report["compressed_bytes_before"]
+    assert report.sparsity == pytest.approx(0.6, abs=0.01)
+    assert report.params_after == report.params_before and report.flops_after == report.flops_before
+    assert report.compressed_bytes_after < report.compressed_bytes_before
     assert torch.equal(module.head.weight, dense.head.weight)  # the head is kept
     if scope == "layer":
-        assert all(v == pytest.approx(0.6, abs=0.01) for v in report["layer_sparsity"].values())
+        assert all(v == pytest.approx(0.6, abs=0.01) for v in report.layer_sparsity.values())
     kept = module.body[3].weight != 0
     assert dense.body[3].weight[kept].abs().min() >= dense.body[3].weight[~kept].abs().max() or scope == "global"
     _exports_and_matches(module, torch.randn(2, 3, 16, 16))
@@ -95,17 +95,17 @@ def test_magnitude_zeroes_the_smallest_weights_permanently(scope: str) -> None:
 def test_2to4_prunes_eligible_layers_and_verifies() -> None:
     module, report = prune_model(blobs_mlp(), PruneConfig(method="2:4"), context(MLP_SIG))
     _no_reparametrization(module)
-    assert report["layers_pruned"] == ["body.0", "body.2"] and report["ineligible"] == []
-    assert report["verification"]["all_verified"] and report["verification"]["checked"] == 2
-    assert report["sparsity"] == pytest.approx(0.5)
+    assert report.layers_pruned == ["body.0", "body.2"] and report.ineligible == []
+    assert report.verification["all_verified"] and report.verification["checked"] == 2
+    assert report.sparsity == pytest.approx(0.5)
     assert check_2to4(module, ["body.0", "body.2"])["all_verified"]
     assert not check_2to4(module, ["head"])["all_verified"]  # the head stays dense
 
 
 def test_2to4_leaves_ineligible_conv_dense_and_exports() -> None:
     module, report = prune_model(tiny_cnn(), PruneConfig(method="2:4"), context(CNN_SIG))
-    assert report["ineligible"] == ["body.0"]  # 3 input channels: not a multiple of 4
-    assert report["layers_pruned"] == ["body.3"]
+    assert report.ineligible == ["body.0"]  # 3 input channels: not a multiple of 4
+    assert report.layers_pruned == ["body.3"]
     program = torch.export.export(module, (torch.randn(2, 3, 16, 16),))
     assert check_2to4(program.state_dict, ["body.3"])["all_verified"]
     _exports_and_matches(module, torch.randn(2, 3, 16, 16))

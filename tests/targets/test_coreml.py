@@ -18,10 +18,11 @@ from kiln.config import DimSpec, InputSpec, PruneConfig, TargetConfig  # noqa: E
 from kiln.errors import ConfigError, UnavailableError  # noqa: E402
 from kiln.exporters import ExportBundle  # noqa: E402
 from kiln.spec import Signature, torch_dynamic_shapes  # noqa: E402
+from kiln.targets import target_options, tolerance_for  # noqa: E402
 from kiln.targets.base import CompileContext, RunOptions  # noqa: E402
 from kiln.targets.coreml import TARGET  # noqa: E402
-from kiln.targets.coreml_compress import parse_settings  # noqa: E402
-from kiln.targets.coreml_sim import fold_batchnorm  # noqa: E402
+from kiln.targets.coreml.compress import Settings, parse_settings  # noqa: E402
+from kiln.targets.coreml.simulation import fold_batchnorm  # noqa: E402
 
 ON_MAC = platform.system() == "Darwin"
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
@@ -59,7 +60,7 @@ def bundle_for(module: nn.Module, sig: Signature, tmp: Path) -> ExportBundle:
     torch.manual_seed(0)
     module = module.eval()
     args = tuple(torch.randn(*sig.shape(s, "opt", sig.example_sizes())) for s in sig.inputs)
-    from kiln.exporters.torch_export import flatten_outputs
+    from kiln.tensors import flatten_outputs
 
     with torch.no_grad():
         names, _ = flatten_outputs(module(*args))
@@ -79,10 +80,16 @@ def tiny_conv(tmp: Path, sparsity: float = 0.0) -> ExportBundle:
     return bundle_for(module, sig, tmp)
 
 
+def settings(target: TargetConfig) -> Settings:
+    """The settings a build derives: the options validated as the config reader does, then parsed."""
+    return parse_settings(target, target_options(target))
+
+
 def compile_target(bundle: ExportBundle, tmp: Path, precision: str, **kw: Any) -> Any:
     out = tmp / f"out-{precision}-{len(list(tmp.iterdir()))}"
     out.mkdir()
-    ctx = CompileContext(export=bundle, target=TargetConfig(name="coreml", precision=precision, **kw), out_dir=out)
+    target = TargetConfig(name="coreml", precision=precision, **kw)
+    ctx = CompileContext(bundle, target, target_options(target), out, tolerance_for(target))
     return TARGET.compile(ctx), ctx
 
 
@@ -96,14 +103,33 @@ def spec_of(artifact: Any) -> Any:
 
 
 def test_settings_default_to_fp16_ios17_when_uncompressed() -> None:
-    s = parse_settings(TargetConfig(name="coreml", precision="fp16"))
+    s = settings(TargetConfig(name="coreml", precision="fp16"))
     assert (s.mode, s.compute_precision, s.deployment_target, s.compresses) == ("none", "fp16", "iOS17", False)
 
 
 def test_settings_need_ios18_when_int4_or_joint() -> None:
-    assert parse_settings(TargetConfig(name="coreml", precision="int4")).deployment_target == "iOS18"
+    assert settings(TargetConfig(name="coreml", precision="int4")).deployment_target == "iOS18"
     joint = TargetConfig(name="coreml", precision="int8", prune=PruneConfig(method="2:4"))
-    assert parse_settings(joint).deployment_target == "iOS18"
+    assert settings(joint).deployment_target == "iOS18"
+
+
+def test_settings_take_the_typed_options_and_the_precision_defaults() -> None:
+    options = {"granularity": "per_block", "block_size": 16, "compute_units": "CPU_ONLY", "weight_threshold": 0}
+    s = settings(TargetConfig(name="coreml", precision="int8", options=options))
+    assert (s.dtype, s.granularity, s.block_size, s.compute_units, s.weight_threshold) == (
+        "int8",
+        "per_block",
+        16,
+        "cpu_only",
+        0,
+    )
+    assert settings(TargetConfig(name="coreml", precision="int4")).granularity == "per_block"
+    palette = settings(TargetConfig(name="coreml", precision="palettize"))
+    assert (palette.nbits, palette.granularity, palette.group_size) == (6, "per_tensor", 32)
+    assert (
+        settings(TargetConfig(name="coreml", precision="fp32", options={"compute_precision": "fp16"})).compute_precision
+        == "fp32"
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,17 +140,20 @@ def test_settings_need_ios18_when_int4_or_joint() -> None:
         ("palettize", {"nbits": 5}, None),
         ("int8", {"granularity": "per_tensor"}, None),
         ("fp16", {"compute_units": "tpu"}, None),
+        ("palettize", {"granularity": "per_block"}, None),
+        ("int8", {"block_size": 0}, None),
+        ("fp16", {"enumerated_shapes": {"x": []}}, None),
     ],
 )
 def test_settings_raise_config_error_when_invalid(precision: str, options: dict, prune: Any) -> None:
-    with pytest.raises(ConfigError):
-        parse_settings(TargetConfig(name="coreml", precision=precision, options=options, prune=prune))
+    with pytest.raises(ConfigError, match=f"coreml:{precision} options: (unknown key ')?{next(iter(options))}"):
+        settings(TargetConfig(name="coreml", precision=precision, options=options, prune=prune))
 
 
 def test_settings_store_sparse_only_when_pruned_to_zeros() -> None:
-    assert parse_settings(TargetConfig(name="coreml", precision="fp16", prune=PruneConfig(method="2:4"))).sparse
+    assert settings(TargetConfig(name="coreml", precision="fp16", prune=PruneConfig(method="2:4"))).sparse
     channel = TargetConfig(name="coreml", precision="fp16", prune=PruneConfig(method="channel", amount=0.3))
-    assert not parse_settings(channel).sparse
+    assert not settings(channel).sparse
 
 
 def test_fold_batchnorm_keeps_outputs(tmp_path: Path) -> None:
@@ -151,10 +180,10 @@ def test_compile_writes_mlprogram_with_range_dim_when_batch_dynamic(tmp_path: Pa
     assert (batch.lowerBound, batch.upperBound) == (1, 16)
     assert inp.type.multiArrayType.dataType == 65568  # FLOAT32: the signature's dtype, not fp16
     assert [o.name for o in spec.description.output] == list(artifact.signature.outputs)
-    assert artifact.info["execution_precision"] == precision
+    assert artifact.info.execution_precision == precision
     limit = 1e-3 if precision == "fp16" else 1e-6
-    assert artifact.info["weights"]["worst_max_rel"] < limit
-    assert artifact.info["weights"]["unmatched"] == []
+    assert artifact.info.weights["worst_max_rel"] < limit
+    assert artifact.info.weights["unmatched"] == []
 
 
 def test_compile_keeps_names_when_two_inputs_and_dict_output(tmp_path: Path) -> None:
@@ -197,7 +226,7 @@ def op_types(spec: Any) -> set[str]:
     }
 
 
-@pytest.mark.slow
+@pytest.mark.target("coreml", stage="build")
 @pytest.mark.parametrize(("precision", "options", "sparsity", "limit"), MODES)
 def test_compression_stores_weights_within_mode_error(
     tmp_path: Path, precision: str, options: dict, sparsity: float, limit: float
@@ -208,7 +237,7 @@ def test_compression_stores_weights_within_mode_error(
     bundle = tiny_conv(tmp_path, sparsity)
     artifact, ctx = compile_target(bundle, tmp_path, precision, options=options, prune=prune)
     spec = ct.models.MLModel(str(artifact.main), skip_model_load=True).get_spec()  # a valid, readable package
-    weights = artifact.info["weights"]
+    weights = artifact.info.weights
     assert set(weights["max_rel"]) == {"conv.weight", "conv2.weight", "fc.weight"}
     assert weights["max_rel"]["conv.weight"] < 1e-3  # under the threshold: fp16 only
     assert weights["worst_max_rel"] < limit
@@ -244,8 +273,7 @@ def test_load_raises_unavailable_when_not_macos(tmp_path: Path) -> None:
         TARGET.load(artifact, RunOptions())
 
 
-@pytest.mark.macos
-@pytest.mark.skipif(not ON_MAC, reason="Core ML prediction needs macOS (Apple silicon for the Neural Engine)")
+@pytest.mark.target("coreml", stage="run")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_prediction_matches_eager_on_macos(tmp_path: Path, precision: str) -> None:
     bundle = tiny_conv(tmp_path)
@@ -260,7 +288,7 @@ def test_prediction_matches_eager_on_macos(tmp_path: Path, precision: str) -> No
 # the digits CNN end to end: package, weights, and simulated accuracy within the gate
 
 
-@pytest.mark.slow
+@pytest.mark.target("coreml", stage="build")
 def test_digits_build_records_simulated_accuracy_and_weights(tmp_path: Path) -> None:
     pytest.importorskip("sklearn", reason="the digits example needs scikit-learn: pip install 'kiln[examples]'")
     from kiln.build import build
@@ -281,5 +309,5 @@ def test_digits_build_records_simulated_accuracy_and_weights(tmp_path: Path) -> 
         assert gate["evaluation"]["drop"] <= config.gates.max_metric_drop
         assert gate["evaluation"]["value"] > 0.95
         assert manifest["execution"]["weights"]["worst_max_rel"] < 5e-3
-    sizes = [r.manifest["size_bytes"] for r in results]
+    sizes = [r.manifest.size_bytes for r in results]
     assert sizes[1] < sizes[0] / 3  # int8 weights: about a quarter of fp32

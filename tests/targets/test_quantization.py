@@ -18,8 +18,9 @@ import pytest
 
 from kiln.build import build, plan
 from kiln.config import DataSpec, parse_config
-from kiln.data import CalibrationWarning, digest_arrays, load_calibration, warn_few_samples
+from kiln.data import digest_arrays, load_calibration
 from kiln.errors import ConfigError, DataError
+from kiln.quant import CalibrationWarning, require_calibration, warn_few_samples
 from kiln.spec import Signature
 from kiln.targets import availability
 from tests.conftest import CNN, MODELS, write_config
@@ -170,12 +171,22 @@ def test_few_samples_warns_and_returns_the_note_only_below_guidance(tmp_path: Pa
         assert warn_few_samples(cal, 4, "onnxruntime-int8") is None
 
 
+def test_require_calibration_refuses_none_and_notes_a_set_below_guidance(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="never calibrates on random inputs"):
+        require_calibration(None, "int8", "onnxruntime-int8 (onnxruntime)", 100)
+    np.savez(tmp_path / "cal.npz", x=_samples(4))
+    cal = load_calibration(DataSpec(source="cal.npz"), SIG, tmp_path)
+    with pytest.warns(CalibrationWarning):
+        same, notes = require_calibration(cal, "int8", "openvino-int8 (nncf)", 300)
+    assert same is cal and len(notes) == 1 and notes[0].startswith("openvino-int8 (nncf): calibrating on 4")
+
+
 def test_target_cache_key_changes_with_calibration_content(tmp_path: Path) -> None:
     np.savez(tmp_path / "cal.npz", x=_samples(4, seed=0))
     data = {**CNN, "calibration": {"source": "cal.npz"}, "target": [{"name": "onnxruntime", "precision": "int8"}]}
-    before = plan(parse_config(data, tmp_path), tmp_path / "build").target_keys["onnxruntime-int8"]
+    before = plan(parse_config(data, tmp_path), tmp_path / "build").targets["onnxruntime-int8"].key
     np.savez(tmp_path / "cal.npz", x=_samples(4, seed=1))
-    after = plan(parse_config(data, tmp_path), tmp_path / "build").target_keys["onnxruntime-int8"]
+    after = plan(parse_config(data, tmp_path), tmp_path / "build").targets["onnxruntime-int8"].key
     assert before != after
 
 
@@ -190,7 +201,7 @@ def _need(*targets: str) -> None:
 
 def _manifest(result: Any) -> dict[str, Any]:
     assert result.error is None, f"{result.target.key}: {result.error}"
-    return result.manifest
+    return result.manifest.to_json()
 
 
 @pytest.mark.slow
@@ -202,10 +213,11 @@ def test_static_int8_is_refused_without_calibration_while_dynamic_and_weight_onl
         "inputs": [{"name": "x", "shape": ["batch", 8, 64]}],
         "dims": {"batch": {"min": 1, "opt": 2, "max": 4}},
     }
-    # Static quantizers are refused while the config is read, before any export starts.
+    # Static quantizers are refused while the build is planned, before any export starts.
     for static in (("onnxruntime", "int8"), ("openvino", "int8"), ("aoti", "int8")):
+        config = parse_config({"model": model, "target": [{"name": static[0], "precision": static[1]}]}, tmp_path)
         with pytest.raises(ConfigError) as refused:
-            parse_config({"model": model, "target": [{"name": static[0], "precision": static[1]}]}, tmp_path)
+            plan(config, tmp_path / "build")
         assert refused.value.exit_code == 2
         assert "no [calibration]" in str(refused.value) and "never calibrates on random inputs" in str(refused.value)
     assert not (tmp_path / "build").exists()
@@ -223,7 +235,7 @@ def test_static_int8_is_refused_without_calibration_while_dynamic_and_weight_onl
         assert manifest["calibration"] is None
     # 64-wide layers split into groups of 64: the middle ones really are 4-bit, the first and last
     # stay in NNCF's int8 backup mode.
-    constants = results["openvino-int4"].manifest["execution"]["quantization"]["weight_constants"]
+    constants = _manifest(results["openvino-int4"])["execution"]["quantization"]["weight_constants"]
     assert constants.get("i4", 0) > 0 and constants.get("u8", 0) > 0
 
 

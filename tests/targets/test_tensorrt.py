@@ -20,13 +20,13 @@ from kiln.config import DimSpec, InputSpec, TargetConfig, Tolerance
 from kiln.errors import ConfigError, DataError, UnavailableError
 from kiln.exporters import ExportBundle
 from kiln.spec import Signature
-from kiln.targets import availability
+from kiln.targets import availability, target_options, tolerance_for
 from kiln.targets.base import CompileContext, RunOptions
 from kiln.targets.tensorrt import PLAN, TARGET, read_plan
-from kiln.targets.tensorrt_inspect import engine_flags, sparsity_log, summarize, type_precision
-from kiln.targets.tensorrt_profiles import derive_profiles, pick_profile, read_profiles, write_profiles
-from kiln.targets.tensorrt_qdq import QDQ_ONNX, QDQRecipe, compare_qdq, prepare_qdq, qdq_placement, recipe_for
-from kiln.targets.tensorrt_sparsity import check_2of4
+from kiln.targets.tensorrt.inspection import engine_flags, sparsity_log, summarize, type_precision
+from kiln.targets.tensorrt.profiles import derive_profiles, pick_profile, read_profiles, write_profiles
+from kiln.targets.tensorrt.qdq import QDQ_ONNX, QDQRecipe, compare_qdq, prepare_qdq, qdq_placement, recipe_for
+from kiln.targets.tensorrt.sparsity import check_2of4
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -165,7 +165,7 @@ def test_profiles_several_are_picked_per_shape_and_round_trip(tmp_path: Path) ->
 def test_qdq_int8_follows_tensorrt_placement_and_matches_fp32(
     models: dict[str, Path], tmp_path: Path, name: str
 ) -> None:
-    report = prepare_qdq(models[name], tmp_path, samples(SHAPES[name]), recipe_for("int8", {}), INT8)
+    report = prepare_qdq(models[name], tmp_path, samples(SHAPES[name]), recipe_for("int8"), INT8)
     proto = onnx.load(str(tmp_path / QDQ_ONNX))
     onnx.checker.check_model(proto, full_check=True)
     placement = report["placement"]
@@ -202,7 +202,7 @@ def test_qdq_check_catches_placement_tensorrt_rejects(models: dict[str, Path], t
 
 
 def test_qdq_comparison_fails_a_broken_model(models: dict[str, Path], tmp_path: Path) -> None:
-    prepare_qdq(models["mlp"], tmp_path, samples(SHAPES["mlp"]), recipe_for("int8", {}), INT8)
+    prepare_qdq(models["mlp"], tmp_path, samples(SHAPES["mlp"]), recipe_for("int8"), INT8)
     proto = onnx.load(str(tmp_path / QDQ_ONNX))
     scale = next(i for i in proto.graph.initializer if i.name.endswith("_scale") and not i.dims)
     scale.CopyFrom(onnx.numpy_helper.from_array(np.array(1e-4, np.float32), scale.name))  # clips everything
@@ -212,7 +212,7 @@ def test_qdq_comparison_fails_a_broken_model(models: dict[str, Path], tmp_path: 
 
 
 def test_qdq_fp8_is_per_tensor_float8(models: dict[str, Path], tmp_path: Path) -> None:
-    report = prepare_qdq(models["mlp"], tmp_path, samples(SHAPES["mlp"]), recipe_for("fp8", {}), INT8)
+    report = prepare_qdq(models["mlp"], tmp_path, samples(SHAPES["mlp"]), recipe_for("fp8"), INT8)
     assert report["placement"]["problems"] == []
     proto = onnx.load(str(tmp_path / QDQ_ONNX))
     zero_points = [i for i in proto.graph.initializer if i.name.endswith("_zero_point")]
@@ -220,13 +220,12 @@ def test_qdq_fp8_is_per_tensor_float8(models: dict[str, Path], tmp_path: Path) -
     assert report["parity_vs_fp32"]["outputs"]["y"]["cosine"] >= 0.98
 
 
-def test_qdq_recipe_rejects_bad_options() -> None:
-    with pytest.raises(ConfigError, match="calibrate_method 'best'"):
-        recipe_for("int8", {"calibrate_method": "best"})
-    with pytest.raises(ConfigError, match="'Add' is not one of"):
-        recipe_for("int8", {"qdq_op_types": ["Conv", "Add"]})
-    with pytest.raises(ConfigError, match="distribution"):
-        recipe_for("fp8", {"calibrate_method": "minmax"})
+def test_qdq_recipe_takes_the_options_or_the_precision_defaults() -> None:
+    assert recipe_for("int8") == QDQRecipe("int8", ("Conv", "MatMul", "Gemm"), "minmax")
+    assert recipe_for("fp8").calibration_method == "distribution"
+    recipe = recipe_for("int8", ["Conv"], "entropy")
+    assert (recipe.op_types, recipe.calibration_method) == (("Conv",), "entropy")
+    assert recipe.to_dict()["calibration_method"] == "entropy"
 
 
 # --- 2:4 pattern -------------------------------------------------------------------------------
@@ -259,7 +258,7 @@ def test_2of4_check_finds_one_broken_group_and_sees_through_qdq(models: dict[str
     broken = next(layer for layer in report.layers if layer.weight == init.name)
     assert not broken.qualifies and broken.dense_groups == 1
     assert len(report.qualifying) == len(report.eligible) - 1
-    prepare_qdq(models["mlp24"], tmp_path, samples(SHAPES["mlp"]), recipe_for("int8", {}), INT8)
+    prepare_qdq(models["mlp24"], tmp_path, samples(SHAPES["mlp"]), recipe_for("int8"), INT8)
     assert check_2of4(tmp_path / QDQ_ONNX).all_eligible_qualify  # symmetric int8 keeps zeros zero
 
 
@@ -361,7 +360,14 @@ def _context(
     bundle = ExportBundle(export, signature(shape, {"batch": (1, 4, 32)}), "python", opset=20)
     folder = export.parent / (out or target.key)
     folder.mkdir()
-    return CompileContext(bundle, target, folder, calibration)  # type: ignore[arg-type]
+    return CompileContext(
+        bundle,
+        target,
+        target_options(target),
+        folder,
+        tolerance_for(target),
+        calibration,  # type: ignore[arg-type]
+    )
 
 
 def test_prepare_fp16_writes_profiles_and_plan(models: dict[str, Path], tmp_path: Path) -> None:
@@ -406,8 +412,21 @@ def test_prepare_rejects_fp32_2of4_and_unknown_options(models: dict[str, Path], 
     with pytest.raises(ConfigError, match="need fp16 or int8"):
         TARGET.prepare(_context(models["cnn"], tmp_path / "a", sparse_fp32))
     typo = TargetConfig(name="tensorrt", precision="fp32", options={"workspace": 64})
-    with pytest.raises(ConfigError, match="unknown option 'workspace'"):
-        TARGET.prepare(_context(models["cnn"], tmp_path / "b", typo))
+    with pytest.raises(ConfigError, match="unknown key 'workspace'; did you mean 'workspace_mb'"):
+        _context(models["cnn"], tmp_path / "b", typo)
+
+
+def test_prepare_int8_uses_the_options_recipe_and_plan(models: dict[str, Path], tmp_path: Path) -> None:
+    from kiln.data import CalibrationSet
+
+    options = {"calibration_method": "entropy", "int8_fallback": "fp32", "workspace_mb": 64, "timing_cache": False}
+    target = TargetConfig(name="tensorrt", precision="int8", options=options)
+    ctx = _context(models["cnn"], tmp_path, target, CalibrationSet(samples(SHAPES["cnn"]), "digest", "test"))
+    TARGET.prepare(ctx)
+    plan = read_plan(ctx.out_dir)
+    assert plan.builder_flags == ("INT8",) and plan.workspace_bytes == 64 * 2**20 and plan.timing_cache is None
+    assert json.loads((ctx.out_dir / "qdq.json").read_text())["recipe"]["calibration_method"] == "entropy"
+    assert TARGET.prepares
 
 
 # --- the CLI on a machine without TensorRT ------------------------------------------------------
@@ -478,7 +497,6 @@ def test_cli_targets_explains_tensorrt_absence() -> None:
 
 # --- real engines: an NVIDIA GPU with TensorRT 10 ------------------------------------------------
 
-NEEDS_GPU = "needs TensorRT 10 (pip install 'kiln[tensorrt]'), a CUDA build of PyTorch and an NVIDIA GPU"
 
 
 def _build(ctx: CompileContext) -> tuple[object, object]:
@@ -494,8 +512,7 @@ def _reference(model: Path, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-@pytest.mark.gpu
-@pytest.mark.skipif(not availability("tensorrt").run, reason=NEEDS_GPU)
+@pytest.mark.target("tensorrt", stage="run")
 def test_engine_builds_runs_dynamic_shapes_and_records_layers(
     models: dict[str, Path], tmp_path: Path, precision: str
 ) -> None:
@@ -511,28 +528,26 @@ def test_engine_builds_runs_dynamic_shapes_and_records_layers(
             cosine = (got * ref).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1)
             assert got.shape == ref.shape and cosine.min() > (0.9999 if precision == "fp32" else 0.98)
     info = artifact.info  # type: ignore[attr-defined]
-    assert info["flags"] == [], info["flags"]
-    assert info["layers"]["compute_precisions"].get({"fp32": "fp32", "fp16": "fp16", "int8": "int8"}[precision])
-    assert (ctx.out_dir / "model.engine").stat().st_size > 0 and info["compute_capability"]
+    assert info.flags == [], info.flags
+    assert info.layers["compute_precisions"].get({"fp32": "fp32", "fp16": "fp16", "int8": "int8"}[precision])
+    assert (ctx.out_dir / "model.engine").stat().st_size > 0 and info.compute_capability
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not availability("tensorrt").run, reason=NEEDS_GPU)
+@pytest.mark.target("tensorrt", stage="run")
 def test_engine_timing_cache_is_saved_and_reused(models: dict[str, Path], tmp_path: Path) -> None:
     target = TargetConfig(name="tensorrt", precision="fp16")
     first, _ = _build(_context(models["cnn"], tmp_path, target, out="first"))
-    cache = Path(first.info["timing_cache"]["path"])  # type: ignore[attr-defined]
+    cache = Path(first.info.timing_cache["path"])  # type: ignore[attr-defined]
     assert cache == tmp_path / "build" / "m" / ".trt-timing.cache" and cache.stat().st_size > 0
-    assert not first.info["timing_cache"]["reused"]  # type: ignore[attr-defined]
+    assert not first.info.timing_cache["reused"]  # type: ignore[attr-defined]
     second, _ = _build(_context(models["cnn"], tmp_path, target, out="second"))
-    assert second.info["timing_cache"]["reused"]  # type: ignore[attr-defined]
+    assert second.info.timing_cache["reused"]  # type: ignore[attr-defined]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not availability("tensorrt").run, reason=NEEDS_GPU)
+@pytest.mark.target("tensorrt", stage="run")
 def test_engine_2of4_records_sparse_tactics_or_flags_their_absence(models: dict[str, Path], tmp_path: Path) -> None:
     target = TargetConfig(name="tensorrt", precision="fp16", prune={"method": "2:4"})
     artifact, _ = _build(_context(models["cnn24"], tmp_path, target))
     info = artifact.info  # type: ignore[attr-defined]
-    took = bool(info["layers"]["sparse_tactic_layers"] or info["sparse"]["builder_log"]["picked"])
-    assert took != any("no sparse tactic" in flag for flag in info["flags"])
+    took = bool(info.layers["sparse_tactic_layers"] or info.sparse["builder_log"]["picked"])
+    assert took != any("no sparse tactic" in flag for flag in info.flags)

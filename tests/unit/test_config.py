@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from kiln.config import load_config, parse_config, with_targets
 from kiln.errors import ConfigError, UnknownTargetError
+from kiln.targets import check_config
 from tests.conftest import CNN, write_config
 
 
@@ -41,13 +43,13 @@ def test_parse_config_raises_one_line_naming_the_key(change: dict, expected: str
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ({"name": "openvnio"}, "unknown target 'openvnio'; choose one of: eager, aoti"),
+        ({"name": "openvnio"}, "unknown target 'openvnio' (did you mean 'openvino'?); choose one of: eager, aoti"),
         ({"name": "onnxruntime", "precision": "int3"}, "has no precision 'int3'; choose one of: fp32"),
     ],
 )
 def test_unknown_target_or_precision_lists_the_choices(target: dict, expected: str) -> None:
-    with pytest.raises(UnknownTargetError, match=expected.replace("(", r"\(")):
-        parse_config({**CNN, "target": [target]}, Path("."))
+    with pytest.raises(UnknownTargetError, match=re.escape(expected)):
+        check_config(parse_config({**CNN, "target": [target]}, Path(".")), "python")
 
 
 def test_load_config_reports_toml_syntax_errors(tmp_path: Path) -> None:
@@ -70,4 +72,4 @@ def test_with_targets_overrides_and_keeps_configured_options(tmp_path: Path) -> 
         ("openvino", "bf16", {}),
     ]
     with pytest.raises(UnknownTargetError):
-        with_targets(config, ["nope:fp32"])
+        check_config(with_targets(config, ["nope:fp32"]), "python")

@@ -10,7 +10,8 @@ from onnx import helper
 
 from kiln.errors import ExportError
 from kiln.exporters.onnx import check_opset, written_opset
-from kiln.exporters.torch_export import describe_failure, flatten_outputs
+from kiln.exporters.torch_export import describe_failure
+from kiln.tensors import flatten_outputs
 from tests.conftest import write_config
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.config import Tolerance
-from kiln.parity import DEFAULT_TOLERANCES, ParityReport, tolerance_for
+from kiln.config import TargetConfig, Tolerance
+from kiln.parity import ParityReport
+from kiln.targets import BF16, FP16, FP32, INT8, tolerance_for
 
 
 def test_identical_outputs_pass_with_perfect_figures() -> None:
     ref = {"y": np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)}
-    report = ParityReport(tolerance_for("fp32", None))
+    report = ParityReport(FP32)
     report.add_case(ref, ref)
     figures = report.outputs["y"]
     assert (figures.max_abs, figures.max_rel, figures.top1) == (0.0, 0.0, 1.0)
@@ -21,7 +22,7 @@ def test_identical_outputs_pass_with_perfect_figures() -> None:
 def test_breach_names_output_figure_tolerance_and_what_would_pass() -> None:
     ref = np.ones((2, 4), np.float32)
     got = ref + np.array([[0, 0, 0, 0.01], [0, 0, 0, 0]], np.float32)
-    report = ParityReport(tolerance_for("fp32", None))
+    report = ParityReport(FP32)
     report.add_case({"logits": got}, {"logits": ref})
     (breach,) = [b for b in report.breaches() if "max_rel" in b]
     assert breach == "output 'logits': max_rel 0.01 > tolerance 0.0001 (max_rel = 0.01 would pass)"
@@ -40,20 +41,20 @@ def test_top1_agreement_counts_rows_whose_argmax_differs() -> None:
 
 def test_nan_and_shape_mismatch_always_breach() -> None:
     ref = np.ones((2, 3), np.float32)
-    report = ParityReport(tolerance_for("int8", None).model_copy(update={"max_abs": 1.0}))
+    report = ParityReport(INT8.model_copy(update={"max_abs": 1.0}))
     report.add_case({"a": np.full((2, 3), np.nan, np.float32)}, {"a": ref})
     report.add_case({"b": np.ones((3, 3), np.float32)}, {"b": ref})
     assert len(report.breaches()) >= 2
 
 
 def test_overrides_replace_only_the_figures_given() -> None:
-    tol = tolerance_for("bf16", Tolerance(max_rel=0.5))
-    assert tol.max_rel == 0.5 and tol.min_cosine == DEFAULT_TOLERANCES["bf16"].min_cosine
+    tol = tolerance_for(TargetConfig(name="openvino", precision="bf16", tolerance=Tolerance(max_rel=0.5)))
+    assert tol.max_rel == 0.5 and tol.min_cosine == BF16.min_cosine
 
 
 def test_lower_precisions_are_looser() -> None:
-    assert DEFAULT_TOLERANCES["fp32"].max_rel < DEFAULT_TOLERANCES["fp16"].max_rel
-    assert DEFAULT_TOLERANCES["fp16"].min_cosine > DEFAULT_TOLERANCES["int8"].min_cosine
+    assert FP32.max_rel < FP16.max_rel
+    assert FP16.min_cosine > INT8.min_cosine
 
 
 def test_top1_is_gated_only_on_the_primary_output() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.targets.coreml_compress import Settings
+from kiln.targets.coreml.compress import Settings
 
 CONVS = ("conv1d", "conv2d", "conv3d", "convolution")
 

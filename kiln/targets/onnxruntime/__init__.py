@@ -3,7 +3,11 @@
 Toolchain: onnxruntime 1.31. The artifact is the ONNX file the session loads; the session
 applies its hardware-specific optimizations at load time (saving an ``ORT_ENABLE_ALL`` graph
 would tie the file to this CPU). ``int8`` (static QDQ), ``int8-dynamic`` and ``fp16`` are made by
-ORT's own tools in :mod:`kiln.quant.ort`.
+ORT's own tools in :mod:`kiln.targets.onnxruntime.quantize`.
+
+Options (``options`` in ``[[target]]``, :class:`ORTOptions`): ``calibration_method``,
+``percentile``, ``per_channel``, ``op_types`` and ``quantize_after_gelu``; ``None`` leaves the
+choice to what kiln measured best for the graph (attention or not).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kiln.spec import Signature
-from kiln.targets.base import Arrays, Artifact, CompileContext, Runner, RunOptions, Target, named_outputs
+from kiln.spec import Arrays, Signature
+from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
+from kiln.targets.onnxruntime.options import ORTOptions
+from kiln.tensors import named_outputs
 
 MAIN = "model.onnx"
 
@@ -55,22 +61,24 @@ class ORTRunner(Runner):
 
 
 class ORTTarget(Target):
+    options_model = ORTOptions
+
     def compile(self, ctx: CompileContext) -> Artifact:
-        artifact = Artifact("onnxruntime", ctx.target.precision, ctx.out_dir, MAIN, ctx.export.signature)
-        if ctx.target.precision == "fp32":
+        artifact = Artifact("onnxruntime", ctx.precision, ctx.out_dir, MAIN, ctx.export.signature)
+        if ctx.precision == "fp32":
             shutil.copyfile(ctx.export.onnx_path, artifact.main)
-            artifact.info["execution_precision"] = "fp32"
+            artifact.info.execution_precision = "fp32"
         else:
-            from kiln.quant.ort import executed_precision, quantize
+            from kiln.targets.onnxruntime.quantize import executed_precision, quantize
 
             artifact.info.update(quantize(ctx, ctx.export.onnx_path, artifact.main))
-            if ctx.target.precision == "fp16":
-                artifact.info["execution_precision"] = executed_precision(artifact.main)
+            if ctx.precision == "fp16":
+                artifact.info.execution_precision = executed_precision(artifact.main)
         session(artifact.main, RunOptions(threads=ctx.threads))  # fail at build, not at first run
         return artifact
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
-        return ORTRunner(artifact.main, artifact.signature, options, artifact.info.get("execution_precision", "fp32"))
+        return ORTRunner(artifact.main, artifact.signature, options, artifact.info.execution_precision or "fp32")
 
 
 TARGET = ORTTarget()

@@ -6,31 +6,40 @@ own precision; the precision the compiled model reports is written into the mani
 converted from kiln's ONNX with the spec's dim ranges, and saved without fp16 weight compression
 so fp32 stays exact (``fp16`` stores fp16 weights). ``fp16`` asks for ``f16`` execution; a CPU
 without AVX512-FP16/AMX-FP16 (Zen 4) runs it in bf16, and the manifest says so. ``int8``,
-``int8-weights`` and ``int4`` are made by NNCF (:mod:`kiln.quant.nncf`); their non-quantized ops
-run in f32. ``execution_precision`` is read back from the compiled model's runtime graph: the
-precision its compute layers (convolutions, matmuls) really run in.
+``int8-weights`` and ``int4`` are made by NNCF (:mod:`kiln.targets.openvino.quantize`); their
+non-quantized ops run in f32. ``execution_precision`` is read back from the compiled model's
+runtime graph: the precision its compute layers (convolutions, matmuls) really run in.
+
+Telemetry is off: OpenVINO and NNCF send usage data through the optional ``openvino_telemetry``
+package and fall back to a silent stub when it cannot be imported, so kiln blocks that import
+(the registry row's ``blocked_imports``) before it imports OpenVINO.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from kiln.spec import Signature
-from kiln.targets.base import Arrays, Artifact, CompileContext, Runner, RunOptions, Target, named_outputs
+from kiln.spec import Arrays, Signature
+from kiln.targets import block_imports
+from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
+from kiln.targets.openvino.options import OpenVINOOptions
+from kiln.tensors import named_outputs
 
-# Telemetry off: OpenVINO and NNCF send usage data through the optional `openvino_telemetry`
-# package and fall back to a silent stub when it cannot be imported. A build tool should not phone
-# home from release pipelines, so kiln makes that import fail for its own process.
-sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 MAIN = "model.xml"
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 QUANTIZED = ("int8", "int8-weights", "int4")
 
 
-def partial_shapes(sig: Signature) -> dict[str, Any]:
+def _openvino() -> Any:
+    block_imports()  # telemetry: fail its import before OpenVINO or NNCF try it
     import openvino as ov
+
+    return ov
+
+
+def partial_shapes(sig: Signature) -> dict[str, Any]:
+    ov = _openvino()
 
     return {
         spec.name: ov.PartialShape([ov.Dimension(lo, hi) for lo, hi in sig.shape_range(spec)]) for spec in sig.inputs
@@ -38,7 +47,7 @@ def partial_shapes(sig: Signature) -> dict[str, Any]:
 
 
 def compile_model(path: Path, precision: str, options: RunOptions) -> Any:
-    import openvino as ov
+    ov = _openvino()
 
     core = ov.Core()
     config: dict[str, Any] = {
@@ -97,7 +106,7 @@ class OVRunner(Runner):
         return named_outputs(self.sig.outputs, [result[out] for out in self.compiled.outputs])
 
     def infer_many(self, batches: list[Arrays]) -> None:
-        import openvino as ov
+        ov = _openvino()
 
         # The runtime's own concurrency: one request per stream it chose, kept busy.
         jobs = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
@@ -111,25 +120,27 @@ class OVRunner(Runner):
 
 
 class OpenVINOTarget(Target):
-    def compile(self, ctx: CompileContext) -> Artifact:
-        import openvino as ov
+    options_model = OpenVINOOptions
 
+    def compile(self, ctx: CompileContext) -> Artifact:
+        ov = _openvino()
         sig = ctx.export.signature
         model = ov.Core().read_model(str(ctx.export.onnx_path))
         model.reshape(partial_shapes(sig))
-        artifact = Artifact("openvino", ctx.target.precision, ctx.out_dir, MAIN, sig)
+        artifact = Artifact("openvino", ctx.precision, ctx.out_dir, MAIN, sig)
         quantized: dict[str, Any] = {}
-        if ctx.target.precision in QUANTIZED:
-            from kiln.quant.nncf import quantize
+        if ctx.precision in QUANTIZED:
+            from kiln.targets.openvino.quantize import quantize
 
             model, quantized = quantize(ctx, model)
-        ov.save_model(model, str(artifact.main), compress_to_fp16=ctx.target.precision == "fp16")
+        ov.save_model(model, str(artifact.main), compress_to_fp16=ctx.precision == "fp16")
         compiled = compile_model(artifact.main, artifact.precision, RunOptions(threads=ctx.threads))
         artifact.info.update(execution_info(compiled))
         artifact.info.update({k: v for k, v in quantized.items() if k != "execution_precision"})
-        if ctx.target.precision == "fp16" and artifact.info["inference_precision_hint"] != "fp16":
-            artifact.info.setdefault("notes", []).append(
-                f"asked the CPU plugin for f16 execution; it runs {artifact.info['inference_precision_hint']} "
+        hint = artifact.info.get("inference_precision_hint")
+        if ctx.precision == "fp16" and hint != "fp16":
+            artifact.info.notes.append(
+                f"asked the CPU plugin for f16 execution; it runs {hint} "
                 "(no native fp16 compute on this CPU); weights are stored in fp16"
             )
         return artifact

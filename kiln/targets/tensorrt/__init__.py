@@ -8,16 +8,20 @@ the inspector and the runner have not been executed there.
 
 - ``prepare`` (no TensorRT needed): ``profiles.json`` (min/opt/max per input from the named
   dims), for ``int8``/``fp8`` the explicit-quantization ``model.qdq.onnx`` with ``qdq.json``
-  (:mod:`kiln.targets.tensorrt_qdq`), for 2:4 pruning ``sparsity-2of4.json``, and ``plan.json``:
+  (:mod:`kiln.targets.tensorrt.qdq`), for 2:4 pruning ``sparsity-2of4.json``, and ``plan.json``:
   the builder flags, workspace and ONNX file the build will use.
 - ``compile``: parse, one optimization profile per entry of ``profiles.json``, precision flags
   (``fp32`` clears TF32 so fp32 means fp32), ``SPARSE_WEIGHTS`` for 2:4, a workspace limit, the
   timing cache ``<out>/<model>/.trt-timing.cache`` (loaded, then saved back), ``model.engine``,
   and the inspector's layer JSON (``engine-layers.json``) summarised into the artifact info with
-  flags for optimizations TensorRT did not take (:mod:`kiln.targets.tensorrt_inspect`).
+  flags for optimizations TensorRT did not take (:mod:`kiln.targets.tensorrt.inspection`).
 - ``load``: a runner on one CUDA stream; tensors travel through PyTorch; shapes are set per
   call and the profile is picked per call. An engine only runs on the GPU model and TensorRT
   version it was built with: ``load`` checks both against the artifact info.
+
+Options (``options`` in ``[[target]]``, :class:`TensorRTOptions`): ``workspace_mb``, ``profiles``,
+``calibration_method`` and ``qdq_op_types`` (the Q/DQ ONNX), ``optimization_level``,
+``int8_fallback``, ``sparse_weights``, ``timing_cache``.
 """
 
 from __future__ import annotations
@@ -29,29 +33,22 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import ConfigError, TargetBuildError, UnavailableError
-from kiln.parity import tolerance_for
+from kiln.manifest import Execution
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
-from kiln.targets.tensorrt_inspect import engine_flags, sparsity_log, summarize
-from kiln.targets.tensorrt_profiles import Profile, derive_profiles, read_profiles, write_profiles
-from kiln.targets.tensorrt_qdq import QDQ_ONNX, prepare_qdq, recipe_for
-from kiln.targets.tensorrt_runner import TensorRTRunner
-from kiln.targets.tensorrt_sparsity import check_2of4
+from kiln.targets.tensorrt.inspection import engine_flags, sparsity_log, summarize
+from kiln.targets.tensorrt.options import TensorRTOptions
+from kiln.targets.tensorrt.profiles import Profile, derive_profiles, read_profiles, write_profiles
+from kiln.targets.tensorrt.qdq import QDQ_ONNX, prepare_qdq, recipe_for
+from kiln.targets.tensorrt.runner import TensorRTRunner
+from kiln.targets.tensorrt.sparsity import check_2of4
 
 MAIN = "model.engine"
 PLAN = "plan.json"
 LAYERS = "engine-layers.json"
 TIMING_CACHE = ".trt-timing.cache"
 INSTALL = "pip install 'kiln[tensorrt]' (TensorRT 10 from NVIDIA's index) and a CUDA build of PyTorch"
-OPTIONS = (
-    "workspace_mb",
-    "profiles",
-    "calibrate_method",
-    "qdq_op_types",
-    "optimization_level",
-    "int8_fallback",
-    "sparse_weights",
-    "timing_cache",
-)
+
+
 PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8",), "fp8": ("FP8", "FP16")}
 MIN_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9), "2:4": (8, 0)}
 
@@ -88,47 +85,32 @@ def read_plan(folder: Path) -> EnginePlan:
     )
 
 
-def checked_options(ctx: CompileContext) -> dict[str, Any]:
-    options = dict(ctx.target.options)
-    if unknown := sorted(set(options) - set(OPTIONS)):
-        raise ConfigError(f"tensorrt: unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
-    return options
-
-
-def sparse_requested(ctx: CompileContext, options: dict[str, Any]) -> bool:
+def sparse_requested(ctx: CompileContext) -> bool:
     prune = ctx.target.prune  # a PruneConfig (a plain table in older configs)
     method = prune.get("method") if isinstance(prune, dict) else getattr(prune, "method", None)
-    return method == "2:4" or bool(options.get("sparse_weights", False))
+    return method == "2:4" or ctx.options.sparse_weights
 
 
-def make_plan(ctx: CompileContext, options: dict[str, Any]) -> EnginePlan:
-    precision = ctx.target.precision
+def make_plan(ctx: CompileContext) -> EnginePlan:
+    options: TensorRTOptions = ctx.options
+    precision = ctx.precision
     flags = list(PRECISION_FLAGS[precision])
-    if precision == "int8":
-        fallback = options.get("int8_fallback", "fp16")
-        if fallback not in ("fp16", "fp32"):
-            raise ConfigError(f"tensorrt options.int8_fallback {fallback!r}: choose 'fp16' or 'fp32'")
-        flags += ["FP16"] if fallback == "fp16" else []  # layers left unquantized run fp16 or fp32
-    sparse = sparse_requested(ctx, options)
+    if precision == "int8" and options.int8_fallback == "fp16":
+        flags.append("FP16")  # layers left unquantized run fp16 (or fp32)
+    sparse = sparse_requested(ctx)
     if sparse and not {"FP16", "INT8"} & set(flags):
         raise ConfigError(f"tensorrt: 2:4 sparse weights need fp16 or int8 kernels, not {precision}; pick one of those")
     if sparse:
         flags.append("SPARSE_WEIGHTS")
-    workspace = options.get("workspace_mb", 2048)
-    level = options.get("optimization_level")
-    if not isinstance(workspace, int) or workspace < 16:
-        raise ConfigError(f"tensorrt options.workspace_mb must be an integer >= 16, got {workspace!r}")
-    if level is not None and level not in range(6):
-        raise ConfigError(f"tensorrt options.optimization_level must be 0..5, got {level!r}")
-    cache = ctx.export.path.parent / TIMING_CACHE if options.get("timing_cache", True) else None
+    cache = ctx.export.path.parent / TIMING_CACHE if options.timing_cache else None
     return EnginePlan(
         precision=precision,
         onnx=QDQ_ONNX if precision in ("int8", "fp8") else str(ctx.export.onnx_path),
         builder_flags=tuple(flags),
         cleared_flags=("TF32",) if precision == "fp32" else (),
-        workspace_bytes=workspace * 2**20,
+        workspace_bytes=options.workspace_mb * 2**20,
         sparse=sparse,
-        optimization_level=level,
+        optimization_level=options.optimization_level,
         timing_cache=str(cache) if cache else None,
     )
 
@@ -229,20 +211,22 @@ def _inspect(trt: Any, logger: Any, engine_bytes: Any, profile: Profile) -> str:
 
 
 class TensorRTTarget(Target):
+    options_model = TensorRTOptions
+    prepares = True
+
     def prepare(self, ctx: CompileContext) -> None:
-        options = checked_options(ctx)
-        write_profiles(derive_profiles(ctx.export.signature, options.get("profiles")), ctx.out_dir)
-        plan = make_plan(ctx, options)
-        precision = ctx.target.precision
+        options: TensorRTOptions = ctx.options
+        write_profiles(derive_profiles(ctx.export.signature, options.profiles), ctx.out_dir)
+        plan = make_plan(ctx)
+        precision = ctx.precision
         if precision in ("int8", "fp8"):
             if ctx.calibration is None or not ctx.calibration.samples:
                 raise ConfigError(
                     f"tensorrt:{precision} needs calibration data for its Q/DQ model (TensorRT's implicit "
                     "calibration is deprecated); add a [calibration] section to the config"
                 )
-            tolerance = tolerance_for(precision, ctx.target.tolerance)
-            recipe = recipe_for(precision, options)
-            prepare_qdq(ctx.export.onnx_path, ctx.out_dir, ctx.calibration.samples, recipe, tolerance)
+            recipe = recipe_for(precision, options.qdq_op_types, options.calibration_method)
+            prepare_qdq(ctx.export.onnx_path, ctx.out_dir, ctx.calibration.samples, recipe, ctx.tolerance)
         if plan.sparse:
             check_2of4(ctx.export.onnx_path).write(ctx.out_dir)
         (ctx.out_dir / PLAN).write_text(json.dumps(asdict(plan), indent=2))
@@ -307,7 +291,9 @@ class TensorRTTarget(Target):
             "qdq": qdq and {k: qdq[k] for k in ("recipe", "placement", "parity_vs_fp32")},
             "flags": engine_flags(plan.precision, summary, plan.sparse, log, pattern and pattern["qualifying"]),
         }
-        return Artifact("tensorrt", plan.precision, ctx.out_dir, MAIN, ctx.export.signature, info)
+        return Artifact(
+            "tensorrt", plan.precision, ctx.out_dir, MAIN, ctx.export.signature, Execution.model_validate(info)
+        )
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         trt = import_tensorrt()

@@ -1,8 +1,8 @@
 """Core ML compression settings, the ``coremltools.optimize.coreml`` passes, and the weight check.
 
-:class:`Settings` is parsed once from a ``[[target]]`` (precision, options, prune) and drives both
-sides: the passes applied to the ``.mlpackage`` here and the same compression applied in PyTorch
-by :mod:`kiln.targets.coreml_sim`. The weight check decompresses what the package stores and
+:class:`Settings` is made once from a ``[[target]]`` (precision, typed options, prune) and drives
+both sides: the passes applied to the ``.mlpackage`` here and the same compression applied in
+PyTorch by :mod:`kiln.targets.coreml.simulation`. The weight check decompresses what the package stores and
 compares each matrix with the source weight it came from (after batch-norm folding, which Core ML
 does during conversion): ``max|stored - source| / max|source|`` per tensor.
 """
@@ -15,31 +15,7 @@ from typing import Any
 import numpy as np
 
 from kiln.config import TargetConfig
-from kiln.errors import ConfigError
-
-# precision -> (compression mode, weight dtype or palette bits)
-MODES: dict[str, tuple[str, Any]] = {
-    "fp16": ("none", None),
-    "fp32": ("none", None),
-    "int8": ("linear", "int8"),
-    "int4": ("linear", "int4"),
-    "palettize4": ("palettize", 4),
-    "palettize": ("palettize", None),
-    "w8a8": ("w8a8", "int8"),
-}
-OPTIONS = {
-    "minimum_deployment_target",
-    "compute_units",
-    "compute_precision",
-    "granularity",
-    "block_size",
-    "group_size",
-    "nbits",
-    "weight_threshold",
-    "enumerated_shapes",
-}
-COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
-PALETTE_BITS = (1, 2, 3, 4, 6, 8)
+from kiln.targets.coreml.options import MODES, CoreMLOptions
 
 
 @dataclass(frozen=True)
@@ -81,39 +57,18 @@ def is_sparse(prune: Any) -> bool:
     return method in ("magnitude", "2:4")
 
 
-def parse_settings(target: TargetConfig) -> Settings:
-    """Validate a Core ML target's precision, options and prune into :class:`Settings`."""
-    opts = dict(target.options)
-    if unknown := sorted(set(opts) - OPTIONS):
-        raise ConfigError(f"coreml: unknown option {unknown[0]!r}; known options: {', '.join(sorted(OPTIONS))}")
+def parse_settings(target: TargetConfig, options: CoreMLOptions) -> Settings:
+    """A Core ML target's precision, validated options and prune as :class:`Settings`."""
     mode, kind = MODES[target.precision]
-    compute = "fp32" if target.precision == "fp32" else str(opts.get("compute_precision", "fp16"))
-    if compute not in ("fp16", "fp32"):
-        raise ConfigError(f"coreml: compute_precision must be fp16 or fp32, got {compute!r}")
-    units = str(opts.get("compute_units", "all")).lower()
-    if units not in COMPUTE_UNITS:
-        raise ConfigError(f"coreml: compute_units {units!r} unknown; choose one of: {', '.join(COMPUTE_UNITS)}")
     fields: dict[str, Any] = {"dtype": kind if mode in ("linear", "w8a8") else None}
     if mode == "linear":
-        fields["granularity"] = opts.get("granularity", "per_block" if kind == "int4" else "per_channel")
-        if fields["granularity"] not in ("per_channel", "per_block"):
-            raise ConfigError(f"coreml:{target.precision}: granularity must be per_channel or per_block")
+        fields["granularity"] = options.granularity or ("per_block" if kind == "int4" else "per_channel")
     if mode == "palettize":
-        nbits = opts.get("nbits", kind if kind is not None else 6)
-        if nbits not in PALETTE_BITS or (kind is not None and nbits != kind):
-            raise ConfigError(
-                f"coreml:{target.precision}: nbits must be one of {PALETTE_BITS}"
-                + (f" and equal {kind} for this precision (use precision palettize to choose)" if kind else "")
-            )
-        fields["nbits"] = nbits
-        fields["granularity"] = opts.get("granularity", "per_tensor")
-        if fields["granularity"] not in ("per_tensor", "per_grouped_channel"):
-            raise ConfigError(f"coreml:{target.precision}: granularity must be per_tensor or per_grouped_channel")
+        fields["nbits"] = options.nbits or kind or 6
+        fields["granularity"] = options.granularity or "per_tensor"
     for name in ("block_size", "group_size", "weight_threshold"):
-        if name in opts:
-            if not isinstance(opts[name], int) or opts[name] < (0 if name == "weight_threshold" else 1):
-                raise ConfigError(f"coreml: option {name} must be a positive integer, got {opts[name]!r}")
-            fields[name] = opts[name]
+        if getattr(options, name) is not None:
+            fields[name] = getattr(options, name)
     sparse = is_sparse(target.prune)
     # per-block quantization, int4, grouped palettes and joint (pruned + quantized) weights are iOS18 formats
     needs18 = (
@@ -121,22 +76,14 @@ def parse_settings(target: TargetConfig) -> Settings:
         or fields.get("granularity") in ("per_block", "per_grouped_channel")
         or (sparse and mode != "none")
     )
-    shapes = opts.get("enumerated_shapes")
-    if shapes is not None and not (
-        isinstance(shapes, dict)
-        and all(isinstance(v, list) and v and all(isinstance(s, list) for s in v) for v in shapes.values())
-    ):
-        raise ConfigError(
-            "coreml: enumerated_shapes must map input names to lists of shapes, e.g. {x = [[1, 3, 8, 8]]}"
-        )
     return Settings(
         precision=target.precision,
         mode=mode,
-        compute_precision=compute,
+        compute_precision="fp32" if target.precision == "fp32" else options.compute_precision,
         sparse=sparse,
-        deployment_target=str(opts.get("minimum_deployment_target", "iOS18" if needs18 else "iOS17")),
-        compute_units=units,
-        enumerated_shapes=shapes,
+        deployment_target=options.minimum_deployment_target or ("iOS18" if needs18 else "iOS17"),
+        compute_units=options.compute_units,
+        enumerated_shapes=options.enumerated_shapes,
         **fields,
     )
 

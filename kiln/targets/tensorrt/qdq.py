@@ -23,30 +23,36 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from kiln.config import Tolerance
 from kiln.errors import ConfigError, MissingDependencyError, ParityError, TargetBuildError
 from kiln.parity import ParityReport
+from kiln.spec import Arrays
 
 QDQ_ONNX = "model.qdq.onnx"
 QDQ_REPORT = "qdq.json"
 WEIGHTED = ("Conv", "MatMul", "Gemm")
 CHECK_CASES = 16
-METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
+Method = Literal["minmax", "entropy", "percentile", "distribution"]
+# kiln's spelling -> ONNX Runtime's CalibrationMethod member
+METHODS: dict[str, str] = {
+    "minmax": "MinMax",
+    "entropy": "Entropy",
+    "percentile": "Percentile",
+    "distribution": "Distribution",
+}
 # ONNX TensorProto element types of the quantized values.
 INT8, FLOAT8E4M3FN = 3, 17
-
-Arrays = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class QDQRecipe:
     precision: str  # int8 | fp8
     op_types: tuple[str, ...] = WEIGHTED
-    calibrate_method: str = "minmax"
+    calibration_method: str = "minmax"
 
     @property
     def per_channel(self) -> bool:
@@ -60,7 +66,7 @@ class QDQRecipe:
         return {
             "precision": self.precision,
             "op_types": list(self.op_types),
-            "calibrate_method": self.calibrate_method,
+            "calibration_method": self.calibration_method,
             "weights": "per-channel (output axis)" if self.per_channel else "per-tensor",
             "activations": "per-tensor",
             "symmetric": True,
@@ -68,17 +74,11 @@ class QDQRecipe:
         }
 
 
-def recipe_for(precision: str, options: dict[str, Any]) -> QDQRecipe:
-    """The Q/DQ recipe for ``int8`` or ``fp8``, with the target's ``options`` applied and checked."""
-    op_types = tuple(options.get("qdq_op_types", WEIGHTED))
-    if unknown := sorted(set(op_types) - set(WEIGHTED)):
-        raise ConfigError(f"tensorrt options.qdq_op_types: {unknown[0]!r} is not one of {list(WEIGHTED)}")
-    method = str(options.get("calibrate_method", "distribution" if precision == "fp8" else "minmax"))
-    if method not in METHODS:
-        raise ConfigError(f"tensorrt options.calibrate_method {method!r}: choose one of {', '.join(METHODS)}")
-    if precision == "fp8" and method != "distribution":
-        raise ConfigError("tensorrt:fp8 calibrates with calibrate_method = 'distribution' only; remove the option")
-    return QDQRecipe(precision, op_types, method)
+def recipe_for(precision: str, op_types: list[str] | None = None, method: str | None = None) -> QDQRecipe:
+    """The Q/DQ recipe for ``int8`` or ``fp8`` from the target's (validated) options; ``None``
+    takes the default: every weighted op type, minmax for int8 and distribution for fp8."""
+    chosen = method or ("distribution" if precision == "fp8" else "minmax")
+    return QDQRecipe(precision, tuple(op_types) if op_types is not None else WEIGHTED, chosen)
 
 
 def make_qdq(src: Path, dst: Path, samples: list[Arrays], recipe: QDQRecipe) -> None:
@@ -91,7 +91,7 @@ def make_qdq(src: Path, dst: Path, samples: list[Arrays], recipe: QDQRecipe) -> 
         quantize_static,
     )
 
-    from kiln.quant.ort import SampleReader, preprocess
+    from kiln.quant.ort import SampleReader, preprocess  # shared with the ONNX Runtime target
 
     reader = SampleReader(samples, set().union(*(s.keys() for s in samples)))
     qtype = QuantType.QInt8 if recipe.precision == "int8" else QuantType.QFLOAT8E4M3FN
@@ -108,7 +108,7 @@ def make_qdq(src: Path, dst: Path, samples: list[Arrays], recipe: QDQRecipe) -> 
                 per_channel=recipe.per_channel,
                 activation_type=qtype,
                 weight_type=qtype,
-                calibrate_method=getattr(CalibrationMethod, METHODS[recipe.calibrate_method]),
+                calibrate_method=getattr(CalibrationMethod, METHODS[recipe.calibration_method]),
                 extra_options={
                     "ActivationSymmetric": True,
                     "WeightSymmetric": True,
@@ -121,7 +121,7 @@ def make_qdq(src: Path, dst: Path, samples: list[Arrays], recipe: QDQRecipe) -> 
         except Exception as err:
             raise TargetBuildError(
                 f"ONNX Runtime's static quantizer failed on {src.name}: {type(err).__name__}: {err}; "
-                "try options.calibrate_method or options.qdq_op_types, --verbose shows the trace"
+                "try options.calibration_method or options.qdq_op_types, --verbose shows the trace"
             ) from err
     proto = onnx.load(str(dst))
     used = {node.domain for node in proto.graph.node} | {""}
@@ -258,7 +258,10 @@ def prepare_qdq(
         "recipe": recipe.to_dict(),
         "calibration_samples": len(samples),
         "placement": placement,
-        "parity_vs_fp32": {"cases": parity.cases, "outputs": {k: v.to_dict() for k, v in parity.outputs.items()}},
+        "parity_vs_fp32": {
+            "cases": parity.cases,
+            "outputs": {k: v.result().model_dump() for k, v in parity.outputs.items()},
+        },
         "parity_breaches": parity.breaches(),
         "checked_with": "onnx.checker (full) and ONNX Runtime CPU, graph optimizations off",
     }
@@ -271,6 +274,6 @@ def prepare_qdq(
     if parity.breaches():
         raise ParityError(
             f"the {recipe.precision} Q/DQ model drifts from fp32 on the calibration data: {parity.breaches()[0]}; "
-            "try options.calibrate_method = 'entropy' or 'percentile', more calibration samples, or a looser tolerance"
+            "try options.calibration_method = 'entropy' or 'percentile', more calibration samples, or a looser tolerance"
         )
     return report

@@ -24,10 +24,10 @@ precision. Other options: ``minimum_deployment_target`` (``"iOS17"`` by
 default, ``"iOS18"`` where int4, blocks, grouped palettes or joint compression need it),
 ``compute_units`` (all | cpu_only | cpu_and_gpu | cpu_and_ne), ``compute_precision`` (fp16 | fp32,
 for the compressed precisions), ``weight_threshold`` (weights of at most this many elements stay
-uncompressed; coremltools' 2048 by default).
+uncompressed; coremltools' 2048 by default); all typed in :class:`CoreMLOptions`.
 
 Known limits on Linux: prediction needs macOS, so the gate runs the same compression applied in
-PyTorch (``coremltools.optimize.torch``, see :mod:`kiln.targets.coreml_sim`), labelled simulated,
+PyTorch (``coremltools.optimize.torch``, see :mod:`kiln.targets.coreml.simulation`), labelled simulated,
 and the package's stored weights are decompressed and compared with the source weights
 (``execution.weights`` in the manifest). fp16 activation arithmetic, the Neural Engine, and the
 package's real outputs are verified only on a Mac.
@@ -47,9 +47,10 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import ConfigError, TargetBuildError, UnavailableError
-from kiln.spec import Signature
-from kiln.targets.base import Arrays, Artifact, CompileContext, Runner, RunOptions, Target, named_outputs
-from kiln.targets.coreml_compress import (
+from kiln.manifest import Execution
+from kiln.spec import Arrays, Signature
+from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
+from kiln.targets.coreml.compress import (
     Settings,
     compress,
     parse_settings,
@@ -57,6 +58,8 @@ from kiln.targets.coreml_compress import (
     stored_weights,
     weight_report,
 )
+from kiln.targets.coreml.options import CoreMLOptions
+from kiln.tensors import named_outputs
 
 MAIN = "model.mlpackage"
 IO_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int32}
@@ -211,10 +214,12 @@ class MLModelRunner(Runner):
 
 
 class CoreMLTarget(Target):
-    def compile(self, ctx: CompileContext) -> Artifact:
-        from kiln.targets.coreml_sim import matrices, simulate, weighted_module
+    options_model = CoreMLOptions
 
-        settings = parse_settings(ctx.target)
+    def compile(self, ctx: CompileContext) -> Artifact:
+        from kiln.targets.coreml.simulation import matrices, simulate, weighted_module
+
+        settings = parse_settings(ctx.target, ctx.options)
         if settings.mode == "w8a8" and platform.system() != "Darwin":
             raise UnavailableError(
                 "coreml:w8a8 calibrates activations by running Core ML predictions, which needs macOS; "
@@ -242,16 +247,17 @@ class CoreMLTarget(Target):
         source_weights = {k: v.numpy() for k, v in matrices(source).items()}
         with quiet(notes):
             simulated = simulate(weighted_module(ctx.export.program()), settings)
-        info: dict[str, Any] = {
-            "execution_precision": settings.compute_precision,
-            "compression": _describe(settings),
-            "minimum_deployment_target": settings.deployment_target,
-            "compute_units": settings.compute_units,
-            "weights": weight_report(stored, source_weights, {k: v.numpy() for k, v in simulated.items()}),
-            "notes": notes,
-        }
+        info = Execution(execution_precision=settings.compute_precision, notes=notes)
+        info.update(
+            {
+                "compression": _describe(settings),
+                "minimum_deployment_target": settings.deployment_target,
+                "compute_units": settings.compute_units,
+                "weights": weight_report(stored, source_weights, {k: v.numpy() for k, v in simulated.items()}),
+            }
+        )
         if renamed := _io_names(mlmodel, ctx.export.signature):
-            info["renamed_outputs"] = renamed
+            info.renamed_outputs = renamed
         return Artifact("coreml", settings.precision, ctx.out_dir, MAIN, ctx.export.signature, info=info)
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
@@ -261,14 +267,14 @@ class CoreMLTarget(Target):
 
     def simulated_runner(self, artifact: Artifact, ctx: CompileContext) -> Runner | None:
         """The eager module with the package's compression applied by ``coremltools.optimize.torch``."""
-        from kiln.targets.coreml_sim import simulate, weighted_module
-        from kiln.targets.eager import TorchRunner
+        from kiln.targets.coreml.simulation import simulate, weighted_module
+        from kiln.targets.eager import TorchRunner  # the eager target's runner: the one cross-target import
 
-        settings = parse_settings(ctx.target)
+        settings = parse_settings(ctx.target, ctx.options)
         module = weighted_module(ctx.export.program())
         with quiet([]):
             simulate(module, settings)
-        artifact.info["simulation"] = (
+        artifact.info.simulation = (
             "coremltools.optimize.torch on the eager module (batch norm folded, weights as stored, fp32 arithmetic)"
         )
         return TorchRunner(module, artifact.signature, RunOptions(threads=ctx.threads))

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import DataError, TargetBuildError
-from kiln.targets.base import Arrays, Artifact, Runner, RunOptions, named_outputs
-from kiln.targets.tensorrt_profiles import Profile, pick_profile
+from kiln.spec import Arrays
+from kiln.targets.base import Artifact, Runner, RunOptions
+from kiln.targets.tensorrt.profiles import Profile, pick_profile
+from kiln.tensors import named_outputs
 
 
 class TensorRTRunner(Runner):

@@ -18,7 +18,9 @@ Toolchain: nncf 3.4 with openvino 2026.4.
   ``int4`` takes ``options.group_size`` (default 64) and ``options.ratio`` (the share of layers in
   int4, the rest int8; default 1.0), ``options.mode`` (``int4_sym`` | ``int4_asym``) and
   ``options.group_size_fallback`` (``adjust`` | ``ignore`` | ``error``) for layers the group size
-  does not divide.
+  does not divide. ``int8-weights`` takes ``options.mode`` (``int8_asym`` | ``int8_sym``).
+
+The options are typed and checked in :class:`kiln.targets.openvino.options.OpenVINOOptions`.
 """
 
 from __future__ import annotations
@@ -26,12 +28,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kiln.data import SAMPLE_GUIDANCE
 from kiln.errors import ConfigError, TargetBuildError
-from kiln.quant import number_option, option, require_calibration
+from kiln.quant import require_calibration
 from kiln.targets.base import CompileContext
-
-PRESETS = ("performance", "mixed")
+from kiln.targets.openvino.options import OpenVINOOptions
 
 
 def has_attention(model: Any) -> bool:
@@ -71,7 +71,7 @@ def quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     """The compressed model and what was done, for the manifest."""
     _quiet_nncf()
     try:
-        if ctx.target.precision == "int8":
+        if ctx.precision == "int8":
             return _quantize(ctx, model)
         return _compress(ctx, model)
     except (ConfigError, TargetBuildError):
@@ -87,19 +87,22 @@ def quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
 def _quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     import nncf
 
-    calibration, notes = require_calibration(ctx, "nncf", SAMPLE_GUIDANCE["nncf"])
+    options: OpenVINOOptions = ctx.options
+    calibration, notes = require_calibration(
+        ctx.calibration, ctx.precision, f"{ctx.target.key} (nncf)", ctx.calibration_guidance
+    )
     names = [i.get_any_name() for i in model.inputs]
     detected = has_attention(model)
-    kind = option(ctx, "model_type", "transformer" if detected else "none", ("transformer", "none"))
-    preset = option(ctx, "preset", "mixed" if kind == "transformer" else "performance", PRESETS)
+    kind = options.model_type or ("transformer" if detected else "none")
+    preset = options.preset or ("mixed" if kind == "transformer" else "performance")
     args: dict[str, Any] = {
         "preset": nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
         "subset_size": len(calibration.samples),
-        "fast_bias_correction": bool(option(ctx, "fast_bias_correction", True, (True, False))),
+        "fast_bias_correction": options.fast_bias_correction,
     }
     if kind == "transformer":
         args["model_type"] = nncf.ModelType.TRANSFORMER
-    estimator = option(ctx, "range_estimator", "minmax", ("minmax", "nncf"))
+    estimator = options.range_estimator
     if estimator == "minmax":
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -116,8 +119,7 @@ def _quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
         "range_estimator": estimator,
         "calibration_samples": len(calibration.samples),
     }
-    controlled = bool(option(ctx, "accuracy_control", True, (True, False)))
-    if controlled and ctx.evaluation is not None and ctx.max_metric_drop is not None:
+    if options.accuracy_control and ctx.evaluation is not None and ctx.max_metric_drop is not None:
         quantized = _with_accuracy_control(ctx, model, dataset, args)
         info.update(tool="nncf.quantize_with_accuracy_control", max_drop=ctx.max_metric_drop)
     else:
@@ -178,18 +180,18 @@ def weight_types(model: Any) -> dict[str, int]:
 def _compress(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     import nncf
 
+    options: OpenVINOOptions = ctx.options
     info: dict[str, Any] = {"tool": "nncf.compress_weights", "activations": "float (weight-only)"}
-    if ctx.target.precision == "int8-weights":
-        mode = option(ctx, "mode", "int8_asym", ("int8_asym", "int8_sym"))
+    if ctx.precision == "int8-weights":
+        mode = options.mode or "int8_asym"
         compressed = nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, mode.upper()))
         info.update(mode=mode, weight_constants=weight_types(compressed))
         return compressed, {"execution_precision": "int8 weights, float compute", "quantization": info, "notes": []}
-    mode = option(ctx, "mode", "int4_sym", ("int4_sym", "int4_asym"))
-    group = int(number_option(ctx, "group_size", 64, -1, 4096))
-    ratio = float(number_option(ctx, "ratio", 1.0, 0.0, 1.0))
+    mode = options.mode or "int4_sym"
+    group, ratio = options.group_size, options.ratio
     # Layers whose input channels the group size does not divide: by default they get the largest
     # power-of-two group that does (>= 32), else stay in the int8 backup mode.
-    fallback = option(ctx, "group_size_fallback", "adjust", ("adjust", "ignore", "error"))
+    fallback = options.group_size_fallback
     compressed = nncf.compress_weights(
         model,
         mode=getattr(nncf.CompressWeightsMode, mode.upper()),

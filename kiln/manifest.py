@@ -1,0 +1,217 @@
+"""What a build records, typed: the artifact's manifest, its gate verdict, what the toolchain chose.
+
+These models are the only way kiln reads and writes ``manifest.json`` and the gate; nothing
+downstream (summary, bench, reports, packaging) reads them by string key. The JSON schema in
+``kiln/schemas/manifest.schema.json`` is generated from :class:`Manifest` (``make schemas``)
+and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+
+from kiln.config import Tolerance
+from kiln.errors import ConfigError
+from kiln.spec import Signature
+from kiln.store import MANIFEST, write_json
+
+MANIFEST_SCHEMA = "kiln.manifest/2"
+
+
+class _Record(BaseModel):
+    # Infinite figures (a shape mismatch) stay Infinity in JSON, as json.dumps writes them.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+
+class Execution(BaseModel):
+    """What the toolchain really chose and the runtime reports: the fields kiln reads across
+    modules are typed; each target adds its own facts (kept verbatim, read only by that target)."""
+
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")
+
+    execution_precision: str | None = None
+    notes: list[str] = []
+    threads: int | str | None = None
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A target's own fact (an extra field), or ``default``."""
+        return getattr(self, key, default)
+
+    def has(self, key: str) -> bool:
+        return (key in type(self).model_fields and getattr(self, key) is not None) or key in (self.model_extra or {})
+
+
+class OutputFigures(_Record):
+    max_abs: float
+    max_rel: float
+    cosine: float
+    top1: float | None = None
+
+
+class ParityResult(_Record):
+    passed: bool
+    cases: int
+    tolerance: Tolerance
+    outputs: dict[str, OutputFigures]
+    breaches: list[str]
+    worst: str  # the gated figure closest to (or past) its limit: what a summary shows
+    inputs: str = "seeded + calibration"
+
+
+class EvaluationResult(_Record):
+    metric: str
+    samples: int
+    eager: float
+    value: float
+    drop: float
+    max_drop: float | None = None
+    pruned_eager: float | None = None  # a pruned variant's own eager model
+
+
+class Gate(_Record):
+    """The verdict on one artifact. ``passed`` is ``None`` when it was built but not run here
+    (no simulation of its numerics either): neither a pass nor a failure, and said so."""
+
+    passed: bool | None
+    reason: str | None = None
+    simulated: bool = False
+    parity: ParityResult | None = None
+    evaluation: EvaluationResult | None = None
+    breaches: list[str] = []
+
+    @classmethod
+    def not_run(cls, why: str) -> Gate:
+        return cls(passed=None, reason=f"not run: {why}")
+
+    @property
+    def ran(self) -> bool:
+        return self.passed is not None
+
+    @property
+    def metric_breached(self) -> bool:
+        return any(b.startswith("metric ") for b in self.breaches)
+
+
+class CalibrationSummary(_Record):
+    source: str
+    samples: int
+    sha256: str
+
+
+class PruneReport(BaseModel):
+    """What pruning did to the model (before capture, so every target gets it); each method adds
+    its own details (kept verbatim)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method: str
+    amount: float
+    importance: str
+    scope: str
+    steps: int
+    params_before: int
+    params_after: int
+    flops_before: int | None = None
+    flops_after: int | None = None
+    flops_reduction: float | None = None
+    sparsity: float | None = None
+    metric_dense: float | None = None
+    metric_before_recovery: float | None = None
+    metric_after_recovery: float | None = None
+    recovery: dict[str, Any] | None = None
+    seconds: float | None = None
+
+
+class FileEntry(_Record):
+    path: str
+    sha256: str
+    bytes: int
+
+
+class Manifest(_Record):
+    """``<target>-<precision>[-<prune>]/manifest.json``: everything about one built artifact."""
+
+    schema_id: str = Field(MANIFEST_SCHEMA, alias="schema")
+    kiln_version: str
+    created: str
+    model: str
+    source: str
+    export_key: str
+    cache_key: str
+    target: str
+    precision: str
+    options: dict[str, Any]  # the target's options as given (validated against its options model)
+    main_file: str
+    signature: Signature
+    toolchain: dict[str, str]
+    execution: Execution
+    calibration: CalibrationSummary | None = None
+    gate: Gate
+    prune: PruneReport | None = None
+    export_dir: str = "export"  # export/ or export-<prune slug>/: what FLOPs are counted on
+    build_seconds: float
+    files: list[FileEntry]
+    size_bytes: int
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, ser_json_inf_nan="constants")
+
+    @field_validator("signature", mode="before")
+    @classmethod
+    def _signature(cls, value: Any) -> Any:
+        return Signature.from_dict(value) if isinstance(value, dict) else value
+
+    @field_serializer("signature")
+    def _dump_signature(self, sig: Signature) -> dict[str, Any]:
+        return sig.to_dict()
+
+    @property
+    def key(self) -> str:
+        return f"{self.target}-{self.precision}" + (f"-{self.slug}" if self.slug else "")
+
+    @property
+    def slug(self) -> str | None:
+        """The prune slug of a pruned variant (its export folder's suffix)."""
+        return self.export_dir.removeprefix("export-") if self.export_dir != "export" else None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def write(self, folder: Path) -> None:
+        write_json(folder / MANIFEST, self.to_json())
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        """The manifest of a built folder, or one ``ConfigError`` line saying what to do."""
+        path = folder / MANIFEST
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            what = "unreadable" if not isinstance(err, ValidationError) else "from another kiln version"
+            raise ConfigError(f"{path} is missing or {what}; run kiln build to (re)build it") from err
+
+    @classmethod
+    def find(cls, folder: Path) -> Manifest | None:
+        """The manifest if the folder holds a readable one of this schema, else ``None``."""
+        try:
+            return cls.read(folder)
+        except ConfigError:
+            return None
+
+
+def manifest_schema() -> dict[str, Any]:
+    return Manifest.model_json_schema(by_alias=True, mode="serialization")
+
+
+if __name__ == "__main__":  # python -m kiln.manifest: rewrite the committed schema
+    out = Path(__file__).parent / "schemas" / "manifest.schema.json"
+    out.write_text(json.dumps(manifest_schema(), indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out}")

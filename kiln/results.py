@@ -1,0 +1,240 @@
+"""What ``results.json`` holds, typed: the run, the machine, and one cell per (artifact, batch).
+
+``kiln bench`` builds these models and the reports and ``kiln compare`` read them by attribute;
+``results.json`` is their JSON dump and ``kiln/schemas/results.schema.json`` is generated from
+:class:`Results` (``python -m kiln.report.schema``). Times are milliseconds unless a name says
+seconds, throughput is items (batch rows) per second, sizes and memory are bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kiln.config import BenchSettings
+
+RESULTS_SCHEMA = "kiln.results/1"
+Mode = Literal["latency", "throughput"]
+
+
+class _Block(BaseModel):
+    """A block kiln writes whole: in the schema every field it writes is required."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+class _Facts(BaseModel):
+    """Facts a runtime or the machine reports: the fields kiln reads are typed, the rest kept
+    verbatim (a target's or a GPU's own facts)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _unset(value: Any) -> bool:
+    return value is None
+
+
+def _reported(**kwargs: Any) -> Any:
+    """A fact that may be missing: ``None`` when it is, and then not written."""
+    return Field(None, exclude_if=_unset, **kwargs)
+
+
+class Latency(_Block):
+    """One cell's timed samples (one sample: one request, or ``requests`` in flight)."""
+
+    samples: Annotated[int, Field(ge=1)]
+    p50_ms: Annotated[float, Field(ge=0)]
+    p90_ms: Annotated[float, Field(ge=0)]
+    p99_ms: Annotated[float, Field(ge=0)]
+    mean_ms: Annotated[float, Field(ge=0)]
+    min_ms: Annotated[float, Field(ge=0)]
+    max_ms: Annotated[float, Field(ge=0)]
+    std_ms: Annotated[float, Field(ge=0)]
+    cv: Annotated[float, Field(ge=0)]  # standard deviation / mean
+    throughput: Annotated[float, Field(ge=0)]  # items per second
+    timed_seconds: Annotated[float, Field(ge=0)]
+    unstable: bool  # cv above the run's threshold
+
+
+class RuntimeInfo(_Facts):
+    """What the runner reported in the worker (each target adds its own facts)."""
+
+    execution_precision: str | None = _reported()
+    threads: int | str | None = _reported()  # a count, or e.g. "ort-default"
+
+
+class Accuracy(BaseModel):
+    """The evaluation metric the build measured (higher is better), beside eager's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    eager: float
+    value: float
+    drop: float
+    samples: int | None = _reported()
+    max_drop: float | None = _reported()
+    pruned_eager: float | None = _reported()
+
+
+class CellBase(_Block):
+    """Every cell: what was asked, and what the artifact's manifest says about it."""
+
+    key: str  # the artifact: <target>-<precision>[-<prune slug>]
+    target: str
+    precision: str
+    batch: Annotated[int, Field(ge=1)]
+    mode: Mode
+    threads: Annotated[int, Field(ge=1)]
+    flags: list[str] = []  # wasted optimizations, precision mismatches, instability
+    size_bytes: int | None = None
+    execution_precision: str | None = None  # what the runtime reported, else what the build recorded
+    parity_passed: bool | None = None  # None: no parity check ran for this artifact
+    parity_worst: str | None = None
+    accuracy: Accuracy | None = None
+    simulated: bool = False  # the gate ran on a simulation of the artifact's numerics
+    flops: int | None = None  # of one forward pass at this batch (matmul-class operators)
+    gflops: float | None = None
+    roofline_fraction: float | None = None  # gflops over the measured peak for the precision
+    speedup_vs_eager: float | None = None
+
+
+class MeasuredCell(CellBase):
+    """A cell that ran: its timings, its worker's load and memory figures."""
+
+    status: Literal["ok"] = "ok"
+    reason: None = None
+    latency: Latency
+    first_inference_ms: Annotated[float, Field(ge=0)]
+    load_s: Annotated[float, Field(ge=0)]
+    import_s: Annotated[float, Field(ge=0)]
+    warmup_iters: Annotated[int, Field(ge=0)]
+    peak_rss_bytes: Annotated[int, Field(ge=0)]
+    rss_before_load_bytes: Annotated[int, Field(ge=0)]
+    runtime: RuntimeInfo
+
+
+class FailedCell(CellBase):
+    """A cell that did not run: it failed (``error``) or cannot run here (``skipped``)."""
+
+    status: Literal["error", "skipped"]
+    reason: str
+
+
+Cell = Annotated[MeasuredCell | FailedCell, Field(discriminator="status")]
+
+
+class Gpu(_Facts):
+    name: str | None = _reported()
+    driver: str | None = _reported()
+
+
+class Fingerprint(_Facts):
+    """The machine (``kiln doctor``); ``id`` names the hardware alone, toolchains excluded."""
+
+    id: Annotated[str, Field(min_length=1)]
+    cpu: str
+    arch: str
+    flags: dict[str, bool]  # the ISA extensions kiln looks for, each present or not
+    physical_cores: Annotated[int, Field(ge=1)]
+    logical_cores: int | None
+    memory_gib: float
+    gpus: list[Gpu]
+    os: str
+    python: str
+    toolchain: dict[str, str]  # distribution -> version
+
+    def hardware(self) -> dict[str, Any]:
+        """The fields that decide whether two runs are comparable (GPUs by name)."""
+        return {
+            "cpu": self.cpu,
+            "arch": self.arch,
+            "flags": self.flags,
+            "physical_cores": self.physical_cores,
+            "logical_cores": self.logical_cores,
+            "memory_gib": self.memory_gib,
+            "gpus": [g.name for g in self.gpus],
+        }
+
+
+class MachineLoad(_Block):
+    """Load averages (1, 5, 15 min) before and after the timed cells: other work on the machine
+    is what makes cells unstable."""
+
+    load_average_before: list[float] | None = None
+    load_average_after: list[float] | None = None
+    cpus: int | None = None
+
+
+class PeakFigures(BaseModel):
+    """GFLOP/s (fp32, bf16) and GOP/s (int8); ``None`` where nothing measures or estimates it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fp32_gflops: float | None = None
+    bf16_gflops: float | None = None
+    int8_gflops: float | None = None
+
+    def for_precision(self, precision: str) -> float | None:
+        """The peak a cell of this precision is compared with."""
+        if precision in ("int8", "int4"):
+            return self.int8_gflops
+        return self.bf16_gflops if precision == "bf16" else self.fp32_gflops
+
+
+class MeasuredPeak(PeakFigures):
+    """The fastest GEMM kernel installed, per precision (cached per fingerprint and threads)."""
+
+    schema_id: str | None = Field(None, alias="schema")
+    fingerprint: str | None = None
+    threads: int | None = None
+    method: str | None = None
+    fp32_kernel: str | None = None
+    bf16_kernel: str | None = None
+    int8_kernel: str | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TheoreticalPeak(PeakFigures):
+    basis: str | None = None  # how the estimate was made
+
+
+class Peak(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    measured: MeasuredPeak
+    theoretical: TheoreticalPeak
+    cache: str | None = None  # the file the measured figures are cached in
+
+
+class Gates(_Block):
+    max_metric_drop: float | None = None  # the config's [gates]; kiln compare gates accuracy with it
+
+
+class Results(_Block):
+    """``results.json``: the source of truth for report.md, report.html and ``kiln compare``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_id: Literal["kiln.results/1"] = Field(RESULTS_SCHEMA, alias="schema")
+    kiln_version: str
+    created: Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")]
+    model: Annotated[str, Field(min_length=1)]
+    source: str | None = None
+    config: str | None = None
+    settings: BenchSettings
+    fingerprint: Fingerprint
+    machine_load: MachineLoad | None = None
+    peak: Peak
+    # FLOPs of one forward pass per batch (JSON object keys are strings: "1", "8").
+    flops: dict[int, Annotated[int, Field(ge=0)]] = Field(json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
+    gates: Gates
+    cells: Annotated[list[Cell], Field(min_length=1)]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def batch(self, batch: int) -> list[MeasuredCell | FailedCell]:
+        return [c for c in self.cells if c.batch == batch]
