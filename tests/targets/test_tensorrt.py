@@ -498,7 +498,6 @@ def test_cli_targets_explains_tensorrt_absence() -> None:
 # --- real engines: an NVIDIA GPU with TensorRT 10 ------------------------------------------------
 
 
-
 def _build(ctx: CompileContext) -> tuple[object, object]:
     TARGET.prepare(ctx)
     artifact = TARGET.compile(ctx)
