@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = BenchSettings.model_validate(given)  # only the keys given override each [bench]
     except ValidationError as err:
         raise SystemExit(f"{args.suite} [settings]: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from err
-    folder = args.results / fingerprint()["id"]
+    folder = args.results / fingerprint().id
     folder.mkdir(parents=True, exist_ok=True)
     if args.summarize:
         meta = json.loads((folder / "suite.json").read_text())

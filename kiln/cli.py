@@ -223,19 +223,19 @@ def doctor(as_json: bool) -> None:
 
     fp = fingerprint()
     if as_json:
-        click.echo(json.dumps(fp, indent=2))
+        click.echo(json.dumps(fp.model_dump(mode="json"), indent=2))
         return
-    flags = ", ".join(f for f, on in fp["flags"].items() if on) or "none of note"
-    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in fp["gpus"]) or "none"
-    click.echo(f"cpu:       {fp['cpu']} ({fp['arch']})")
+    flags = ", ".join(f for f, on in fp.flags.items() if on) or "none of note"
+    gpus = "; ".join(f"{g.name} (driver {g.driver})" for g in fp.gpus) or "none"
+    click.echo(f"cpu:       {fp.cpu} ({fp.arch})")
     click.echo(f"flags:     {flags}")
-    click.echo(f"cores:     {fp['physical_cores']} physical, {fp['logical_cores']} logical")
-    click.echo(f"memory:    {fp['memory_gib']} GiB")
+    click.echo(f"cores:     {fp.physical_cores} physical, {fp.logical_cores} logical")
+    click.echo(f"memory:    {fp.memory_gib} GiB")
     click.echo(f"gpu:       {gpus}")
-    click.echo(f"os:        {fp['os']}, Python {fp['python']}")
-    for dist, ver in fp["toolchain"].items():
+    click.echo(f"os:        {fp.os}, Python {fp.python}")
+    for dist, ver in fp.toolchain.items():
         click.echo(f"{dist + ':':<11}{ver}")
-    click.echo(f"fingerprint: {fp['id']}")
+    click.echo(f"fingerprint: {fp.id}")
 
 
 def _batches(value: str | None) -> list[int] | None:

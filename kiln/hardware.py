@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kiln.results import Fingerprint
 from kiln.targets import toolchain_dists
 from kiln.versions import CORE, SOURCES, versions
 
@@ -62,7 +63,7 @@ def _gpus() -> list[dict[str, str]]:
     return [dict(zip(fields, (v.strip() for v in line.split(",")), strict=False)) for line in out.splitlines() if line]
 
 
-def fingerprint() -> dict[str, Any]:
+def fingerprint() -> Fingerprint:
     """CPU model and flags, cores, memory, GPUs, OS, Python and every toolchain's version."""
     cpu = _cpuinfo()
     flags = set(cpu.get("flags", "").split())
@@ -79,7 +80,7 @@ def fingerprint() -> dict[str, Any]:
         "toolchain": versions((*CORE, *toolchain_dists(), *SOURCES)),
     }
     fp["id"] = fingerprint_id(fp)
-    return fp
+    return Fingerprint.model_validate(fp)
 
 
 def fingerprint_id(fp: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from kiln.bench.process import DEFAULT_LAUNCH, Launch
 from kiln.config import BenchSettings, KilnConfig, TargetConfig
 from kiln.errors import ConfigError, UnavailableError
 from kiln.manifest import Manifest
-from kiln.results import Fingerprint, Gates, MachineLoad, Results
+from kiln.results import Gates, MachineLoad, Results
 from kiln.spec import Signature, batch_dim
 from kiln.store import MANIFEST
 
@@ -158,7 +158,7 @@ def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> t
         config = with_targets(load_config(source), list(run.targets))
         plans, model_dir = plans_from_config(config, run.out, progress)
         base = config.bench
-    fp = Fingerprint.model_validate(fingerprint())
+    fp = fingerprint()
     settings = base.merged(run.overrides).resolve(fp.physical_cores)
     sig = _signature(plans)
     _check_batches(sig, settings)

@@ -53,10 +53,10 @@ class ToyTarget(Target):
             raise TargetBuildError("the toy target's broken precision never builds")
         shutil.copyfile(ctx.export.program_path, ctx.out_dir / MAIN)
         info: dict[str, Any] = {"execution_precision": "fp64" if ctx.options.double else "fp32"}
-        return Artifact("toy", ctx.precision, ctx.out_dir, MAIN, ctx.export.signature, info, ctx.target.options)
+        return Artifact("toy", ctx.precision, ctx.out_dir, MAIN, ctx.export.signature, info)
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
-        return ToyRunner(artifact, bool(artifact.options.get("double", True)))
+        return ToyRunner(artifact, artifact.info.execution_precision == "fp64")  # what compile chose
 
 
 TARGET = ToyTarget()
