@@ -173,7 +173,7 @@ def _implementation(tp: TargetPlan) -> Target:
 
 def _refused(tp: TargetPlan) -> TargetResult:
     try:
-        tp.available.require(tp.target.name)
+        tp.available.require(f"{tp.target.name}:{tp.target.precision}")
     except KilnError as err:
         return TargetResult(tp.target, "failed", error=err)
     raise AssertionError("a refused target is one that cannot build")
@@ -296,7 +296,7 @@ def _build_target(
         # What needs no toolchain is still done and kept, for inspection, before exit 5.
         with atomic_dir(p.model_dir / f"{tp.folder_name}.prepared") as tmp:
             impl.prepare(_context(p, tp, bundle, reference.data, tmp))
-        tp.available.require(tp.target.name)
+        tp.available.require(f"{tp.target.name}:{tp.target.precision}")
     with atomic_dir(p.model_dir / tp.folder_name) as tmp:
         ctx = _context(p, tp, bundle, reference.data, tmp)
         start = time.perf_counter()

@@ -149,3 +149,17 @@ def test_capability_markers_are_registered_with_pytest() -> None:
     markers = " ".join(PYPROJECT["tool"]["pytest"]["ini_options"]["markers"])
     for marker in MARKERS.values():
         assert f"{marker}:" in markers
+
+
+def test_a_precision_that_builds_only_on_macos_is_refused_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    availability.cache_clear()
+    monkeypatch.setitem(CAPABILITIES, "macos", (lambda: False, "macOS"))
+    monkeypatch.setattr(Package, "installed", property(lambda self: True))
+    try:
+        assert availability("coreml", "int8").build  # weight-only compression converts anywhere
+        w8a8 = availability("coreml", "w8a8")
+        assert not w8a8.build and "macOS" in w8a8.reason and not w8a8.missing_package
+        with pytest.raises(UnavailableError, match="coreml:w8a8"):
+            w8a8.require("coreml:w8a8")
+    finally:
+        availability.cache_clear()

@@ -88,6 +88,7 @@ class Precision:
     tolerance: Tolerance
     calibration: int | None = None
     needs: tuple[Package, ...] = ()
+    build_needs: tuple[str, ...] = ()  # capabilities this precision needs to build, beyond the target's
 
     @property
     def calibrates(self) -> bool:
@@ -196,7 +197,8 @@ REGISTRY: dict[str, TargetSpec] = {
                 Precision("int4", INT4),
                 Precision("palettize4", INT4),
                 Precision("palettize", INT4),
-                Precision("w8a8", INT8, ORT_SAMPLES),
+                # Activation calibration runs Core ML predictions: macOS only.
+                Precision("w8a8", INT8, ORT_SAMPLES, build_needs=("macos",)),
             ),
             packages=(COREMLTOOLS,),
             build_needs=("coreml-converter",),
@@ -263,8 +265,9 @@ def availability(name: str, precision: str | None = None) -> Availability:
     """Whether a target (at a precision) can build and run here, and if not, what would make it so."""
     spec = REGISTRY[name]
     packages = spec.packages_for(precision) if precision else spec.packages
+    build_needs = spec.build_needs + (spec.precision(precision).build_needs if precision else ())
     missing = [p.install_hint for p in packages if not p.installed]
-    build_missing = missing + [CAPABILITIES[n][1] for n in spec.build_needs if not CAPABILITIES[n][0]()]
+    build_missing = missing + [CAPABILITIES[n][1] for n in dict.fromkeys(build_needs) if not CAPABILITIES[n][0]()]
     if build_missing:
         return Availability(False, False, "needs " + " and ".join(build_missing), missing_package=bool(missing))
     run_missing = [CAPABILITIES[need][1] for need in spec.run_needs if not CAPABILITIES[need][0]()]

@@ -100,7 +100,7 @@ def test_bad_value_is_a_config_error_naming_the_key(
 )
 def test_openvino_mode_is_checked_against_the_precision(precision: str, good: str, bad: str) -> None:
     assert options("openvino", precision, mode=good).mode == good
-    with pytest.raises(ConfigError, match=f"mode: '{bad}' is not a {precision} mode; choose"):
+    with pytest.raises(ConfigError, match=f"mode: '{bad}' is not an {precision} mode; choose"):
         options("openvino", precision, mode=bad)
 
 

@@ -35,5 +35,5 @@ class OpenVINOOptions(TargetOptions):
         precision = (info.context or {}).get("precision")
         allowed = MODES.get(precision or "")
         if mode is not None and allowed and mode not in allowed:
-            raise ValueError(f"{mode!r} is not a {precision} mode; choose {' or '.join(allowed)}")
+            raise ValueError(f"{mode!r} is not an {precision} mode; choose {' or '.join(allowed)}")
         return mode
