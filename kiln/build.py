@@ -17,14 +17,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
-from kiln.config import KilnConfig, TargetConfig
+from kiln.config import KilnConfig, TargetConfig, Tolerance
 from kiln.errors import KilnError, ParityError
 from kiln.exporters import META, ExportBundle
 from kiln.loaded import LoadedModel
 from kiln.manifest import MANIFEST_SCHEMA, CalibrationSummary, FileEntry, Gate, Manifest
 from kiln.sources import load_source, source_files, source_kind
 from kiln.store import BuildLock, atomic_dir, cache_key, clean_debris, file_entries, hash_files, up_to_date
-from kiln.targets import REGISTRY, Availability, TargetSpec, availability, check_config, target_options, tolerance_for
+from kiln.targets import (
+    REGISTRY,
+    Availability,
+    Precision,
+    TargetSpec,
+    availability,
+    check_config,
+    target_options,
+    tolerance_for,
+)
 from kiln.versions import CORE, versions
 
 if TYPE_CHECKING:
@@ -57,14 +66,16 @@ class TargetPlan:
 
     target: TargetConfig
     spec: TargetSpec
+    precision: Precision  # the registry's row for target.precision
     options: TargetOptions
+    tolerance: Tolerance  # the precision's defaults with the config's overrides
     key: str  # the target stage's cache key
     export_key: str  # the export stage it builds from (the dense one or a pruned variant's)
     available: Availability
 
     @property
-    def folder_name(self) -> str:
-        return self.target.key
+    def label(self) -> str:
+        return f"{self.target.name}:{self.target.precision}"
 
 
 @dataclass(frozen=True)
@@ -110,8 +121,16 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
                 "versions": versions(spec.dists(target.precision)),
             }
         )
-        options = target_options(target)
-        targets[target.key] = TargetPlan(target, spec, options, key, stage, availability(target.name, target.precision))
+        targets[target.key] = TargetPlan(
+            target,
+            spec,
+            spec.precision(target.precision),
+            target_options(target),
+            tolerance_for(target),
+            key,
+            stage,
+            availability(target.name, target.precision),
+        )
     return BuildPlan(config, out_root / config.model.name, export_key, targets, variant_keys)
 
 
@@ -154,7 +173,8 @@ def build(config: KilnConfig, out_root: Path, progress: Progress = lambda _: Non
             if manifest is not None:
                 results[key] = TargetResult(tp.target, "up to date", manifest)
             elif not tp.available.build and not _implementation(tp).prepares:
-                results[key] = _refused(tp)  # nothing to do here without the toolchain: no export
+                # Nothing to do here without the toolchain: refused with no export.
+                results[key] = TargetResult(tp.target, "failed", error=tp.available.error(tp.label))
         stale = [tp for key, tp in p.targets.items() if key not in results]
         if stale:
             _build_stale(p, stale, results, progress)
@@ -162,21 +182,14 @@ def build(config: KilnConfig, out_root: Path, progress: Progress = lambda _: Non
 
 
 def _up_to_date(folder: Path, key: str) -> Manifest | None:
-    return Manifest.find(folder) if up_to_date(folder, key) is not None else None
+    manifest = Manifest.find(folder)  # one read of manifest.json per target
+    return manifest if manifest is not None and manifest.cache_key == key else None
 
 
 def _implementation(tp: TargetPlan) -> Target:
     from kiln.targets import implementation
 
     return implementation(tp.target.name)
-
-
-def _refused(tp: TargetPlan) -> TargetResult:
-    try:
-        tp.available.require(f"{tp.target.name}:{tp.target.precision}")
-    except KilnError as err:
-        return TargetResult(tp.target, "failed", error=err)
-    raise AssertionError("a refused target is one that cannot build")
 
 
 def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, TargetResult], progress: Progress) -> None:
@@ -278,9 +291,9 @@ def _context(p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, data: BuildData
         target=tp.target,
         options=tp.options,
         out_dir=out_dir,
-        tolerance=tolerance_for(tp.target),
+        tolerance=tp.tolerance,
         calibration=data.calibration,
-        calibration_guidance=tp.spec.precision(tp.target.precision).calibration,
+        calibration_guidance=tp.precision.calibration,
         threads=config.bench.threads,
         evaluation=data.evaluation,
         max_metric_drop=config.gates.max_metric_drop,
@@ -291,29 +304,26 @@ def _context(p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, data: BuildData
 def _build_target(
     p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, reference: Reference, progress: Progress
 ) -> Manifest:
+    from kiln.targets.base import RunOptions
+
     impl = _implementation(tp)
     if not tp.available.build:
         # What needs no toolchain is still done and kept, for inspection, before exit 5.
-        with atomic_dir(p.model_dir / f"{tp.folder_name}.prepared") as tmp:
+        with atomic_dir(p.model_dir / f"{tp.target.key}.prepared") as tmp:
             impl.prepare(_context(p, tp, bundle, reference.data, tmp))
-        tp.available.require(f"{tp.target.name}:{tp.target.precision}")
-    with atomic_dir(p.model_dir / tp.folder_name) as tmp:
+        tp.available.require(tp.label)
+    with atomic_dir(p.model_dir / tp.target.key) as tmp:
         ctx = _context(p, tp, bundle, reference.data, tmp)
         start = time.perf_counter()
         impl.prepare(ctx)
         artifact = impl.compile(ctx)
         seconds = time.perf_counter() - start
-        runner = impl.load(artifact, _run_options(p)) if tp.available.run else impl.simulated_runner(artifact, ctx)
+        options = RunOptions(threads=ctx.threads)
+        runner = impl.load(artifact, options) if tp.available.run else impl.simulated_runner(artifact, ctx)
         gate = _gate(tp, artifact, runner, reference, progress)
         manifest = _manifest(p, tp, _Built(bundle, artifact, gate, seconds, tmp), reference.data)
         manifest.write(tmp)
     return manifest
-
-
-def _run_options(p: BuildPlan) -> Any:
-    from kiln.targets.base import RunOptions
-
-    return RunOptions(threads=p.config.bench.threads)
 
 
 def _gate(tp: TargetPlan, artifact: Artifact, runner: Runner | None, reference: Reference, progress: Progress) -> Gate:
@@ -321,9 +331,8 @@ def _gate(tp: TargetPlan, artifact: Artifact, runner: Runner | None, reference: 
     if runner is None:
         return Gate.not_run(tp.available.reason)
     progress(f"checking {tp.target.name}:{tp.target.precision} against eager")
-    calibrates = tp.spec.precision(tp.target.precision).calibrates
     with runner:
-        gate = reference.check(runner, tolerance_for(tp.target), real_data=calibrates)
+        gate = reference.check(runner, tp.tolerance, real_data=tp.precision.calibrates)
         # What the runtime reports about how it runs, where the build recorded nothing else.
         artifact.info.update({k: v for k, v in runner.info().items() if not artifact.info.has(k)})
     return gate.model_copy(update={"simulated": not tp.available.run})

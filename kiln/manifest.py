@@ -47,7 +47,10 @@ class Execution(BaseModel):
         return getattr(self, key, default)
 
     def has(self, key: str) -> bool:
-        return (key in type(self).model_fields and getattr(self, key) is not None) or key in (self.model_extra or {})
+        """Whether the fact is recorded: a typed field that is set, or a target's own extra."""
+        if key in type(self).model_fields:
+            return getattr(self, key) is not None
+        return key in (self.model_extra or {})
 
 
 class OutputFigures(_Record):

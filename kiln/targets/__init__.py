@@ -253,11 +253,16 @@ class Availability:
     reason: str  # empty when both are available
     missing_package: bool = False  # the build is blocked by a pip package (exit 5, names the extra)
 
+    def error(self, name: str, run: bool = False) -> UnavailableError | None:
+        """The precise exit-5 error when the target cannot build (or run) here, else ``None``."""
+        if self.build and (self.run or not run):
+            return None
+        kind = MissingDependencyError if self.missing_package and not self.build else UnavailableError
+        return kind(f"target {name!r} is unavailable here: {self.reason}")
+
     def require(self, name: str, run: bool = False) -> None:
-        """Raise the precise exit-5 error when the target cannot build (or run) here."""
-        if not self.build or (run and not self.run):
-            error = MissingDependencyError if self.missing_package and not self.build else UnavailableError
-            raise error(f"target {name!r} is unavailable here: {self.reason}")
+        if (error := self.error(name, run)) is not None:
+            raise error
 
 
 @cache
