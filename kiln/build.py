@@ -10,18 +10,19 @@ simulate), gate, write the manifest, rename into place.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
 from kiln.config import KilnConfig, TargetConfig, Tolerance
-from kiln.errors import KilnError, ParityError
-from kiln.exporters import META, ExportBundle
+from kiln.errors import ConfigError, KilnError, ParityError
+from kiln.exporters import META, TOKENIZER, ExportBundle
 from kiln.loaded import LoadedModel
-from kiln.manifest import MANIFEST_SCHEMA, CalibrationSummary, FileEntry, Gate, Manifest
+from kiln.manifest import MANIFEST_SCHEMA, AdapterRecord, CalibrationSummary, FileEntry, Gate, Manifest
 from kiln.sources import load_source, source_files, source_kind
 from kiln.store import BuildLock, atomic_dir, cache_key, clean_debris, file_entries, hash_files, up_to_date
 from kiln.targets import (
@@ -91,10 +92,12 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
     """Check every target with the registry, then derive every stage's cache key from content:
     source bytes, config, data files, toolchain versions."""
     check_config(config, source_kind(config.model.source))
+    tokenizer = _tokenizer_dir(config)
+    tokenizer_files = sorted(p for p in tokenizer.glob("*") if p.is_file()) if tokenizer else []
     export_key = cache_key(
         {
             "kiln": __version__,
-            "source": hash_files(source_files(config.model, config.root), config.root),
+            "source": hash_files(source_files(config.model, config.root) + tokenizer_files, config.root),
             "model": config.model.model_dump(mode="json"),
             "export": config.export.model_dump(mode="json"),
             "versions": versions(CORE),
@@ -118,6 +121,8 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
                 "calibration": config.calibration.model_dump(mode="json") if config.calibration else None,
                 "evaluation": config.evaluation.model_dump(mode="json") if config.evaluation else None,
                 "gates": config.gates.model_dump(mode="json"),
+                "generation": config.generation.model_dump(mode="json"),
+                "generation_data": hash_files(_generation_files(config), config.root),
                 "versions": versions(spec.dists(target.precision)),
             }
         )
@@ -132,6 +137,24 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
             availability(target.name, target.precision),
         )
     return BuildPlan(config, out_root / config.model.name, export_key, targets, variant_keys)
+
+
+def _tokenizer_dir(config: KilnConfig) -> Path | None:
+    """``[generation].tokenizer``: the tokenizer of a factory's causal LM (hf: folders carry theirs)."""
+    ref = config.generation.tokenizer
+    if ref is None:
+        return None
+    folder = config.root / ref
+    if not folder.is_dir():
+        raise ConfigError(f"[generation].tokenizer {folder} is not a folder; point it at a saved tokenizer")
+    return folder
+
+
+def _generation_files(config: KilnConfig) -> list[Path]:
+    """The prompt and held-out text files of the generation gate."""
+    spec = config.generation
+    refs = [r for r in (spec.heldout, spec.prompts if isinstance(spec.prompts, str) else None) if r]
+    return [config.root / r for r in refs if (config.root / r).is_file()]
 
 
 def _variant_keys(config: KilnConfig, export_key: str, data_key: str) -> dict[str, str]:
@@ -162,8 +185,30 @@ def _data_files(source: str, root: Path) -> list[Path]:
     return sorted(path.glob("*.np[yz]")) if path.is_dir() else []
 
 
+def per_adapter(config: KilnConfig) -> list[KilnConfig]:
+    """A list of adapters is one model each (``<name>-<adapter folder>``): its own capture,
+    artifacts and gate; one adapter (or none) keeps the model's name."""
+    adapters = config.model.adapters
+    if len(adapters) < 2:
+        return [config]
+    stems = [Path(a).name or f"adapter{i}" for i, a in enumerate(adapters)]
+    if len(set(stems)) != len(stems):
+        raise ConfigError(f"[model].adapter folders need distinct names to name their models, got {stems}")
+    return [
+        config.model_copy(
+            update={"model": config.model.model_copy(update={"adapter": a, "name": f"{config.model.name}-{stem}"})}
+        )
+        for a, stem in zip(adapters, stems, strict=True)
+    ]
+
+
 def build(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> list[TargetResult]:
-    """Build every configured target; failures are collected per target, not raised."""
+    """Build every configured target (of every adapter's model); failures are collected per
+    target, not raised."""
+    return [r for each in per_adapter(config) for r in _build_model(each, out_root, progress)]
+
+
+def _build_model(config: KilnConfig, out_root: Path, progress: Progress) -> list[TargetResult]:
     p = plan(config, out_root)
     with BuildLock(p.model_dir):
         clean_debris(p.model_dir)
@@ -276,6 +321,9 @@ def _export(p: BuildPlan, loaded: LoadedModel, progress: Progress) -> ExportBund
     folder = p.model_dir / "export"
     if up_to_date(folder, p.export_key, META) is not None:
         return ExportBundle.open(folder)
+    tokenizer = _tokenizer_dir(p.config)
+    if tokenizer is not None and loaded.tokenizer is None:
+        loaded = replace(loaded, tokenizer=tokenizer)
     progress("capturing with torch.export and lowering to ONNX")
     with atomic_dir(folder) as tmp:
         bundle = export_model(loaded, tmp, p.config.export.opset, p.config.export.strict, p.export_key)
@@ -318,6 +366,8 @@ def _build_target(
         impl.prepare(ctx)
         artifact = impl.compile(ctx)
         seconds = time.perf_counter() - start
+        if bundle.tokenizer_dir is not None:  # a causal LM's artifact carries its tokenizer
+            shutil.copytree(bundle.tokenizer_dir, tmp / TOKENIZER, dirs_exist_ok=True)
         options = RunOptions(threads=ctx.threads)
         runner = impl.load(artifact, options) if tp.available.run else impl.simulated_runner(artifact, ctx)
         gate = _gate(tp, artifact, runner, reference, progress)
@@ -374,11 +424,21 @@ def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> M
         calibration=calibration,
         gate=gate,
         prune=bundle.prune,
+        adapter=_adapter(config),
         export_dir=bundle.path.name,
         build_seconds=round(built.seconds, 3),
         files=files,
         size_bytes=sum(f.bytes for f in files),
     )
+
+
+def _adapter(config: KilnConfig) -> AdapterRecord | None:
+    from kiln.causal import adapter_digest
+
+    if not config.model.adapters:
+        return None
+    path = config.root / config.model.adapters[0]
+    return AdapterRecord(path=config.model.adapters[0], sha256=adapter_digest(path))
 
 
 def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> Path:

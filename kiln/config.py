@@ -25,8 +25,9 @@ class _Strict(BaseModel):
 class DimSpec(_Strict):
     """One named dimension: the range an artifact must accept and the size it is tuned for."""
 
-    min: Annotated[int, Field(ge=1)]
-    opt: Annotated[int, Field(ge=1)] | None = None
+    # 0 only makes sense for a KV cache's ``past`` dim: the prefill step has no past.
+    min: Annotated[int, Field(ge=0)]
+    opt: Annotated[int, Field(ge=0)] | None = None
     max: Annotated[int, Field(ge=1)]
 
     @model_validator(mode="after")
@@ -63,12 +64,31 @@ class InputSpec(_Strict):
         return shape
 
 
+Task = Literal[
+    "auto",
+    "feature-extraction",
+    "text-classification",
+    "token-classification",
+    "question-answering",
+    "fill-mask",
+    "image-classification",
+    "text-generation",
+]
+
+
 class ModelConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     source: str
     inputs: list[InputSpec] = []
     dims: dict[str, DimSpec] = {}
-    task: Literal["feature-extraction", "text-classification", "auto"] = "auto"
+    task: Task = "auto"
+    # PEFT adapters (LoRA, QLoRA) merged into the model before capture: one path, or a list of
+    # paths each giving its own artifacts.
+    adapter: str | list[str] | None = None
+
+    @property
+    def adapters(self) -> list[str]:
+        return [self.adapter] if isinstance(self.adapter, str) else list(self.adapter or [])
 
     @model_validator(mode="after")
     def _dims_declared(self) -> ModelConfig:
@@ -78,6 +98,9 @@ class ModelConfig(_Strict):
         names = [spec.name for spec in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input names must be unique, got {names}")
+        empty = [name for name, dim in self.dims.items() if dim.min == 0 and name != "past"]
+        if empty:
+            raise ValueError(f"dim {empty[0]!r} has min 0; only a text-generation model's 'past' dim may be empty")
         return self
 
 
@@ -93,6 +116,10 @@ class Tolerance(_Strict):
     max_rel: float | None = None
     min_cosine: float | None = None
     min_top1: float | None = None
+    # Generative models: greedy tokens identical to eager's (fp32), and the relative increase of
+    # held-out perplexity over eager's that is accepted (0.01 = 1 %).
+    exact_tokens: bool | None = None
+    max_perplexity_increase: float | None = None
 
 
 class PruneConfig(_Strict):
@@ -193,6 +220,20 @@ class BenchSettings(_Strict):
         return self.model_copy(update={"threads": threads, "requests": requests})
 
 
+class GenerationConfig(_Strict):
+    """The generation gate of a causal LM: greedy decoding from fixed prompts, and perplexity on
+    held-out text, both compared with eager's."""
+
+    # Prompts: a list of strings, or a text file with one prompt per line.
+    prompts: str | list[str] | None = None
+    new_tokens: Annotated[int, Field(ge=1)] = 32
+    # Held-out text (a file) for perplexity; a built-in paragraph when not given.
+    heldout: str | None = None
+    heldout_tokens: Annotated[int, Field(ge=16)] = 1024  # at most this many tokens are scored
+    # A tokenizer folder for factory sources (hf: folders bring their own).
+    tokenizer: str | None = None
+
+
 class GatesConfig(_Strict):
     max_metric_drop: Annotated[float, Field(ge=0)] | None = None
 
@@ -205,6 +246,7 @@ class KilnConfig(_Strict):
     target: list[TargetConfig] = []
     bench: BenchSettings = BenchSettings()
     gates: GatesConfig = GatesConfig()
+    generation: GenerationConfig = GenerationConfig()
     recovery: RecoveryConfig | None = None
     # Folder the config came from: relative paths in sources resolve against it.
     root: Path = Path(".")

@@ -19,3 +19,4 @@ class LoadedModel:
     example: tuple[Any, ...] | None = None  # positional example inputs, when the source gave them
     program: Any = None  # ExportedProgram for a .pt2 source
     onnx_path: Path | None = None
+    tokenizer: Path | None = None  # a folder holding the tokenizer of a causal LM, when known

@@ -80,6 +80,40 @@ class EvaluationResult(_Record):
     pruned_eager: float | None = None  # a pruned variant's own eager model
 
 
+class PromptFigures(_Record):
+    """One prompt of the generation gate: eager's greedy tokens against the artifact's."""
+
+    prompt: str
+    eager_tokens: list[int]
+    tokens: list[int]
+    first_divergence: int | None  # the first step where the free-running sequences differ
+    forced_top1: float  # teacher-forced next-token agreement with eager
+    min_cosine: float  # the worst per-step logits cosine (teacher forced)
+
+
+class GenerationResult(_Record):
+    """What a user of a causal LM sees: the tokens it generates and how well it predicts text."""
+
+    passed: bool
+    tolerance: Tolerance
+    prompts: int
+    new_tokens: int
+    exact: bool  # every prompt's greedy tokens identical to eager's
+    token_agreement: float  # free-running: the share of generated positions equal to eager's
+    first_divergence: int | None  # the earliest divergence over all prompts
+    forced_top1: float  # teacher-forced, over every step of every prompt
+    min_cosine: float
+    mean_cosine: float
+    step_cosine: list[float]  # per step, the mean over prompts (teacher forced)
+    heldout_tokens: int
+    perplexity_eager: float
+    perplexity: float
+    perplexity_increase: float  # relative to eager: 0.01 is 1 % higher
+    breaches: list[str]
+    worst: str
+    per_prompt: list[PromptFigures]
+
+
 class Gate(_Record):
     """The verdict on one artifact. ``passed`` is ``None`` when it was built but not run here
     (no simulation of its numerics either): neither a pass nor a failure, and said so."""
@@ -89,6 +123,7 @@ class Gate(_Record):
     simulated: bool = False
     parity: ParityResult | None = None
     evaluation: EvaluationResult | None = None
+    generation: GenerationResult | None = None
     breaches: list[str] = []
 
     @classmethod
@@ -134,6 +169,13 @@ class PruneReport(BaseModel):
     seconds: float | None = None
 
 
+class AdapterRecord(_Record):
+    """A PEFT adapter merged into the model before capture."""
+
+    path: str
+    sha256: str
+
+
 class FileEntry(_Record):
     path: str
     sha256: str
@@ -160,6 +202,7 @@ class Manifest(_Record):
     calibration: CalibrationSummary | None = None
     gate: Gate
     prune: PruneReport | None = None
+    adapter: AdapterRecord | None = None
     export_dir: str = "export"  # export/ or export-<prune slug>/: what FLOPs are counted on
     build_seconds: float
     files: list[FileEntry]

@@ -12,10 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from kiln.config import KilnConfig, Tolerance
 from kiln.data import CalibrationSet, EvaluationSet, load_calibration, load_evaluation
+from kiln.decoding import ContextError, DecodeSession, Tokenizer, forced, generate, perplexity, session_for
 from kiln.exporters import ExportBundle
-from kiln.manifest import EvaluationResult, Gate
+from kiln.manifest import EvaluationResult, Gate, GenerationResult, PromptFigures
 from kiln.metrics import evaluate, metric_drop
 from kiln.parity import ParityReport
 from kiln.spec import Arrays, Signature, parity_points, random_inputs
@@ -58,6 +61,7 @@ class Reference:
         self._cases: list[tuple[Arrays, Arrays]] | None = None
         self._real_cases: list[tuple[Arrays, Arrays]] | None = None
         self._metric: float | None = None
+        self._generation: GenerationReference | None = None
 
     def runner(self) -> Runner:
         if self._runner is None:
@@ -101,10 +105,27 @@ class Reference:
             self._metric = evaluate(self.runner().infer, evalset, self.config.root)
         return self._metric
 
+    def generation(self) -> GenerationReference:
+        if self._generation is None:
+            self._generation = GenerationReference(self.config, self.bundle, self.runner())
+        return self._generation
+
     def check(self, runner: Runner, tolerance: Tolerance, real_data: bool) -> Gate:
         """Parity figures and the task metric of one artifact, with the gate's verdict.
         ``real_data``: the precision fixed its activation ranges from calibration data, so parity
-        is measured on the calibration and evaluation inputs only."""
+        is measured on the calibration and evaluation inputs only. A causal LM is gated on what
+        it generates (:class:`GenerationReference`), and where kiln carries its cache, on the
+        step graph at the dims' min, opt and max too."""
+        if self.bundle.signature.generative:
+            gate = self.generation().check(runner, tolerance)
+            if runner.decode_session(self.bundle.signature) is not None:
+                return gate  # the runtime keeps the cache: there is no step graph to feed
+            step = self._parity_gate(runner, tolerance, real_data=False)
+            breaches = [*step.breaches, *gate.breaches]
+            return gate.model_copy(update={"passed": not breaches, "parity": step.parity, "breaches": breaches})
+        return self._parity_gate(runner, tolerance, real_data)
+
+    def _parity_gate(self, runner: Runner, tolerance: Tolerance, real_data: bool) -> Gate:
         evalset = self.data.evaluation
         primary = (evalset.output if evalset is not None else None) or self.bundle.signature.outputs[0]
         report = ParityReport(tolerance, primary=primary)
@@ -135,3 +156,181 @@ class Reference:
                     f"over [gates].max_metric_drop = {limit:.4g} (max_metric_drop = {drop:.4g} would pass)"
                 )
         return Gate(passed=not breaches, parity=parity, evaluation=evaluation, breaches=breaches)
+
+
+# Used when [generation] gives no prompts or held-out text (a model with a tokenizer).
+PROMPTS = ("def main():\n    ", "The quick brown fox", "import os\nimport sys\n\n")
+HELDOUT = """Release engineers ship models to many runtimes. Each runtime has its own graph format,
+its own kernels and its own ideas about numeric precision, so a model that is right in PyTorch can
+be subtly wrong on a device. The only proof is to run the artifact and compare what it produces
+with the model it came from, on the inputs that matter, with tolerances that fit the precision.
+For a language model the inputs that matter are prompts, and what the user sees is text: the gate
+therefore decodes, token by token, and scores held-out text, rather than comparing one tensor."""
+
+
+class GenerationReference:
+    """Eager's greedy tokens, per-step logits and held-out perplexity, computed once per build;
+    every artifact of a causal LM is decoded the same way and compared with them."""
+
+    def __init__(self, config: KilnConfig, bundle: ExportBundle, eager: Runner) -> None:
+        self.sig = bundle.signature
+        spec = config.generation
+        self.new_tokens = spec.new_tokens
+        tokenizer = Tokenizer(bundle.tokenizer_dir) if bundle.tokenizer_dir is not None else None
+        context = self.sig.context_length()
+        if self.new_tokens >= context:
+            raise ContextError(
+                f"[generation].new_tokens = {self.new_tokens} does not fit the context of {context} tokens "
+                "(dims.past.max + 1); lower it or raise dims.past.max"
+            )
+        assert self.sig.cache is not None
+        vocab = self.sig.cache.vocab_size
+        self.labels, self.prompts = _prompts(config, tokenizer, context - self.new_tokens, vocab)
+        self.heldout = _heldout(config, tokenizer, vocab)[: min(spec.heldout_tokens, 4 * context)]
+        session = session_for(eager, self.sig)
+        self.tokens = [list(generate(session, p, self.new_tokens)) for p in self.prompts]
+        self.logits = [forced(session, p, t) for p, t in zip(self.prompts, self.tokens, strict=True)]
+        self.perplexity = perplexity(session, self.heldout)
+
+    def check(self, runner: Runner, tolerance: Tolerance) -> Gate:
+        session = session_for(runner, self.sig)
+        try:
+            result = self._figures(session, tolerance)
+        finally:
+            session.close()
+        return Gate(passed=result.passed, generation=result, breaches=list(result.breaches))
+
+    def _figures(self, session: DecodeSession, tolerance: Tolerance) -> GenerationResult:
+        per_prompt, cosines, agree, forced_hits, steps = [], [], 0, 0, 0
+        for label, prompt, eager_tokens, eager_logits in zip(
+            self.labels, self.prompts, self.tokens, self.logits, strict=True
+        ):
+            tokens = list(generate(session, prompt, self.new_tokens))
+            logits = forced(session, prompt, eager_tokens)
+            cos = [_cosine(a, b) for a, b in zip(logits, eager_logits, strict=True)]
+            hits = int((logits.argmax(axis=1) == eager_logits.argmax(axis=1)).sum())
+            diverge = next((i for i, (a, b) in enumerate(zip(tokens, eager_tokens, strict=False)) if a != b), None)
+            if diverge is None and len(tokens) != len(eager_tokens):
+                diverge = min(len(tokens), len(eager_tokens))
+            agree += sum(a == b for a, b in zip(tokens, eager_tokens, strict=False))
+            forced_hits, steps = forced_hits + hits, steps + len(eager_tokens)
+            cosines.append(cos)
+            per_prompt.append(
+                PromptFigures(
+                    prompt=label,
+                    eager_tokens=eager_tokens,
+                    tokens=tokens,
+                    first_divergence=diverge,
+                    forced_top1=hits / len(eager_tokens),
+                    min_cosine=min(cos),
+                )
+            )
+        ppl = perplexity(session, self.heldout)
+        increase = ppl / self.perplexity - 1 if self.perplexity > 0 else 0.0
+        width = max(len(c) for c in cosines)
+        step_cosine = [float(np.mean([c[i] for c in cosines if i < len(c)])) for i in range(width)]
+        divergences = [p.first_divergence for p in per_prompt if p.first_divergence is not None]
+        flat = [c for row in cosines for c in row]
+        figures = {
+            "exact": not divergences,
+            "forced_top1": forced_hits / steps,
+            "min_cosine": min(flat),
+            "perplexity_increase": increase,
+        }
+        breaches, worst = _judge(figures, tolerance, min(divergences) if divergences else None)
+        return GenerationResult(
+            passed=not breaches,
+            tolerance=tolerance,
+            prompts=len(self.prompts),
+            new_tokens=self.new_tokens,
+            exact=not divergences,
+            token_agreement=agree / steps,
+            first_divergence=min(divergences) if divergences else None,
+            forced_top1=forced_hits / steps,
+            min_cosine=min(flat),
+            mean_cosine=float(np.mean(flat)),
+            step_cosine=step_cosine,
+            heldout_tokens=len(self.heldout),
+            perplexity_eager=self.perplexity,
+            perplexity=ppl,
+            perplexity_increase=increase,
+            breaches=breaches,
+            worst=worst,
+            per_prompt=per_prompt,
+        )
+
+
+def _judge(figures: dict[str, Any], t: Tolerance, diverge: int | None) -> tuple[list[str], str]:
+    """Breaches of the generation tolerances, and the figure closest to its limit."""
+    breaches = []
+    if t.exact_tokens and not figures["exact"]:
+        breaches.append(
+            f"generation: greedy tokens differ from eager's from step {diverge} "
+            "(exact_tokens = false lets a precision diverge)"
+        )
+    if t.min_top1 is not None and figures["forced_top1"] < t.min_top1:
+        breaches.append(
+            f"generation: next-token agreement {figures['forced_top1']:.3f} < {t.min_top1} "
+            f"(min_top1 = {figures['forced_top1']:.3f} would pass)"
+        )
+    if t.min_cosine is not None and figures["min_cosine"] < t.min_cosine:
+        breaches.append(
+            f"generation: logits cosine {figures['min_cosine']:.6f} < {t.min_cosine} "
+            f"(min_cosine = {figures['min_cosine']:.6f} would pass)"
+        )
+    inc = figures["perplexity_increase"]
+    if t.max_perplexity_increase is not None and inc > t.max_perplexity_increase:
+        breaches.append(
+            f"generation: perplexity {inc:+.2%} vs eager, over {t.max_perplexity_increase:.2%} "
+            f"(max_perplexity_increase = {inc:.4f} would pass)"
+        )
+    tokens = "tokens exact" if figures["exact"] else f"tokens diverge at {diverge}"
+    worst = f"{tokens}, ppl {inc:+.2%}, cos {figures['min_cosine']:.5f}"
+    return breaches, worst
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    if not np.isfinite(a64).all():
+        return 0.0
+    return float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64))
+
+
+def _read_lines(config: KilnConfig, ref: str) -> list[str]:
+    from kiln.errors import ConfigError
+
+    path = config.root / ref
+    if not path.is_file():
+        raise ConfigError(f"[generation] file {path} does not exist; give a text file or a list of prompts")
+    return path.read_text().splitlines()
+
+
+def _prompts(
+    config: KilnConfig, tokenizer: Tokenizer | None, room: int, vocab: int
+) -> tuple[list[str], list[list[int]]]:
+    """The gate's prompts as (labels, token ids): text through the tokenizer, else seeded ids."""
+    given = config.generation.prompts
+    texts = _read_lines(config, given) if isinstance(given, str) else list(given or [])
+    texts = [t.replace("\\n", "\n") for t in texts if t.strip()]
+    if tokenizer is None:
+        if texts:
+            from kiln.errors import ConfigError
+
+            raise ConfigError(
+                "[generation].prompts are text but this model has no tokenizer; set [generation].tokenizer "
+                "to a tokenizer folder (tokenizer.json)"
+            )
+        rng = np.random.default_rng(0)
+        ids = [rng.integers(0, vocab, 8).tolist() for _ in range(3)]
+        return [f"seeded ids {i}" for i in range(len(ids))], ids
+    texts = texts or list(PROMPTS)
+    return [t[:60] for t in texts], [tokenizer.encode(t)[-room:] for t in texts]
+
+
+def _heldout(config: KilnConfig, tokenizer: Tokenizer | None, vocab: int) -> list[int]:
+    ref = config.generation.heldout
+    text = "\n".join(_read_lines(config, ref)) if ref else HELDOUT
+    if tokenizer is None:
+        return np.random.default_rng(1).integers(0, vocab, 256).tolist()
+    return tokenizer.encode(text)

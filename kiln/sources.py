@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kiln.causal import is_causal_lm
 from kiln.config import DimSpec, InputSpec, ModelConfig
 from kiln.errors import SourceError
 from kiln.loaded import LoadedModel, SourceKind
@@ -56,7 +57,13 @@ def hf_folder(source: str, root: Path) -> Path:
 
 
 def source_files(model: ModelConfig, root: Path) -> list[Path]:
-    """The files whose bytes identify the model (for the cache key); no torch import."""
+    """The files whose bytes identify the model (for the cache key); no torch import. An
+    adapter's files are the model's too."""
+    adapters = [p for ref in model.adapters for p in sorted(_resolve(root, ref).rglob("*")) if p.is_file()]
+    return _model_files(model, root) + adapters
+
+
+def _model_files(model: ModelConfig, root: Path) -> list[Path]:
     kind = source_kind(model.source)
     if kind == "hf":
         folder = hf_folder(model.source, root)
@@ -118,6 +125,15 @@ def load_source(model: ModelConfig, root: Path) -> LoadedModel:
     """Load the model named by ``[model].source``."""
     kind = source_kind(model.source)
     loader = {"python": _load_python, "pt2": _load_pt2, "hf": _load_hf, "onnx": _load_onnx}[kind]
+    if model.adapters:
+        if kind not in ("python", "hf"):
+            raise SourceError(f"[model].adapter needs a transformers model (hf: or a factory); the source is {kind}")
+        for ref in model.adapters:
+            if not _resolve(root, ref).is_dir():
+                raise SourceError(
+                    f"adapter {_resolve(root, ref)} is not a folder; point [model].adapter at a PEFT adapter"
+                )
+        model = model.model_copy(update={"adapter": [str(_resolve(root, ref).resolve()) for ref in model.adapters]})
     return loader(model, root)
 
 
@@ -139,10 +155,36 @@ def _load_python(model: ModelConfig, root: Path) -> LoadedModel:
             f"model factory {model.source!r} returned {type(module).__name__}; expected an nn.Module "
             "or (nn.Module, example_inputs)"
         )
+    if model.task == "text-generation" or (model.task == "auto" and is_causal_lm(module)):
+        return _causal_factory(module, model, root)
     if example is not None and not isinstance(example, tuple):
         example = (example,)
     sig = _configured(model) or _signature_from_example(module, example, model.source)
     return LoadedModel("python", sig, module=module.eval(), example=example)
+
+
+def _causal_factory(module: Any, model: ModelConfig, root: Path) -> LoadedModel:
+    """A factory's causal LM: a transformers model with a generation head, wrapped as the step
+    graph, or a module that already has the step contract and says its cache layout with a
+    ``kiln_cache`` attribute (a :class:`kiln.spec.CacheSpec` or its fields as a dict)."""
+    from kiln.causal import causal_loaded, example_inputs, step_signature
+    from kiln.spec import CacheSpec
+
+    del root
+    if is_causal_lm(module):
+        return causal_loaded(module, model, "python", None)  # [generation].tokenizer names its tokenizer
+    layout = getattr(module, "kiln_cache", None)
+    if layout is None:
+        raise SourceError(
+            f"model factory {model.source!r}: task text-generation needs a transformers causal LM, or a module "
+            "with forward(input_ids, position_ids, *past) -> (logits, *present) and a kiln_cache attribute "
+            "(layers, kv_heads, head_dim, vocab_size, max_positions)"
+        )
+    if model.adapters:
+        raise SourceError("[model].adapter needs a transformers model; this factory returns a plain step module")
+    cache = layout if isinstance(layout, CacheSpec) else CacheSpec(**layout)
+    sig = step_signature(cache, model)
+    return LoadedModel("python", sig, module=module.eval(), example=example_inputs(sig))
 
 
 def _signature_from_example(module: Any, example: tuple[Any, ...] | None, source: str) -> Signature:

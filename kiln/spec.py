@@ -29,12 +29,51 @@ NUMPY_DTYPES = {
 
 
 @dataclass(frozen=True)
+class CacheSpec:
+    """The KV cache of a decoder LM's step graph: ``input_ids`` and ``position_ids`` ``[batch,
+    sequence]``, then ``past.<i>.key|value`` ``[batch, kv_heads, past, head_dim]`` in; ``logits``
+    ``[batch, sequence, vocab]``, then ``present.<i>.key|value`` (past + sequence long) out.
+    One graph serves prefill (past = 0) and decode (sequence = 1)."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int  # the model's own limit (position embeddings)
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    dtype: str = "float32"
+
+    @property
+    def past_names(self) -> list[str]:
+        return [f"past.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+
+    @property
+    def present_names(self) -> list[str]:
+        return [f"present.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class Signature:
     """Inputs (in call order) with their dims, and the model's output names once known."""
 
     inputs: tuple[InputSpec, ...]
     dims: dict[str, DimSpec]
     outputs: tuple[str, ...] = field(default=())
+    cache: CacheSpec | None = None  # set for a causal LM's step graph
+
+    @property
+    def generative(self) -> bool:
+        return self.cache is not None
+
+    def context_length(self) -> int:
+        """The most tokens one sequence can hold: the cache's range plus one step, within the
+        model's own position limit."""
+        assert self.cache is not None
+        return min(self.dims["past"].max + 1, self.cache.max_positions)
 
     @property
     def input_names(self) -> list[str]:
@@ -67,6 +106,7 @@ class Signature:
             "inputs": [spec.model_dump(mode="json", exclude_none=True) for spec in self.inputs],
             "dims": {k: v.model_dump(mode="json", exclude_none=True) for k, v in self.dims.items()},
             "outputs": list(self.outputs),
+            **({"cache": self.cache.to_dict()} if self.cache else {}),
         }
 
     @classmethod
@@ -75,6 +115,7 @@ class Signature:
             inputs=tuple(InputSpec.model_validate(s) for s in data["inputs"]),
             dims={k: DimSpec.model_validate(v) for k, v in data["dims"].items()},
             outputs=tuple(data.get("outputs", ())),
+            cache=CacheSpec(**data["cache"]) if data.get("cache") else None,
         )
 
 
@@ -103,14 +144,19 @@ def parity_points(sig: Signature) -> list[Point]:
     return ["min", "opt", "max"]
 
 
-def torch_dynamic_shapes(sig: Signature) -> tuple[dict[int, Any], ...]:
-    """``dynamic_shapes`` for ``torch.export.export``, positional in input order."""
+def torch_dynamic_shapes(sig: Signature) -> tuple[Any, ...]:
+    """``dynamic_shapes`` for ``torch.export.export``, positional in input order. A causal LM's
+    step takes its cache as ``*past``, whose entry torch.export wants as one tuple."""
     from torch.export import Dim
 
     made = {name: Dim(name, min=spec.min, max=spec.max) for name, spec in sig.dims.items() if not spec.static}
-    return tuple(
+    shapes = tuple(
         {axis: made[s] for axis, s in enumerate(spec.shape) if isinstance(s, str) and s in made} for spec in sig.inputs
     )
+    if sig.cache is None:
+        return shapes
+    fixed = len(sig.inputs) - len(sig.cache.past_names)
+    return (*shapes[:fixed], shapes[fixed:])
 
 
 def batch_dim(sig: Signature) -> str | None:

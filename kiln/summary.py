@@ -61,10 +61,11 @@ def print_summary(config: KilnConfig, results: list[TargetResult], out: Path) ->
 
 
 def _verdict(gate: Gate) -> str:
-    if gate.parity is None:
+    figures = gate.generation or gate.parity  # a causal LM is judged on what it generates
+    if figures is None:
         return gate.reason or "-"
-    verdict = "[green]pass[/green]" if not gate.parity.breaches else "[red]FAIL[/red]"
-    return f"{verdict} {gate.parity.worst}" + (" (simulated)" if gate.simulated else "")
+    verdict = "[green]pass[/green]" if not figures.breaches else "[red]FAIL[/red]"
+    return f"{verdict} {figures.worst}" + (" (simulated)" if gate.simulated else "")
 
 
 def _metric(gate: Gate) -> str:

@@ -20,6 +20,30 @@ from kiln.spec import Signature
 PROGRAM = "program.pt2"
 ONNX = "model.onnx"
 META = "export.json"
+TOKENIZER = "tokenizer"
+# The files of a transformers tokenizer folder (every format it may be saved in).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "generation_config.json",
+)
+
+
+def copy_tokenizer(source: Path, dest: Path) -> None:
+    """A causal LM's tokenizer travels with its export and every artifact: ``kiln generate`` and
+    the gate read text, and a device gets everything it needs in one folder."""
+    files = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
+    if not files:
+        raise ExportError(f"{source} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copyfile(path, dest / path.name)
 
 
 @dataclass(frozen=True)
@@ -40,6 +64,10 @@ class ExportBundle:
                 "use a Python, .pt2 or hf: source"
             )
         return self.path / PROGRAM
+
+    @property
+    def tokenizer_dir(self) -> Path | None:
+        return self.path / TOKENIZER if (self.path / TOKENIZER).is_dir() else None
 
     @property
     def onnx_path(self) -> Path:
@@ -99,8 +127,15 @@ def export_model(
             f"the model's example has {len(args)} inputs but [model].inputs names {len(sig.inputs)}; make them agree"
         )
     with torch.no_grad():
-        names, _ = flatten_outputs(loaded.module(*args))
-    sig = Signature(sig.inputs, sig.dims, tuple(names))
+        names, values = flatten_outputs(loaded.module(*args))
+    if sig.cache is not None:
+        if len(values) != len(sig.outputs):
+            raise ExportError(
+                f"the step graph returned {len(values)} outputs; a causal LM step returns logits and "
+                f"{len(sig.cache.present_names)} present key/value tensors ({len(sig.outputs)} in all)"
+            )
+        names = list(sig.outputs)
+    sig = Signature(sig.inputs, sig.dims, tuple(names), sig.cache)
     program = loaded.program if loaded.program is not None else capture(loaded.module, args, sig, strict)
     torch.export.save(program, str(out_dir / PROGRAM))
     onnx_error = None
@@ -109,6 +144,8 @@ def export_model(
     except ExportError as err:
         onnx_error = str(err)
         (out_dir / ONNX).unlink(missing_ok=True)
+    if loaded.tokenizer is not None:
+        copy_tokenizer(loaded.tokenizer, out_dir / TOKENIZER)
     meta.update(signature=sig.to_dict(), opset=opset, onnx_error=onnx_error)
     (out_dir / META).write_text(json.dumps(meta, indent=2))
     return ExportBundle(out_dir, sig, loaded.kind, opset, onnx_error, prune, _program=program)

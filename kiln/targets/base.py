@@ -21,6 +21,7 @@ from kiln.spec import Arrays, Signature
 
 if TYPE_CHECKING:
     from kiln.data import CalibrationSet, EvaluationSet
+    from kiln.decoding import DecodeSession
     from kiln.exporters import ExportBundle
 
 
@@ -109,6 +110,11 @@ class Runner(abc.ABC):
     def info(self) -> dict[str, Any]:
         """What the runtime reports about how it runs (execution precision, threads, streams)."""
         return {}
+
+    def decode_session(self, signature: Signature) -> DecodeSession | None:
+        """A causal LM's decoding on this runtime when it keeps the KV cache itself (a stateful
+        graph); ``None``: kiln carries the cache through ``infer`` (:class:`ExplicitCache`)."""
+        return None
 
     def infer_many(self, batches: list[Arrays]) -> None:
         """Throughput mode: run all requests, using the runtime's own concurrency if it has it."""

@@ -1,0 +1,190 @@
+"""Decoder LMs as one step graph with an explicit KV cache.
+
+``forward(input_ids, position_ids, *past) -> {logits, present.<i>.key|value}``: the same graph
+runs the prefill (past empty) and every decode step (sequence 1), so one capture serves every
+target, and each target picks the cache form its runtime does best (explicit inputs and outputs
+for ONNX Runtime and AOTInductor, internal state for OpenVINO).
+
+The cache is handed to transformers as a ``DynamicCache`` whose layers hold the given past
+tensors directly: letting the cache concatenate onto its own empty start tensor puts a
+zero-sized constant in the graph, which OpenVINO rejects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from kiln.config import DimSpec, InputSpec, ModelConfig
+from kiln.errors import SourceError
+from kiln.loaded import LoadedModel
+from kiln.spec import CacheSpec, Signature
+
+# Tokens the capture is traced with: a dim traced at 0 or 1 is specialized to a constant.
+EXAMPLE_SEQUENCE, EXAMPLE_PAST = 4, 8
+DEFAULT_CONTEXT = 256
+
+
+def cache_spec(config: Any) -> CacheSpec:
+    """The cache layout of a transformers causal LM, from its config."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None)
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+    if not (heads and layers and hidden):
+        raise SourceError(f"{type(config).__name__}: cannot read the layer, head and width counts of this model")
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None) or 2048
+    eos = getattr(text, "eos_token_id", None)
+    vocab = int(text.vocab_size)
+
+    def token(value: Any) -> int | None:
+        value = value[0] if isinstance(value, list | tuple) and value else value
+        return int(value) if isinstance(value, int) and 0 <= value < vocab else None
+
+    return CacheSpec(
+        layers=int(layers),
+        kv_heads=int(kv_heads),
+        head_dim=int(head_dim),
+        vocab_size=vocab,
+        max_positions=int(positions),
+        bos_token_id=token(getattr(text, "bos_token_id", None)),
+        eos_token_id=token(eos),
+    )
+
+
+def step_signature(cache: CacheSpec, model: ModelConfig) -> Signature:
+    """Inputs and dims of the step graph; ``[model].dims`` may set batch, sequence and past."""
+    context = min(cache.max_positions, DEFAULT_CONTEXT)
+    dims = {
+        "batch": model.dims.get("batch", DimSpec(min=1, opt=1, max=1)),
+        "sequence": model.dims.get("sequence", DimSpec(min=1, opt=min(64, context // 2), max=min(128, context))),
+        "past": model.dims.get("past", DimSpec(min=0, opt=min(64, context // 2), max=context - 1)),
+    }
+    if dims["past"].max + 1 > cache.max_positions:
+        raise SourceError(
+            f"dims.past.max = {dims['past'].max} reaches past the model's {cache.max_positions} positions; "
+            f"set [model].dims.past.max to at most {cache.max_positions - 1}"
+        )
+    for name in ("sequence", "past"):
+        if dims[name].static:
+            raise SourceError(f"dims.{name} must be a range (min < max): one step graph serves prefill and decode")
+    ids = (0, cache.vocab_size - 1)
+    inputs = [
+        InputSpec(name="input_ids", shape=["batch", "sequence"], dtype="int64", range=ids),
+        InputSpec(name="position_ids", shape=["batch", "sequence"], dtype="int64", range=(0, dims["past"].max)),
+    ]
+    inputs += [
+        InputSpec(name=name, shape=["batch", cache.kv_heads, "past", cache.head_dim], dtype="float32")
+        for name in cache.past_names
+    ]
+    outputs = ("logits", *cache.present_names)
+    return Signature(tuple(inputs), dims, outputs, cache)
+
+
+def example_inputs(sig: Signature) -> tuple[Any, ...]:
+    """A mid-sequence step (past 8, sequence 4; batch 2 when the batch is dynamic)."""
+    import torch
+
+    assert sig.cache is not None
+    batch = 1 if sig.dims["batch"].static else min(2, sig.dims["batch"].max)
+    seq = min(EXAMPLE_SEQUENCE, sig.dims["sequence"].max)
+    past = min(EXAMPLE_PAST, sig.dims["past"].max)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, sig.cache.vocab_size, (batch, seq), generator=gen)
+    positions = torch.arange(past, past + seq).expand(batch, seq).contiguous()
+    cache = sig.cache
+    pasts = [torch.randn(batch, cache.kv_heads, past, cache.head_dim, generator=gen) for _ in cache.past_names]
+    return (ids, positions, *pasts)
+
+
+def step_module(model: Any, cache: CacheSpec) -> Any:
+    """The transformers model as the step graph ``(input_ids, position_ids, *past) -> dict``."""
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    present_names = cache.present_names
+
+    class CausalStep(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor) -> dict:
+            kv = DynamicCache()
+            kv.layers = []
+            for i in range(cache.layers):
+                layer = DynamicLayer()
+                key, value = past[2 * i], past[2 * i + 1]
+                layer.dtype, layer.device = key.dtype, key.device
+                layer.keys, layer.values, layer.is_initialized = key, value, True
+                kv.layers.append(layer)
+            out = self.model(
+                input_ids=input_ids, position_ids=position_ids, past_key_values=kv, use_cache=True, return_dict=True
+            )
+            present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+            return {"logits": out.logits, **dict(zip(present_names, present, strict=True))}
+
+    return CausalStep().eval()
+
+
+def is_causal_lm(module: Any) -> bool:
+    """A transformers model with a generation head, whatever its class is called."""
+    can_generate = getattr(module, "can_generate", None)
+    return callable(can_generate) and bool(can_generate()) and hasattr(module, "config")
+
+
+def merge_adapter(model: Any, adapter: Path) -> Any:
+    """Merge a PEFT adapter (LoRA, QLoRA's LoRA) into the base weights: the capture sees one model."""
+    if not (adapter / "adapter_config.json").is_file():
+        raise SourceError(
+            f"adapter {adapter} has no adapter_config.json; point [model].adapter at a PEFT adapter folder"
+        )
+    try:
+        from peft import PeftModel
+    except ImportError as err:
+        raise SourceError("[model].adapter needs peft; pip install 'kiln[hf]' -c constraints.txt") from err
+    try:
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    except Exception as err:
+        raise SourceError(f"adapter {adapter} does not fit the model ({type(err).__name__}: {err})") from err
+
+
+def adapter_digest(adapter: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(adapter).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def causal_loaded(module: Any, model: ModelConfig, kind: Any, tokenizer_dir: Path | None) -> LoadedModel:
+    """A transformers causal LM (its adapter merged; adapter paths arrive resolved) as a loaded
+    step graph."""
+    if len(model.adapters) > 1:
+        raise SourceError("one adapter per model load; the build expands a list of adapters into one model each")
+    for ref in model.adapters:
+        module = merge_adapter(module, Path(ref))
+    module = module.eval()
+    if hasattr(module.config, "use_cache"):
+        module.config.use_cache = True
+    cache = cache_spec(module.config)
+    sig = step_signature(cache, model)
+    return LoadedModel(
+        kind, sig, module=step_module(module, cache), example=example_inputs(sig), tokenizer=tokenizer_dir
+    )
+
+
+def load_causal_lm(folder: Path, model: ModelConfig, config: Any, tokenizer: Any) -> LoadedModel:
+    """An ``hf:`` folder whose architecture maps to a causal LM head (``text-generation``)."""
+    import transformers
+
+    try:
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    except Exception as err:
+        raise SourceError(f"hf:{folder} failed to load as a causal LM ({type(err).__name__}: {err})") from err
+    del config, tokenizer  # the folder is the tokenizer's too; its files travel with the export
+    return causal_loaded(hf_model, model, "hf", folder)

@@ -1,0 +1,226 @@
+"""Decoding a causal LM on any artifact: one session contract, one sampling loop.
+
+A :class:`DecodeSession` holds one sequence (batch 1) being decoded on one artifact; the KV cache
+lives inside it. :class:`ExplicitCache` drives any runner of the step graph (the cache goes in as
+``past.*`` and comes back as ``present.*``); a target whose runtime keeps the cache itself
+(OpenVINO's stateful IR) gives its own session from ``Runner.decode_session``. The gate, the
+benchmark and ``kiln generate`` all decode through :func:`generate` and :func:`perplexity`, so
+every target is driven the same way.
+
+The context is bounded here, not by the runtime: AOTInductor runs a sequence past the dims it was
+compiled for without a word, so every feed is checked against the signature's ranges.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from kiln.errors import ConfigError
+from kiln.spec import Arrays, Signature
+
+
+class StepRunner(Protocol):
+    def infer(self, inputs: Arrays) -> Arrays: ...
+
+
+class ContextError(ConfigError):
+    """A prompt plus its new tokens do not fit the artifact's context."""
+
+
+class DecodeSession(abc.ABC):
+    """One sequence being decoded: ``feed`` appends tokens and returns their next-token logits."""
+
+    def __init__(self, sig: Signature) -> None:
+        assert sig.cache is not None, "a decode session needs a causal LM's step signature"
+        self.sig = sig
+        self.context = sig.context_length()
+        self.max_step = sig.dims["sequence"].max
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget the sequence (the cache is emptied)."""
+        self.length = 0
+        self._reset()
+
+    def feed(self, ids: Sequence[int]) -> np.ndarray:
+        """Append ``ids`` (chunked by the graph's sequence range) and return ``[len(ids), vocab]``
+        float32 logits."""
+        if not ids:
+            raise ValueError("feed needs at least one token")
+        if self.length + len(ids) > self.context:
+            raise ContextError(
+                f"{self.length + len(ids)} tokens do not fit this artifact's context of {self.context} "
+                "(dims.past.max + 1); shorten the prompt or lower the new tokens, or rebuild with a larger dims.past"
+            )
+        chunks = []
+        for start in range(0, len(ids), self.max_step):
+            chunk = np.asarray(ids[start : start + self.max_step], dtype=np.int64)[None]
+            positions = np.arange(self.length, self.length + chunk.shape[1], dtype=np.int64)[None]
+            chunks.append(np.asarray(self._step(chunk, positions), dtype=np.float32)[0])
+            self.length += chunk.shape[1]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    @abc.abstractmethod
+    def _step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Run one chunk ``[1, n]`` at ``positions``; return its logits ``[1, n, vocab]``."""
+
+    @abc.abstractmethod
+    def _reset(self) -> None: ...
+
+    def close(self) -> None:
+        """Release what the session holds (the runner stays open)."""
+
+
+class ExplicitCache(DecodeSession):
+    """The cache as the step graph's inputs and outputs, carried between calls by kiln."""
+
+    def __init__(self, runner: StepRunner, sig: Signature) -> None:
+        super().__init__(sig)
+        self.runner = runner
+        self._reset()
+
+    def _reset(self) -> None:
+        cache = self.sig.cache
+        assert cache is not None
+        empty = np.zeros((1, cache.kv_heads, 0, cache.head_dim), dtype=np.float32)
+        self.past: Arrays = dict.fromkeys(cache.past_names, empty)
+
+    def _step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        cache = self.sig.cache
+        assert cache is not None
+        out = self.runner.infer({"input_ids": ids, "position_ids": positions, **self.past})
+        self.past = {p: out[q] for p, q in zip(cache.past_names, cache.present_names, strict=True)}
+        return out["logits"]
+
+
+def session_for(runner: Any, sig: Signature) -> DecodeSession:
+    """The runner's own session when its runtime keeps the cache, else the explicit one."""
+    own = getattr(runner, "decode_session", None)
+    made = own(sig) if callable(own) else None
+    return made if made is not None else ExplicitCache(runner, sig)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy by default; temperature with top-k when ``temperature > 0``."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    seed: int | None = None
+
+
+def pick(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < scaled.size:
+        cut = np.partition(scaled, -sampling.top_k)[-sampling.top_k]
+        scaled = np.where(scaled < cut, -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    return int(rng.choice(scaled.size, p=probs))
+
+
+def generate(
+    session: DecodeSession,
+    prompt: Sequence[int],
+    new_tokens: int,
+    sampling: Sampling = Sampling(),
+    eos: int | None = None,
+    logits_out: list[np.ndarray] | None = None,
+) -> Iterator[int]:
+    """Stream up to ``new_tokens`` token ids after ``prompt`` (the session is reset first). Each
+    step's next-token logits are appended to ``logits_out`` when given."""
+    session.reset()
+    rng = np.random.default_rng(sampling.seed)
+    logits = session.feed(list(prompt))[-1]
+    for step in range(new_tokens):
+        if logits_out is not None:
+            logits_out.append(logits)
+        token = pick(logits, sampling, rng)
+        yield token
+        if token == eos or step + 1 == new_tokens:
+            return
+        logits = session.feed([token])[-1]
+
+
+def forced(session: DecodeSession, prompt: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+    """Teacher forcing: the next-token logits at every step when ``tokens`` are fed one at a time
+    after the prompt (the decode path, not one long prefill): ``[len(tokens), vocab]``."""
+    session.reset()
+    rows = [session.feed(list(prompt))[-1]]
+    for token in tokens[:-1]:
+        rows.append(session.feed([token])[-1])
+    return np.stack(rows)
+
+
+def perplexity(session: DecodeSession, ids: Sequence[int]) -> float:
+    """exp(mean negative log-likelihood) of ``ids``, scored in windows of the session's context
+    (each window prefilled in chunks of the graph's sequence range, so the cache is exercised)."""
+    nll, count = 0.0, 0
+    window = session.context
+    for start in range(0, max(len(ids) - 1, 1), window):
+        chunk = list(ids[start : start + window])
+        if len(chunk) < 2:
+            break
+        session.reset()
+        logits = session.feed(chunk).astype(np.float64)
+        shifted = logits[:-1]
+        top = shifted.max(axis=1, keepdims=True)
+        logz = (top + np.log(np.exp(shifted - top).sum(axis=1, keepdims=True)))[:, 0]
+        targets = np.asarray(chunk[1:])
+        nll += float((logz - shifted[np.arange(len(targets)), targets]).sum())
+        count += len(targets)
+    return math.exp(nll / count) if count else float("nan")
+
+
+class Tokenizer:
+    """Text to ids and back with the ``tokenizers`` library alone (what a device has), from the
+    ``tokenizer.json`` an artifact carries."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from tokenizers import Tokenizer as Fast
+        except ImportError as err:
+            raise ConfigError("decoding text needs tokenizers; pip install 'kiln[hf]' -c constraints.txt") from err
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise ConfigError(f"{folder} has no tokenizer.json; save the tokenizer with save_pretrained (a fast one)")
+        self._tok = Fast.from_file(str(path))
+        config = folder / "tokenizer_config.json"
+        settings = json.loads(config.read_text()) if config.is_file() else {}
+        self.add_bos = bool(settings.get("add_bos_token", False))
+        self.bos = self._id(settings.get("bos_token"))
+        self.eos = self._id(settings.get("eos_token"))
+
+    def _id(self, token: Any) -> int | None:
+        text = token.get("content") if isinstance(token, dict) else token
+        return self._tok.token_to_id(text) if isinstance(text, str) else None
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return [self.bos, *ids] if self.add_bos and self.bos is not None else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+def stream_text(tokenizer: Tokenizer, tokens: Iterator[int]) -> Iterator[str]:
+    """Text as it grows: decoding the whole sequence each time keeps multi-token characters whole."""
+    seen: list[int] = []
+    shown = ""
+    for token in tokens:
+        seen.append(token)
+        text = tokenizer.decode(seen)
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+            continue
+        yield text[len(shown) :]
+        shown = text
