@@ -238,7 +238,7 @@ def doctor(as_json: bool) -> None:
     click.echo(f"fingerprint: {fp.id}")
 
 
-def _batches(value: str | None) -> list[int] | None:
+def _batches(value: str | None, flag: str = "--batch") -> list[int] | None:
     if not value:
         return None
     try:
@@ -246,7 +246,7 @@ def _batches(value: str | None) -> list[int] | None:
     except ValueError:
         batches = []
     if not batches or min(batches) < 1:
-        raise ConfigError(f"--batch {value!r}: expected positive sizes separated by commas, e.g. 1,8,32")
+        raise ConfigError(f"{flag} {value!r}: expected positive sizes separated by commas, e.g. 1,8,32")
     return batches
 
 
@@ -278,6 +278,17 @@ def _batches(value: str | None) -> list[int] | None:
 @click.option("--warmup-seconds", type=click.FloatRange(min=0), help="Warm-up seconds per cell and round.")
 @click.option("--rounds", type=click.IntRange(min=1), help="Interleaved rounds over the targets.")
 @click.option(
+    "--prompt-tokens",
+    metavar="32,128,...",
+    help="Causal LMs: prompt lengths to time the first token after (default: [bench].prompt_tokens, else 32,128).",
+)
+@click.option(
+    "--new-tokens", type=click.IntRange(min=2), help="Causal LMs: tokens decoded per generation (default 64)."
+)
+@click.option(
+    "--generations", type=click.IntRange(min=1), help="Causal LMs: timed generations per prompt length (default 5)."
+)
+@click.option(
     "--out",
     "-o",
     type=click.Path(path_type=Path),
@@ -286,7 +297,9 @@ def _batches(value: str | None) -> list[int] | None:
     help="Build folder, as for kiln build.",
 )
 @click.option("--report-dir", type=click.Path(path_type=Path), help="Where the reports go (default: OUT/<model>/).")
-@click.option("--refresh-peak", is_flag=True, help="Re-measure the machine's peak instead of using the cache.")
+@click.option(
+    "--refresh-peak", is_flag=True, help="Re-measure the machine's peak (and bandwidth) instead of using the cache."
+)
 @command
 def bench(
     source: Path,
@@ -298,6 +311,9 @@ def bench(
     min_iters: int | None,
     warmup_seconds: float | None,
     rounds: int | None,
+    prompt_tokens: str | None,
+    new_tokens: int | None,
+    generations: int | None,
     out: Path,
     report_dir: Path | None,
     refresh_peak: bool,
@@ -310,13 +326,16 @@ def bench(
     from kiln.report.console import print_results
 
     flags = {
-        "batches": _batches(batch),
+        "batches": _batches(batch, "--batch"),
         "threads": threads,
         "mode": mode,
         "min_seconds": min_seconds,
         "min_iters": min_iters,
         "warmup_seconds": warmup_seconds,
         "rounds": rounds,
+        "prompt_tokens": _batches(prompt_tokens, "--prompt-tokens"),
+        "new_tokens": new_tokens,
+        "generations": generations,
     }
     # Only the flags given are set, so only they override the config's [bench] values.
     overrides = BenchSettings(**{name: value for name, value in flags.items() if value is not None})
@@ -356,6 +375,77 @@ def report(results_path: Path, html: bool) -> None:
 
     written = write_reports(load_results(results_path), results_path.parent, html=html, with_results=False)
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@main.command()
+@click.argument("artifact", metavar="build/<model>/<target-dir>", type=click.Path(path_type=Path, exists=True))
+@click.option("--prompt", "-p", required=True, help="The text to continue.")
+@click.option("--max-new-tokens", "-n", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 decodes greedily.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Sample from the k likeliest tokens (with --temperature).")
+@click.option("--seed", type=int, help="Seed of the sampler, for a repeatable sample.")
+@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: the runtime's own).")
+@command
+def generate(
+    artifact: Path,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int | None,
+    threads: int | None,
+) -> None:
+    """Stream text from a built causal-LM artifact, through the decoding loop every target shares."""
+    import time
+
+    from kiln.decoding import Sampling, Tokenizer, session_for, stream_text
+    from kiln.decoding import generate as decode
+    from kiln.manifest import Manifest
+    from kiln.targets import get_target
+    from kiln.targets.base import Artifact, RunOptions
+
+    manifest = Manifest.read(artifact)
+    sig = manifest.signature
+    if not sig.generative:
+        raise ConfigError(
+            f"{artifact} is a {manifest.model} artifact without a KV cache (not a text-generation model); "
+            "kiln generate needs a causal LM built with task text-generation"
+        )
+    tokenizer = Tokenizer(artifact / "tokenizer")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ConfigError("the prompt encodes to no tokens; give some text")
+    if len(ids) + max_new_tokens > sig.context_length():
+        raise ConfigError(
+            f"the prompt ({len(ids)} tokens) and --max-new-tokens {max_new_tokens} exceed this artifact's context "
+            f"of {sig.context_length()} tokens; shorten one, or rebuild with a larger [model].dims.past"
+        )
+    impl = get_target(manifest.target, need_run=True)
+    runner = impl.load(Artifact.from_manifest(artifact, manifest), RunOptions(threads=threads))
+    sampling = Sampling(temperature=temperature, top_k=top_k, seed=seed)
+    with runner:
+        session = session_for(runner, sig)
+        start = time.perf_counter()
+        stamps: list[float] = []
+
+        def timed() -> Any:
+            for token in decode(session, ids, max_new_tokens, sampling, eos=tokenizer.eos):
+                stamps.append(time.perf_counter() - start)
+                yield token
+
+        click.echo(prompt, nl=False)
+        for piece in stream_text(tokenizer, timed()):
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+        session.close()
+    click.echo("")
+    count, first = len(stamps), stamps[0] if stamps else 0.0
+    rate = (count - 1) / (stamps[-1] - first) if count > 1 and stamps[-1] > first else 0.0
+    click.echo(
+        f"kiln: {manifest.target}:{manifest.precision}: {count} tokens, the first after {1000 * first:.0f} ms, "
+        f"then {rate:.1f} tokens/s",
+        err=True,
+    )
 
 
 if __name__ == "__main__":

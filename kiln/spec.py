@@ -144,16 +144,16 @@ def parity_points(sig: Signature) -> list[Point]:
     return ["min", "opt", "max"]
 
 
-def torch_dynamic_shapes(sig: Signature) -> tuple[Any, ...]:
+def torch_dynamic_shapes(sig: Signature, varargs: bool = False) -> tuple[Any, ...]:
     """``dynamic_shapes`` for ``torch.export.export``, positional in input order. A causal LM's
-    step takes its cache as ``*past``, whose entry torch.export wants as one tuple."""
+    step that takes its cache as ``*past`` (``varargs``) needs that entry as one tuple."""
     from torch.export import Dim
 
     made = {name: Dim(name, min=spec.min, max=spec.max) for name, spec in sig.dims.items() if not spec.static}
     shapes = tuple(
         {axis: made[s] for axis, s in enumerate(spec.shape) if isinstance(s, str) and s in made} for spec in sig.inputs
     )
-    if sig.cache is None:
+    if sig.cache is None or not varargs:
         return shapes
     fixed = len(sig.inputs) - len(sig.cache.past_names)
     return (*shapes[:fixed], shapes[fixed:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -41,8 +42,11 @@ def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) ->
     """``torch.export.export`` with the spec's dynamic dims."""
     import torch
 
+    params = inspect.signature(module.forward).parameters.values()
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
     try:
-        return torch.export.export(module, args, dynamic_shapes=torch_dynamic_shapes(sig), strict=strict)
+        shapes = torch_dynamic_shapes(sig, varargs)
+        return torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
     except Exception as err:
         other = "false" if strict else "true"
         raise describe_failure(
