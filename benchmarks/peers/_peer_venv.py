@@ -1,0 +1,58 @@
+"""Shared by the optimum-intel peer scripts: re-run inside the peer venv, list versions."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("OPTIMUM_VENV", HERE / ".venv-optimum"))
+
+PACKAGES = [
+    "optimum-intel",
+    "optimum",
+    "openvino",
+    "openvino-tokenizers",
+    "nncf",
+    "transformers",
+    "tokenizers",
+    "huggingface-hub",
+    "torch",
+    "numpy",
+]
+
+
+def ensure_peer_venv() -> None:
+    """Re-exec this script with the peer venv's python when optimum-intel is not importable here."""
+    try:
+        import optimum.intel  # noqa: F401
+    except ImportError:
+        py = VENV / "bin" / "python"
+        if not py.exists():
+            sys.exit(f"optimum-intel is not installed here and {py} is missing: run bash {HERE / 'optimum_intel.sh'}")
+        if Path(sys.prefix).resolve() == VENV.resolve():
+            raise
+        os.execv(str(py), [str(py), *sys.argv])
+
+
+def offline_env() -> None:
+    """The HF hub is never reached: local folders only."""
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ.setdefault(k, "1")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    out["python"] = sys.version.split()[0]
+    import openvino
+
+    out["openvino_build"] = openvino.get_version()
+    return out
