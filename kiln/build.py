@@ -442,11 +442,14 @@ def _adapter(config: KilnConfig) -> AdapterRecord | None:
 
 
 def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> Path:
-    """The export stage alone (``kiln export``); returns the export folder."""
-    p = plan(config, out_root)
-    with BuildLock(p.model_dir):
-        clean_debris(p.model_dir)
-        folder = p.model_dir / "export"
-        if up_to_date(folder, p.export_key, META) is None:
-            _export(p, load_source(config.model, config.root), progress)
-    return folder
+    """The export stage alone (``kiln export``); returns the (first model's) export folder."""
+    folders = []
+    for each in per_adapter(config):
+        p = plan(each, out_root)
+        with BuildLock(p.model_dir):
+            clean_debris(p.model_dir)
+            folder = p.model_dir / "export"
+            if up_to_date(folder, p.export_key, META) is None:
+                _export(p, load_source(each.model, each.root), progress)
+        folders.append(folder)
+    return folders[0]

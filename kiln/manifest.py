@@ -84,6 +84,7 @@ class PromptFigures(_Record):
     """One prompt of the generation gate: eager's greedy tokens against the artifact's."""
 
     prompt: str
+    prompt_ids: list[int]
     eager_tokens: list[int]
     tokens: list[int]
     first_divergence: int | None  # the first step where the free-running sequences differ

@@ -218,6 +218,7 @@ class GenerationReference:
             per_prompt.append(
                 PromptFigures(
                     prompt=label,
+                    prompt_ids=list(prompt),
                     eager_tokens=eager_tokens,
                     tokens=tokens,
                     first_divergence=diverge,
