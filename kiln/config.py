@@ -85,6 +85,9 @@ class ModelConfig(_Strict):
     # PEFT adapters (LoRA, QLoRA) merged into the model before capture: one path, or a list of
     # paths each giving its own artifacts.
     adapter: str | list[str] | None = None
+    # Outputs that hold class scores, where the gate's top-1 agreement applies; outputs named
+    # *logits and a [batch, classes] primary output are recognised without it.
+    class_outputs: list[str] = []
 
     @property
     def adapters(self) -> list[str]:

@@ -7,7 +7,13 @@ plus calibration samples when given):
 - ``max_rel``: ``max_abs`` divided by the reference's largest magnitude (stable near zeros, unlike
   an element-wise ratio);
 - ``cosine``: the smallest per-sample cosine similarity;
-- ``top1``: the fraction of rows whose argmax agrees (classifier-like outputs: float, last dim > 1).
+- ``top1``: the fraction of rows whose argmax agrees, on outputs that hold class scores only
+  (:func:`is_classifier`): a hidden state's argmax over features means nothing.
+
+Token-level outputs (``[batch, sequence, ...]``) of a model with an ``attention_mask`` input are
+compared on the positions the mask keeps: a model may fill padded positions with anything. An
+artifact that makes values non-finite where eager's are finite is named as such, not as a
+tolerance breach.
 
 Default tolerances are per target and precision, in the registry rows (``kiln.targets``).
 A figure is gated when its tolerance is set; a breach names the output, the figure, the
@@ -34,26 +40,46 @@ class Figures:
     max_rel: float = 0.0
     cosine: float = 1.0
     top1: float | None = None
+    nonfinite: int = 0  # values the artifact made inf or nan where the reference is finite
+    values: int = 0
     _agree: int = field(default=0, repr=False)
     _rows: int = field(default=0, repr=False)
 
-    def add(self, got: np.ndarray, ref: np.ndarray) -> None:
+    def add(self, got: np.ndarray, ref: np.ndarray, classes: bool = True, mask: np.ndarray | None = None) -> None:
+        """Add one case. ``classes``: the output holds class scores on its last axis (top-1
+        applies). ``mask`` ``[batch, sequence]``: only the kept token positions are compared."""
         got64, ref64 = np.asarray(got, np.float64), np.asarray(ref, np.float64)
         if got64.shape != ref64.shape:
             self.max_abs = self.max_rel = float("inf")
             self.cosine = 0.0
             return
+        self.values += got64.size
+        self.nonfinite += int((~np.isfinite(got64) & np.isfinite(ref64)).sum())
+        keep = mask is not None and ref64.ndim >= 2 and ref64.shape[:2] == mask.shape
+        rows = [(got64[i][mask[i] != 0], ref64[i][mask[i] != 0]) for i in range(ref64.shape[0])] if keep else None
+        if rows is not None:
+            got64 = np.concatenate([g.ravel() for g, _ in rows]) if rows else got64[:0]
+            ref64 = np.concatenate([r.ravel() for _, r in rows]) if rows else ref64[:0]
         diff = np.abs(got64 - ref64)
         max_abs = float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
         scale = float(np.abs(ref64).max()) if ref64.size else 0.0
         self.max_abs = max(self.max_abs, max_abs)
         self.max_rel = max(self.max_rel, max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf")))
-        self.cosine = min(self.cosine, _min_cosine(got64, ref64))
-        if np.issubdtype(np.asarray(ref).dtype, np.floating) and ref64.ndim >= 2 and ref64.shape[-1] > 1:
-            a, b = got64.reshape(-1, ref64.shape[-1]), ref64.reshape(-1, ref64.shape[-1])
-            self._agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-            self._rows += a.shape[0]
-            self.top1 = self._agree / self._rows
+        if rows is not None:
+            self.cosine = min(
+                [self.cosine] + [_min_cosine(g.reshape(1, -1), r.reshape(1, -1)) for g, r in rows if g.size]
+            )
+        else:
+            self.cosine = min(self.cosine, _min_cosine(got64, ref64))
+        if classes and np.issubdtype(np.asarray(ref).dtype, np.floating) and np.asarray(ref).ndim >= 2:
+            width = np.asarray(ref).shape[-1]
+            if width > 1:
+                pairs = rows if rows is not None else [(got64, ref64)]
+                for g, r in pairs:
+                    a, b = g.reshape(-1, width), r.reshape(-1, width)
+                    self._agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+                    self._rows += a.shape[0]
+                self.top1 = self._agree / self._rows if self._rows else None
 
     def result(self) -> OutputFigures:
         return OutputFigures(max_abs=self.max_abs, max_rel=self.max_rel, cosine=self.cosine, top1=self.top1)
@@ -72,47 +98,76 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(cos.min()) if cos.size else 1.0
 
 
+MASK_INPUT = "attention_mask"
+
+
+def is_classifier(name: str, value: np.ndarray, primary: str | None, marked: tuple[str, ...] = ()) -> bool:
+    """Whether top-1 agreement means something for an output: class scores on its last axis.
+    Outputs named ``*logits`` and outputs marked in the config are; so is the primary output when
+    it is one row of scores per sample (``[batch, classes]``). A hidden state (``[batch, sequence,
+    features]``) is not: its argmax over features means nothing."""
+    if name in marked or name.endswith("logits"):
+        return True
+    return (primary is None or name == primary) and np.asarray(value).ndim == 2
+
+
 @dataclass
 class ParityReport:
     tolerance: Tolerance
-    # Top-1 agreement is gated on this output only (the one the task reads); other outputs, such
-    # as hidden states, have no classes and are gated by cosine and error figures.
+    # The output the task reads; top-1 applies to it when it is ``[batch, classes]``, and to
+    # every output named ``*logits`` or listed in ``classifiers`` (see :func:`is_classifier`).
     primary: str | None = None
     outputs: dict[str, Figures] = field(default_factory=dict)
     cases: int = 0
+    classifiers: tuple[str, ...] = ()
+    _top1: dict[str, bool] = field(default_factory=dict, repr=False)
 
-    def add_case(self, got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
+    def add_case(
+        self, got: dict[str, np.ndarray], ref: dict[str, np.ndarray], inputs: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Add one case; with ``inputs``, token-level outputs are compared where their
+        ``attention_mask`` keeps positions (padding may hold anything)."""
         self.cases += 1
+        mask = inputs.get(MASK_INPUT) if inputs is not None else None
         for name, value in ref.items():
             figures = self.outputs.setdefault(name, Figures())
             if name not in got:
                 figures.max_abs = figures.max_rel = float("inf")
                 figures.cosine = 0.0
                 continue
-            figures.add(got[name], value)
+            classes = self._top1.setdefault(name, is_classifier(name, value, self.primary, self.classifiers))
+            figures.add(got[name], value, classes=classes, mask=mask)
 
     def breaches(self) -> list[str]:
         found = []
         for name, figures in self.outputs.items():
+            if figures.nonfinite:
+                found.append(
+                    f"output {name!r}: the artifact produced {figures.nonfinite} non-finite values (inf or nan) "
+                    f"of {figures.values} where eager's are finite: the runtime fails on an operator of this "
+                    "model; try another target or precision"
+                )
+                continue  # every other figure of this output is meaningless now
             for figure, limit in self._limits(name):
                 value = getattr(figures, figure)
                 if value is None or limit is None:
                     continue
+                # A suggested tolerance only where one could honestly pass (never inf or nan).
                 if figure in HIGHER_IS_BETTER and value < limit:
-                    found.append(
-                        f"output {name!r}: {figure} {value:.6g} < tolerance {limit:.6g} "
-                        f"(min_{figure} = {_floor(value):.6g} would pass)"
-                    )
+                    hint = f" (min_{figure} = {_floor(value):.6g} would pass)" if np.isfinite(value) else ""
+                    found.append(f"output {name!r}: {figure} {value:.6g} < tolerance {limit:.6g}{hint}")
                 elif figure not in HIGHER_IS_BETTER and not value <= limit:
-                    found.append(
-                        f"output {name!r}: {figure} {value:.3g} > tolerance {limit:.3g} "
-                        f"({figure} = {_ceil(value):.3g} would pass)"
+                    hint = (
+                        f" ({figure} = {_ceil(value):.3g} would pass)"
+                        if np.isfinite(value)
+                        else " (the outputs differ in shape or hold nan: no tolerance passes)"
                     )
+                    found.append(f"output {name!r}: {figure} {value:.3g} > tolerance {limit:.3g}{hint}")
         return found
 
     def _limits(self, output: str) -> list[tuple[str, float | None]]:
         t = self.tolerance
-        top1 = t.min_top1 if self.primary is None or output == self.primary else None
+        top1 = t.min_top1 if self._top1.get(output, False) else None
         return [("max_abs", t.max_abs), ("max_rel", t.max_rel), ("cosine", t.min_cosine), ("top1", top1)]
 
     @property

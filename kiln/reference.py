@@ -128,10 +128,10 @@ class Reference:
     def _parity_gate(self, runner: Runner, tolerance: Tolerance, real_data: bool) -> Gate:
         evalset = self.data.evaluation
         primary = (evalset.output if evalset is not None else None) or self.bundle.signature.outputs[0]
-        report = ParityReport(tolerance, primary=primary)
+        report = ParityReport(tolerance, primary=primary, classifiers=tuple(self.config.model.class_outputs))
         real = real_data and self.data.calibration is not None
         for inputs, expected in self.real_cases() if real else self.cases():
-            report.add_case(runner.infer(inputs), expected)
+            report.add_case(runner.infer(inputs), expected, inputs)
         parity = report.result("calibration + evaluation (real data)" if real else "seeded + calibration")
         breaches = list(parity.breaches)
         evaluation = None

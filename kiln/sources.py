@@ -160,7 +160,71 @@ def _load_python(model: ModelConfig, root: Path) -> LoadedModel:
     if example is not None and not isinstance(example, tuple):
         example = (example,)
     sig = _configured(model) or _signature_from_example(module, example, model.source)
-    return LoadedModel("python", sig, module=module.eval(), example=example)
+    if getattr(getattr(module, "config", None), "use_cache", None):
+        # A transformers model captured as a fixed graph: a KV cache object in its outputs is no
+        # tensor (task text-generation captures the cache explicitly instead).
+        module.config.use_cache = False
+    return LoadedModel("python", sig, module=bind_inputs(module.eval(), sig.input_names, model.source), example=example)
+
+
+def bind_inputs(module: Any, names: list[str], where: str) -> Any:
+    """The module as kiln calls every model: positionally, in the spec's input order.
+
+    When the spec's names are the leading parameters of ``forward`` in order (or do not name its
+    parameters at all), positional is what the model expects. When every name is a parameter but
+    in another order, or with optional parameters between them (transformers'
+    ``forward(input_ids, past_key_values=None, attention_mask=None)``), the inputs bind by
+    keyword. A parameter ``forward`` needs that the spec does not give is one line naming it."""
+    params = [p for p in inspect.signature(module.forward).parameters.values() if p.kind not in (p.VAR_KEYWORD,)]
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return module  # forward(*args): positional by construction
+    by_name = {p.name: p for p in params}
+    named = all(n in by_name and by_name[n].kind != by_name[n].POSITIONAL_ONLY for n in names)
+    required = [p.name for p in params if p.default is p.empty]
+    if named:
+        if missing := [r for r in required if r not in names]:
+            raise SourceError(
+                f"model {where!r}: forward() needs the parameter {missing[0]!r}, which [model].inputs does not give; "
+                f"add an input named {missing[0]!r} or give it a default in forward"
+            )
+        if names == [p.name for p in params[: len(names)]]:
+            return module
+        return _keyword_binder(module, names)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    needed = [p.name for p in params if p.default is p.empty]
+    if len(needed) > len(names) or any(p.kind == p.KEYWORD_ONLY and p.default is p.empty for p in params):
+        extra = next((p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty), None)
+        missing = extra or needed[len(names)]
+        raise SourceError(
+            f"model {where!r}: forward() needs the parameter {missing!r}, which [model].inputs does not give "
+            f"(inputs {names}, passed positionally); add it to [model].inputs or give it a default in forward"
+        )
+    if len(names) > len(positional):
+        raise SourceError(
+            f"model {where!r}: [model].inputs names {len(names)} inputs but forward() takes {len(positional)} "
+            f"positionally ({', '.join(p.name for p in positional)}); name the inputs after forward's parameters"
+        )
+    del torch
+    return module
+
+
+def _keyword_binder(module: Any, names: list[str]) -> Any:
+    """A wrapper whose ``forward`` takes the inputs positionally, by the spec's names, and hands
+    them on by keyword (torch.export matches ``dynamic_shapes`` to these named parameters)."""
+    import torch
+
+    args = ", ".join(names)
+    source = f"def forward(self, {args}):\n    return self.model({', '.join(f'{n}={n}' for n in names)})\n"
+    scope: dict[str, Any] = {}
+    exec(compile(source, f"<kiln keyword binding {args}>", "exec"), scope)  # names are forward's own parameters
+
+    class KeywordBinding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = module
+
+    KeywordBinding.forward = scope["forward"]  # type: ignore[method-assign]
+    return KeywordBinding().eval()
 
 
 def _causal_factory(module: Any, model: ModelConfig, root: Path) -> LoadedModel:

@@ -63,5 +63,52 @@ def test_top1_is_gated_only_on_the_primary_output() -> None:
     got[0] = [0, 2, 0, 0]
     report = ParityReport(Tolerance(min_top1=0.9), primary="logits")
     report.add_case({"logits": ref, "hidden": got}, {"logits": ref, "hidden": ref})
-    assert report.outputs["hidden"].top1 == 0.75
+    assert report.outputs["hidden"].top1 is None  # not class scores: argmax means nothing there
+    assert report.outputs["logits"].top1 == 1.0
     assert report.passed
+
+
+def test_top1_never_applies_to_a_hidden_state_but_does_to_any_logits() -> None:
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((2, 5, 8))
+    noisy = hidden + 0.3 * rng.standard_normal(hidden.shape)  # argmax over features flips
+    report = ParityReport(Tolerance(min_top1=0.99), primary="last_hidden_state")
+    report.add_case(
+        {"last_hidden_state": noisy, "start_logits": hidden}, {"last_hidden_state": hidden, "start_logits": hidden}
+    )
+    assert report.outputs["last_hidden_state"].top1 is None
+    assert report.outputs["start_logits"].top1 == 1.0
+    assert not any("top1" in b for b in report.breaches())
+    marked = ParityReport(Tolerance(min_top1=0.99), primary="x", classifiers=("last_hidden_state",))
+    marked.add_case({"last_hidden_state": noisy}, {"last_hidden_state": hidden})
+    assert any("top1" in b for b in marked.breaches())
+
+
+def test_token_outputs_are_compared_on_the_positions_the_mask_keeps() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal((2, 6, 4))
+    got = ref.copy()
+    got[:, 4:] = 100.0  # padded positions: free to hold anything
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0]])
+    report = ParityReport(Tolerance(max_rel=1e-6, min_cosine=0.9999))
+    report.add_case({"h": got}, {"h": ref}, {"attention_mask": mask, "input_ids": mask})
+    assert report.passed, report.breaches()
+    unmasked = ParityReport(Tolerance(max_rel=1e-6, min_cosine=0.9999))
+    unmasked.add_case({"h": got}, {"h": ref})
+    assert not unmasked.passed
+    got[0, 1] += 1.0  # a kept position that differs is still caught
+    caught = ParityReport(Tolerance(max_rel=1e-6))
+    caught.add_case({"h": got}, {"h": ref}, {"attention_mask": mask})
+    assert not caught.passed
+
+
+def test_non_finite_outputs_are_named_and_no_infinite_tolerance_is_suggested() -> None:
+    ref = np.ones((2, 3), dtype=np.float32)
+    got = ref.copy()
+    got[0, 0] = np.inf
+    got[1, 2] = np.nan
+    report = ParityReport(Tolerance(max_rel=1e-4, min_cosine=0.99))
+    report.add_case({"y": got}, {"y": ref})
+    (breach,) = report.breaches()
+    assert "2 non-finite values (inf or nan) of 6" in breach and "another target or precision" in breach
+    assert "would pass" not in breach and "= inf" not in breach
