@@ -104,7 +104,10 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
         }
     )
     data_files = [
-        f for spec in (config.calibration, config.evaluation) if spec for f in _data_files(spec.source, config.root)
+        f
+        for what, spec in (("[calibration]", config.calibration), ("[evaluation]", config.evaluation))
+        if spec
+        for f in _data_files(spec.source, config.root, what)
     ]
     data_key = hash_files(data_files, config.root)
     variant_keys = _variant_keys(config, export_key, data_key)
@@ -176,13 +179,18 @@ def _variant_keys(config: KilnConfig, export_key: str, data_key: str) -> dict[st
     return keys
 
 
-def _data_files(source: str, root: Path) -> list[Path]:
-    """Files whose bytes define a data spec: the callable's module, a .npz, or a folder of arrays."""
+def _data_files(source: str, root: Path, what: str = "data") -> list[Path]:
+    """Files whose bytes define a data spec: the callable's module, a .npz, or a folder of arrays.
+    A file or folder that does not exist is one line now, before any export."""
     ref, _, _ = source.partition(":") if source.split(":", 1)[0].endswith(".py") else (source, "", "")
     path = root / ref
     if path.is_file():
         return [path]
-    return sorted(path.glob("*.np[yz]")) if path.is_dir() else []
+    if path.is_dir():
+        return sorted(path.glob("*.np[yz]"))
+    if ref.endswith((".py", ".npz", ".npy")) or "/" in ref or ":" not in source:
+        raise ConfigError(f"{what} source {path} does not exist; check the path (relative to the config's folder)")
+    return []  # package.module:fn, found on import
 
 
 def per_adapter(config: KilnConfig) -> list[KilnConfig]:
@@ -243,9 +251,10 @@ def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, Targe
     config = p.config
     progress("loading the model source")
     loaded = load_source(config.model, config.root)
-    bundle = _export(p, loaded, progress)
+    # Data is checked against the input spec before the capture: a mismatch leaves nothing behind.
     progress("loading calibration and evaluation data")
-    data = BuildData.load(config, bundle.signature)
+    data = BuildData.load(config, loaded.signature)
+    bundle = _export(p, loaded, progress)
     dense = Reference(config, bundle, loaded.module if loaded.kind != "onnx" else None, data)
     variants: dict[str | None, tuple[ExportBundle, Reference]] = {None: (bundle, dense)}
     for tp in stale:

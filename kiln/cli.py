@@ -7,7 +7,9 @@ its own target. A ``KilnError`` becomes one line on stderr and its exit code (2 
 
 from __future__ import annotations
 
+import errno
 import functools
+import logging
 import os
 import sys
 import traceback
@@ -19,7 +21,7 @@ from typing import Any
 import click
 
 from kiln import __version__
-from kiln.errors import ConfigError, KilnError
+from kiln.errors import ConfigError, KilnError, KilnWarning
 
 
 def _fail(err: KilnError, verbose: bool) -> None:
@@ -27,6 +29,30 @@ def _fail(err: KilnError, verbose: bool) -> None:
         traceback.print_exception(err)
     click.echo(f"kiln: error: {err}", err=True)
     sys.exit(err.exit_code)
+
+
+# Failures of the machine or the folders a user chose, not of kiln: one line, exit 2.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+}
+
+
+def _describe_os_error(err: OSError) -> str:
+    where = err.filename or "a file"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some disk space or choose another --out; nothing half-written was kept"
+    elif err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = "a file is in the way of a folder (or the other way round): choose another --out or remove it"
+    else:
+        fix = "choose a folder you can write to (--out)"
+    return f"cannot write {where}: {err.strerror}; {fix}"
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
@@ -40,14 +66,27 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, verbose: bool, **kwargs: Any) -> Any:
         warnings.formatwarning = _one_line_warning
+        disabled = logging.root.manager.disable
         if verbose:
             os.environ["KILN_VERBOSE"] = "1"
         else:
             _quiet_toolchains()
+            # A user error is one line: no toolchain's log records (a corrupt .pt2 makes torch log
+            # its own traceback) reach stderr; kiln reports through click, not logging.
+            logging.disable(logging.CRITICAL)
         try:
             return fn(*args, **kwargs)
         except KilnError as err:
             _fail(err, verbose)
+        except OSError as err:
+            if err.errno not in _ENVIRONMENT_ERRNOS:
+                raise  # anything else is a bug in kiln: keep its traceback
+            _fail(ConfigError(_describe_os_error(err)), verbose)
+        except KeyboardInterrupt:
+            click.echo("kiln: interrupted; nothing half-written was kept, run the command again to resume", err=True)
+            sys.exit(130)
+        finally:
+            logging.disable(disabled)
 
     return wrapper
 
@@ -64,9 +103,10 @@ def _quiet_toolchains() -> None:
     imports it blocks; ``--verbose`` keeps it all."""
     from kiln.targets import quiet_toolchains
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnxscript|coremltools|nncf)")
+    # Toolchains' own warnings are hidden (they name internals a user cannot act on); kiln's
+    # own stay, one line each.
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", category=KilnWarning)
     # transformers draws loading bars and logs per model; kiln reports its own progress.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -105,6 +145,8 @@ def build(config_path: Path, targets: tuple[str, ...], out: Path) -> None:
     from kiln.summary import print_summary
 
     config = with_targets(load_config(config_path), list(targets))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out or remove the file")
     if not config.target:
         raise ConfigError(f"{config_path}: no [[target]] to build; add one or pass --target NAME[:PRECISION]")
     console = _console()

@@ -254,6 +254,20 @@ class KilnConfig(_Strict):
     # Folder the config came from: relative paths in sources resolve against it.
     root: Path = Path(".")
 
+    @model_validator(mode="after")
+    def _distinct_targets(self) -> KilnConfig:
+        """Two rows with one key would build into one folder: refuse them, naming both."""
+        seen: dict[str, int] = {}
+        for i, target in enumerate(self.target):
+            if target.key in seen:
+                same = "identical" if target == self.target[seen[target.key]] else "conflicting"
+                raise ValueError(
+                    f"[[target]] rows {seen[target.key] + 1} and {i + 1} are {same} ({target.name}:{target.precision}"
+                    f"{'-' + target.prune.slug if target.prune else ''}); keep one, or give one another precision or prune"
+                )
+            seen[target.key] = i
+        return self
+
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
@@ -299,5 +313,6 @@ def with_targets(config: KilnConfig, selectors: list[str]) -> KilnConfig:
         if matches:
             chosen.extend(t for t in matches if t not in chosen)
             continue
-        chosen.append(TargetConfig(name=name, precision=precision or "fp32"))
+        if (new := TargetConfig(name=name, precision=precision or "fp32")) not in chosen:
+            chosen.append(new)
     return config.model_copy(update={"target": chosen})

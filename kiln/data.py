@@ -60,11 +60,30 @@ def check_inputs(sig: Signature, arrays: Arrays, where: str) -> None:
             raise DataError(
                 f"{where}: input {spec.name!r} has shape {list(got)}, expected {shown}; fix the data or the input spec"
             )
-        kind = arrays[spec.name].dtype.kind
-        if (spec.dtype.startswith(("float", "bfloat")) and kind not in "fiu") or (
-            spec.dtype.startswith("int") and kind not in "iub"
-        ):
-            raise DataError(f"{where}: input {spec.name!r} has dtype {arrays[spec.name].dtype}, expected {spec.dtype}")
+        if not castable(arrays[spec.name], spec.dtype):
+            raise DataError(
+                f"{where}: input {spec.name!r} has dtype {arrays[spec.name].dtype}, expected {spec.dtype}; "
+                "convert the data (kiln casts only within a kind: any float width to the spec's float, "
+                "integers that fit the spec's integer type, 0/1 to bool)"
+            )
+
+
+def castable(array: np.ndarray, dtype: str) -> bool:
+    """Whether data of ``array``'s dtype may stand for ``dtype`` with a documented cast: floats of
+    any width for a float input, integers (or booleans) whose values fit an integer input, 0/1
+    for a bool input. An integer array for a float input, or floats for token ids, is refused:
+    that is a mix-up, not a precision choice."""
+    kind = array.dtype.kind
+    if dtype.startswith(("float", "bfloat")):
+        return kind == "f"
+    if dtype == "bool":
+        return kind == "b" or (kind in "iu" and bool(np.isin(array, (0, 1)).all()))
+    if kind == "b":
+        return True
+    if kind not in "iu":
+        return False
+    info = np.iinfo(NUMPY_DTYPES[dtype])
+    return array.size == 0 or (int(array.min()) >= info.min and int(array.max()) <= info.max)
 
 
 @dataclass

@@ -7,6 +7,11 @@ Every message says what happened, what was expected and what to do. Anything tha
 from __future__ import annotations
 
 
+class KilnWarning(UserWarning):
+    """A warning kiln itself gives (shown as one line); every toolchain's own warnings are
+    hidden without ``--verbose``."""
+
+
 class KilnError(Exception):
     """Base of every error kiln reports to a user; ``exit_code`` is the CLI's exit status."""
 
@@ -36,15 +41,16 @@ class UnknownTargetError(ConfigError):
 
 
 class ExportError(KilnError):
-    """torch.export or the ONNX exporter failed; the message names the stage and what to try."""
+    """torch.export or the ONNX exporter cannot capture or lower this model; the message names
+    the stage and what to try. Not a bug in kiln (that is exit 1, with its traceback)."""
 
-    exit_code = 1
+    exit_code = 6
 
 
 class TargetBuildError(KilnError):
-    """A target's toolchain failed while compiling an artifact."""
+    """A target's toolchain cannot compile this model into an artifact."""
 
-    exit_code = 1
+    exit_code = 6
 
 
 class ParityError(KilnError):

@@ -38,6 +38,34 @@ def describe_failure(stage: str, err: Exception, hint: str) -> ExportError:
     return ExportError(f"{stage} failed{what}: {type(err).__name__}: {first}; {hint}")
 
 
+def pinned_dims(message: str, sig: Signature) -> str | None:
+    """torch.export's "Suggested fixes" for a dim the model specializes, as one line saying which
+    dim the model pins to what, and what to write in ``[model].dims`` instead."""
+    if "Suggested fixes:" not in message:
+        return None
+    fixes = message.split("Suggested fixes:", 1)[1].strip().splitlines()
+    said = []
+    for line in fixes:
+        found = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.+)$", line)
+        if not found or found.group(1) not in sig.dims:
+            continue
+        dim, value = found.group(1), found.group(2).strip()
+        spec = sig.dims[dim]
+        if value.isdigit():
+            said.append(
+                f"the model pins dim {dim!r} to {value} (declared {spec.min}..{spec.max}); "
+                f"set [model].dims.{dim} = {{ min = {value}, max = {value} }}, or change the code that fixes its size"
+            )
+            continue
+        bounds = dict(re.findall(r"(min|max)\s*=\s*(\d+)", value))
+        low, high = bounds.get("min", str(spec.min)), bounds.get("max", str(spec.max))
+        said.append(
+            f"the model accepts dim {dim!r} only in {low}..{high} (declared {spec.min}..{spec.max}); "
+            f"set [model].dims.{dim} = {{ min = {low}, max = {high} }}"
+        )
+    return "; ".join(said) or None
+
+
 def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) -> Any:
     """``torch.export.export`` with the spec's dynamic dims."""
     import torch
@@ -48,6 +76,8 @@ def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) ->
         shapes = torch_dynamic_shapes(sig, varargs)
         return torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
     except Exception as err:
+        if pinned := pinned_dims(str(err), sig):
+            raise ExportError(f"torch.export: {pinned}") from err
         other = "false" if strict else "true"
         raise describe_failure(
             "torch.export",

@@ -14,10 +14,10 @@ from __future__ import annotations
 import warnings
 
 from kiln.data import CalibrationSet
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, KilnWarning
 
 
-class CalibrationWarning(UserWarning):
+class CalibrationWarning(KilnWarning):
     """The calibration set is usable but smaller than a quantizer's own guidance."""
 
 

@@ -66,7 +66,7 @@ def test_untraceable_model_fails_in_one_line_naming_the_stage(tmp_path: Path) ->
     }
     path = write_config(tmp_path, {"model": model, "target": [{"name": "onnxruntime"}]})
     result = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "b")])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 6, result.output  # the model cannot be captured: not a bug in kiln
     line = next(x for x in result.output.splitlines() if x.startswith("kiln: error:"))
     assert "torch.export failed" in line and "strict" in line and "--verbose" in line
     assert "Traceback" not in result.output
