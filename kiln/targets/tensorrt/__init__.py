@@ -1,17 +1,24 @@
 """TensorRT engines for NVIDIA GPUs, built from kiln's ONNX with the TensorRT 10 Python API.
 
 Toolchain: ``tensorrt`` 10.x (``pip install 'kiln[tensorrt]'``; its libraries come from NVIDIA's
-index) with a CUDA build of PyTorch for the runner (no pycuda). Written against the documented
-TensorRT 10 API; on kiln's development machines (no GPU, no TensorRT) only :meth:`prepare` has
-run: profile derivation, the Q/DQ ONNX and its checks, the 2:4 pattern check. The engine build,
-the inspector and the runner have not been executed there.
+index) with a CUDA build of PyTorch for the runner (no pycuda); TensorRT 11 is refused with exit 5
+(:mod:`kiln.targets.tensorrt.toolchain`). Written against the documented TensorRT 10 API; on
+kiln's development machines (no GPU, no TensorRT) :meth:`prepare` has run for real (profile
+derivation, the Q/DQ ONNX and its checks, the 2:4 pattern check) and :meth:`compile` only against
+a stand-in ``tensorrt`` module in the tests; real engines, the inspector and the runner have not
+been executed there.
 
 - ``prepare`` (no TensorRT needed): ``profiles.json`` (min/opt/max per input from the named
   dims), for ``int8``/``fp8`` the explicit-quantization ``model.qdq.onnx`` with ``qdq.json``
   (:mod:`kiln.targets.tensorrt.qdq`), for 2:4 pruning ``sparsity-2of4.json``, and ``plan.json``:
-  the builder flags, workspace and ONNX file the build will use.
-- ``compile``: parse, one optimization profile per entry of ``profiles.json``, precision flags
-  (``fp32`` clears TF32 so fp32 means fp32), ``SPARSE_WEIGHTS`` for 2:4, a workspace limit, the
+  the network typing, builder flags, workspace and ONNX file (absolute) the build will use.
+- ``compile``: parse, one optimization profile per entry of ``profiles.json``, the network's
+  typing: Q/DQ networks (``fp8``; ``int8`` with ``int8_fallback = "fp32"``) are *strongly typed*
+  (each layer runs in the types the Q/DQ ONNX gives it, no precision flags: since 10.1
+  ``BuilderFlag.FP8`` only enables FP8 plugins, and NVIDIA builds FP8 strongly typed); the others
+  are weakly typed with precision flags, deprecated since 10.12 but the only way to run an fp32
+  ONNX in fp16/bf16 (``fp32`` clears TF32 so fp32 means fp32; ``int8`` with the default fp16
+  fallback sets INT8 + FP16), ``SPARSE_WEIGHTS`` for 2:4, a workspace limit, the
   timing cache ``<out>/<model>/.trt-timing.cache`` (loaded, then saved back), ``model.engine``,
   and the inspector's layer JSON (``engine-layers.json``) summarised into the artifact info with
   flags for optimizations TensorRT did not take (:mod:`kiln.targets.tensorrt.inspection`).
@@ -41,15 +48,17 @@ from kiln.targets.tensorrt.profiles import Profile, derive_profiles, read_profil
 from kiln.targets.tensorrt.qdq import QDQ_ONNX, prepare_qdq, recipe_for
 from kiln.targets.tensorrt.runner import TensorRTRunner
 from kiln.targets.tensorrt.sparsity import check_2of4
+from kiln.targets.tensorrt.toolchain import cuda_device, errors, import_tensorrt, trt_logger
 
 MAIN = "model.engine"
 PLAN = "plan.json"
 LAYERS = "engine-layers.json"
 TIMING_CACHE = ".trt-timing.cache"
-INSTALL = "pip install 'kiln[tensorrt]' (TensorRT 10 from NVIDIA's index) and a CUDA build of PyTorch"
 
-
-PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8",), "fp8": ("FP8", "FP16")}
+# Weakly typed builds: the flags that let TensorRT pick lower-precision kernels. Strongly typed
+# (Q/DQ) builds set none: TensorRT refuses precision flags there; the types come from the ONNX.
+PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8",)}
+SPARSE_PRECISIONS = ("fp16", "int8", "fp8")
 MIN_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9), "2:4": (8, 0)}
 
 
@@ -58,13 +67,16 @@ class EnginePlan:
     """What the builder will be asked for, decided (and written) before TensorRT is imported."""
 
     precision: str
-    onnx: str  # the file the engine is built from: the export's ONNX or model.qdq.onnx
+    # The file the engine is built from: a name inside the engine's folder (model.qdq.onnx) or an
+    # absolute path (the export's ONNX); resolved once, here, so no later cwd or folder changes it.
+    onnx: str
     builder_flags: tuple[str, ...]
     cleared_flags: tuple[str, ...]
     workspace_bytes: int
     sparse: bool
     optimization_level: int | None
-    timing_cache: str | None
+    timing_cache: str | None  # absolute
+    strongly_typed: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,74 +103,59 @@ def sparse_requested(ctx: CompileContext) -> bool:
     return method == "2:4" or ctx.options.sparse_weights
 
 
+def strongly_typed(precision: str, int8_fallback: str) -> bool:
+    """Whether the network takes its types from the (Q/DQ) ONNX instead of precision flags: fp8
+    always; int8 when its unquantized layers stay fp32 (an fp16 fallback needs weak typing)."""
+    return precision == "fp8" or (precision == "int8" and int8_fallback == "fp32")
+
+
 def make_plan(ctx: CompileContext) -> EnginePlan:
     options: TensorRTOptions = ctx.options
     precision = ctx.precision
-    flags = list(PRECISION_FLAGS[precision])
-    if precision == "int8" and options.int8_fallback == "fp16":
+    typed = strongly_typed(precision, options.int8_fallback)
+    flags = [] if typed else list(PRECISION_FLAGS[precision])
+    if precision == "int8" and not typed:
         flags.append("FP16")  # layers left unquantized run fp16 (or fp32)
     sparse = sparse_requested(ctx)
-    if sparse and not {"FP16", "INT8"} & set(flags):
+    if sparse and precision not in SPARSE_PRECISIONS:
         raise ConfigError(f"tensorrt: 2:4 sparse weights need fp16 or int8 kernels, not {precision}; pick one of those")
     if sparse:
         flags.append("SPARSE_WEIGHTS")
-    cache = ctx.export.path.parent / TIMING_CACHE if options.timing_cache else None
+    # Absolute, resolved here against the caller's cwd: with a relative --out, a relative path
+    # would later be read against the engine's own folder.
+    export = ctx.export.path.resolve()
     return EnginePlan(
         precision=precision,
-        onnx=QDQ_ONNX if precision in ("int8", "fp8") else str(ctx.export.onnx_path),
+        onnx=QDQ_ONNX if precision in ("int8", "fp8") else str(ctx.export.onnx_path.resolve()),
         builder_flags=tuple(flags),
         cleared_flags=("TF32",) if precision == "fp32" else (),
         workspace_bytes=options.workspace_mb * 2**20,
         sparse=sparse,
         optimization_level=options.optimization_level,
-        timing_cache=str(cache) if cache else None,
+        timing_cache=str(export.parent / TIMING_CACHE) if options.timing_cache else None,
+        strongly_typed=typed,
     )
 
 
-def import_tensorrt() -> Any:
-    """``tensorrt`` >= 10, or the exit-5 error that says what to install."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as err:  # the bindings import, but libnvinfer may be missing
-        raise UnavailableError(f"TensorRT does not load here ({err}); {INSTALL}") from err
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise UnavailableError(f"kiln needs TensorRT 10 or later, found {trt.__version__}; {INSTALL}")
-    return trt
+def engine_onnx(plan: EnginePlan, folder: Path) -> Path:
+    """The ONNX file the plan builds from; a one-line error when it is not there."""
+    path = Path(plan.onnx)
+    if not path.is_absolute():
+        if path.name != plan.onnx:
+            raise TargetBuildError(f"plan.json names {plan.onnx!r}, neither a file of its folder nor absolute; rebuild")
+        path = folder / path
+    if not path.is_file():
+        raise TargetBuildError(f"the ONNX file the engine is built from is missing: {path}; rebuild (kiln build)")
+    return path
 
 
-def cuda_device() -> dict[str, Any]:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UnavailableError(f"PyTorch sees no CUDA GPU (torch {torch.__version__}); {INSTALL}")
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}", "sm": (major, minor)}
-
-
-def _logger(trt: Any) -> Any:
-    class Logger(trt.ILogger):  # keeps messages: the sparsity report lives in the builder's log
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.messages: list[tuple[Any, str]] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity != trt.ILogger.Severity.VERBOSE:
-                self.messages.append((severity, msg))
-
-    return Logger()
-
-
-def _errors(trt: Any, logger: Any) -> str:
-    bad = (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)
-    return "; ".join(msg for severity, msg in logger.messages if severity in bad)[-800:] or "no error logged"
-
-
-def _network(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+def _network(trt: Any, builder: Any, logger: Any, onnx_path: Path, typed: bool) -> tuple[Any, Any]:
+    # TensorRT 10: explicit batch is the only mode; STRONGLY_TYPED exists since 9.0.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise TargetBuildError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}; --verbose shows more")
+        problems = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TargetBuildError(f"TensorRT's ONNX parser rejected {onnx_path}: {problems}")
     return network, parser
 
 
@@ -242,23 +239,24 @@ class TensorRTTarget(Target):
                     f"{floor[0]}.{floor[1]} or later; {device['gpu']} is {device['compute_capability']}"
                 )
         profiles = read_profiles(ctx.out_dir)
-        onnx_path = Path(plan.onnx) if Path(plan.onnx).is_absolute() else ctx.out_dir / plan.onnx
-        logger = _logger(trt)
-        builder = trt.Builder(logger)
-        network, _parser = _network(trt, builder, logger, onnx_path)
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
-        if sorted(names) != sorted(ctx.export.signature.input_names):
-            raise TargetBuildError(f"the ONNX inputs {names} differ from the signature's; report the model")
-        config, loaded = _config(trt, builder, plan, profiles)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise TargetBuildError(f"TensorRT could not build the engine: {_errors(trt, logger)}")
-        with open(ctx.out_dir / MAIN, "wb") as f:
-            f.write(serialized)
-        saved = _save_timing_cache(config, Path(plan.timing_cache)) if plan.timing_cache else 0
-        layers = _inspect(trt, logger, serialized, profiles[0])
+        onnx_path = engine_onnx(plan, ctx.out_dir)
+        logger = trt_logger(trt)
+        with logger.capture() as messages:  # this build's messages, none of an earlier one's
+            builder = trt.Builder(logger)
+            network, _parser = _network(trt, builder, logger, onnx_path, plan.strongly_typed)
+            names = [network.get_input(i).name for i in range(network.num_inputs)]
+            if sorted(names) != sorted(ctx.export.signature.input_names):
+                raise TargetBuildError(f"the ONNX inputs {names} differ from the signature's; report the model")
+            config, loaded = _config(trt, builder, plan, profiles)
+            serialized = builder.build_serialized_network(network, config)
+            if serialized is None:
+                raise TargetBuildError(f"TensorRT could not build the engine: {errors(trt, messages)}")
+            with open(ctx.out_dir / MAIN, "wb") as f:
+                f.write(serialized)
+            saved = _save_timing_cache(config, Path(plan.timing_cache)) if plan.timing_cache else 0
+            layers = _inspect(trt, logger, serialized, profiles[0])
         (ctx.out_dir / LAYERS).write_text(layers)
-        record = BuildRecord(trt.__version__, device, layers, [msg for _, msg in logger.messages], (loaded, saved))
+        record = BuildRecord(trt.__version__, device, layers, [msg for _, msg in messages], (loaded, saved))
         return self._artifact(ctx, plan, record)
 
     def _artifact(self, ctx: CompileContext, plan: EnginePlan, record: BuildRecord) -> Artifact:
@@ -276,6 +274,7 @@ class TensorRTTarget(Target):
                 f"an engine only runs where it was built: {device['gpu']} (compute capability "
                 f"{device['compute_capability']}) with TensorRT {version}"
             ),
+            "strongly_typed": plan.strongly_typed,
             "builder_flags": list(plan.builder_flags),
             "cleared_flags": list(plan.cleared_flags),
             "workspace_mb": plan.workspace_bytes // 2**20,
@@ -290,6 +289,9 @@ class TensorRTTarget(Target):
             "sparse": {"requested": plan.sparse, "builder_log": log, "pattern": pattern and pattern["qualifying"]},
             "qdq": qdq and {k: qdq[k] for k in ("recipe", "placement", "parity_vs_fp32")},
             "flags": engine_flags(plan.precision, summary, plan.sparse, log, pattern and pattern["qualifying"]),
+            "notes": [f"strongly typed network: the Q/DQ layers run {plan.precision}, the others in the ONNX's types"]
+            if plan.strongly_typed
+            else [],
         }
         return Artifact(
             "tensorrt", plan.precision, ctx.out_dir, MAIN, ctx.export.signature, Execution.model_validate(info)
@@ -304,11 +306,12 @@ class TensorRTTarget(Target):
                 f"this engine was built with TensorRT {built[0]} for compute capability {built[1]}; here: TensorRT "
                 f"{trt.__version__} on {device['gpu']} ({device['compute_capability']}); rebuild it on this machine"
             )
-        logger = _logger(trt)
-        runtime = trt.Runtime(logger)
-        engine = runtime.deserialize_cuda_engine(artifact.main.read_bytes())
+        logger = trt_logger(trt)
+        with logger.capture() as messages:
+            runtime = trt.Runtime(logger)
+            engine = runtime.deserialize_cuda_engine(artifact.main.read_bytes())
         if engine is None:
-            raise UnavailableError(f"TensorRT could not load {artifact.main}: {_errors(trt, logger)}; rebuild it here")
+            raise UnavailableError(f"TensorRT could not load {artifact.main}: {errors(trt, messages)}; rebuild it here")
         runner = TensorRTRunner(trt, engine, artifact, read_profiles(artifact.path), options)
         runner.owners = (runtime, logger)  # TensorRT wants both alive as long as the engine
         return runner

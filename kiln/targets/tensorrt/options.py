@@ -21,7 +21,9 @@ class TensorRTOptions(TargetOptions):
     calibration_method: Method | None = None
     qdq_op_types: list[str] | None = None  # layers that get Q/DQ on their inputs; None: Conv, MatMul, Gemm
     optimization_level: int | None = Field(None, ge=0, le=5)  # None: TensorRT's default (3)
-    int8_fallback: Literal["fp16", "fp32"] = "fp16"  # int8: what the layers left unquantized run in
+    # int8: what the layers left unquantized run in; fp32 builds a strongly typed network, fp16 a
+    # weakly typed one (INT8 + FP16 flags), the only way to run an fp32 ONNX's layers in fp16.
+    int8_fallback: Literal["fp16", "fp32"] = "fp16"
     sparse_weights: bool = False  # 2:4 sparse kernels without kiln's 2:4 pruning
     timing_cache: bool = True  # <out>/<model>/.trt-timing.cache, loaded and saved back
 

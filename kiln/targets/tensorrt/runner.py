@@ -4,6 +4,9 @@ One execution context per optimization profile (made when first needed), one CUD
 profile picked and the input shapes set on every call. ``infer`` takes and returns numpy arrays
 (the parity gate's currency); ``infer_device`` takes and returns torch tensors and returns as soon
 as the work is queued; ``synchronize`` waits for it (the benchmark harness calls it).
+``infer_many`` (throughput mode) does per request exactly what ``infer`` does, the copy of the
+outputs to the host included, so a throughput cell times the same work as a latency cell and as
+the other targets' cells (whose outputs always reach the host).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class TensorRTRunner(Runner):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
+        self.names = artifact.signature.outputs or tuple(self.outputs)  # the order infer returns
         self.dtypes = {n: _torch_dtype(torch, engine.get_tensor_dtype(n).name) for n in names}
         self._in_flight: list[Any] = []  # tensors that must outlive the queued work
         self.owners: tuple[Any, ...] = ()  # the runtime and logger the engine came from
@@ -71,17 +75,22 @@ class TensorRTRunner(Runner):
                 raise TargetBuildError("TensorRT failed to enqueue the engine; run with --verbose for its log")
         return outputs
 
+    def _submit(self, inputs: Arrays) -> dict[str, Any]:
+        """Queue one request and the copy of its outputs to the host; the host tensors are
+        complete once the stream is synchronized."""
+        outputs = self.infer_device({n: self.torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.inputs})
+        with self.torch.cuda.stream(self.stream):
+            return {name: _to_host(outputs[name]) for name in self.names}
+
     def infer(self, inputs: Arrays) -> Arrays:
-        tensors = {n: self.torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.inputs}
-        outputs = self.infer_device(tensors)
+        host = self._submit(inputs)
         self.synchronize()
-        values = [_to_numpy(outputs[name]) for name in (self.artifact.signature.outputs or self.outputs)]
-        return named_outputs(self.artifact.signature.outputs or tuple(self.outputs), values)
+        return named_outputs(self.names, [host[name].numpy() for name in self.names])
 
     def infer_many(self, batches: list[Arrays]) -> None:
-        for inputs in batches:  # queued back to back on the stream; one wait at the end
-            self.infer_device({n: self.torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.inputs})
-        self.synchronize()
+        pending = [self._submit(inputs) for inputs in batches]  # back to back on the stream
+        self.synchronize()  # one wait at the end, for the runs and their copies to the host
+        del pending  # the host tensors, kept alive until their copies landed
 
     def synchronize(self) -> None:
         self.stream.synchronize()
@@ -119,7 +128,7 @@ def _torch_dtype(torch: Any, trt_name: str) -> Any:
     return table[trt_name]
 
 
-def _to_numpy(tensor: Any) -> np.ndarray:
-    if tensor.is_floating_point():
-        return tensor.float().cpu().numpy()
-    return tensor.cpu().numpy()
+def _to_host(tensor: Any) -> Any:
+    """Float outputs as float32 (the gate's currency), queued on the current stream; a CUDA to CPU
+    ``non_blocking`` copy lands in pinned memory, valid after the stream is synchronized."""
+    return (tensor.float() if tensor.is_floating_point() else tensor).to("cpu", non_blocking=True)
