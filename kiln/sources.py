@@ -204,7 +204,6 @@ def bind_inputs(module: Any, names: list[str], where: str) -> Any:
             f"model {where!r}: [model].inputs names {len(names)} inputs but forward() takes {len(positional)} "
             f"positionally ({', '.join(p.name for p in positional)}); name the inputs after forward's parameters"
         )
-    del torch
     return module
 
 
