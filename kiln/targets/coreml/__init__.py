@@ -26,11 +26,19 @@ default, ``"iOS18"`` where int4, blocks, grouped palettes or joint compression n
 for the compressed precisions), ``weight_threshold`` (weights of at most this many elements stay
 uncompressed; coremltools' 2048 by default); all typed in :class:`CoreMLOptions`.
 
+A causal LM's step graph (``[model].task = "text-generation"``) converts by default to a stateful
+model (``kv_cache = "state"``, iOS18 / macOS15 at least): the KV cache is one fp16 Core ML state
+written at ``position_ids``, inputs ``input_ids`` and ``position_ids`` only, output ``logits``; on
+macOS it decodes through ``MLModel.make_state()`` (:mod:`kiln.targets.coreml.stateful`).
+``kv_cache = "explicit"`` keeps the step graph's past/present inputs and outputs instead. The
+form, the state and the deployment target are recorded in ``execution.kv_cache``.
+
 Known limits on Linux: prediction needs macOS, so the gate runs the same compression applied in
 PyTorch (``coremltools.optimize.torch``, see :mod:`kiln.targets.coreml.simulation`), labelled simulated,
 and the package's stored weights are decompressed and compared with the source weights
 (``execution.weights`` in the manifest). fp16 activation arithmetic, the Neural Engine, and the
-package's real outputs are verified only on a Mac.
+package's real outputs are verified only on a Mac. For a causal LM the simulation also rounds
+every activation to fp16 under fp16 compute, and decodes the stateful step with its fp16 cache.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import logging
 import platform
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -50,6 +59,7 @@ from kiln.errors import ConfigError, TargetBuildError, UnavailableError
 from kiln.manifest import Execution
 from kiln.spec import Arrays, Signature
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
+from kiln.targets.coreml import stateful
 from kiln.targets.coreml.compress import (
     Settings,
     compress,
@@ -59,7 +69,7 @@ from kiln.targets.coreml.compress import (
     weight_report,
 )
 from kiln.targets.coreml.options import CoreMLOptions
-from kiln.tensors import named_outputs
+from kiln.tensors import named_outputs, set_threads
 
 MAIN = "model.mlpackage"
 IO_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int32}
@@ -155,8 +165,48 @@ def _output_types(ct: Any, program: Any, sig: Signature) -> list[Any]:
     ]
 
 
+def cache_form(settings: Settings, sig: Signature) -> Settings:
+    """The settings with a causal LM's cache form resolved: ``state`` (the default; iOS18 at least,
+    the first Core ML with states) or ``explicit``; ``None`` for any other model."""
+    if not sig.generative:
+        if settings.kv_cache is not None:
+            raise ConfigError("coreml: kv_cache applies to causal LMs ([model].task = 'text-generation'); drop it")
+        return settings
+    form = settings.kv_cache or "state"
+    target = settings.deployment_target
+    if form == "state":
+        ct, _ = coremltools()
+        given = getattr(ct.target, target, None)
+        if settings.deployment_given and given is not None and given < ct.target.iOS18:
+            raise ConfigError(
+                f"coreml: the stateful KV cache needs minimum_deployment_target iOS18 or macOS15 (Core ML states); "
+                f"{target} was given: raise it, or choose kv_cache = 'explicit'"
+            )
+        if not settings.deployment_given:
+            target = "iOS18"
+    return replace(settings, kv_cache=form, deployment_target=target)
+
+
+def _program(ctx: CompileContext, settings: Settings) -> Any:
+    """What is converted: the captured program, or its stateful form; decomposed as coremltools
+    needs, without ``aten.alias`` (a no-op view coremltools has no converter for)."""
+    import torch
+
+    program = ctx.export.program()
+    if settings.kv_cache == "state":
+        program = stateful.export(program.module(), ctx.export.signature)
+    program = program.run_decompositions()
+    graph = program.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.alias.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    program.graph_module.recompile()
+    return program
+
+
 def convert(ctx: CompileContext, settings: Settings, notes: list[str]) -> Any:
-    """The captured program as an uncompressed ``mlprogram`` at the compute precision."""
+    """The captured program (or its stateful form) as an uncompressed ``mlprogram`` at the compute precision."""
     ct, _ = coremltools()
     sig = ctx.export.signature
     target = getattr(ct.target, settings.deployment_target, None)
@@ -167,11 +217,14 @@ def convert(ctx: CompileContext, settings: Settings, notes: list[str]) -> Any:
         )
     try:
         with quiet(notes):
-            program = ctx.export.program().run_decompositions()
+            program = _program(ctx, settings)
+            if settings.kv_cache == "state":
+                types = stateful.convert_types(ct, sig)
+            else:
+                types = {"inputs": convert_inputs(ct, sig, settings), "outputs": _output_types(ct, program, sig)}
             return ct.convert(
                 program,
-                inputs=convert_inputs(ct, sig, settings),
-                outputs=_output_types(ct, program, sig),
+                **types,
                 convert_to="mlprogram",
                 minimum_deployment_target=target,
                 compute_precision=ct.precision.FLOAT16
@@ -179,7 +232,7 @@ def convert(ctx: CompileContext, settings: Settings, notes: list[str]) -> Any:
                 else ct.precision.FLOAT32,
                 compute_units=ct.ComputeUnit[settings.compute_units.upper()],
             )
-    except ConfigError:
+    except (ConfigError, TargetBuildError):
         raise
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
@@ -189,10 +242,15 @@ def convert(ctx: CompileContext, settings: Settings, notes: list[str]) -> Any:
         ) from err
 
 
-def _io_names(mlmodel: Any, sig: Signature) -> dict[str, str]:
-    """Signature output name -> Core ML name, where Core ML renamed one (it sanitizes names)."""
-    names = [out.name for out in mlmodel.get_spec().description.output]
-    return {ours: theirs for ours, theirs in zip(sig.outputs, names, strict=False) if ours != theirs}
+def _io_names(mlmodel: Any, sig: Signature) -> tuple[dict[str, str], dict[str, str]]:
+    """Signature input and output names -> Core ML names, where Core ML renamed one (it sanitizes
+    names: ``past.0.key`` becomes ``past_0_key``)."""
+    spec = mlmodel.get_spec().description
+    inputs = {
+        ours: theirs.name for ours, theirs in zip(sig.input_names, spec.input, strict=False) if ours != theirs.name
+    }
+    outputs = {ours: theirs.name for ours, theirs in zip(sig.outputs, spec.output, strict=False) if ours != theirs.name}
+    return inputs, outputs
 
 
 class MLModelRunner(Runner):
@@ -201,11 +259,15 @@ class MLModelRunner(Runner):
     def __init__(self, artifact: Artifact, options: RunOptions) -> None:
         ct, _ = coremltools()
         self.sig, self.renamed = artifact.signature, artifact.info.get("renamed_outputs", {})
+        self.renamed_inputs = artifact.info.get("renamed_inputs", {})
         self.units = artifact.info.get("compute_units", "all")
         self.model = ct.models.MLModel(str(artifact.main), compute_units=ct.ComputeUnit[self.units.upper()])
 
     def infer(self, inputs: Arrays) -> Arrays:
-        feed = {s.name: np.ascontiguousarray(inputs[s.name], IO_DTYPES[s.dtype]) for s in self.sig.inputs}
+        feed = {
+            self.renamed_inputs.get(s.name, s.name): np.ascontiguousarray(inputs[s.name], IO_DTYPES[s.dtype])
+            for s in self.sig.inputs
+        }
         out = self.model.predict(feed)
         return named_outputs(self.sig.outputs, [out[self.renamed.get(n, n)] for n in self.sig.outputs])
 
@@ -219,7 +281,7 @@ class CoreMLTarget(Target):
     def compile(self, ctx: CompileContext) -> Artifact:
         from kiln.targets.coreml.simulation import matrices, simulate, weighted_module
 
-        settings = parse_settings(ctx.target, ctx.options)
+        settings = cache_form(parse_settings(ctx.target, ctx.options), ctx.export.signature)
         if settings.mode == "w8a8" and platform.system() != "Darwin":
             raise UnavailableError(
                 "coreml:w8a8 calibrates activations by running Core ML predictions, which needs macOS; "
@@ -256,28 +318,67 @@ class CoreMLTarget(Target):
                 "weights": weight_report(stored, source_weights, {k: v.numpy() for k, v in simulated.items()}),
             }
         )
-        if renamed := _io_names(mlmodel, ctx.export.signature):
-            info.renamed_outputs = renamed
+        if settings.kv_cache is not None:
+            info.kv_cache = _cache_info(settings, ctx.export.signature)
+        if settings.kv_cache != "state":
+            renamed_inputs, renamed = _io_names(mlmodel, ctx.export.signature)
+            if renamed:
+                info.renamed_outputs = renamed
+            if renamed_inputs:
+                info.renamed_inputs = renamed_inputs
         return Artifact("coreml", settings.precision, ctx.out_dir, MAIN, ctx.export.signature, info=info)
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         if platform.system() != "Darwin":
             raise UnavailableError("Core ML prediction needs macOS; on Linux kiln checks the package by simulation")
+        if artifact.info.get("kv_cache", {}).get("form") == "state":
+            ct, _ = coremltools()
+            units = artifact.info.get("compute_units", "all")
+            model = ct.models.MLModel(str(artifact.main), compute_units=ct.ComputeUnit[units.upper()])
+            return stateful.StateRunner(artifact.signature, stateful.CoreMLState(model), {"compute_units": units})
         return MLModelRunner(artifact, options)
 
     def simulated_runner(self, artifact: Artifact, ctx: CompileContext) -> Runner | None:
         """The eager module with the package's compression applied by ``coremltools.optimize.torch``."""
-        from kiln.targets.coreml.simulation import simulate, weighted_module
+        from kiln.targets.coreml.simulation import round_activations, simulate, weighted_module
         from kiln.targets.eager import TorchRunner  # the eager target's runner: the one cross-target import
 
-        settings = parse_settings(ctx.target, ctx.options)
+        settings = cache_form(parse_settings(ctx.target, ctx.options), ctx.export.signature)
         module = weighted_module(ctx.export.program())
         with quiet([]):
             simulate(module, settings)
         artifact.info.simulation = (
             "coremltools.optimize.torch on the eager module (batch norm folded, weights as stored, fp32 arithmetic)"
         )
-        return TorchRunner(module, artifact.signature, RunOptions(threads=ctx.threads))
+        if settings.kv_cache is None:
+            return TorchRunner(module, artifact.signature, RunOptions(threads=ctx.threads))
+        # A causal LM decodes step after step, where fp16 activations compound: emulate them too.
+        fp16 = settings.compute_precision == "fp16"
+        if fp16:
+            artifact.info.simulation = artifact.info.simulation.replace(
+                "fp32 arithmetic", "every activation rounded to fp16, fp32 arithmetic inside each op"
+            )
+        if settings.kv_cache == "explicit":
+            if fp16:
+                round_activations(module)
+            return TorchRunner(module, artifact.signature, RunOptions(threads=ctx.threads))
+        artifact.info.simulation += "; the stateful step in PyTorch with its fp16 cache, as the package holds it"
+        threads = set_threads(ctx.threads)
+        step = stateful.stateful_step(module, artifact.signature)
+        if fp16:
+            round_activations(step.step)
+        return stateful.StateRunner(artifact.signature, stateful.TorchState(step), {"threads": threads})
+
+
+def _cache_info(settings: Settings, sig: Signature) -> dict[str, Any]:
+    """The manifest's account of a causal LM's cache form."""
+    if settings.kv_cache == "state":
+        return stateful.describe(sig)
+    return {
+        "form": "explicit",
+        "past": [sig.dims["past"].min, sig.dims["past"].max],
+        "note": "past/present as inputs and outputs; a prefill's empty past (past 0) is unverified on Core ML",
+    }
 
 
 def _describe(settings: Settings) -> dict[str, Any]:

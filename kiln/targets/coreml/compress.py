@@ -35,6 +35,8 @@ class Settings:
     deployment_target: str = "iOS17"
     compute_units: str = "all"
     enumerated_shapes: dict[str, list[list[int]]] | None = None
+    kv_cache: str | None = None  # a causal LM's cache form asked for; None: state
+    deployment_given: bool = False  # minimum_deployment_target came from the options
 
     @property
     def compresses(self) -> bool:
@@ -84,6 +86,8 @@ def parse_settings(target: TargetConfig, options: CoreMLOptions) -> Settings:
         deployment_target=options.minimum_deployment_target or ("iOS18" if needs18 else "iOS17"),
         compute_units=options.compute_units,
         enumerated_shapes=options.enumerated_shapes,
+        kv_cache=options.kv_cache,
+        deployment_given=options.minimum_deployment_target is not None,
         **fields,
     )
 

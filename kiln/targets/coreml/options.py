@@ -38,6 +38,9 @@ class CoreMLOptions(TargetOptions):
     nbits: Literal[1, 2, 3, 4, 6, 8] | None = None  # palettize: None is 6; palettize4 is 4
     weight_threshold: int | None = Field(None, ge=0)  # weights this small stay uncompressed; None: 2048
     enumerated_shapes: dict[str, list[list[int]]] | None = None  # {x = [[1, 3, 8, 8], [4, 3, 8, 8]]}
+    # A causal LM's KV cache: "state" (default; Core ML state, iOS18+) or "explicit" (past/present
+    # inputs and outputs, as the step graph has them); see kiln.targets.coreml.stateful.
+    kv_cache: Literal["state", "explicit"] | None = None
 
     @field_validator("compute_units", mode="before")
     @classmethod

@@ -142,3 +142,27 @@ def simulate(gm: Any, settings: Settings) -> dict[str, Any]:
     if settings.compute_precision == "fp16":
         _round_fp16(gm)
     return {name: w.clone() for name, w in matrices(gm).items()}
+
+
+def _to_fp16(x: Any) -> Any:
+    import torch
+
+    return x.to(torch.float16).to(torch.float32)
+
+
+def round_activations(gm: Any) -> int:
+    """Round every float32 intermediate of ``gm`` to fp16 (in place), as fp16 compute stores
+    them; arithmetic inside each op stays fp32. Returns how many values are rounded."""
+    import torch
+
+    rounded = 0
+    for node in list(gm.graph.nodes):
+        val = node.meta.get("val")
+        if node.op != "call_function" or not isinstance(val, torch.Tensor) or val.dtype != torch.float32:
+            continue
+        with gm.graph.inserting_after(node):
+            rounding = gm.graph.call_function(_to_fp16, (node,))
+        node.replace_all_uses_with(rounding, delete_user_cb=lambda user, r=rounding: user is not r)
+        rounded += 1
+    gm.recompile()
+    return rounded
