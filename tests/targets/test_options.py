@@ -108,7 +108,7 @@ def test_defaults_are_the_toolchain_defaults_kiln_measured() -> None:
     ort = options("onnxruntime", "int8")
     assert (ort.calibration_method, ort.percentile, ort.per_channel, ort.op_types) == ("minmax", 99.999, None, None)
     ov = options("openvino", "int4")
-    assert (ov.mode, ov.group_size, ov.ratio, ov.group_size_fallback) == (None, 64, 1.0, "adjust")
+    assert (ov.mode, ov.group_size, ov.ratio, ov.group_size_fallback) == (None, None, 1.0, "adjust")
     assert (ov.range_estimator, ov.fast_bias_correction, ov.accuracy_control) == ("minmax", True, True)
     trt = options("tensorrt", "int8")
     assert (trt.workspace_mb, trt.int8_fallback, trt.timing_cache, trt.sparse_weights) == (2048, "fp16", True, False)

@@ -14,11 +14,8 @@ Toolchain: nncf 3.4 with openvino 2026.4.
 - With an evaluation set and ``[gates].max_metric_drop``: ``nncf.quantize_with_accuracy_control``
   keeps the layers that cost most accuracy in floating point until the drop fits, measured with
   kiln's own metric (``options.accuracy_control = false`` turns it off).
-- ``int8-weights`` / ``int4``: ``nncf.compress_weights`` (weight-only; no calibration needed).
-  ``int4`` takes ``options.group_size`` (default 64) and ``options.ratio`` (the share of layers in
-  int4, the rest int8; default 1.0), ``options.mode`` (``int4_sym`` | ``int4_asym``) and
-  ``options.group_size_fallback`` (``adjust`` | ``ignore`` | ``error``) for layers the group size
-  does not divide. ``int8-weights`` takes ``options.mode`` (``int8_asym`` | ``int8_sym``).
+- ``int8-weights`` / ``int4``: ``nncf.compress_weights`` (weight-only), in
+  :mod:`kiln.targets.openvino.compress`.
 
 The options are typed and checked in :class:`kiln.targets.openvino.options.OpenVINOOptions`.
 """
@@ -73,7 +70,9 @@ def quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     try:
         if ctx.precision == "int8":
             return _quantize(ctx, model)
-        return _compress(ctx, model)
+        from kiln.targets.openvino.compress import compress
+
+        return compress(ctx, model)
     except (ConfigError, TargetBuildError):
         raise
     except Exception as err:  # NNCF raises its own and plain Python errors alike
@@ -163,55 +162,3 @@ def _with_accuracy_control(ctx: CompileContext, model: Any, dataset: Any, args: 
         drop_type=nncf.DropType.ABSOLUTE,
         **args,
     )
-
-
-def weight_types(model: Any) -> dict[str, int]:
-    """Weight constants by element type after compression: what really went to int4 or int8
-    (NNCF keeps first/last layers and layers the group size cannot split in its backup mode)."""
-    counts: dict[str, int] = {}
-    for op in model.get_ordered_ops():
-        if op.get_type_name() == "Constant" and op.get_output_size() == 1:
-            kind = op.get_output_element_type(0).get_type_name()
-            if kind in ("i4", "u4", "i8", "u8", "nf4", "f4e2m1"):
-                counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
-def _compress(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
-    import nncf
-
-    options: OpenVINOOptions = ctx.options
-    info: dict[str, Any] = {"tool": "nncf.compress_weights", "activations": "float (weight-only)"}
-    if ctx.precision == "int8-weights":
-        mode = options.mode or "int8_asym"
-        compressed = nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, mode.upper()))
-        info.update(mode=mode, weight_constants=weight_types(compressed))
-        return compressed, {"execution_precision": "int8 weights, float compute", "quantization": info, "notes": []}
-    mode = options.mode or "int4_sym"
-    group, ratio = options.group_size, options.ratio
-    # Layers whose input channels the group size does not divide: by default they get the largest
-    # power-of-two group that does (>= 32), else stay in the int8 backup mode.
-    fallback = options.group_size_fallback
-    compressed = nncf.compress_weights(
-        model,
-        mode=getattr(nncf.CompressWeightsMode, mode.upper()),
-        group_size=group,
-        ratio=ratio,
-        advanced_parameters=nncf.AdvancedCompressionParameters(
-            group_size_fallback_mode=getattr(nncf.GroupSizeFallbackMode, fallback.upper())
-        ),
-    )
-    info.update(
-        mode=mode,
-        group_size=group,
-        ratio=ratio,
-        group_size_fallback=fallback,
-        weight_constants=weight_types(compressed),
-    )
-    notes = []
-    if not any(k in info["weight_constants"] for k in ("i4", "u4", "nf4", "f4e2m1")):
-        notes.append(
-            "no layer was compressed to 4 bits (first/last layers and layers the group size cannot split "
-            "stay in int8): this artifact is int8 weight-only; try options.group_size or a larger model"
-        )
-    return compressed, {"execution_precision": "int4 weights, float compute", "quantization": info, "notes": notes}
