@@ -210,17 +210,33 @@ class BenchSettings(_Strict):
     rounds: Annotated[int, Field(ge=1)] = 2
     # A cell whose coefficient of variation (std / mean) exceeds this is flagged unstable.
     cv_threshold: Annotated[float, Field(gt=0)] = 0.10
+    # Causal LMs only (resolved for them, left out otherwise): greedy generations from seeded
+    # prompts of each length, timed per token; at least ``generations`` per length and cell.
+    prompt_tokens: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1, exclude_if=lambda v: v is None)
+    new_tokens: Annotated[int, Field(ge=2)] | None = Field(None, exclude_if=lambda v: v is None)
+    generations: Annotated[int, Field(ge=1)] | None = Field(None, exclude_if=lambda v: v is None)
 
     def merged(self, overrides: BenchSettings) -> BenchSettings:
         """These settings with the fields set explicitly in ``overrides`` (the command line's
         flags, validated when ``overrides`` was made) taking their place."""
         return self.model_copy(update={name: getattr(overrides, name) for name in overrides.model_fields_set})
 
-    def resolve(self, physical_cores: int) -> BenchSettings:
-        """Every figure fixed: what a run measures with and ``results.json`` records."""
+    def resolve(self, physical_cores: int, generative: bool = False) -> BenchSettings:
+        """Every figure fixed: what a run measures with and ``results.json`` records. The
+        generation fields get their defaults for a causal LM (prompts of 32 and 128 tokens, 64 new
+        tokens, 5 generations) and are dropped for any other model."""
         threads = self.threads or physical_cores
         requests = (self.requests or max(2, threads)) if self.mode == "throughput" else 1
-        return self.model_copy(update={"threads": threads, "requests": requests})
+        update: dict[str, Any] = {"threads": threads, "requests": requests}
+        if generative:
+            update |= {
+                "prompt_tokens": self.prompt_tokens or [32, 128],
+                "new_tokens": self.new_tokens or 64,
+                "generations": self.generations or 5,
+            }
+        else:
+            update |= {"prompt_tokens": None, "new_tokens": None, "generations": None}
+        return self.model_copy(update=update)
 
 
 class GenerationConfig(_Strict):

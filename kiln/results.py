@@ -100,6 +100,48 @@ class CellBase(_Block):
     speedup_vs_eager: float | None = None
 
 
+class PromptFigures(_Block):
+    """One prompt length of a generative cell. TTFT (time to first token): one sample per
+    generation, from the session's reset through the prompt's prefill to the first token picked."""
+
+    prompt_tokens: Annotated[int, Field(ge=1)]
+    ttft: Latency  # its throughput is prefills per second
+    prefill_tokens_per_s: Annotated[float, Field(ge=0)]  # prompt tokens over the mean TTFT
+    itl_p50_ms: Annotated[float, Field(ge=0)]  # the decode steps after this prompt
+    tokens_per_s: Annotated[float, Field(ge=0)]
+
+
+class Roofline(_Block):
+    """The memory-bandwidth bound of decoding: each token reads the weights once and the KV cache
+    at its context, so no runtime decodes faster than bandwidth / bytes per token."""
+
+    weight_bytes: Annotated[int, Field(ge=0)]  # weights read per token (see basis)
+    kv_bytes: Annotated[int, Field(ge=0)]  # the KV cache read at the mean context
+    mean_context: Annotated[float, Field(ge=0)]  # tokens attended to, over every decode step
+    bytes_per_token: Annotated[int, Field(ge=1)]
+    tokens_per_s: Annotated[float, Field(gt=0)]  # measured bandwidth / bytes per token
+    fraction: Annotated[float, Field(ge=0)]  # the cell's decode tokens/s over tokens_per_s
+    # The bytes per token fit in the last-level cache: DRAM bandwidth is then not the bound, and
+    # the fraction can pass 1.
+    in_cache: bool
+    basis: str
+
+
+class GenerationFigures(_Block):
+    """A causal LM's cell: greedy decoding through ``kiln.decoding.generate`` from seeded prompts.
+    The cell's ``latency`` is then the inter-token latency over every decode step (the first token
+    is in TTFT) and its throughput the decode tokens per second."""
+
+    new_tokens: Annotated[int, Field(ge=1)]
+    generations: Annotated[int, Field(ge=1)]  # timed, per prompt length
+    prompts: Annotated[list[PromptFigures], Field(min_length=1)]
+    tokens_per_s: Annotated[float, Field(ge=0)]  # decode steps over their time, all prompts
+    roofline: Roofline | None = None  # None when the weights or the bandwidth are unknown
+    notes: list[str] = []  # prompt lengths left out (they do not fit the context)
+    gate: str | None = None  # the build's generation gate, its worst figure
+    perplexity_increase: float | None = None  # held-out perplexity over eager's, relative
+
+
 class MeasuredCell(CellBase):
     """A cell that ran: its timings, its worker's load and memory figures."""
 
@@ -113,6 +155,7 @@ class MeasuredCell(CellBase):
     peak_rss_bytes: Annotated[int, Field(ge=0)]
     rss_before_load_bytes: Annotated[int, Field(ge=0)]
     runtime: RuntimeInfo
+    generation: GenerationFigures | None = _reported()  # causal LMs only
 
 
 class FailedCell(CellBase):
@@ -201,6 +244,20 @@ class TheoreticalPeak(PeakFigures):
     basis: str | None = None  # how the estimate was made
 
 
+class Bandwidth(BaseModel):
+    """Memory bandwidth measured by a STREAM triad (cached per fingerprint and thread count)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_id: str | None = Field(None, alias="schema")
+    fingerprint: str | None = None
+    threads: int | None = None
+    gbps: Annotated[float, Field(gt=0)]  # 1e9 bytes per second, STREAM's count (read b and c, write a)
+    method: str
+    last_level_cache_bytes: int | None = None  # what reads smaller than this may run from instead
+    cache: str | None = None  # the file it is cached in
+
+
 class Peak(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -228,6 +285,7 @@ class Results(_Block):
     fingerprint: Fingerprint
     machine_load: MachineLoad | None = None
     peak: Peak
+    bandwidth: Bandwidth | None = _reported()  # measured for causal LMs (the decode roofline)
     # FLOPs of one forward pass per batch (JSON object keys are strings: "1", "8").
     flops: dict[int, Annotated[int, Field(ge=0)]] = Field(json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
     gates: Gates
@@ -238,3 +296,8 @@ class Results(_Block):
 
     def batch(self, batch: int) -> list[MeasuredCell | FailedCell]:
         return [c for c in self.cells if c.batch == batch]
+
+    @property
+    def generative(self) -> bool:
+        """A causal LM's run: its cells decode tokens (see :class:`GenerationFigures`)."""
+        return self.settings.new_tokens is not None

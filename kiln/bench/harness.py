@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.bench.generation import fitting_prompts, generation_figures
 from kiln.bench.process import DEFAULT_LAUNCH, Launch, WorkerFailed, WorkerProcess
-from kiln.bench.protocol import CellSpec, RoundCommand
+from kiln.bench.protocol import CellSpec, GenerationSpec, RoundCommand
 from kiln.bench.stats import summarize
 from kiln.config import BenchSettings
 from kiln.manifest import Manifest
@@ -45,6 +46,9 @@ class _Timings:
     worker: WorkerProcess
     seconds: list[float] = field(default_factory=list)
     warmup_iters: int = 0
+    ttft: dict[int, list[float]] = field(default_factory=dict)  # generative cells, per prompt length
+    itl: dict[int, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _identity(plan: CellPlan, batch: int, settings: BenchSettings) -> dict[str, Any]:
@@ -63,15 +67,35 @@ def _failed(plan: CellPlan, batch: int, settings: BenchSettings, status: str, re
     return FailedCell(**_identity(plan, batch, settings), status=status, reason=reason)
 
 
-def _spec(plan: CellPlan, batch: int, settings: BenchSettings) -> CellSpec:
+def _spec(plan: CellPlan, batch: int, settings: BenchSettings, prompts: list[int] | None) -> CellSpec:
     assert settings.threads is not None and settings.requests is not None
+    generation = None
+    if prompts is not None:
+        assert settings.new_tokens is not None
+        generation = GenerationSpec(prompt_tokens=prompts, new_tokens=settings.new_tokens)
     return CellSpec(
         artifact=str(plan.folder),
         batch=batch,
         threads=settings.threads,
         mode=settings.mode,
         requests=settings.requests,
+        generation=generation,
     )
+
+
+def _commands(settings: BenchSettings) -> tuple[RoundCommand, RoundCommand]:
+    """The first round's command and the later rounds'. The first warms up by time and count
+    (kernels chosen, memory allocated); later rounds only refill caches, by time, with at least
+    one run. A causal LM's run is one generation per prompt length: it warms up with one, and
+    ``generations`` (not ``min_iters``) sets the timed count."""
+    runs = settings.min_iters if settings.generations is None else settings.generations
+    first = RoundCommand(
+        warmup_seconds=settings.warmup_seconds,
+        warmup_iters=settings.warmup_iters if settings.generations is None else min(1, settings.warmup_iters),
+        min_seconds=settings.min_seconds / settings.rounds,
+        min_iters=math.ceil(runs / settings.rounds),
+    )
+    return first, first.model_copy(update={"warmup_iters": min(1, settings.warmup_iters)})
 
 
 def run_cells(
@@ -85,15 +109,7 @@ def run_cells(
     if settings.threads is None or settings.requests is None:
         raise ValueError("run_cells needs resolved settings (BenchSettings.resolve): threads and requests set")
     cells: list[MeasuredCell | FailedCell] = []
-    first = RoundCommand(
-        warmup_seconds=settings.warmup_seconds,
-        warmup_iters=settings.warmup_iters,
-        min_seconds=settings.min_seconds / settings.rounds,
-        min_iters=math.ceil(settings.min_iters / settings.rounds),
-    )
-    # The first round warms up by time and count (kernels chosen, memory allocated); later
-    # rounds only refill caches, by time, with at least one run.
-    later = first.model_copy(update={"warmup_iters": min(1, settings.warmup_iters)})
+    first, later = _commands(settings)
     for batch in settings.batches:
         live: dict[str, _Timings] = {}
         done: dict[str, MeasuredCell | FailedCell] = {}
@@ -102,9 +118,14 @@ def run_cells(
                 status = "skipped" if plan.skipped else "error"
                 done[plan.key] = _failed(plan, batch, settings, status, plan.skipped or plan.error or "")
                 continue
+            prompts, notes = fitting_prompts(plan.manifest, settings)
+            if prompts == []:
+                done[plan.key] = _failed(plan, batch, settings, "skipped", "; ".join(notes))
+                continue
             progress(f"batch {batch}: loading {plan.key}")
             try:
-                live[plan.key] = _Timings(WorkerProcess(_spec(plan, batch, settings), launch))
+                worker = WorkerProcess(_spec(plan, batch, settings, prompts), launch)
+                live[plan.key] = _Timings(worker, notes=notes)
             except WorkerFailed as err:
                 done[plan.key] = _failed(plan, batch, settings, "error", str(err))
         by_key = {plan.key: plan for plan in plans}
@@ -123,6 +144,10 @@ def run_cells(
                         continue
                     timings.seconds.extend(answer.seconds)
                     timings.warmup_iters += answer.warmup_iters
+                    for length, values in answer.ttft.items():
+                        timings.ttft.setdefault(length, []).extend(values)
+                    for length, values in answer.itl.items():
+                        timings.itl.setdefault(length, []).extend(values)
             for key, timings in live.items():
                 try:
                     peak_rss = timings.worker.stop().peak_rss_bytes
@@ -151,4 +176,7 @@ def _measured(plan: CellPlan, batch: int, settings: BenchSettings, timings: _Tim
         peak_rss_bytes=peak_rss,
         rss_before_load_bytes=ready.rss_before_load_bytes,
         runtime=ready.info,
+        generation=(
+            generation_figures(timings.ttft, timings.itl, settings, timings.notes) if settings.new_tokens else None
+        ),
     )

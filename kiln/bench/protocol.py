@@ -18,6 +18,13 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GenerationSpec(_Message):
+    """A causal LM's cell: greedy generations from seeded prompts of these lengths."""
+
+    prompt_tokens: list[int]
+    new_tokens: int
+
+
 class CellSpec(_Message):
     """What one worker loads and how it runs it."""
 
@@ -27,10 +34,12 @@ class CellSpec(_Message):
     mode: Mode
     requests: int  # requests in flight per timed sample in throughput mode
     seed: int = 0
+    generation: GenerationSpec | None = None
 
 
 class RoundCommand(_Message):
-    """Warm up (by time and count), then time runs until both minimums are met."""
+    """Warm up (by time and count), then time runs until both minimums are met. A generative
+    cell's run is one generation from each prompt length in turn."""
 
     cmd: Literal["round"] = "round"
     warmup_seconds: float
@@ -57,9 +66,14 @@ class Ready(_Message):
 
 
 class RoundAnswer(_Message):
+    """The timed samples; a generative cell's ``seconds`` are its inter-token latencies, and
+    ``ttft`` and ``itl`` the same timings per prompt length."""
+
     event: Literal["round"] = "round"
     seconds: list[float]
     warmup_iters: int
+    ttft: dict[int, list[float]] = {}
+    itl: dict[int, list[float]] = {}
 
 
 class Done(_Message):

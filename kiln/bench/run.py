@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln import __version__
+from kiln.bench.flops import ProgramWeights
 from kiln.bench.harness import CellPlan, Progress, run_cells
 from kiln.bench.process import DEFAULT_LAUNCH, Launch
 from kiln.config import BenchSettings, KilnConfig, TargetConfig
@@ -102,6 +103,11 @@ def _signature(plans: list[CellPlan]) -> Signature:
 
 
 def _check_batches(sig: Signature, settings: BenchSettings) -> None:
+    if sig.generative and (settings.batches != [1] or settings.mode != "latency"):
+        raise ConfigError(
+            "a causal LM is benchmarked decoding one sequence: use --batch 1 and --mode latency "
+            "(the [bench] prompt_tokens and new_tokens set what is measured)"
+        )
     dim = batch_dim(sig)
     if dim is None:
         if settings.batches != [1]:
@@ -124,28 +130,56 @@ def _load() -> list[float] | None:
         return None
 
 
-def _flops(
-    model_dir: Path, plans: list[CellPlan], sig: Signature, batches: list[int]
-) -> tuple[dict[int, int], dict[str, dict[int, int]]]:
-    """FLOPs per batch of the captured program, and per plan: a pruned variant counts its own
-    smaller program (``export-<slug>/``)."""
-    from kiln.bench.flops import count_flops
+@dataclass
+class _Programs:
+    """What the captured programs say, per plan: FLOPs per batch and weight bytes."""
 
-    by_dir: dict[str, dict[int, int]] = {}
+    flops: dict[int, int]  # of the model's own program (export/)
+    per_key: dict[str, dict[int, int]]
+    weights: dict[str, ProgramWeights | None]
 
-    def count(folder: str) -> dict[int, int]:
+
+def _programs(model_dir: Path, plans: list[CellPlan], sig: Signature, settings: BenchSettings) -> _Programs:
+    """FLOPs per batch of the captured program (a causal LM's at one decode step at the mean
+    context), and per plan: a pruned variant counts its own smaller program (``export-<slug>/``)."""
+    import torch
+
+    from kiln.bench.flops import count_flops, program_weights
+    from kiln.bench.generation import fitting_prompts, mean_past
+
+    sizes = None
+    if sig.generative:
+        assert settings.new_tokens is not None
+        built = next((p.manifest for p in plans if p.manifest is not None), None)
+        prompts = fitting_prompts(built, settings)[0]
+        sizes = {"sequence": 1, "past": mean_past(prompts, settings.new_tokens)} if prompts else None
+    by_dir: dict[str, tuple[dict[int, int], ProgramWeights | None]] = {}
+
+    def read(folder: str) -> tuple[dict[int, int], ProgramWeights | None]:
         if folder not in by_dir:
-            program = model_dir / folder / "program.pt2"
-            by_dir[folder] = count_flops(program, sig, batches) if program.is_file() else {}
+            path = model_dir / folder / "program.pt2"
+            if not path.is_file():
+                by_dir[folder] = ({}, None)
+            else:
+                program = torch.export.load(str(path))
+                counted = count_flops(program, sig, settings.batches, sizes) if sizes or not sig.generative else {}
+                by_dir[folder] = (counted, program_weights(program))
         return by_dir[folder]
 
-    return count("export"), {p.key: count(p.manifest.export_dir if p.manifest else "export") for p in plans}
+    folders = {p.key: p.manifest.export_dir if p.manifest else "export" for p in plans}
+    return _Programs(
+        flops=read("export")[0],
+        per_key={key: read(folder)[0] for key, folder in folders.items()},
+        weights={key: read(folder)[1] for key, folder in folders.items()},
+    )
 
 
 def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> tuple[Results, Path]:
     """Run the benchmark of a ``kiln.toml`` or a ``build/<model>`` folder; returns the results
     and the folder the reports were written to."""
     from kiln.bench.analysis import enrich
+    from kiln.bench.bandwidth import machine_bandwidth
+    from kiln.bench.generation import add_rooflines
     from kiln.bench.peak import machine_peak
     from kiln.config import load_config, with_targets
     from kiln.hardware import fingerprint
@@ -159,19 +193,25 @@ def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> t
         plans, model_dir = plans_from_config(config, run.out, progress)
         base = config.bench
     fp = fingerprint()
-    settings = base.merged(run.overrides).resolve(fp.physical_cores)
     sig = _signature(plans)
+    settings = base.merged(run.overrides).resolve(fp.physical_cores, generative=sig.generative)
     _check_batches(sig, settings)
     progress("measuring the machine's peak (cached per fingerprint)")
     assert settings.threads is not None  # resolved
     peak = machine_peak(fp, settings.threads, refresh=run.refresh_peak)
+    bandwidth = None
+    if sig.generative:
+        progress("measuring the memory bandwidth (cached per fingerprint)")
+        bandwidth = machine_bandwidth(fp, settings.threads, refresh=run.refresh_peak)
     progress("counting FLOPs from the captured program")
-    flops, per_key = _flops(model_dir, plans, sig, settings.batches)
+    programs = _programs(model_dir, plans, sig, settings)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load_before = _load()
     cells = run_cells(plans, settings, progress, run.launch)
     load = MachineLoad(load_average_before=load_before, load_average_after=_load(), cpus=os.cpu_count())
     manifests = {p.key: p.manifest for p in plans}
+    cells = enrich(cells, manifests, programs.per_key, peak, settings.cv_threshold)
+    add_rooflines(cells, manifests, programs.weights, bandwidth)
     built = next((m for m in manifests.values() if m is not None), None)
     results = Results(
         kiln_version=__version__,
@@ -183,9 +223,10 @@ def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> t
         fingerprint=fp,
         machine_load=load,
         peak=peak,
-        flops=flops,
+        bandwidth=bandwidth,
+        flops=programs.flops,
         gates=Gates(max_metric_drop=config.gates.max_metric_drop if config else None),
-        cells=enrich(cells, manifests, per_key, peak, settings.cv_threshold),
+        cells=cells,
     )
     out_dir = run.report_dir or model_dir
     write_reports(results, out_dir, html=True)

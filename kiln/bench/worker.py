@@ -4,7 +4,8 @@ The parent writes one JSON line (the cell, :class:`kiln.bench.protocol.CellSpec`
 worker loads the artifact, runs the first inference and answers ``ready``; then each ``round``
 command runs a warm-up (by time and count) and a timed loop (until both the minimum time and
 count are met) and answers the raw timings; ``stop`` answers the worker's peak RSS and exits. Any failure answers ``error`` and
-exits non-zero; a worker that dies without answering becomes an error cell in the parent.
+exits non-zero; a worker that dies without answering becomes an error cell in the parent. A causal
+LM's cell (:class:`GenerativeCell`) runs greedy generations instead and answers each token's time.
 
 Toolchains print to stdout; the protocol uses a private copy of the original stdout and fd 1 is
 pointed at stderr, so nothing a runtime prints can corrupt an answer.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import itertools
 import os
 import resource
 import sys
@@ -86,6 +88,7 @@ class LoadedCell:
         self.spec = spec
         self.rss_before = _rss_bytes()
         artifact = Artifact.from_manifest(Path(spec.artifact))
+        self.signature = artifact.signature
         start = time.perf_counter()
         for package in REGISTRY[artifact.target].packages_for(artifact.precision):
             importlib.import_module(package.module)
@@ -94,18 +97,25 @@ class LoadedCell:
         start = time.perf_counter()
         self.runner: Runner = implementation(artifact.target).load(artifact, options)
         self.load_s = time.perf_counter() - start
-        count = spec.requests if spec.mode == "throughput" else 1
-        self.inputs = prepare_inputs(artifact.signature, spec.batch, count, spec.seed)
+        self.first_ms = self.first()
+
+    def first(self) -> float:
+        """Prepare the inputs and time the first inference (ms)."""
+        count = self.spec.requests if self.spec.mode == "throughput" else 1
+        self.inputs = prepare_inputs(self.signature, self.spec.batch, count, self.spec.seed)
         start = time.perf_counter()
         self.step()
         self.runner.synchronize()
-        self.first_ms = (time.perf_counter() - start) * 1e3
+        return (time.perf_counter() - start) * 1e3
 
     def step(self) -> None:
         if self.spec.mode == "throughput":
             self.runner.infer_many(self.inputs)
         else:
             self.runner.infer(self.inputs[0])
+
+    def close(self) -> None:
+        self.runner.close()
 
     def ready(self) -> Ready:
         return Ready(
@@ -127,6 +137,76 @@ class LoadedCell:
         return RoundAnswer(seconds=samples, warmup_iters=len(warm))
 
 
+def prompt_ids(vocab: int, length: int, seed: int) -> list[int]:
+    """A seeded prompt of ``length`` token ids: the same for every target of a run."""
+    import numpy as np
+
+    return np.random.default_rng([seed, length]).integers(0, vocab, length).tolist()
+
+
+class GenerativeCell(LoadedCell):
+    """A causal LM's cell: greedy generations through the one decode loop every target shares
+    (``kiln.decoding.session_for`` + ``generate``), each token timed as it comes out. A run is
+    one generation from each prompt length in turn; end of sequence is ignored, so each
+    generation decodes ``new_tokens``."""
+
+    def first(self) -> float:
+        """Make the prompts and the session; time the first generation's TTFT (ms), cold."""
+        from kiln.decoding import session_for
+
+        gen = self.spec.generation
+        assert gen is not None
+        if self.signature.cache is None:
+            raise ValueError(f"{self.spec.artifact} is not a causal LM's step graph; it has no generation to time")
+        if not gen.prompt_tokens:
+            raise ValueError("a generative cell needs at least one prompt length")
+        vocab = self.signature.cache.vocab_size
+        self.prompts = {n: prompt_ids(vocab, n, self.spec.seed) for n in gen.prompt_tokens}
+        self.session = session_for(self.runner, self.signature)
+        return self._generate(gen.prompt_tokens[0], 1)[0] * 1e3
+
+    def _generate(self, length: int, new_tokens: int) -> tuple[float, list[float]]:
+        """(TTFT, inter-token latencies) in seconds of one generation."""
+        from kiln.decoding import generate
+
+        clock = time.perf_counter
+        start = clock()
+        marks = [clock() for _ in generate(self.session, self.prompts[length], new_tokens)]
+        return marks[0] - start, [b - a for a, b in itertools.pairwise(marks)]
+
+    def _runs(self, seconds: float, iters: int) -> tuple[int, dict[int, list[float]], dict[int, list[float]]]:
+        """Runs (one generation per prompt length) until ``seconds`` and ``iters`` are met:
+        their count, and TTFT and inter-token latencies per prompt length."""
+        gen = self.spec.generation
+        assert gen is not None
+        ttft: dict[int, list[float]] = {n: [] for n in gen.prompt_tokens}
+        itl: dict[int, list[float]] = {n: [] for n in gen.prompt_tokens}
+        total, runs = 0.0, 0
+        while total < seconds or runs < iters:
+            for length in gen.prompt_tokens:
+                first, steps = self._generate(length, gen.new_tokens)
+                ttft[length].append(first)
+                itl[length] += steps
+                total += first + sum(steps)
+            runs += 1
+        return runs, ttft, itl
+
+    def round(self, cmd: RoundCommand) -> RoundAnswer:
+        warm = self._runs(cmd.warmup_seconds, cmd.warmup_iters)[0]
+        gc.collect()
+        gc.disable()
+        try:
+            _, ttft, itl = self._runs(cmd.min_seconds, cmd.min_iters)
+        finally:
+            gc.enable()
+        steps = [s for length in itl for s in itl[length]]
+        return RoundAnswer(seconds=steps, warmup_iters=warm, ttft=ttft, itl=itl)
+
+    def close(self) -> None:
+        self.session.close()
+        super().close()
+
+
 def _answer(out: TextIO, message: BaseModel) -> None:
     out.write(message.model_dump_json() + "\n")
     out.flush()
@@ -135,14 +215,15 @@ def _answer(out: TextIO, message: BaseModel) -> None:
 def serve(inp: TextIO, out: TextIO) -> int:
     """The protocol loop; returns the exit status."""
     try:
-        cell = LoadedCell(CellSpec.model_validate_json(inp.readline()))
+        spec = CellSpec.model_validate_json(inp.readline())
+        cell = GenerativeCell(spec) if spec.generation else LoadedCell(spec)
         _answer(out, cell.ready())
         for line in inp:
             cmd = COMMAND.validate_json(line)
             if isinstance(cmd, RoundCommand):
                 _answer(out, cell.round(cmd))
             else:
-                cell.runner.close()
+                cell.close()
                 _answer(out, Done(peak_rss_bytes=peak_rss_bytes()))
                 return 0
         return 0

@@ -2,7 +2,8 @@
 
 Cells match on (target, precision, batch, mode). A cell regresses when its p50 latency rises,
 its throughput falls, or its size or peak memory grows by more than the threshold, or when its
-accuracy drops by more than the gate the new run was configured with. Results from different
+accuracy drops by more than the gate the new run was configured with. A causal LM's cell
+regresses on its decode tokens/s, inter-token latency p50 and TTFT p50 at each prompt length. Results from different
 hardware are refused unless explicitly allowed, naming the fields that differ.
 """
 
@@ -87,10 +88,30 @@ def _toolchain_note(old: Fingerprint, new: Fingerprint) -> str | None:
     return "toolchains differ: " + ", ".join(changed) if changed else None
 
 
+def _speed(prev: MeasuredCell, cell: MeasuredCell) -> list[tuple[str, float, float, bool]]:
+    """(figure, old, new, higher is better): a causal LM's decode tokens/s, inter-token latency
+    and TTFT per prompt length both runs measured, else latency and throughput."""
+    if prev.generation is None or cell.generation is None:
+        return [
+            ("p50 ms", prev.latency.p50_ms, cell.latency.p50_ms, False),
+            ("items/s", prev.latency.throughput, cell.latency.throughput, True),
+        ]
+    before = {p.prompt_tokens: p for p in prev.generation.prompts}
+    ttft = [
+        (f"TTFT@{p.prompt_tokens} p50 ms", before[p.prompt_tokens].ttft.p50_ms, p.ttft.p50_ms, False)
+        for p in cell.generation.prompts
+        if p.prompt_tokens in before
+    ]
+    return [
+        ("tok/s", prev.generation.tokens_per_s, cell.generation.tokens_per_s, True),
+        ("ITL p50 ms", prev.latency.p50_ms, cell.latency.p50_ms, False),
+        *ttft,
+    ]
+
+
 def _deltas(name: str, prev: MeasuredCell, cell: MeasuredCell, threshold: float, gate: float | None) -> list[Delta]:
     figures = [
-        ("p50 ms", prev.latency.p50_ms, cell.latency.p50_ms, False),
-        ("items/s", prev.latency.throughput, cell.latency.throughput, True),
+        *_speed(prev, cell),
         ("size", prev.size_bytes or 0, cell.size_bytes or 0, False),
         ("peak RSS", prev.peak_rss_bytes, cell.peak_rss_bytes, False),
     ]

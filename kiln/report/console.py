@@ -6,11 +6,34 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kiln.report import fmt
+from kiln.report import fmt, generation
 from kiln.results import FailedCell, Results
+
+CONSOLE_LEFT_OUT = ("ITL p90 ms", "load s")  # in report.md; the console keeps the gate readable
+
+
+def _generation_table(results: Results) -> Table:
+    s = results.settings
+    table = Table(title=f"kiln bench: {results.model} (generation, {s.new_tokens} new tokens, {s.threads} threads)")
+    columns = generation.columns(results)
+    keep = [i for i, col in enumerate(columns) if col not in CONSOLE_LEFT_OUT]
+    for i in keep:
+        col = columns[i]
+        left = col in ("target", "runs as", "gate")
+        table.add_column(col, justify="left" if left else "right", min_width=24 if col == "gate" else None)
+    for c in results.cells:
+        values = [escape(v) for v in generation.row(results, c, " unstable")]
+        if isinstance(c, FailedCell):
+            table.add_row(values[0], "-", f"[dim]{c.status}[/dim]", *[""] * (len(keep) - 4), escape(c.reason)[:60])
+            continue
+        table.add_row(*[values[i] for i in keep])
+    return table
 
 
 def print_results(results: Results) -> None:
+    if results.generative:
+        _print(results, _generation_table(results))
+        return
     table = Table(title=f"kiln bench: {results.model} ({results.settings.mode}, {results.settings.threads} threads)")
     for col in (
         "batch",
@@ -47,8 +70,16 @@ def print_results(results: Results) -> None:
             fmt.size(c.peak_rss_bytes),
             fmt.accuracy(c),
         )
+    _print(results, table)
+
+
+def _print(results: Results, table: Table) -> None:
     console = Console(width=max(Console().width, 150))
     console.print(table)
+    for note in generation.notes(results):
+        console.print(f"note: {escape(note)}")
+    if results.bandwidth:
+        console.print(f"memory bandwidth: {escape(generation.bandwidth_line(results))}")
     for c in results.cells:
         for flag in c.flags:
             console.print(f"[yellow]flag[/yellow] {escape(c.key)} batch {c.batch}: {escape(flag)}")

@@ -62,7 +62,8 @@ def fingerprint_lines(results: Results) -> list[tuple[str, str]]:
         if load and load.load_average_before and load.load_average_after
         else "not recorded"
     )
-    return [
+    bandwidth = results.bandwidth
+    lines = [
         ("fingerprint", fp.id),
         ("machine load", busy),
         ("cpu", f"{fp.cpu} ({fp.arch}), {fp.physical_cores} physical / {fp.logical_cores} logical cores"),
@@ -81,10 +82,22 @@ def fingerprint_lines(results: Results) -> list[tuple[str, str]]:
             f"fp32 {num(t.fp32_gflops)}, bf16 {num(t.bf16_gflops)}, int8 {num(t.int8_gflops)} ({t.basis or ''})",
         ),
     ]
+    if bandwidth is not None:
+        lines.append(("memory bandwidth (measured)", f"{bandwidth.gbps:g} GB/s ({bandwidth.method})"))
+    return lines
 
 
 def settings_line(results: Results) -> str:
     s = results.settings
+    if s.new_tokens is not None:
+        prompts = ", ".join(map(str, s.prompt_tokens or []))
+        return (
+            f"generation: greedy, {s.new_tokens} new tokens after seeded prompts of {prompts} tokens, batch 1, "
+            f"{s.threads} threads; a run is one generation per prompt length; per cell and round: warm-up >= "
+            f"{s.warmup_seconds} s and >= {min(1, s.warmup_iters)} run, then timed runs until >= {s.min_seconds} s "
+            f"and >= {s.generations} generations per prompt length in all, split over {s.rounds} interleaved "
+            f"rounds; unstable above CV {s.cv_threshold:.0%}"
+        )
     inflight = f", {s.requests} requests in flight" if s.mode == "throughput" else ""
     return (
         f"{s.mode} mode{inflight}, {s.threads} threads, batches {', '.join(map(str, s.batches))}; "

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 
-from kiln.report import fmt, svg
+from kiln.report import fmt, generation, svg
 from kiln.report.markdown import COLUMNS, _row
 from kiln.results import FailedCell, MeasuredCell, Results
 
@@ -82,19 +83,109 @@ def _plots(results: Results) -> list[str]:
     return plots
 
 
-def _table(cells: list[MeasuredCell | FailedCell]) -> str:
-    head = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
-    rows = []
-    for cell in cells:
-        values = _row(cell)
-        if isinstance(cell, FailedCell):
-            cls = cell.status
-            tds = f"<td>{escape(values[0])}</td><td>{escape(values[1])}</td><td colspan='{len(COLUMNS) - 2}' style='text-align:left'>{escape(values[2])}</td>"
+def _generation_plots(results: Results) -> list[str]:
+    """Decode tokens/s per target and precision, TTFT per prompt length, inter-token latency,
+    and tokens/s against perplexity where the builds measured it."""
+    cells = [c for c in results.cells if isinstance(c, MeasuredCell) and c.generation]
+    if not cells:
+        return ["<p>No cell ran, so there is nothing to plot.</p>"]
+    colors = _colors(results.cells)
+    plots = [
+        svg.range_bars(
+            "tokens",
+            "Decode tokens/s per target and precision (dashed line: eager)",
+            [(c.key, g.tokens_per_s, g.tokens_per_s, colors[c.key]) for c in cells if (g := c.generation)],
+            "tok/s",
+            ref=next((g.tokens_per_s for c in cells if c.key == "eager-fp32" and (g := c.generation)), None),
+        ),
+        svg.range_bars(
+            "ttft",
+            "Time to first token per prompt length (bar p50, whisker to p90)",
+            [
+                (f"{c.key} @{p.prompt_tokens}", p.ttft.p50_ms, p.ttft.p90_ms, colors[c.key])
+                for length in generation.prompt_lengths(results)
+                for c in cells
+                if c.generation
+                for p in c.generation.prompts
+                if p.prompt_tokens == length
+            ],
+            "ms",
+        ),
+        svg.range_bars(
+            "itl",
+            "Inter-token latency (bar p50, whisker to p99)",
+            [(c.key, c.latency.p50_ms, c.latency.p99_ms, colors[c.key]) for c in cells],
+            "ms",
+        ),
+    ]
+    roofline = [(c.key, g.roofline.fraction) for c in cells if (g := c.generation) and g.roofline]
+    if roofline:
+        plots.append(
+            svg.range_bars(
+                "roofline",
+                "Decode tokens/s as a fraction of the memory-bandwidth roofline",
+                [(key, 100 * f, 100 * f, colors[key]) for key, f in roofline],
+                "% of roofline",
+            )
+        )
+    ppl = [(c, g) for c in cells if (g := c.generation) and g.perplexity_increase is not None]
+    if ppl and max(abs(g.perplexity_increase or 0.0) for _, g in ppl) < 1e-4:
+        plots.append("<p data-plot=\"perplexity\">Every artifact's perplexity is within 0.01 % of eager's.</p>")
+    elif ppl:
+        plots.append(
+            svg.scatter(
+                "perplexity",
+                "Decode tokens/s vs held-out perplexity increase over eager",
+                [(c.key, g.tokens_per_s, 100 * (g.perplexity_increase or 0.0), colors[c.key]) for c, g in ppl],
+                "tok/s",
+                "perplexity increase %",
+            )
+        )
+    return plots
+
+
+def _grid(columns: Sequence[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = []
+    for i, values in enumerate(rows):
+        cls = classes[i] if classes else ""
+        if cls in ("error", "skipped"):
+            tds = (
+                f"<td>{escape(values[0])}</td><td>{escape(values[1])}</td>"
+                f"<td colspan='{len(columns) - 2}' style='text-align:left'>{escape(values[2])}</td>"
+            )
         else:
-            cls = "unstable" if cell.latency.unstable else ""
             tds = "".join(f"<td>{escape(v)}</td>" for v in values)
-        rows.append(f'<tr class="{cls}">{tds}</tr>')
-    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+        body.append(f'<tr class="{cls}">{tds}</tr>')
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _class(cell: MeasuredCell | FailedCell) -> str:
+    if isinstance(cell, FailedCell):
+        return cell.status
+    return "unstable" if cell.latency.unstable else ""
+
+
+def _table(cells: list[MeasuredCell | FailedCell]) -> str:
+    return _grid(COLUMNS, [_row(c) for c in cells], [_class(c) for c in cells])
+
+
+def _generation_tables(results: Results) -> list[str]:
+    s = results.settings
+    parts = [f"<h2>Generation ({s.new_tokens} new tokens, greedy, batch 1)</h2>"]
+    rows = [generation.row(results, c, " unstable") for c in results.cells]
+    parts.append(_grid(generation.columns(results), rows, [_class(c) for c in results.cells]))
+    if notes := generation.notes(results):
+        parts.append("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
+    parts.append(f"<h3>Roofline</h3><p>Memory bandwidth: {escape(generation.bandwidth_line(results))}.</p>")
+    if roofline := generation.roofline_rows(results):
+        parts.append(_grid(generation.ROOFLINE_COLUMNS, roofline))
+        if line := generation.in_cache_line(results):
+            parts.append(f"<p>{escape(line)}</p>")
+    parts.append("<h3>Per prompt length</h3>")
+    parts.append(_grid(generation.PROMPT_COLUMNS, generation.prompt_rows(results)))
+    parts.append(f"<p>{escape(generation.LEGEND)}</p>")
+    return parts
 
 
 def render_html(results: Results) -> str:
@@ -107,10 +198,12 @@ def render_html(results: Results) -> str:
         f"<p>Run {escape(results.created)} by kiln {escape(results.kiln_version)} from "
         f"<code>{escape(str(results.config))}</code>.<br>{escape(fmt.settings_line(results))}.</p>",
         '<h2>Plots</h2><div class="plots">',
-        *_plots(results),
+        *(_generation_plots(results) if results.generative else _plots(results)),
         "</div>",
     ]
-    for batch in results.settings.batches:
+    if results.generative:
+        parts += _generation_tables(results)
+    for batch in [] if results.generative else results.settings.batches:
         flops = results.flops.get(batch)
         extra = f" ({flops / 1e9:.3g} GFLOP per forward pass)" if flops else ""
         parts.append(f"<h2>Batch {batch}{escape(extra)}</h2>")

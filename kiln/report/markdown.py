@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kiln.report import fmt
+from collections.abc import Sequence
+
+from kiln.report import fmt, generation
 from kiln.results import FailedCell, MeasuredCell, Results
 
 COLUMNS = (
@@ -50,14 +52,37 @@ def _row(cell: MeasuredCell | FailedCell) -> list[str]:
     ]
 
 
-def _table(cells: list[MeasuredCell | FailedCell]) -> list[str]:
+def _grid(columns: Sequence[str], rows: list[list[str]], left: int = 2) -> list[str]:
     lines = [
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" if i < left else "---:" for i in range(len(columns))) + "|",
     ]
-    for cell in cells:
-        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in _row(cell)) + " |")
+    for values in rows:
+        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in values) + " |")
     return lines
+
+
+def _table(cells: list[MeasuredCell | FailedCell]) -> list[str]:
+    return _grid(COLUMNS, [_row(cell) for cell in cells])
+
+
+def _generation(results: Results) -> list[str]:
+    """A causal LM's sections: the cells, the roofline's terms, the per-prompt figures."""
+    s = results.settings
+    out = [f"## Generation ({s.new_tokens} new tokens, greedy, batch 1)", ""]
+    out += _grid(generation.columns(results), [generation.row(results, c) for c in results.cells])
+    if notes := generation.notes(results):
+        out += ["", *[f"- {n}" for n in notes]]
+    out += ["", "### Roofline", "", f"Memory bandwidth: {generation.bandwidth_line(results)}.", ""]
+    if rows := generation.roofline_rows(results):
+        out += _grid(generation.ROOFLINE_COLUMNS, rows, left=1)
+        if line := generation.in_cache_line(results):
+            out += ["", line]
+    else:
+        out.append("No roofline: the bandwidth or the artifacts' weights are unknown.")
+    out += ["", "### Per prompt length", ""]
+    out += _grid(generation.PROMPT_COLUMNS, generation.prompt_rows(results))
+    return [*out, ""]
 
 
 def render_markdown(results: Results) -> str:
@@ -69,12 +94,15 @@ def render_markdown(results: Results) -> str:
         f"Settings: {fmt.settings_line(results)}.",
         "",
     ]
-    for batch in settings.batches:
-        flops = results.flops.get(batch)
-        extra = f" ({flops / 1e9:.3g} GFLOP per forward pass)" if flops else ""
-        out += [f"## Batch {batch}{extra}", ""]
-        out += _table(results.batch(batch))
-        out.append("")
+    if results.generative:
+        out += _generation(results)
+    else:
+        for batch in settings.batches:
+            flops = results.flops.get(batch)
+            extra = f" ({flops / 1e9:.3g} GFLOP per forward pass)" if flops else ""
+            out += [f"## Batch {batch}{extra}", ""]
+            out += _table(results.batch(batch))
+            out.append("")
     flagged = [(c, f) for c in results.cells for f in c.flags]
     out += ["## Flags", ""]
     out += [f"- **{c.key}** batch {c.batch}: {f}" for c, f in flagged] or [
@@ -85,6 +113,8 @@ def render_markdown(results: Results) -> str:
     ]
     out += ["", "## Machine", ""]
     out += [f"- **{k}**: {v}" for k, v in fmt.fingerprint_lines(results)]
+    if results.generative:
+        return "\n".join([*out, "", generation.LEGEND + " ⚑: see Flags.", ""])
     out += [
         "",
         (
