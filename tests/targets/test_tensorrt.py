@@ -934,7 +934,7 @@ def test_engine_2of4_records_sparse_tactics_or_flags_their_absence(models: dict[
 
 
 @pytest.mark.target("tensorrt", stage="run")
-def test_cli_build_fp16_with_a_relative_out_passes_the_gate(relative: Path) -> None:
+def test_cli_engine_build_fp16_with_a_relative_out_passes_the_gate(relative: Path) -> None:
     from click.testing import CliRunner
 
     from kiln.cli import main
