@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kiln-installed
 # Every install goes through the constraints file: it keeps torch at the 2.13.0 CPU build.
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-fast lint format schemas bench chromium clean
+.PHONY: install demo test test-fast lint format schemas bench bench-generation tinyllm peers chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,19 @@ format: $(STAMP)
 # The suite (benchmarks/suite.toml): builds into build/suite, reports to benchmarks/results/<fingerprint>/.
 bench: $(STAMP)
 	$(PY) benchmarks/run_suite.py --out build/suite
+
+# The tinyllm example's model, tokenizer and LoRA adapter (examples/tinyllm/train.py: ~3 minutes on
+# 2 cores; skipped when its stamp is current).
+tinyllm: $(STAMP)
+	$(PY) examples/tinyllm/train.py
+
+# Tokens/s, TTFT and the bandwidth roofline of every tinyllm artifact (benchmarks/generation.toml).
+bench-generation: tinyllm
+	$(PY) benchmarks/generation.py
+
+# Peers in their own venvs, never in kiln's (benchmarks/peers/README.md).
+peers:
+	bash benchmarks/peers/optimum_intel.sh
 
 # Headless Chromium for the report.html browser test (the Debian package; apt-get needs root).
 chromium:
