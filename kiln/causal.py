@@ -183,7 +183,7 @@ def load_causal_lm(folder: Path, model: ModelConfig, config: Any, tokenizer: Any
     import transformers
 
     try:
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
     except Exception as err:
         raise SourceError(f"hf:{folder} failed to load as a causal LM ({type(err).__name__}: {err})") from err
     del config, tokenizer  # the folder is the tokenizer's too; its files travel with the export

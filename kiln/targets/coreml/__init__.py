@@ -194,7 +194,7 @@ def _program(ctx: CompileContext, settings: Settings) -> Any:
 
     program = ctx.export.program()
     if settings.kv_cache == "state":
-        program = stateful.export(program.module(), ctx.export.signature)
+        program = stateful.export(stateful.math_attention(program).module(), ctx.export.signature)
     program = program.run_decompositions()
     graph = program.graph
     for node in list(graph.nodes):
@@ -344,7 +344,8 @@ class CoreMLTarget(Target):
         from kiln.targets.eager import TorchRunner  # the eager target's runner: the one cross-target import
 
         settings = cache_form(parse_settings(ctx.target, ctx.options), ctx.export.signature)
-        module = weighted_module(ctx.export.program())
+        program = ctx.export.program()
+        module = weighted_module(stateful.math_attention(program) if ctx.export.signature.generative else program)
         with quiet([]):
             simulate(module, settings)
         artifact.info.simulation = (

@@ -62,6 +62,20 @@ def check_signature(sig: Signature) -> None:
         )
 
 
+def math_attention(program: Any) -> Any:
+    """The program with fused attention (``scaled_dot_product_attention``, as transformers' SDPA
+    attention captures) decomposed into its math: the rewiring masks the attention softmax."""
+    import torch
+    from torch._decomp import core_aten_decompositions, get_decompositions
+
+    fused = torch.ops.aten.scaled_dot_product_attention.default
+    if not any(n.op == "call_function" and n.target is fused for n in program.graph.nodes):
+        return program
+    table = core_aten_decompositions()
+    table.update(get_decompositions([torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default]))
+    return program.run_decompositions(table)
+
+
 def stateful_step(step: Any, sig: Signature) -> Any:
     """The stateful module around ``step``, the program's module (``ExportedProgram.module()``),
     which is rewired in place (see the module docstring)."""

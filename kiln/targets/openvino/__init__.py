@@ -176,10 +176,20 @@ def read_source(ctx: CompileContext) -> Any:
     """kiln's ONNX as OpenVINO IR, its inputs pinned and its weights named like the model."""
     ov = _openvino()
     sig = ctx.export.signature
+    if sig.generative:
+        # A causal LM converts from the captured program: its fused attention stays one
+        # ScaledDotProductAttention op, which the CPU plugin runs over the stateful cache (the ONNX
+        # holds it decomposed). Measured on tinyllm: 606 vs 492 tok/s for optimum-intel's IR.
+        model = ov.convert_model(ctx.export.program())
+        for port, name in zip(model.inputs, sig.input_names, strict=True):
+            port.get_tensor().set_names({name})
+        for port, name in zip(model.outputs, sig.outputs, strict=True):
+            port.get_tensor().set_names({name})
+        model.reshape(cache_shapes(sig))
+        return model
     model = ov.Core().read_model(str(ctx.export.onnx_path))
-    model.reshape(cache_shapes(sig) if sig.generative else partial_shapes(sig))
-    # A causal LM is wrapped in kiln's step module, whose own attribute is "model".
-    name_weights(model, ctx.export.onnx_path, strip="model." if sig.generative else "")
+    model.reshape(partial_shapes(sig))
+    name_weights(model, ctx.export.onnx_path)
     return model
 
 
