@@ -22,7 +22,7 @@ from kiln.targets import target_options, tolerance_for  # noqa: E402
 from kiln.targets.base import CompileContext, RunOptions  # noqa: E402
 from kiln.targets.coreml import TARGET, cache_form  # noqa: E402
 from kiln.targets.coreml.compress import parse_settings  # noqa: E402
-from kiln.targets.coreml.stateful import STATE, StateSession, stateful_step  # noqa: E402
+from kiln.targets.coreml.stateful import STATE, StateSession, math_attention, stateful_step  # noqa: E402
 from kiln.targets.eager import TorchRunner  # noqa: E402
 from tests.conftest import write_config  # noqa: E402
 from tests.generative.models import tiny_gpt2_folder, tiny_llama_folder  # noqa: E402
@@ -112,7 +112,7 @@ def test_stateful_step_matches_the_step_graph_when_prefilled_in_chunks(tmp_path:
     empty = [torch.zeros(1, sig.cache.kv_heads, 0, sig.cache.head_dim)] * len(sig.cache.past_names)
     with torch.no_grad():
         expected = bundle.program().module()(ids, torch.arange(40)[None], *empty)["logits"]
-        module = stateful_step(bundle.program().module(), sig)
+        module = stateful_step(math_attention(bundle.program()).module(), sig)
         chunks = [module(ids[:, a:b], torch.arange(a, b)[None]) for a, b in ((0, 12), (12, 13), (13, 30), (30, 40))]
         got = torch.cat(chunks, 1)
         # A shorter sequence over the longer one's state: the stale positions are masked.

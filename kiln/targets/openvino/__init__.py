@@ -44,7 +44,7 @@ from kiln.targets.openvino.stateful import (
     make_stateful,
     step_infer,
 )
-from kiln.targets.openvino.weights import name_weights
+from kiln.targets.openvino.weights import name_program_weights, name_weights
 from kiln.tensors import named_outputs
 
 MAIN = "model.xml"
@@ -186,6 +186,8 @@ def read_source(ctx: CompileContext) -> Any:
         for port, name in zip(model.outputs, sig.outputs, strict=True):
             port.get_tensor().set_names({name})
         model.reshape(cache_shapes(sig))
+        # kiln's step module holds the model as its attribute "model".
+        name_program_weights(model, ctx.export.program(), strip="model.")
         return model
     model = ov.Core().read_model(str(ctx.export.onnx_path))
     model.reshape(partial_shapes(sig))

@@ -58,6 +58,21 @@ def name_weights(model: Any, path: Path, strip: str = "") -> None:
                 op.set_friendly_name(name.removeprefix(strip))
 
 
+def name_program_weights(model: Any, program: Any, strip: str = "") -> None:
+    """The same for an IR converted from a torch.export program: OpenVINO's torch frontend names
+    each weight's tensor after its state-dict key with dots as underscores
+    (``model_model_layers_0_mlp_up_proj_weight``)."""
+    keys = {key.replace(".", "_"): key for key in program.state_dict}
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        for tensor in op.output(0).get_names():
+            key = keys.get(tensor.split(":", 1)[0])
+            if key is not None:
+                op.set_friendly_name(key.removeprefix(strip))
+                break
+
+
 @dataclass(frozen=True)
 class Layer:
     name: str
