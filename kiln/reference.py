@@ -121,7 +121,11 @@ class Reference:
             if runner.decode_session(self.bundle.signature) is not None:
                 return gate  # the runtime keeps the cache: there is no step graph to feed
             step = self._parity_gate(runner, tolerance, real_data=False)
-            breaches = [*step.breaches, *gate.breaches]
+            # Seeded ids over a random cache give near-tie logits: the step figures gate a precision
+            # that must match eager exactly (fp32); for the others they are recorded, and what the
+            # model generates (teacher-forced, on real prompts) is the gate.
+            gated = step.breaches if tolerance.exact_tokens else []
+            breaches = [*gated, *gate.breaches]
             return gate.model_copy(update={"passed": not breaches, "parity": step.parity, "breaches": breaches})
         return self._parity_gate(runner, tolerance, real_data)
 

@@ -152,7 +152,12 @@ REGISTRY: dict[str, TargetSpec] = {
             "kiln.targets.aoti",
             "PyTorch AOTInductor: a compiled .pt2 package, loadable without Python model code",
             "program",
-            (Precision("fp32", FP32), Precision("int8", INT8, PT2E_SAMPLES, needs=(TORCHAO,))),
+            (
+                Precision("fp32", FP32),
+                Precision("int8", INT8, PT2E_SAMPLES, needs=(TORCHAO,)),
+                Precision("int8-weights", INT8_WEIGHTS, needs=(TORCHAO,)),
+                Precision("int4-weights", INT4, needs=(TORCHAO,)),
+            ),
             packages=(TORCH,),
             build_needs=("cxx",),
             quiet_loggers=("torch", "torch.utils._pytree", "torchao"),
@@ -167,13 +172,14 @@ REGISTRY: dict[str, TargetSpec] = {
                 Precision("fp16", FP16),
                 Precision("int8", INT8, ORT_SAMPLES),
                 Precision("int8-dynamic", INT8),
+                Precision("int4", INT4),
             ),
             packages=(ONNXRUNTIME,),
         ),
         TargetSpec(
             "openvino",
             "kiln.targets.openvino",
-            "OpenVINO IR on the CPU plugin, execution precision always set",
+            "OpenVINO IR on the CPU plugin, execution precision always set; causal LMs as a stateful IR",
             "onnx",
             (
                 Precision("fp32", FP32),
@@ -184,6 +190,12 @@ REGISTRY: dict[str, TargetSpec] = {
                 Precision("int4", INT4, needs=(NNCF,)),
             ),
             packages=(OPENVINO,),
+            lm_known_issues=(
+                (
+                    "bf16",
+                    "refused for causal LMs: OpenVINO 2026.4.1 dies with SIGFPE compiling the stateful IR at bf16",
+                ),
+            ),
             quiet_loggers=("nncf",),
             # OpenVINO and NNCF send usage data through this optional package and fall back to a
             # silent stub when it cannot be imported: a build tool does not phone home.
@@ -192,7 +204,7 @@ REGISTRY: dict[str, TargetSpec] = {
         TargetSpec(
             "coreml",
             "kiln.targets.coreml",
-            "Core ML .mlpackage (mlprogram) for Apple devices",
+            "Core ML .mlpackage (mlprogram) for Apple devices; causal LMs keep their KV cache as Core ML state",
             "program",
             (
                 Precision("fp16", FP16),

@@ -19,7 +19,7 @@ from kiln.decoding import ContextError, generate, session_for
 from kiln.errors import UnavailableError
 from kiln.targets import REGISTRY, availability, implementation
 from kiln.targets.base import Artifact, RunOptions
-from tests.generative.models import trained_tiny_llama_folder
+from tests.generative.models import stdlib_llama_folder
 
 
 def _cases() -> list[Any]:
@@ -48,7 +48,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             if availability(target, precision).build:
                 wanted[(target, precision)] = None
     folder = tmp_path_factory.mktemp("lm")
-    trained_tiny_llama_folder(folder / "model")
+    stdlib_llama_folder(folder / "model")
     data = {
         "model": {
             "name": "lm",

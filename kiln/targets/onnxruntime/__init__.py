@@ -3,11 +3,13 @@
 Toolchain: onnxruntime 1.31. The artifact is the ONNX file the session loads; the session
 applies its hardware-specific optimizations at load time (saving an ``ORT_ENABLE_ALL`` graph
 would tie the file to this CPU). ``int8`` (static QDQ), ``int8-dynamic`` and ``fp16`` are made by
-ORT's own tools in :mod:`kiln.targets.onnxruntime.quantize`.
+ORT's own tools in :mod:`kiln.targets.onnxruntime.quantize`; ``int4`` (weight-only MatMulNBits)
+in :mod:`kiln.targets.onnxruntime.nbits`.
 
 Options (``options`` in ``[[target]]``, :class:`ORTOptions`): ``calibration_method``,
 ``percentile``, ``per_channel``, ``op_types`` and ``quantize_after_gelu``; ``None`` leaves the
-choice to what kiln measured best for the graph (attention or not).
+choice to what kiln measured best for the graph (attention or not). ``int4`` reads
+``block_size``, ``symmetric``, ``accuracy_level``, ``lm_head`` and ``embeddings``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,18 @@
-"""ONNX Runtime's typed ``options``: its quantizer settings (``int8``, ``int8-dynamic``)."""
+"""ONNX Runtime's typed ``options``: its quantizer settings (``int8``, ``int8-dynamic``, ``int4``)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from kiln.targets.base import TargetOptions
 
+INT4_ONLY = ("block_size", "symmetric", "accuracy_level", "lm_head", "embeddings")
+
 
 class ORTOptions(TargetOptions):
-    """ONNX Runtime's quantizer settings (``int8``, ``int8-dynamic``); ``fp32``/``fp16`` read none."""
+    """ONNX Runtime's quantizer settings (``int8``, ``int8-dynamic``, ``int4``); ``fp32``/``fp16`` read none."""
 
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # int8 (static)
     percentile: float = Field(99.999, ge=90.0, le=100.0)  # with calibration_method = "percentile"
@@ -21,3 +23,28 @@ class ORTOptions(TargetOptions):
     op_types: list[str] | None = None
     # Quantize MatMuls fed by a GELU (int8); None: not in attention graphs (outlier channels).
     quantize_after_gelu: bool | None = None
+    # int4 (weight-only MatMulNBits): weights in blocks of block_size along the input width K.
+    block_size: int = 128  # 16, 32, 64, 128 or 256 (what ORT's MLAS block quantizer takes)
+    symmetric: bool = True  # no zero points
+    # The lowest precision MatMulNBits may compute in: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
+    # (activations quantized per block at run time; the fast path on x86 CPUs).
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+    # The MatMul(s) producing `logits`: int8 MatMulNBits by default (see nbits.py for why).
+    lm_head: Literal["int4", "int8", "fp32"] = "int8"
+    # Gather embedding tables: fp32 (a lookup: no compute to save) or int4 GatherBlockQuantized.
+    embeddings: Literal["fp32", "int4"] = "fp32"
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, size: int) -> int:
+        if size < 16 or size > 256 or size & (size - 1):
+            raise ValueError(f"must be a power of two from 16 to 256 (16, 32, 64, 128, 256), got {size}")
+        return size
+
+    @field_validator(*INT4_ONLY)
+    @classmethod
+    def _int4_only(cls, value: object, info: ValidationInfo) -> object:
+        precision = (info.context or {}).get("precision")
+        if precision is not None and precision != "int4":
+            raise ValueError(f"applies to onnxruntime:int4 only, not {precision}; remove it")
+        return value

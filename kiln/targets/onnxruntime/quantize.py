@@ -9,6 +9,7 @@ Toolchain: onnxruntime 1.31 (``onnxruntime.quantization``, ``onnxruntime.transfo
 - ``int8-dynamic``: ``quantize_dynamic`` (int8 weights, activation ranges computed per run). On
   convolutions this takes the ``ConvInteger`` path, measured 2.7x *slower* than fp32 on a Zen 4
   CNN; kiln warns when most of a model's weighted ops are convolutions.
+- ``int4``: weight-only ``MatMulNBits`` (:mod:`kiln.targets.onnxruntime.nbits`), no calibration.
 - ``fp16``: every float initializer and op in fp16, graph inputs and outputs kept fp32
   (``keep_io_types``); ORT's CPU provider runs ops without fp16 kernels through inserted casts.
 """
@@ -20,14 +21,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import ConfigError, TargetBuildError
+from kiln.errors import ConfigError, KilnWarning, TargetBuildError
 from kiln.quant import require_calibration
 from kiln.quant.ort import SampleReader, preprocess
 from kiln.targets.base import CompileContext
 from kiln.targets.onnxruntime.options import ORTOptions
 
 
-class SlowQuantizationWarning(UserWarning):
+class SlowQuantizationWarning(KilnWarning):
     """A quantization mode known to be slower than fp32 for this kind of model."""
 
 
@@ -37,19 +38,23 @@ def quantize(ctx: CompileContext, src: Path, dest: Path) -> dict[str, Any]:
     try:
         if precision == "fp16":
             return _fp16(ctx, src, dest)
+        if precision == "int4":
+            from kiln.targets.onnxruntime.nbits import int4
+
+            return int4(ctx, src, dest)
         with tempfile.TemporaryDirectory() as tmp:
             pre = Path(tmp) / "pre.onnx"
             preprocess(src, pre)
             if precision == "int8-dynamic":
                 return _dynamic(ctx, pre, dest)
             return _static(ctx, pre, dest)
-    except ConfigError:
+    except (ConfigError, TargetBuildError):
         raise
     except Exception as err:  # ORT and onnx raise their own error types and plain ones alike
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise TargetBuildError(
             f"ONNX Runtime quantization failed: {type(err).__name__}: {first}; "
-            "try another calibration_method or precision; --verbose shows the trace"
+            "try other options (calibration_method, block_size) or another precision; --verbose shows the trace"
         ) from err
 
 
@@ -195,8 +200,29 @@ def _dynamic(ctx: CompileContext, pre: Path, dest: Path) -> dict[str, Any]:
             "op_types": chosen or "all supported",
             "conv_ops": convs,
             "weighted_ops": weighted,
+            **_head_and_embeddings(dest),
         },
         "notes": notes,
+    }
+
+
+def _head_and_embeddings(path: Path) -> dict[str, str]:
+    """For a graph with a ``logits`` output: whether its head and its embedding tables ended up int8."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if "logits" not in {o.name for o in graph.output}:
+        return {}
+    producer = {out: n for n in graph.node for out in n.output}
+    node, hops = producer.get("logits"), 0
+    while node is not None and node.op_type not in ("MatMulInteger", "MatMul", "Gemm") and hops < 6:
+        node, hops = next((producer[i] for i in node.input if i in producer), None), hops + 1
+    embeddings = (
+        "int8" if any(n.op_type == "Gather" and n.input[0].endswith("_quantized") for n in graph.node) else "fp32"
+    )
+    return {
+        "lm_head": "int8" if node is not None and node.op_type == "MatMulInteger" else "fp32",
+        "embeddings": embeddings,
     }
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.decoding import DecodeSession
+from kiln.errors import TargetBuildError
 from kiln.spec import Arrays, Signature
 from kiln.targets import block_imports
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
@@ -201,6 +202,13 @@ class OpenVINOTarget(Target):
     def compile(self, ctx: CompileContext) -> Artifact:
         ov = _openvino()
         sig = ctx.export.signature
+        if sig.generative and ctx.precision == "bf16":
+            # Measured with openvino 2026.4.1: compile_model of the stateful IR at bf16 with one
+            # inference thread dies with SIGFPE (the whole process, no exception to catch).
+            raise TargetBuildError(
+                "openvino:bf16 on a causal LM crashes OpenVINO 2026.4's CPU plugin (SIGFPE compiling the stateful "
+                "IR with 1 thread); build openvino:fp16 or openvino:fp32 instead"
+            )
         model = read_source(ctx)
         artifact = Artifact("openvino", ctx.precision, ctx.out_dir, MAIN, sig)
         quantized: dict[str, Any] = {}
