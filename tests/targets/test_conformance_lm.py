@@ -4,7 +4,7 @@ activation calibration, on one tiny Llama (GQA) built in code, through the same 
 Each case checks: it built and passed the generation gate (fp32: eager's greedy tokens exactly);
 the artifact round-trips through its manifest and a fresh runner decodes the gate's first prompt
 to the same tokens the gate recorded; a sequence filled to the context's end decodes, and one
-token more is refused. Expected failures come from the row's ``lm_known_issues`` (strict xfail).
+token more is refused. Expected failures come from the row's ``lm_known_issues`` (xfail, not strict: quantized agreement near a limit moves with the CPU).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def _cases() -> list[Any]:
         for precision in spec.precisions:
             if precision.calibrates:
                 continue  # activation calibration of a causal LM needs text calibration: not wired yet
-            marks = [pytest.mark.xfail(strict=True, reason=known[precision.name])] if precision.name in known else []
+            # Not strict: a quantized LM's agreement near its limit moves with the CPU's kernels.
+            marks = [pytest.mark.xfail(strict=False, reason=known[precision.name])] if precision.name in known else []
             cases.append(pytest.param(name, precision.name, marks=marks, id=f"{name}-{precision.name}"))
     return cases
 
