@@ -127,3 +127,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True, scope="session")
 def _quiet() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def selected_targets(request: pytest.FixtureRequest, buildable: bool = True) -> dict[tuple[str, str], None]:
+    """The (target, precision) pairs the selected tests of the requesting module are parametrized
+    with, in order (only those that can build here, unless ``buildable`` is false): what a
+    module-scoped build fixture builds once."""
+    from kiln.targets import availability
+
+    wanted: dict[tuple[str, str], None] = {}
+    for item in request.session.items:
+        params = getattr(item, "callspec", None)
+        if item.module is request.module and params is not None and "target" in params.params:
+            pair = (params.params["target"], params.params["precision"])
+            if not buildable or availability(*pair).build:
+                wanted[pair] = None
+    return wanted

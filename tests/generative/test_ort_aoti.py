@@ -20,6 +20,7 @@ from kiln.decoding import generate, session_for
 from kiln.errors import ConfigError
 from kiln.targets import implementation, target_options
 from kiln.targets.base import Artifact, RunOptions
+from tests.conftest import selected_targets
 from tests.generative.models import stdlib_llama_folder
 
 NEW_TOKENS = 16
@@ -28,11 +29,7 @@ NEW_TOKENS = 16
 @pytest.fixture(scope="module")
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One build of every target x precision the selected tests of this module ask for."""
-    wanted: dict[tuple[str, str], None] = {}
-    for item in request.session.items:
-        params = getattr(item, "callspec", None)
-        if item.module is request.module and params is not None and "target" in params.params:
-            wanted[(params.params["target"], params.params["precision"])] = None
+    wanted = selected_targets(request, buildable=False)
     folder = tmp_path_factory.mktemp("lm")
     stdlib_llama_folder(folder / "model")
     data = {

@@ -26,9 +26,9 @@ from kiln.errors import UnavailableError
 from kiln.parity import ParityReport
 from kiln.spec import Signature, random_inputs
 from kiln.store import sha256_file
-from kiln.targets import REGISTRY, availability, implementation, tolerance_for
+from kiln.targets import REGISTRY, implementation, tolerance_for
 from kiln.targets.base import Artifact, RunOptions
-from tests.conftest import CNN, TWO
+from tests.conftest import CNN, TWO, selected_targets
 
 MODELS = {"cnn": CNN, "two": TWO}
 
@@ -49,13 +49,8 @@ CASES = _cases()
 @pytest.fixture(scope="module")
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """One build per model of every target x precision this session selected that can build here."""
-    wanted: dict[tuple[str, str], None] = {("eager", "fp32"): None}  # the nested-output names test reads it
-    for item in request.session.items:
-        params = getattr(item, "callspec", None)
-        if item.module is request.module and params is not None and "target" in params.params:
-            target, precision = params.params["target"], params.params["precision"]
-            if availability(target, precision).build:
-                wanted[(target, precision)] = None
+    # eager first: the nested-output names test reads it.
+    wanted: dict[tuple[str, str], None] = {("eager", "fp32"): None, **selected_targets(request)}
     out: dict[str, dict[str, Any]] = {}
     for name, base in MODELS.items():
         folder = tmp_path_factory.mktemp(name)

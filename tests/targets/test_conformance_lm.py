@@ -17,8 +17,9 @@ from kiln.build import build
 from kiln.config import parse_config
 from kiln.decoding import ContextError, generate, session_for
 from kiln.errors import UnavailableError
-from kiln.targets import REGISTRY, availability, implementation
+from kiln.targets import REGISTRY, implementation
 from kiln.targets.base import Artifact, RunOptions
+from tests.conftest import selected_targets
 from tests.generative.models import stdlib_llama_folder
 
 
@@ -41,13 +42,7 @@ NEW_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    wanted: dict[tuple[str, str], None] = {}
-    for item in request.session.items:
-        params = getattr(item, "callspec", None)
-        if item.module is request.module and params is not None and "target" in params.params:
-            target, precision = params.params["target"], params.params["precision"]
-            if availability(target, precision).build:
-                wanted[(target, precision)] = None
+    wanted = selected_targets(request)
     folder = tmp_path_factory.mktemp("lm")
     stdlib_llama_folder(folder / "model")
     data = {
