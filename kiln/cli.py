@@ -490,5 +490,11 @@ def generate(
     )
 
 
+# ---- shipping: package, verify, keygen (kiln/ship/) ----
+
+
+# ---- serving: serve (kiln/serve/) ----
+
+
 if __name__ == "__main__":
     main()
