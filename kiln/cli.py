@@ -395,14 +395,21 @@ def bench(
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--max-regression", default="10%", show_default=True, help="Allowed loss per cell, e.g. 10% or 0.1.")
 @click.option("--allow-different-hardware", is_flag=True, help="Compare results from different machines anyway.")
+@click.option(
+    "--portable-only",
+    is_flag=True,
+    help="Gate only what does not depend on the machine (size, accuracy, failures); show speed and memory.",
+)
 @command
-def compare(old: Path, new: Path, max_regression: str, allow_different_hardware: bool) -> None:
+def compare(old: Path, new: Path, max_regression: str, allow_different_hardware: bool, portable_only: bool) -> None:
     """Per-cell deltas between two results.json; exit 4 on a regression beyond the threshold."""
     from kiln.report import load_results
     from kiln.report.compare import compare_results, parse_threshold, print_comparison
 
     before, after = load_results(old), load_results(new)
-    comparison = compare_results(before, after, parse_threshold(max_regression), allow_different_hardware)
+    comparison = compare_results(
+        before, after, parse_threshold(max_regression), allow_different_hardware, portable_only
+    )
     print_comparison(comparison)
     comparison.raise_on_regression()
 

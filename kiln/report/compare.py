@@ -4,7 +4,9 @@ Cells match on (target, precision, batch, mode). A cell regresses when its p50 l
 its throughput falls, or its size or peak memory grows by more than the threshold, or when its
 accuracy drops by more than the gate the new run was configured with. A causal LM's cell
 regresses on its decode tokens/s, inter-token latency p50 and TTFT p50 at each prompt length. Results from different
-hardware are refused unless explicitly allowed, naming the fields that differ.
+hardware are refused unless explicitly allowed, naming the fields that differ. ``portable_only``
+gates only the figures that do not depend on the machine (size, accuracy, a cell that now fails):
+what a release pipeline can still hold a run on another machine to; speed and memory are shown.
 """
 
 from __future__ import annotations
@@ -109,7 +111,13 @@ def _speed(prev: MeasuredCell, cell: MeasuredCell) -> list[tuple[str, float, flo
     ]
 
 
-def _deltas(name: str, prev: MeasuredCell, cell: MeasuredCell, threshold: float, gate: float | None) -> list[Delta]:
+# Figures that do not depend on the machine that measured them.
+PORTABLE = ("size",)
+
+
+def _deltas(
+    name: str, prev: MeasuredCell, cell: MeasuredCell, threshold: float, gate: float | None, portable_only: bool
+) -> list[Delta]:
     figures = [
         *_speed(prev, cell),
         ("size", prev.size_bytes or 0, cell.size_bytes or 0, False),
@@ -118,7 +126,8 @@ def _deltas(name: str, prev: MeasuredCell, cell: MeasuredCell, threshold: float,
     deltas = []
     for metric, a, b, higher in figures:
         change = _worse(a, b, higher)
-        deltas.append(Delta(name, metric, a, b, change, change > threshold))
+        gated = metric in PORTABLE or not portable_only
+        deltas.append(Delta(name, metric, a, b, change, gated and change > threshold))
     if prev.accuracy and cell.accuracy:
         a, b = prev.accuracy.value, cell.accuracy.value
         limit = gate if gate is not None else float("inf")
@@ -126,7 +135,9 @@ def _deltas(name: str, prev: MeasuredCell, cell: MeasuredCell, threshold: float,
     return deltas
 
 
-def compare_results(old: Results, new: Results, threshold: float, allow_different_hardware: bool) -> Comparison:
+def compare_results(
+    old: Results, new: Results, threshold: float, allow_different_hardware: bool, portable_only: bool = False
+) -> Comparison:
     diffs = hardware_differences(old.fingerprint, new.fingerprint)
     result = Comparison(threshold)
     if diffs:
@@ -136,6 +147,8 @@ def compare_results(old: Results, new: Results, threshold: float, allow_differen
         if not allow_different_hardware:
             raise ConfigError(f"{message}; compare runs from one machine, or pass --allow-different-hardware")
         result.notes.append(message)
+    if portable_only:
+        result.notes.append("gating size, accuracy and failures only (--portable-only): speed and memory are shown")
     if note := _toolchain_note(old.fingerprint, new.fingerprint):
         result.notes.append(note)
     before = {_key(c): c for c in old.cells}
@@ -151,7 +164,7 @@ def compare_results(old: Results, new: Results, threshold: float, allow_differen
                 result.deltas.append(Delta(name, "status (now error)", 0, 1, 1.0, True))
             continue
         matched += 1
-        result.deltas += _deltas(name, prev, cell, threshold, new.gates.max_metric_drop)
+        result.deltas += _deltas(name, prev, cell, threshold, new.gates.max_metric_drop, portable_only)
     if matched == 0:
         result.notes.append("no cell of the new run matches a cell of the old run (target, precision, batch, mode)")
     return result

@@ -77,6 +77,18 @@ def test_compare_allows_different_hardware_when_asked(tmp_path: Path) -> None:
     assert _compare(tmp_path, synthetic_results(), slower, "--allow-different-hardware").exit_code == 4
 
 
+def test_compare_portable_only_gates_size_and_accuracy_not_speed(tmp_path: Path) -> None:
+    other = synthetic_results()
+    other.fingerprint.cpu = "Other CPU"
+    slower = _slower(other, "eager-fp32", 2.0)
+    args = ("--allow-different-hardware", "--portable-only")
+    result = _compare(tmp_path, synthetic_results(), slower, *args)
+    assert result.exit_code == 0, result.output
+    assert "--portable-only" in result.output
+    _measured(slower, 1).size_bytes *= 2
+    assert _compare(tmp_path, synthetic_results(), slower, *args).exit_code == 4
+
+
 def test_compare_accuracy_drop_beyond_gate_exits_four(tmp_path: Path) -> None:
     new = synthetic_results()
     accuracy = _measured(new, 1).accuracy
