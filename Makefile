@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kiln-installed
 # Every install goes through the constraints file: it keeps torch at the 2.13.0 CPU build.
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-fast lint format schemas bench bench-generation tinyllm peers chromium clean
+.PHONY: install demo test test-fast lint format schemas bench bench-generation bench-serve release tinyllm peers chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,15 @@ tinyllm: $(STAMP)
 # Tokens/s, TTFT and the bandwidth roofline of every tinyllm artifact (benchmarks/generation.toml).
 bench-generation: tinyllm
 	$(PY) benchmarks/generation.py
+
+# p50/p99 and throughput of kiln serve with dynamic batching off and on (benchmarks/results/<fingerprint>/serve/).
+bench-serve: $(STAMP)
+	$(PY) benchmarks/serve_load.py
+	$(PY) benchmarks/serve_load.py --artifact build/digits/openvino-fp32
+
+# The release pipeline (examples/release/Makefile): build, bench, compare, package, verify --run.
+release: $(STAMP)
+	$(MAKE) -C examples/release release
 
 # Peers in their own venvs, never in kiln's (benchmarks/peers/README.md).
 peers:

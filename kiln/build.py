@@ -21,8 +21,17 @@ from kiln import __version__
 from kiln.config import KilnConfig, TargetConfig, Tolerance
 from kiln.errors import ConfigError, KilnError, ParityError
 from kiln.exporters import META, TOKENIZER, ExportBundle
+from kiln.golden import GOLDEN
 from kiln.loaded import LoadedModel
-from kiln.manifest import MANIFEST_SCHEMA, AdapterRecord, CalibrationSummary, FileEntry, Gate, Manifest
+from kiln.manifest import (
+    MANIFEST_SCHEMA,
+    AdapterRecord,
+    CalibrationSummary,
+    FileEntry,
+    Gate,
+    GoldenRecord,
+    Manifest,
+)
 from kiln.sources import load_source, source_files, source_kind
 from kiln.store import BuildLock, atomic_dir, cache_key, clean_debris, file_entries, hash_files, up_to_date
 from kiln.targets import (
@@ -129,17 +138,28 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
                 "versions": versions(spec.dists(target.precision)),
             }
         )
+        options = target_options(target)
         targets[target.key] = TargetPlan(
             target,
             spec,
             spec.precision(target.precision),
-            target_options(target),
+            options,
             tolerance_for(target),
             key,
             stage,
-            availability(target.name, target.precision),
+            _availability(target, options),
         )
     return BuildPlan(config, out_root / config.model.name, export_key, targets, variant_keys)
+
+
+def _availability(target: TargetConfig, options: TargetOptions) -> Availability:
+    """The registry's availability, narrowed by what the target says its options need to run
+    (a delegate that only another device runs: built here, then gated by simulation or not run)."""
+    from kiln.targets import implementation
+
+    avail = availability(target.name, target.precision)
+    blocker = implementation(target.name).run_blocker(options) if avail.run else None
+    return replace(avail, run=False, reason=blocker) if blocker else avail
 
 
 def _tokenizer_dir(config: KilnConfig) -> Path | None:
@@ -379,22 +399,41 @@ def _build_target(
             shutil.copytree(bundle.tokenizer_dir, tmp / TOKENIZER, dirs_exist_ok=True)
         options = RunOptions(threads=ctx.threads)
         runner = impl.load(artifact, options) if tp.available.run else impl.simulated_runner(artifact, ctx)
-        gate = _gate(tp, artifact, runner, reference, progress)
-        manifest = _manifest(p, tp, _Built(bundle, artifact, gate, seconds, tmp), reference.data)
+        gate, golden = _gate(tp, artifact, runner, reference, progress)
+        manifest = _manifest(p, tp, _Built(bundle, artifact, gate, seconds, tmp, golden), reference.data)
         manifest.write(tmp)
     return manifest
 
 
-def _gate(tp: TargetPlan, artifact: Artifact, runner: Runner | None, reference: Reference, progress: Progress) -> Gate:
-    """The artifact's verdict: run (or simulated) against eager, or built and not run here."""
+def _gate(
+    tp: TargetPlan, artifact: Artifact, runner: Runner | None, reference: Reference, progress: Progress
+) -> tuple[Gate, GoldenRecord]:
+    """The artifact's verdict: run (or simulated) against eager, or built and not run here; and
+    its golden set, written into the artifact folder (screened on the runner while it is open)."""
     if runner is None:
-        return Gate.not_run(tp.available.reason)
+        gate = Gate.not_run(tp.available.reason)
+        return gate, _golden(tp, artifact, None, reference, gate)
     progress(f"checking {tp.target.name}:{tp.target.precision} against eager")
     with runner:
         gate = reference.check(runner, tp.tolerance, real_data=tp.precision.calibrates)
         # What the runtime reports about how it runs, where the build recorded nothing else.
         artifact.info.update({k: v for k, v in runner.info().items() if not artifact.info.has(k)})
-    return gate.model_copy(update={"simulated": not tp.available.run})
+        golden = _golden(tp, artifact, runner, reference, gate)
+    return gate.model_copy(update={"simulated": not tp.available.run}), golden
+
+
+def _golden(
+    tp: TargetPlan, artifact: Artifact, runner: Runner | None, reference: Reference, gate: Gate
+) -> GoldenRecord:
+    from kiln import golden
+
+    sig = reference.bundle.signature
+    setup = golden.GateSetup(tp.tolerance, reference.primary, tuple(reference.config.model.class_outputs))
+    if sig.generative:
+        prompts = [golden.Prompt(*p) for p in reference.golden_prompts()]
+        return golden.write_prompts(artifact.path, prompts, gate.generation, setup)
+    cases = [golden.Candidate(*c) for c in reference.golden_cases(real_data=tp.precision.calibrates)]
+    return golden.write_cases(artifact.path, sig, cases, setup, runner, reference.runner().infer)
 
 
 @dataclass(frozen=True)
@@ -406,6 +445,7 @@ class _Built:
     gate: Gate
     seconds: float
     folder: Path
+    golden: GoldenRecord
 
 
 def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> Manifest:
@@ -435,9 +475,11 @@ def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> M
         prune=bundle.prune,
         adapter=_adapter(config),
         export_dir=bundle.path.name,
+        golden=built.golden,
         build_seconds=round(built.seconds, 3),
         files=files,
-        size_bytes=sum(f.bytes for f in files),
+        # What the runtime loads: the golden set ships beside it and is not the artifact's size.
+        size_bytes=sum(f.bytes for f in files if not f.path.startswith(f"{GOLDEN}/")),
     )
 
 

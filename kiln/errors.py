@@ -73,3 +73,20 @@ class UnavailableError(KilnError):
 
 class MissingDependencyError(UnavailableError):
     """A target's Python package is not installed; the message names the pip extra."""
+
+
+class UnsafeBundleError(ConfigError):
+    """A bundle member that extraction would place outside the bundle's folder (an absolute path,
+    ``..``, a link that leaves it) or that is not a file (a device, a fifo); the message names it."""
+
+
+class IntegrityError(KilnError):
+    """A bundle whose bytes are not what was packaged: a checksum that differs, a file that
+    SHA256SUMS does not list, a signature that is missing or does not verify."""
+
+    exit_code = 7
+
+
+class CompatibilityError(UnavailableError):
+    """The artifact does not run on this machine's runtime version or hardware; the message says
+    what to install or where to run it."""

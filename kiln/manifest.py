@@ -20,7 +20,7 @@ from kiln.errors import ConfigError
 from kiln.spec import Signature
 from kiln.store import MANIFEST, write_json
 
-MANIFEST_SCHEMA = "kiln.manifest/2"
+MANIFEST_SCHEMA = "kiln.manifest/3"
 
 
 class _Record(BaseModel):
@@ -177,6 +177,21 @@ class AdapterRecord(_Record):
     sha256: str
 
 
+class GoldenRecord(_Record):
+    """``golden/``: inputs the gate used and eager's outputs for them, shipped with the artifact
+    so that ``kiln verify --run`` on a device can prove it reproduces the numerics the gate
+    accepted (see :mod:`kiln.golden`). The tolerance is the gate's own, kept here because a gate
+    that did not run records none."""
+
+    cases: int
+    kinds: list[str]  # seeded | calibration | evaluation | prompts
+    bytes: int
+    tolerance: Tolerance
+    primary: str | None = None  # the output top-1 applies to (as in the gate)
+    classifiers: list[str] = []  # outputs marked as class scores ([model].class_outputs)
+    screened: bool  # every case passed the tolerance on this artifact at build time
+
+
 class FileEntry(_Record):
     path: str
     sha256: str
@@ -205,9 +220,10 @@ class Manifest(_Record):
     prune: PruneReport | None = None
     adapter: AdapterRecord | None = None
     export_dir: str = "export"  # export/ or export-<prune slug>/: what FLOPs are counted on
+    golden: GoldenRecord | None = None  # None: built before kiln wrote golden sets (schema 2)
     build_seconds: float
     files: list[FileEntry]
-    size_bytes: int
+    size_bytes: int  # the files the runtime loads (golden/ excluded)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, ser_json_inf_nan="constants")
 

@@ -99,6 +99,40 @@ class Reference:
             self._real_cases = self.cases()[seeded:] + extra
         return self._real_cases
 
+    @property
+    def primary(self) -> str:
+        """The output the task reads: top-1 applies to it when it holds class scores."""
+        evalset = self.data.evaluation
+        return (evalset.output if evalset is not None else None) or self.bundle.signature.outputs[0]
+
+    def golden_cases(self, real_data: bool, real_samples: int = 2) -> list[tuple[str, str, Arrays, Arrays]]:
+        """The gate's own cases as ``(kind, label, inputs, eager outputs)``, for the golden set
+        (:mod:`kiln.golden` screens and picks): on real data only the calibration samples and
+        the first ``real_samples`` evaluation batches; else the seeded cases too."""
+        sig = self.bundle.signature
+        points = parity_points(sig)
+        cases = self.cases()
+        seeded = [("seeded", f"seeded at the dims' {p}", x, y) for p, (x, y) in zip(points, cases, strict=False)]
+        calibration = [
+            ("calibration", f"calibration sample {i}", x, y) for i, (x, y) in enumerate(cases[len(points) :])
+        ]
+        evalset = self.data.evaluation
+        if self._real_cases is not None:  # the gate ran eager on them already
+            done = self._real_cases[len(calibration) : len(calibration) + real_samples]
+        else:
+            batches = evalset.batches[:real_samples] if evalset is not None else []
+            done = [(x, self.runner().infer(x)) for x, _ in batches]
+        evaluation = [("evaluation", f"evaluation batch {i}", x, y) for i, (x, y) in enumerate(done)]
+        if real_data and self.data.calibration is not None:
+            return calibration + evaluation
+        return seeded + calibration[:real_samples] + evaluation[:1]
+
+    def golden_prompts(self) -> list[tuple[str, list[int], list[int], np.ndarray]]:
+        """A causal LM's gate prompts: ``(label, prompt ids, eager's greedy tokens, eager's
+        teacher-forced logits)``."""
+        gen = self.generation()
+        return list(zip(gen.labels, gen.prompts, gen.tokens, gen.logits, strict=True))
+
     def metric(self) -> float | None:
         evalset = self.data.evaluation
         if evalset is not None and self._metric is None:
@@ -131,8 +165,7 @@ class Reference:
 
     def _parity_gate(self, runner: Runner, tolerance: Tolerance, real_data: bool) -> Gate:
         evalset = self.data.evaluation
-        primary = (evalset.output if evalset is not None else None) or self.bundle.signature.outputs[0]
-        report = ParityReport(tolerance, primary=primary, classifiers=tuple(self.config.model.class_outputs))
+        report = ParityReport(tolerance, primary=self.primary, classifiers=tuple(self.config.model.class_outputs))
         real = real_data and self.data.calibration is not None
         for inputs, expected in self.real_cases() if real else self.cases():
             report.add_case(runner.infer(inputs), expected, inputs)

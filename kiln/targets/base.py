@@ -148,6 +148,13 @@ class Target(abc.ABC):
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         """Load a built artifact into a runner."""
 
+    def run_blocker(self, options: TargetOptions) -> str | None:
+        """Why an artifact built with these options cannot run on this machine although the
+        registry row's run needs are met (e.g. a delegate that only an Apple device runs), as
+        the availability reason; ``None``: nothing blocks it. The build plan consults it, so such
+        an artifact is gated by :meth:`simulated_runner` (or built, not run) instead of loaded."""
+        return None
+
     def prepare(self, ctx: CompileContext) -> None:
         """Work that needs no toolchain, done even where the target cannot build (e.g. the Q/DQ
         ONNX a TensorRT engine would be built from); ``ctx.out_dir`` is kept for inspection."""

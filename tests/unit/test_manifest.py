@@ -70,7 +70,7 @@ def test_manifest_round_trips_through_json_and_validates_against_its_schema(tmp_
     assert again == _manifest()
     assert again.gate.parity is not None and again.gate.parity.outputs["y"].max_abs == float("inf")
     assert again.execution.get("providers") == ["CPUExecutionProvider"]  # a target's own fact, kept
-    assert data["schema"] == "kiln.manifest/2" and data["signature"]["inputs"][0] == {
+    assert data["schema"] == "kiln.manifest/3" and data["signature"]["inputs"][0] == {
         "name": "x",
         "shape": ["batch", 4],
         "dtype": "float32",

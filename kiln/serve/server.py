@@ -1,0 +1,164 @@
+"""``kiln serve``: open the artifact, bind the port, load and probe the runner, run uvicorn.
+
+The order puts the cheap failures first: a path that is not an artifact, a port in use (kiln
+binds the socket itself, so that is one line and exit 2, not a uvicorn log), then the runtime
+(exit 5 where it cannot run here). Graceful shutdown is uvicorn's: on SIGTERM or SIGINT it stops
+accepting, waits for the requests in flight (the batcher keeps running them), then runs the app's
+lifespan shutdown, which drains the batcher and closes the runner. uvicorn re-raises the signal
+once it is done; kiln's own handler takes it, so a drained server exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib.util
+import logging
+import signal
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.errors import ConfigError, MissingDependencyError
+from kiln.serve.batcher import Batcher, BatchPolicy
+from kiln.serve.model import ServedModel, artifact_folder, load_model
+
+SERVE_PACKAGES = ("uvicorn", "starlette", "prometheus_client")
+GRACEFUL_SECONDS = 30  # how long in-flight requests may take to finish after SIGTERM
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int | None = None  # default: the batch dim's max
+    max_delay_ms: float = 2.0  # 0: no gathering, every request runs alone
+    threads: int | None = None  # the runtime's threads (None: its default)
+    name: str | None = None  # default: the manifest's model name
+    max_queue: int = 256
+    max_body_mb: float = 64.0
+    pubkey: Path | None = None
+    verbose: bool = False
+
+
+def require_serve_extra() -> None:
+    missing = [name for name in SERVE_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"kiln serve needs {', '.join(missing)}; install the serve extra: pip install 'kiln[serve]' -c constraints.txt"
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (uvicorn listens on it), or one line saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise ConfigError(
+            f"--host {host!r} does not resolve ({err.strerror}); give an address such as 127.0.0.1"
+        ) from err
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is in use by another process; choose another --port or stop that server"
+            ) from err
+        raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --host or --port") from err
+    return sock
+
+
+def batch_policy(model: ServedModel, settings: ServeSettings) -> BatchPolicy:
+    rows = 1
+    if model.batch_dim is not None:
+        most = model.batch_max()
+        if settings.max_batch is not None and settings.max_batch > most:
+            raise ConfigError(
+                f"--max-batch {settings.max_batch} exceeds the max of the batch dim {model.batch_dim!r} ({most}) "
+                "that this artifact was built for; give at most that, or rebuild with a larger dim"
+            )
+        rows = settings.max_batch or most
+    return BatchPolicy(max_rows=rows, max_delay=settings.max_delay_ms / 1000, max_queue=settings.max_queue)
+
+
+def describe(model: ServedModel, policy: BatchPolicy, settings: ServeSettings, port: int) -> str:
+    """The startup line: what is served, where, and how it batches."""
+    m = model.manifest
+    if model.batch_dim is None:
+        batching = model.batch_note
+    elif not policy.gathers:
+        batching = "dynamic batching off (each request runs alone)"
+    else:
+        batching = f"dynamic batching up to {policy.max_rows} rows within {settings.max_delay_ms:g} ms"
+    threads = model.runner.info().get("threads") or settings.threads or "the runtime's default"
+    return (
+        f"kiln: serving {model.name} ({m.target}:{m.precision}, {model.folder}) at "
+        f"http://{settings.host}:{port}/v2/models/{model.name}; {batching}; queue {policy.max_queue}, "
+        f"body limit {settings.max_body_mb:g} MB, runtime threads: {threads}; SIGTERM or Ctrl-C drains and stops"
+    )
+
+
+def serve(path: Path, settings: ServeSettings, say: Callable[[str], None]) -> None:
+    """Serve the artifact at ``path`` until SIGTERM or SIGINT; returns once drained."""
+    require_serve_extra()
+    with tempfile.TemporaryDirectory(prefix="kiln-serve-") as scratch:
+        folder = artifact_folder(path, Path(scratch), settings.pubkey)
+        sock = bind(settings.host, settings.port)
+        with sock:
+            model = load_model(folder, settings.name, settings.threads)
+            _run(model, sock, settings, say)
+
+
+def _run(model: ServedModel, sock: socket.socket, settings: ServeSettings, say: Callable[[str], None]) -> None:
+    import uvicorn
+
+    from kiln.serve.app import Limits, create_app
+    from kiln.serve.metrics import ServerMetrics
+
+    policy = batch_policy(model, settings)
+    metrics = ServerMetrics(model)
+    batcher = Batcher(model.runner.infer, policy, model.batch_dim is not None, metrics)
+    app = create_app(model, batcher, metrics, Limits(max_body=int(settings.max_body_mb * 1024 * 1024)))
+    config = uvicorn.Config(
+        app,
+        log_level="info" if settings.verbose else "warning",
+        access_log=settings.verbose,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+    )
+    say(describe(model, policy, settings, sock.getsockname()[1]))
+    with _server_logging(), _signals_taken():
+        uvicorn.Server(config).run(sockets=[sock])
+    batcher.close(GRACEFUL_SECONDS)  # already drained by the lifespan, unless shutdown was forced
+    model.close()
+    say(f"kiln: stopped serving {model.name}: {metrics.answered} infer requests answered, {metrics.failed} failed")
+
+
+@contextlib.contextmanager
+def _signals_taken() -> Iterator[None]:
+    """uvicorn raises SIGTERM/SIGINT again after a graceful shutdown; a no-op handler makes that
+    a clean exit 0 instead of death by signal (or a KeyboardInterrupt)."""
+    taken = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in taken}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _server_logging() -> Iterator[None]:
+    """The CLI silences logging for one-line errors; a server must still report its own errors
+    (uvicorn logs an exception in a route with its traceback), so logging is back on while it runs."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.NOTSET)
+    try:
+        yield
+    finally:
+        logging.disable(disabled)

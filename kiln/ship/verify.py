@@ -1,0 +1,217 @@
+"""``kiln verify``: on the machine that will run an artifact, prove that the bundle arrived intact,
+that this machine can run it, and (``--run``) that it still computes what the gate accepted.
+
+In order, each failure one line with its exit code:
+
+1. the signature, with ``--pubkey``: ``<bundle>.sig`` over the bundle's SHA-256 (exit 7; checked
+   before a byte is extracted);
+2. every member pre-scanned: an absolute path, ``..``, a link leaving the bundle, a device or a
+   fifo is refused naming the member (exit 2); a link inside it, a member twice or outside the
+   bundle's one folder is not what kiln packages (exit 7). Extraction then runs with tarfile's
+   ``data`` filter into a temporary folder, renamed into place only once everything below passed;
+3. every checksum in ``SHA256SUMS``, no file it does not list, the manifest valid against this
+   kiln's schema and its ``files`` agreeing with the sums (exit 7; another schema: exit 5);
+4. the runtime and hardware (:mod:`kiln.ship.compat`, exit 5);
+5. ``--run``: the artifact loaded with its runtime replays ``golden/`` under the gate's own
+   tolerance; each breach is one line (exit 3).
+
+An artifact folder (``build/<model>/<target-dir>``) is verified the same way from step 3, with its
+manifest's file list in place of ``SHA256SUMS``.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from pydantic import ValidationError
+
+from kiln import __version__
+from kiln.errors import CompatibilityError, ConfigError, IntegrityError, ParityError, UnsafeBundleError
+from kiln.manifest import MANIFEST_SCHEMA, Manifest
+from kiln.ship import SUMS
+from kiln.store import MANIFEST, atomic_dir, sha256_file
+
+SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+
+
+@dataclass
+class Verified:
+    """What ``kiln verify`` established: the artifact folder, its manifest, one line per check,
+    and the golden set's breaches (``--run``; empty: it reproduces what the gate accepted)."""
+
+    folder: Path
+    manifest: Manifest
+    checks: list[str] = field(default_factory=list)
+    breaches: list[str] = field(default_factory=list)
+
+
+def scan(tar: tarfile.TarFile, bundle: Path) -> str:
+    """Check every member before extraction; returns the bundle's one top folder."""
+    members = tar.getmembers()
+    if not members:
+        raise IntegrityError(f"{bundle} is an empty archive; package the artifact again")
+    top = PurePosixPath(members[0].name).parts[0] if PurePosixPath(members[0].name).parts else ""
+    seen: set[str] = set()
+    for m in members:
+        path = PurePosixPath(m.name)
+        if m.name.startswith("/") or path.is_absolute():
+            raise UnsafeBundleError(f"{bundle}: member {m.name!r} has an absolute path; do not extract this archive")
+        if ".." in path.parts:
+            raise UnsafeBundleError(f"{bundle}: member {m.name!r} climbs out with '..'; do not extract this archive")
+        if m.ischr() or m.isblk() or m.isfifo():
+            raise UnsafeBundleError(f"{bundle}: member {m.name!r} is a device or fifo; do not extract this archive")
+        if m.issym() or m.islnk():
+            base = posixpath.dirname(m.name) if m.issym() else ""
+            target = posixpath.normpath(posixpath.join(base, m.linkname))
+            if m.linkname.startswith("/") or target.startswith("..") or PurePosixPath(target).parts[:1] != (top,):
+                raise UnsafeBundleError(
+                    f"{bundle}: member {m.name!r} links to {m.linkname!r}, outside the bundle; do not extract this archive"
+                )
+            raise IntegrityError(f"{bundle}: member {m.name!r} is a link; kiln bundles hold regular files only")
+        if not (m.isfile() or m.isdir()):
+            raise IntegrityError(f"{bundle}: member {m.name!r} is not a regular file or folder")
+        if path.parts[:1] != (top,) or (m.isfile() and len(path.parts) < 2):
+            raise IntegrityError(f"{bundle}: member {m.name!r} is outside the bundle's folder {top!r}")
+        key = str(path)
+        if key in seen:
+            raise IntegrityError(f"{bundle}: member {m.name!r} appears twice (the second would replace the first)")
+        seen.add(key)
+    return top
+
+
+def extract_verified(bundle: Path, into: Path, pubkey: Path | None = None) -> Path:
+    """Check the signature (with ``pubkey``), extract the bundle safely into ``into/<bundle
+    folder>`` and check every checksum and the manifest; returns the artifact folder."""
+    return _extract(bundle, into, pubkey).folder
+
+
+def _extract(bundle: Path, into: Path, pubkey: Path | None) -> Verified:
+    if not bundle.is_file():
+        raise ConfigError(f"{bundle} is not a file; pass a bundle kiln package wrote (or an artifact folder)")
+    checks = []
+    if pubkey is not None:
+        from kiln.ship.keys import verify_signature
+
+        verify_signature(bundle, pubkey)
+        checks.append(f"signature: Ed25519, verified with {pubkey.name}")
+    try:
+        with tarfile.open(bundle, "r:gz") as tar:
+            top = scan(tar, bundle)
+            into.mkdir(parents=True, exist_ok=True)
+            with atomic_dir(into / top) as tmp:
+
+                def strip(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+                    rel = PurePosixPath(member.name).relative_to(top)
+                    if rel == PurePosixPath("."):
+                        return None
+                    return tarfile.data_filter(member.replace(name=str(rel), deep=False), dest)
+
+                tar.extractall(tmp, filter=strip)
+                manifest, count = check_sums(tmp, bundle)
+                checks.append(f"contents: {count} files match {SUMS}; manifest {manifest.schema_id} valid")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        if isinstance(err, OSError) and not isinstance(err, tarfile.TarError) and err.filename is not None:
+            raise  # the machine (disk full, no permission), not the bundle: the CLI says so
+        raise IntegrityError(f"{bundle} is not a readable gzipped tar ({err}); fetch it again") from err
+    return Verified(into / top, manifest, checks)
+
+
+def check_sums(folder: Path, bundle: Path) -> tuple[Manifest, int]:
+    """Every file listed in SHA256SUMS has its digest, every file is listed, and the manifest is
+    valid and agrees with the sums."""
+    sums_path = folder / SUMS
+    if not sums_path.is_file():
+        raise IntegrityError(f"{bundle} has no {SUMS}; it was not written by kiln package")
+    listed: dict[str, str] = {}
+    for number, line in enumerate(sums_path.read_text().splitlines(), 1):
+        found = SUM_LINE.match(line)
+        if found is None:
+            raise IntegrityError(f"{bundle}: {SUMS} line {number} is not '<sha256>  <path>': {line[:80]!r}")
+        digest, rel = found.groups()
+        if rel.startswith("/") or ".." in PurePosixPath(rel).parts:
+            raise UnsafeBundleError(f"{bundle}: {SUMS} names {rel!r}, outside the bundle")
+        listed[rel] = digest
+    for rel, digest in listed.items():
+        path = folder / rel
+        if not path.is_file():
+            raise IntegrityError(f"{bundle}: {rel} is listed in {SUMS} but missing; fetch the bundle again")
+        if sha256_file(path) != digest:
+            raise IntegrityError(f"{bundle}: {rel} does not match its checksum in {SUMS}; the bundle was changed")
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and rel != SUMS and rel not in listed:
+            raise IntegrityError(f"{bundle}: {rel} is not listed in {SUMS}; the bundle was changed after packaging")
+    manifest = read_manifest(folder, bundle)
+    for entry in manifest.files:
+        if listed.get(entry.path) != entry.sha256:
+            raise IntegrityError(f"{bundle}: {entry.path} differs from what {MANIFEST} records; the bundle was changed")
+    return manifest, len(listed)
+
+
+def read_manifest(folder: Path, where: Path) -> Manifest:
+    """The manifest, validated against this kiln's schema (another schema: exit 5)."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise IntegrityError(f"{where}: {MANIFEST} is missing or not JSON ({err})") from err
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != MANIFEST_SCHEMA:
+        made = data.get("kiln_version", "?") if isinstance(data, dict) else "?"
+        raise CompatibilityError(
+            f"{where}: the manifest's schema is {schema!r} and this kiln ({__version__}) reads {MANIFEST_SCHEMA!r}; "
+            f"verify it with the kiln that made it ({made}), or rebuild and package it with this one"
+        )
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        at = ".".join(str(p) for p in first["loc"])
+        raise IntegrityError(f"{where}: {MANIFEST} does not validate ({at}: {first['msg']})") from err
+    if manifest.golden is None:
+        raise ConfigError(f"{where}: the artifact has no golden set; rebuild it with this kiln and package it again")
+    if manifest.gate.passed is False:
+        raise ParityError(f"{where}: the artifact failed its gate: {'; '.join(manifest.gate.breaches)}")
+    return manifest
+
+
+def verify(
+    path: Path, into: Path, run: bool = False, pubkey: Path | None = None, threads: int | None = None
+) -> Verified:
+    """Verify a bundle (extracted into ``into``) or an artifact folder; see the module's docstring."""
+    from kiln.ship.compat import check_runs_here
+
+    if path.is_dir():
+        if pubkey is not None:
+            raise ConfigError(f"{path} is a folder: a signature covers a bundle; pass the .tar.gz with --pubkey")
+        from kiln.ship.bundle import check_files
+
+        manifest = read_manifest(path, path)
+        check_files(manifest, path)
+        verified = Verified(path, manifest, [f"contents: {len(manifest.files)} files match {MANIFEST}"])
+    else:
+        verified = _extract(path, into, pubkey)
+    verified.checks += check_runs_here(verified.manifest)
+    if run:
+        verified.breaches = run_golden(verified.folder, verified.manifest, threads)
+        if not verified.breaches:
+            golden = verified.manifest.golden
+            assert golden is not None
+            verified.checks.append(f"golden: {golden.cases} cases within the gate's tolerance on this machine")
+    return verified
+
+
+def run_golden(folder: Path, manifest: Manifest, threads: int | None = None) -> list[str]:
+    """Load the artifact with its runtime and replay its golden set: the breaches, one line each."""
+    from kiln import golden
+    from kiln.targets import implementation
+    from kiln.targets.base import Artifact, RunOptions
+
+    assert manifest.golden is not None
+    artifact = Artifact.from_manifest(folder, manifest)
+    with implementation(manifest.target).load(artifact, RunOptions(threads=threads)) as runner:
+        return golden.check(folder, manifest.signature, manifest.golden, runner)
