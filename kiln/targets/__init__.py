@@ -61,6 +61,8 @@ NNCF = Package("nncf", ("nncf",), "openvino")
 TORCHAO = Package("torchao", ("torchao",), "aoti-int8")
 COREMLTOOLS = Package("coremltools", ("coremltools",), "coreml")
 TENSORRT = Package("tensorrt", ("tensorrt-cu12", "tensorrt-cu13", "tensorrt"), "tensorrt")
+EXECUTORCH = Package("executorch", ("executorch",), "executorch")
+EXECUTORCH_TORCHAO = Package("torchao", ("torchao",), "executorch")  # kiln[executorch] installs it too
 
 # Default parity tolerances by numeric format (``None`` figures are not gated).
 # A causal LM's generation gate reads min_cosine (per-step logits), min_top1 (teacher-forced next
@@ -243,6 +245,20 @@ REGISTRY: dict[str, TargetSpec] = {
             packages=(TENSORRT,),
             build_needs=("cuda",),
             run_needs=("cuda",),
+        ),
+        TargetSpec(
+            "executorch",
+            "kiln.targets.executorch",
+            "ExecuTorch .pte for edge devices: XNNPACK on CPUs (runs here); Core ML and Vulkan delegates lowered",
+            "program",
+            (
+                Precision("fp32", FP32),
+                Precision("int8", INT8, PT2E_SAMPLES, needs=(EXECUTORCH_TORCHAO,)),
+                Precision("int8-dynamic", INT8, needs=(EXECUTORCH_TORCHAO,)),
+                Precision("int4-dynamic", INT4, needs=(EXECUTORCH_TORCHAO,)),
+            ),
+            packages=(TORCH, EXECUTORCH),
+            quiet_loggers=("executorch", "torchao"),
         ),
     )
 }
