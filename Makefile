@@ -66,8 +66,8 @@ release: $(STAMP)
 	$(MAKE) -C examples/release release
 
 # Peers in their own venvs, never in kiln's (benchmarks/peers/README.md).
-peers:
-	bash benchmarks/peers/optimum_intel.sh
+peers: $(STAMP)
+	$(PY) benchmarks/peers/scoreboard.py
 
 # Headless Chromium for the report.html browser test (the Debian package; apt-get needs root).
 chromium:

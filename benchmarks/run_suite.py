@@ -5,7 +5,9 @@ machine; then write ``benchmarks/results/<fingerprint>/``.
 
 Each model gets ``kiln bench`` (building what is missing or stale); its results.json, report.md
 and report.html are copied under the fingerprint folder, and ``report.md`` there sums the suite
-up: speed-up vs eager per model, target and batch, with the CV of every cell.
+up: speed-up vs eager per model, target and batch with its 95 % interval and rounds, the CV and
+stalls of every cell, and the machine's other work. An entry's ``settings`` override the suite's
+for that model alone; an entry whose ``requires`` file is missing is skipped with its reason.
 """
 
 from __future__ import annotations
@@ -25,20 +27,20 @@ HERE = Path(__file__).resolve().parent
 
 
 def _row(model: str, cells: list[MeasuredCell | FailedCell]) -> list[str]:
+    from kiln.report import fmt
     from kiln.results import FailedCell
 
     out = []
     for cell in cells:
         if isinstance(cell, FailedCell):
-            out.append(f"| {model} | {cell.key} | {cell.batch} | {cell.status}: {cell.reason[:80]} | | | | |")
+            out.append(f"| {model} | {cell.key} | {cell.batch} | {cell.status}: {cell.reason[:80]} | | | | | | |")
             continue
         lat = cell.latency
-        speedup = f"{cell.speedup_vs_eager:.2f}×" if cell.speedup_vs_eager is not None else "-"
         peak = f"{cell.roofline_fraction:.1%}" if cell.roofline_fraction is not None else "-"
         unstable = " ⚠" if lat.unstable else ""
         out.append(
-            f"| {model} | {cell.key} | {cell.batch} | {lat.p50_ms:.3g} | {lat.p90_ms:.3g} | {speedup} | "
-            f"{lat.cv:.1%}{unstable} | {peak} |"
+            f"| {model} | {cell.key} | {cell.batch} | {lat.p50_ms:.3g} | {lat.p90_ms:.3g} | {fmt.speedup(cell)} | "
+            f"{cell.rounds or '-'} | {lat.cv:.1%}{unstable} | {fmt.stalls(cell)} | {peak} |"
         )
     return out
 
@@ -49,7 +51,14 @@ def _load(run: Results) -> str:
     return f"{before[0]:.1f} → {after[0]:.1f}" if before and after else "-"
 
 
-def summary(runs: list[Results], failures: list[str], seconds: float) -> str:
+def _other(run: Results) -> str:
+    load = run.machine_load
+    return f"{load.other_cpus:.2f}" if load and load.other_cpus is not None else "-"
+
+
+def summary(runs: list[Results], failures: list[str], seconds: float, skipped: list[str] | None = None) -> str:
+    from kiln.report import fmt
+
     fp = runs[0].fingerprint if runs else None
     machine = (
         f"Machine `{fp.id}`: {fp.cpu}, {fp.physical_cores} cores, {fp.memory_gib} GiB, {fp.os}; "
@@ -65,8 +74,12 @@ def summary(runs: list[Results], failures: list[str], seconds: float) -> str:
         f"Suite wall time {seconds / 60:.1f} min. Each model's full report (all figures, plots, parity, "
         "fingerprint and peak) is in its folder: `<model>/report.md`, `<model>/report.html`, `<model>/results.json`.",
         "",
-        "| model | target | batch | p50 ms | p90 ms | vs eager | CV | of peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "vs eager: the median of per-round speed-ups (each round times eager and the cell moments apart) with its "
+        "distribution-free 95 % interval; rounds: how many (more where the interval was wide). stalls: the share "
+        "(count) of runs over 5× the cell's median, kept in the figures. A causal LM's p50 is its inter-token latency.",
+        "",
+        "| model | target | batch | p50 ms | p90 ms | vs eager [95% CI] | rounds | CV | stalls | of peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         for batch in run.settings.batches:
@@ -76,16 +89,23 @@ def summary(runs: list[Results], failures: list[str], seconds: float) -> str:
     lines += [f for f in flags if "unstable" not in f] or ["None besides instability."]
     if failures:
         lines += ["", "## Models that did not run", "", *[f"- {f}" for f in failures]]
+    if skipped:
+        lines += ["", "## Models skipped", "", *[f"- {f}" for f in skipped]]
     settings = runs[0].settings.model_dump(exclude={"batches"}) if runs else {}
     lines += [
         "",
         "## Machine load during each model's run",
         "",
-        "The benchmark itself accounts for about 1; the rest is other work on the machine.",
+        "Load averages count kiln's own work (about 1 while a cell runs); other CPUs is the mean number of CPUs "
+        "that processes other than kiln kept busy while the cells were timed (from /proc/stat).",
         "",
+        "| model | 1-min load average, before → after | other CPUs busy | threading |",
+        "|---|---|---:|---|",
+        *[f"| {r.model} | {_load(r)} | {_other(r)} | {fmt.threading(r)} |" for r in runs],
     ]
-    lines += ["| model | 1-min load average, before → after |"]
-    lines += ["|---|---|", *[f"| {r.model} | {_load(r)} |" for r in runs]]
+    if runs:
+        lines += ["", f"Peak, measured vs theoretical: {'; '.join(fmt.peak_check(runs[0])) or 'not known'}."]
+        lines += [f"Theoretical peak basis: {runs[0].peak.theoretical.basis}."]
     lines += ["", f"Settings (every model): {settings}", ""]
     return "\n".join(lines)
 
@@ -120,16 +140,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         meta = json.loads((folder / "suite.json").read_text())
         runs = [load_results(folder / name / "results.json") for name in meta["models"]]
-        (folder / "report.md").write_text(summary(runs, meta["failures"], meta["seconds"]))
+        (folder / "report.md").write_text(summary(runs, meta["failures"], meta["seconds"], meta.get("skipped")))
         return 0
-    runs, failures, start = [], [], time.perf_counter()
+    runs, failures, skipped, start = [], [], [], time.perf_counter()
     for entry in suite["model"]:
         config = (args.suite.parent / entry["config"]).resolve()
         name = tomllib.loads(config.read_text())["model"]["name"]
         if args.only and name not in args.only:
             continue
+        needed = entry.get("requires")
+        if needed and not (args.suite.parent / needed).exists():
+            why = f"{name}: skipped, {(args.suite.parent / needed).resolve()} is missing ({entry.get('requires_hint', '')})"
+            skipped.append(why)
+            print(f"== {why}", file=sys.stderr, flush=True)
+            continue
         print(f"== {name} ({config})", file=sys.stderr, flush=True)
-        run = BenchRun(overrides=overrides, out=args.out, report_dir=folder / name)
+        try:
+            mine = overrides.merged(BenchSettings.model_validate(entry.get("settings", {})))
+        except ValidationError as err:
+            raise SystemExit(f"{args.suite} [[model]] {name} settings: {err.errors()[0]['msg']}") from err
+        run = BenchRun(overrides=mine, out=args.out, report_dir=folder / name)
         try:
             results, _ = bench(config, run, progress=lambda msg, n=name: print(f"   {n}: {msg}", file=sys.stderr))
         except KilnError as err:
@@ -140,9 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(results)
     if runs:
         seconds = time.perf_counter() - start
-        meta = {"models": [r.model for r in runs], "failures": failures, "seconds": round(seconds, 1)}
+        meta = {
+            "models": [r.model for r in runs],
+            "failures": failures,
+            "skipped": skipped,
+            "seconds": round(seconds, 1),
+        }
         (folder / "suite.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (folder / "report.md").write_text(summary(runs, failures, seconds))
+        (folder / "report.md").write_text(summary(runs, failures, seconds, skipped))
         print(f"suite report: {folder / 'report.md'}")
     return 1 if failures else 0
 

@@ -207,7 +207,12 @@ class BenchSettings(_Strict):
     min_iters: Annotated[int, Field(ge=1)] = 20
     warmup_seconds: Annotated[float, Field(ge=0)] = 0.5
     warmup_iters: Annotated[int, Field(ge=0)] = 5
-    rounds: Annotated[int, Field(ge=1)] = 2
+    # Interleaved rounds: at least ``rounds``; more, up to ``max_rounds`` (3 x rounds unless set),
+    # while a speed-up's confidence interval is wider than +-``ci_target`` (2.5 % unless set), so
+    # that two runs agree within about twice that. Six rounds give the first 95 % interval.
+    rounds: Annotated[int, Field(ge=1)] = 6
+    max_rounds: Annotated[int, Field(ge=1)] | None = Field(None, exclude_if=lambda v: v is None)
+    ci_target: Annotated[float, Field(gt=0)] | None = Field(None, exclude_if=lambda v: v is None)
     # A cell whose coefficient of variation (std / mean) exceeds this is flagged unstable.
     cv_threshold: Annotated[float, Field(gt=0)] = 0.10
     # Causal LMs only (resolved for them, left out otherwise): greedy generations from seeded
@@ -227,7 +232,12 @@ class BenchSettings(_Strict):
         tokens, 5 generations) and are dropped for any other model."""
         threads = self.threads or physical_cores
         requests = (self.requests or max(2, threads)) if self.mode == "throughput" else 1
-        update: dict[str, Any] = {"threads": threads, "requests": requests}
+        update: dict[str, Any] = {
+            "threads": threads,
+            "requests": requests,
+            "max_rounds": max(self.max_rounds or 3 * self.rounds, self.rounds),
+            "ci_target": self.ci_target or 0.025,
+        }
         if generative:
             update |= {
                 "prompt_tokens": self.prompt_tokens or [32, 128],

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kiln.config import BenchSettings
 
-RESULTS_SCHEMA = "kiln.results/1"
+# Version 2 added the speed-up intervals, rounds, stalls, threading facts, the machine's other
+# work and the theoretical peak's clock source; a version 1 file still loads (those left unset).
+RESULTS_SCHEMA = "kiln.results/2"
 Mode = Literal["latency", "throughput"]
 
 
@@ -97,7 +99,13 @@ class CellBase(_Block):
     flops: int | None = None  # of one forward pass at this batch (matmul-class operators)
     gflops: float | None = None
     roofline_fraction: float | None = None  # gflops over the measured peak for the precision
+    # The median of the per-round ratios to eager (each round times eager and this cell in turn),
+    # and its distribution-free confidence interval (see kiln.bench.stats.ratio_interval).
     speedup_vs_eager: float | None = None
+    speedup_ci_low: float | None = _reported()
+    speedup_ci_high: float | None = _reported()
+    speedup_ci_level: float | None = _reported()  # the interval's coverage: 0.95 from 6 rounds on
+    speedup_rounds: list[float] | None = _reported()  # the per-round ratios, in round order
 
 
 class PromptFigures(_Block):
@@ -142,6 +150,29 @@ class GenerationFigures(_Block):
     perplexity_increase: float | None = None  # held-out perplexity over eager's, relative
 
 
+class Stalls(_Block):
+    """Samples far above the cell's median: a thread preempted by other work (an OpenMP barrier
+    then waits for it), a page fault, a frequency drop. Counted, not dropped: the p50 and the
+    per-round ratios are robust to them, the mean and the tail are not."""
+
+    factor: Annotated[float, Field(gt=1)]  # a stall takes more than factor x the median
+    threshold_ms: Annotated[float, Field(ge=0)]
+    count: Annotated[int, Field(ge=0)]
+    share: Annotated[float, Field(ge=0, le=1)]  # of the timed samples
+    worst_ms: float | None = None  # the longest stall, None without any
+
+
+class Threading(_Block):
+    """The threading a worker ran with: the variables that steer OpenMP and the math libraries
+    (as set in its environment; unset ones are the runtime's defaults), the OpenMP runtimes
+    loaded into it, and torch's intra-op threads where torch was loaded."""
+
+    env: dict[str, str]
+    openmp_libraries: list[str]
+    torch_threads: int | None = None
+    torch_backend: str | None = None  # e.g. "OpenMP", from torch.__config__.parallel_info()
+
+
 class MeasuredCell(CellBase):
     """A cell that ran: its timings, its worker's load and memory figures."""
 
@@ -156,6 +187,9 @@ class MeasuredCell(CellBase):
     rss_before_load_bytes: Annotated[int, Field(ge=0)]
     runtime: RuntimeInfo
     generation: GenerationFigures | None = _reported()  # causal LMs only
+    rounds: Annotated[int, Field(ge=1)] | None = _reported()  # interleaved rounds this cell was timed in
+    stalls: Stalls | None = _reported()
+    threading: Threading | None = _reported()
 
 
 class FailedCell(CellBase):
@@ -202,12 +236,17 @@ class Fingerprint(_Facts):
 
 
 class MachineLoad(_Block):
-    """Load averages (1, 5, 15 min) before and after the timed cells: other work on the machine
-    is what makes cells unstable."""
+    """Load averages (1, 5, 15 min) before and after the timed cells, and the CPU time other
+    processes took meanwhile: other work on the machine is what makes cells unstable."""
 
     load_average_before: list[float] | None = None
     load_average_after: list[float] | None = None
     cpus: int | None = None
+    timed_seconds: float | None = _reported()  # wall time of the timed cells
+    # CPUs kept busy on average by processes other than kiln's (the machine's busy time from
+    # /proc/stat minus kiln's own and its workers'), and the share of time the hypervisor took.
+    other_cpus: float | None = _reported()
+    steal_share: float | None = _reported()
 
 
 class PeakFigures(BaseModel):
@@ -242,6 +281,11 @@ class MeasuredPeak(PeakFigures):
 
 class TheoreticalPeak(PeakFigures):
     basis: str | None = None  # how the estimate was made
+    clock_mhz: float | None = _reported()
+    # Where the clock came from: "cpufreq" (cpuinfo_max_freq) or "lscpu" (CPU max MHz) are the
+    # maximum clock; "cpuinfo" (/proc/cpuinfo's cpu MHz) is the current or nominal one.
+    clock_source: str | None = _reported()
+    max_clock_known: bool | None = _reported()
 
 
 class Bandwidth(BaseModel):
@@ -275,7 +319,7 @@ class Results(_Block):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    schema_id: Literal["kiln.results/1"] = Field(RESULTS_SCHEMA, alias="schema")
+    schema_id: Literal["kiln.results/1", "kiln.results/2"] = Field(RESULTS_SCHEMA, alias="schema")
     kiln_version: str
     created: Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")]
     model: Annotated[str, Field(min_length=1)]

@@ -1,4 +1,4 @@
-"""Shared by the optimum-intel peer scripts: re-run inside the peer venv, list versions."""
+"""Shared by the peer scripts: re-run inside a peer's venv, offline, list versions."""
 
 from __future__ import annotations
 
@@ -25,13 +25,20 @@ PACKAGES = [
 
 def ensure_peer_venv() -> None:
     """Re-exec this script with the peer venv's python when optimum-intel is not importable here."""
+    ensure_venv("optimum.intel", VENV, "optimum_intel.sh")
+
+
+def ensure_venv(module: str, venv: Path, maker: str) -> None:
+    """Re-exec this script with ``venv``'s python when ``module`` is not importable here."""
+    import importlib
+
     try:
-        import optimum.intel  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
-        py = VENV / "bin" / "python"
+        py = venv / "bin" / "python"
         if not py.exists():
-            sys.exit(f"optimum-intel is not installed here and {py} is missing: run bash {HERE / 'optimum_intel.sh'}")
-        if Path(sys.prefix).resolve() == VENV.resolve():
+            sys.exit(f"{module} is not installed here and {py} is missing: run bash {HERE / maker}")
+        if Path(sys.prefix).resolve() == venv.resolve():
             raise
         os.execv(str(py), [str(py), *sys.argv])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kiln.bench.stats import STALL_FLAG_SHARE
 from kiln.manifest import Manifest
 from kiln.results import Accuracy, FailedCell, MeasuredCell, Peak
 
@@ -33,6 +34,7 @@ def enrich(
     flops: Mapping[str, Mapping[int, int]],
     peak: Peak | None,
     cv_threshold: float,
+    ci_target: float | None = None,
 ) -> list[Cell]:
     """Add per-cell size, quality, FLOPs, roofline fraction, speed-up vs eager and flags (in place).
 
@@ -50,7 +52,8 @@ def enrich(
             top = peak.measured.for_precision(cell.precision) if peak else None
             cell.roofline_fraction = cell.gflops / top if top else None
         base = eager.get(cell.batch)
-        if base is not None:
+        if base is not None and cell.speedup_rounds is None:
+            # No per-round ratios (eager itself, or cells measured without rounds): two p50s.
             if cell.mode == "throughput":
                 cell.speedup_vs_eager = lat.throughput / base.latency.throughput
             else:
@@ -58,14 +61,34 @@ def enrich(
         if lat.unstable:
             cell.flags.append(
                 f"unstable: CV {lat.cv:.1%} is over the {cv_threshold:.0%} threshold; "
-                "quiet the machine or raise --min-seconds"
+                "quiet the machine or raise --min-seconds (the p50 and the speed-up's interval are robust to it)"
             )
+        _flag_timing(cell, ci_target)
         if cell.execution_precision and cell.execution_precision != cell.precision:
             cell.flags.append(
                 f"execution precision: requested {cell.precision}, the runtime executes {cell.execution_precision}"
             )
     _flag_wasted(cells, manifests)
     return cells
+
+
+def _flag_timing(cell: MeasuredCell, ci_target: float | None) -> None:
+    """Stalls above their share, and a speed-up whose interval stayed wider than the target."""
+    st = cell.stalls
+    if st is not None and st.share > STALL_FLAG_SHARE:
+        cell.flags.append(
+            f"stalls: {st.count} of {cell.latency.samples} samples ({st.share:.1%}) took over {st.factor:g}x the "
+            f"median (worst {st.worst_ms:.3g} ms): threads preempted by other work; the p50 and the speed-up "
+            "are robust to them, the mean, CV and p99 are not"
+        )
+    low, high, value = cell.speedup_ci_low, cell.speedup_ci_high, cell.speedup_vs_eager
+    if ci_target is not None and low is not None and high is not None and value:
+        half = (high - low) / (2 * value)
+        if half > ci_target:
+            cell.flags.append(
+                f"wide interval: the speed-up is {value:.2f}x [{low:.2f}-{high:.2f}], +-{half:.1%} after "
+                f"{cell.rounds} rounds, over the +-{ci_target:.1%} target; quiet the machine or raise --rounds"
+            )
 
 
 def _compressed(cell: Cell, manifest: Manifest | None) -> bool:

@@ -3,8 +3,11 @@ targets interleaved over rounds so that machine drift hits them alike.
 
 For each batch size the workers of all targets are started one after the other (so load times
 do not overlap), then each round asks every live worker in turn for its share of the timed work;
-odd rounds go in reverse order, so no target always runs first after a sibling's burst. A worker
-that fails to load, answers an error or dies becomes an error cell; the run goes on.
+odd rounds go in reverse order, so no target always runs first after a sibling's burst. Each round
+thus times eager and every artifact within moments of each other, which gives one speed-up per
+round; after the configured rounds, cells whose speed-up interval is still wide get more rounds
+with eager (:mod:`kiln.bench.rounds`). A worker that fails to load, answers an error or dies
+becomes an error cell; the run goes on.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 
 from kiln.bench.generation import fitting_prompts, generation_figures
 from kiln.bench.process import DEFAULT_LAUNCH, Launch, WorkerFailed, WorkerProcess
-from kiln.bench.protocol import CellSpec, GenerationSpec, RoundCommand
-from kiln.bench.stats import summarize
+from kiln.bench.protocol import CellSpec, GenerationSpec, RoundAnswer, RoundCommand
+from kiln.bench.rounds import BASELINE, continuing
+from kiln.bench.stats import ratio_interval, round_figure, round_ratios, stalls, summarize
 from kiln.config import BenchSettings
 from kiln.manifest import Manifest
 from kiln.results import FailedCell, MeasuredCell
@@ -45,6 +49,7 @@ class _Timings:
 
     worker: WorkerProcess
     seconds: list[float] = field(default_factory=list)
+    figures: list[float] = field(default_factory=list)  # one per round (round_figure)
     warmup_iters: int = 0
     ttft: dict[int, list[float]] = field(default_factory=dict)  # generative cells, per prompt length
     itl: dict[int, list[float]] = field(default_factory=dict)
@@ -85,17 +90,25 @@ def _spec(plan: CellPlan, batch: int, settings: BenchSettings, prompts: list[int
 
 def _commands(settings: BenchSettings) -> tuple[RoundCommand, RoundCommand]:
     """The first round's command and the later rounds'. The first warms up by time and count
-    (kernels chosen, memory allocated); later rounds only refill caches, by time, with at least
-    one run. A causal LM's run is one generation per prompt length: it warms up with one, and
-    ``generations`` (not ``min_iters``) sets the timed count."""
+    (kernels chosen, memory allocated); later rounds only refill caches and wake the runtime's
+    threads: one run and up to a quarter of the round's timed share. A causal LM's run is one
+    generation per prompt length: it warms up with one, and ``generations`` (not ``min_iters``)
+    sets the timed count. Rounds past ``rounds`` (the adaptive ones) are later rounds too."""
     runs = settings.min_iters if settings.generations is None else settings.generations
+    share = settings.min_seconds / settings.rounds
     first = RoundCommand(
         warmup_seconds=settings.warmup_seconds,
         warmup_iters=settings.warmup_iters if settings.generations is None else min(1, settings.warmup_iters),
-        min_seconds=settings.min_seconds / settings.rounds,
+        min_seconds=share,
         min_iters=math.ceil(runs / settings.rounds),
     )
-    return first, first.model_copy(update={"warmup_iters": min(1, settings.warmup_iters)})
+    later = first.model_copy(
+        update={
+            "warmup_iters": min(1, settings.warmup_iters),
+            "warmup_seconds": min(settings.warmup_seconds, share / 4),
+        }
+    )
+    return first, later
 
 
 def run_cells(
@@ -129,11 +142,12 @@ def run_cells(
             except WorkerFailed as err:
                 done[plan.key] = _failed(plan, batch, settings, "error", str(err))
         by_key = {plan.key: plan for plan in plans}
+        items = batch * (settings.requests if settings.mode == "throughput" else 1)
         try:
-            for r in range(settings.rounds):
-                order = list(live) if r % 2 == 0 else list(reversed(live))
-                for key in order:
-                    progress(f"batch {batch}: round {r + 1}/{settings.rounds}: {key}")
+            r, active = 0, list(live)
+            while active:
+                for key in active if r % 2 == 0 else reversed(active):
+                    progress(f"batch {batch}: round {r + 1}/{_of(r, settings)}: {key}")
                     timings = live[key]
                     try:
                         answer = timings.worker.round(first if r == 0 else later)
@@ -142,12 +156,9 @@ def run_cells(
                         timings.worker.close()
                         del live[key]
                         continue
-                    timings.seconds.extend(answer.seconds)
-                    timings.warmup_iters += answer.warmup_iters
-                    for length, values in answer.ttft.items():
-                        timings.ttft.setdefault(length, []).extend(values)
-                    for length, values in answer.itl.items():
-                        timings.itl.setdefault(length, []).extend(values)
+                    _add(timings, answer, items, settings)
+                r += 1
+                active = continuing({k: t.figures for k, t in live.items()}, r, settings)
             for key, timings in live.items():
                 try:
                     peak_rss = timings.worker.stop().peak_rss_bytes
@@ -155,11 +166,46 @@ def run_cells(
                     done[key] = _failed(by_key[key], batch, settings, "error", str(err))
                     continue
                 done[key] = _measured(by_key[key], batch, settings, timings, peak_rss)
+            _add_intervals(done, live, settings)
         finally:
             for timings in live.values():
                 timings.worker.close()
         cells.extend(done[plan.key] for plan in plans)
     return cells
+
+
+def _of(done: int, settings: BenchSettings) -> str:
+    """The round count shown in progress: the fixed rounds, then "more" while adapting."""
+    return str(settings.rounds) if done < settings.rounds else f"{settings.max_rounds} at most"
+
+
+def _add(timings: _Timings, answer: RoundAnswer, items: int, settings: BenchSettings) -> None:
+    timings.seconds.extend(answer.seconds)
+    timings.figures.append(round_figure(answer.seconds, items, settings.mode))
+    timings.warmup_iters += answer.warmup_iters
+    for length, values in answer.ttft.items():
+        timings.ttft.setdefault(length, []).extend(values)
+    for length, values in answer.itl.items():
+        timings.itl.setdefault(length, []).extend(values)
+
+
+def _add_intervals(
+    done: dict[str, MeasuredCell | FailedCell], live: dict[str, _Timings], settings: BenchSettings
+) -> None:
+    """Each measured cell's per-round speed-ups over eager of the same batch, and their interval."""
+    base = done.get(BASELINE)
+    if not isinstance(base, MeasuredCell):
+        return
+    for key, cell in done.items():
+        if key == BASELINE or not isinstance(cell, MeasuredCell):
+            continue
+        ratios = round_ratios(live[BASELINE].figures, live[key].figures, settings.mode)
+        if not ratios:
+            continue
+        found = ratio_interval(ratios)
+        cell.speedup_rounds = ratios
+        cell.speedup_vs_eager = found.value
+        cell.speedup_ci_low, cell.speedup_ci_high, cell.speedup_ci_level = found.low, found.high, found.level
 
 
 def _measured(plan: CellPlan, batch: int, settings: BenchSettings, timings: _Timings, peak_rss: int) -> MeasuredCell:
@@ -179,4 +225,7 @@ def _measured(plan: CellPlan, batch: int, settings: BenchSettings, timings: _Tim
         generation=(
             generation_figures(timings.ttft, timings.itl, settings, timings.notes) if settings.new_tokens else None
         ),
+        rounds=len(timings.figures),
+        stalls=stalls(timings.seconds),
+        threading=ready.threading,
     )

@@ -7,16 +7,21 @@ Runtime's MLAS, OpenVINO's CPU plugin); the fastest single product over a short 
 because one library can be far from the silicon: MKL takes a slow path on AMD CPUs. The result is cached per
 hardware fingerprint and thread count under ``~/.cache/kiln/`` (``$XDG_CACHE_HOME`` respected).
 
-Theoretical: cores x clock x operations per cycle from the ISA (FMA width and ports, VNNI, AMX).
-It is an estimate from ``/proc/cpuinfo`` at the clock the OS reports (often the nominal one: a
-boosting core measures above it); the measured figure is what the fractions use.
+Theoretical: cores x clock x operations per cycle from the ISA (FMA width and ports, VNNI, AMX),
+at the maximum clock (cpufreq's ``cpuinfo_max_freq``, else lscpu's "CPU max MHz"). Where neither
+exists (VMs often expose no cpufreq) it falls back to ``/proc/cpuinfo``'s clock and says so: that
+is the current or nominal clock, which a boosting core measures above. The measured figure is
+what the fractions use; the reports say when it exceeds the estimate.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,19 +158,67 @@ def measure_peak(threads: int, seconds: float = 0.5) -> MeasuredPeak:
     return MeasuredPeak.model_validate(result)
 
 
-def _max_mhz() -> float | None:
-    for path in ("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq",):
+@dataclass(frozen=True)
+class Clock:
+    """The clock a theoretical peak is computed at, and whether it is the CPU's maximum."""
+
+    mhz: float
+    source: str  # "cpufreq", "lscpu" (maximum clocks) or "cpuinfo" (current or nominal)
+    maximum: bool
+
+
+def _cpufreq_max_mhz() -> float | None:
+    """The highest ``cpuinfo_max_freq`` (kHz) of any CPU: the boost clock the kernel reports."""
+    values = []
+    for path in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/cpuinfo_max_freq"):
         try:
-            return int(Path(path).read_text()) / 1e3
+            values.append(int(path.read_text()) / 1e3)
         except (OSError, ValueError):
-            pass
+            continue
+    return max(values) if values else None
+
+
+def _lscpu_text() -> str:
+    if shutil.which("lscpu") is None:
+        return ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
-                return float(line.split(":")[1])
-    except (OSError, ValueError):
-        pass
-    return None
+        done = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"})
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def _field_mhz(text: str, name: str) -> float | None:
+    """The largest value of ``name: <MHz>`` lines (lscpu's "CPU max MHz", cpuinfo's "cpu MHz")."""
+    values = []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            try:
+                values.append(float(value.strip().replace(",", ".")))
+            except ValueError:
+                continue
+    return max(values) if values and max(values) > 0 else None
+
+
+def cpu_clock(cpufreq_mhz: float | None = None, lscpu: str | None = None, cpuinfo: str | None = None) -> Clock | None:
+    """The maximum clock (cpufreq's ``cpuinfo_max_freq``, else lscpu's "CPU max MHz"), else the
+    clock ``/proc/cpuinfo`` reports, marked as not the maximum: under a hypervisor that is often
+    the nominal clock, which a boosting core runs above. The arguments replace what is read from
+    this machine (for tests)."""
+    mhz = cpufreq_mhz if cpufreq_mhz is not None else _cpufreq_max_mhz()
+    if mhz:
+        return Clock(mhz, "cpufreq", True)
+    mhz = _field_mhz(lscpu if lscpu is not None else _lscpu_text(), "CPU max MHz")
+    if mhz:
+        return Clock(mhz, "lscpu", True)
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    mhz = _field_mhz(cpuinfo, "cpu MHz")
+    return Clock(mhz, "cpuinfo", False) if mhz else None
 
 
 def _cpu_id() -> tuple[str, int]:
@@ -183,15 +236,16 @@ def _cpu_id() -> tuple[str, int]:
     return vendor, family
 
 
-def theoretical_peak(fp: Fingerprint, threads: int) -> TheoreticalPeak:
+def theoretical_peak(fp: Fingerprint, threads: int, clock: Clock | None = None) -> TheoreticalPeak:
     """cores x clock x ops/cycle. Intel server cores and AMD Zen 5 (family 26) have two 512-bit
     FMA pipes; Zen 4 runs 512-bit vectors as two 256-bit halves, so AVX-512 does not double its
-    FMA rate over AVX2."""
+    FMA rate over AVX2. ``clock`` replaces the clock read from this machine (for tests)."""
     flags = fp.flags
-    mhz = _max_mhz()
+    found = clock if clock is not None else cpu_clock()
     cores = min(threads, fp.physical_cores)
-    if mhz is None:
-        return TheoreticalPeak(basis="clock unknown")
+    if found is None:
+        return TheoreticalPeak(basis="clock unknown (no cpufreq, lscpu or /proc/cpuinfo clock)", max_clock_known=False)
+    mhz = found.mhz
     vendor, family = _cpu_id()
     wide = flags.get("avx512f") and (vendor != "AuthenticAMD" or family >= 26)
     fp32 = 64 if wide else (32 if flags.get("avx2") or flags.get("avx512f") else 16)
@@ -202,11 +256,21 @@ def theoretical_peak(fp: Fingerprint, threads: int) -> TheoreticalPeak:
     if flags.get("amx_int8"):
         int8 = 2048
     scale = cores * mhz / 1e3
+    where = {
+        "cpufreq": "the maximum clock from cpufreq's cpuinfo_max_freq",
+        "lscpu": "the maximum clock from lscpu's CPU max MHz",
+        "cpuinfo": "/proc/cpuinfo's cpu MHz, the current or nominal clock: the maximum is unknown here (no "
+        "cpufreq, no CPU max MHz in lscpu), and a core boosting past it measures above this estimate",
+    }[found.source]
     return TheoreticalPeak(
-        basis=f"{cores} cores x {mhz:.0f} MHz x ops/cycle (fp32 {fp32}, bf16 {bf16}, int8 {int8}) from CPU flags",
+        basis=f"{cores} cores x {mhz:.0f} MHz x ops/cycle (fp32 {fp32}, bf16 {bf16}, int8 {int8}) from CPU flags; "
+        f"clock: {where}",
         fp32_gflops=round(scale * fp32, 1),
         bf16_gflops=round(scale * bf16, 1),
         int8_gflops=round(scale * int8, 1),
+        clock_mhz=round(mhz, 1),
+        clock_source=found.source,
+        max_clock_known=found.maximum,
     )
 
 

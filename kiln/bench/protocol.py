@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from kiln.results import Mode, RuntimeInfo
+from kiln.results import Mode, RuntimeInfo, Threading
 
 
 class _Message(BaseModel):
@@ -63,6 +63,7 @@ class Ready(_Message):
     first_ms: float  # the first inference
     rss_before_load_bytes: int
     info: RuntimeInfo
+    threading: Threading | None = None  # after the first inference: what the runtime loaded
 
 
 class RoundAnswer(_Message):

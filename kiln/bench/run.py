@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from kiln.bench.process import DEFAULT_LAUNCH, Launch
 from kiln.config import BenchSettings, KilnConfig, TargetConfig
 from kiln.errors import ConfigError, UnavailableError
 from kiln.manifest import Manifest
-from kiln.results import Gates, MachineLoad, Results
+from kiln.results import Gates, Results
 from kiln.spec import Signature, batch_dim
 from kiln.store import MANIFEST
 
@@ -122,14 +121,6 @@ def _check_batches(sig: Signature, settings: BenchSettings) -> None:
         )
 
 
-def _load() -> list[float] | None:
-    """1, 5 and 15-minute load averages: other work on the machine is what makes cells unstable."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 @dataclass
 class _Programs:
     """What the captured programs say, per plan: FLOPs per batch and weight bytes."""
@@ -180,6 +171,7 @@ def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> t
     from kiln.bench.analysis import enrich
     from kiln.bench.bandwidth import machine_bandwidth
     from kiln.bench.generation import add_rooflines
+    from kiln.bench.load import machine_load, snapshot
     from kiln.bench.peak import machine_peak
     from kiln.config import load_config, with_targets
     from kiln.hardware import fingerprint
@@ -206,11 +198,11 @@ def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> t
     progress("counting FLOPs from the captured program")
     programs = _programs(model_dir, plans, sig, settings)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    load_before = _load()
+    before = snapshot()
     cells = run_cells(plans, settings, progress, run.launch)
-    load = MachineLoad(load_average_before=load_before, load_average_after=_load(), cpus=os.cpu_count())
+    load = machine_load(before, snapshot())
     manifests = {p.key: p.manifest for p in plans}
-    cells = enrich(cells, manifests, programs.per_key, peak, settings.cv_threshold)
+    cells = enrich(cells, manifests, programs.per_key, peak, settings.cv_threshold, settings.ci_target)
     add_rooflines(cells, manifests, programs.weights, bandwidth)
     built = next((m for m in manifests.values() if m is not None), None)
     results = Results(

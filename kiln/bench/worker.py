@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 
 from kiln.bench.protocol import COMMAND, CellSpec, Done, ErrorAnswer, Ready, RoundAnswer, RoundCommand
-from kiln.results import RuntimeInfo
+from kiln.results import RuntimeInfo, Threading
 from kiln.spec import Arrays
 from kiln.targets.base import Runner
 
@@ -52,6 +52,34 @@ def peak_rss_bytes() -> int:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+# Environment variables that steer the threads of OpenMP (libgomp, Intel's libiomp, LLVM's
+# libomp), the math libraries and the runtimes' own pools; recorded per cell as they were set.
+THREADING_ENV = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "DNNL_", "ONEDNN_", "TBB_", "ORT_", "OV_")
+
+
+def threading_facts() -> Threading:
+    """The threading this worker runs with: the steering variables set in its environment, the
+    OpenMP runtimes mapped into it (read from ``/proc/self/maps``: a runtime may bundle its own
+    copy, and two copies spin independently), and torch's intra-op threads if torch is loaded."""
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(THREADING_ENV)}
+    libraries: set[str] = set()
+    try:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            name = line.rsplit("/", 1)[-1] if "/" in line else ""
+            if ".so" in name and any(tag in name for tag in ("gomp", "iomp", "libomp")):
+                libraries.add(name)
+    except OSError:
+        pass
+    torch_threads = backend = None
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch_threads = torch.get_num_threads()
+        for line in torch.__config__.parallel_info().splitlines():
+            if line.startswith("ATen parallel backend:"):
+                backend = line.partition(":")[2].strip()
+    return Threading(env=env, openmp_libraries=sorted(libraries), torch_threads=torch_threads, torch_backend=backend)
 
 
 def prepare_inputs(signature: Any, batch: int, count: int, seed: int) -> list[Arrays]:
@@ -124,6 +152,7 @@ class LoadedCell:
             first_ms=self.first_ms,
             rss_before_load_bytes=self.rss_before,
             info=RuntimeInfo.model_validate(self.runner.info()),
+            threading=threading_facts(),
         )
 
     def round(self, cmd: RoundCommand) -> RoundAnswer:

@@ -42,8 +42,9 @@ def print_results(results: Results) -> None:
         "p50 ms",
         "p90 ms",
         "CV",
+        "stalls",
         "items/s",
-        "vs eager",
+        "vs eager [95% CI]",
         "of peak",
         "size",
         "peak RSS",
@@ -52,7 +53,7 @@ def print_results(results: Results) -> None:
         table.add_column(col, justify="left" if col in ("target", "runs as", "accuracy") else "right")
     for c in results.cells:
         if isinstance(c, FailedCell):
-            table.add_row(str(c.batch), c.key, "-", f"[dim]{c.status}[/dim]", *[""] * 7, escape(c.reason)[:60])
+            table.add_row(str(c.batch), c.key, "-", f"[dim]{c.status}[/dim]", *[""] * 8, escape(c.reason)[:60])
             continue
         lat = c.latency
         cv = fmt.pct(lat.cv) + (" [yellow]unstable[/yellow]" if lat.unstable else "")
@@ -63,8 +64,9 @@ def print_results(results: Results) -> None:
             fmt.ms(lat.p50_ms),
             fmt.ms(lat.p90_ms),
             cv,
+            fmt.stalls(c),
             fmt.num(lat.throughput),
-            fmt.ratio(c.speedup_vs_eager),
+            fmt.speedup(c),
             fmt.pct(c.roofline_fraction),
             fmt.size(c.size_bytes),
             fmt.size(c.peak_rss_bytes),
@@ -74,7 +76,7 @@ def print_results(results: Results) -> None:
 
 
 def _print(results: Results, table: Table) -> None:
-    console = Console(width=max(Console().width, 150))
+    console = Console(width=max(Console().width, 180))
     console.print(table)
     for note in generation.notes(results):
         console.print(f"note: {escape(note)}")
@@ -83,4 +85,8 @@ def _print(results: Results, table: Table) -> None:
     for c in results.cells:
         for flag in c.flags:
             console.print(f"[yellow]flag[/yellow] {escape(c.key)} batch {c.batch}: {escape(flag)}")
+    console.print(f"machine load: {escape(fmt.machine_load(results))}")
+    for line in fmt.peak_check(results):
+        if "above the estimate" in line:
+            console.print(f"[yellow]peak[/yellow] {escape(line)}")
     console.print(f"fingerprint: {results.fingerprint.id}")

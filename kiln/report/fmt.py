@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.results import CellBase, Results
+from kiln.results import CellBase, MeasuredCell, Results
 
 
 def ms(v: float | None) -> str:
@@ -19,6 +19,78 @@ def num(v: float | None, unit: str = "") -> str:
 
 def ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}×"
+
+
+def speedup(cell: CellBase) -> str:
+    """The speed-up with its interval, "4.10× [3.90–4.30]", or the bare ratio without one."""
+    low, high = cell.speedup_ci_low, cell.speedup_ci_high
+    if cell.speedup_vs_eager is None or low is None or high is None:
+        return ratio(cell.speedup_vs_eager)
+    return f"{cell.speedup_vs_eager:.2f}× [{low:.2f}–{high:.2f}]"
+
+
+def stalls(cell: MeasuredCell) -> str:
+    """The share of samples over the stall threshold, "2.1% (5)", or "-" where not counted."""
+    st = cell.stalls
+    if st is None:
+        return "-"
+    return "0" if st.count == 0 else f"{st.share:.1%} ({st.count})"
+
+
+def machine_load(results: Results) -> str:
+    """What else the machine was doing while the cells were timed."""
+    load = results.machine_load
+    if not load or not load.load_average_before or not load.load_average_after:
+        return "not recorded"
+    line = (
+        f"load average {load.load_average_before[0]} before, {load.load_average_after[0]} after the timed "
+        f"cells, on {load.cpus} CPUs"
+    )
+    if load.other_cpus is not None:
+        line += (
+            f"; other processes kept {load.other_cpus:.2f} CPUs busy on average over the "
+            f"{load.timed_seconds:g} s of timed cells"
+        )
+    if load.steal_share:
+        line += f"; the hypervisor took {load.steal_share:.1%} of CPU time (steal)"
+    return line
+
+
+def threading(results: Results) -> str:
+    """The OpenMP runtimes, torch threads and steering variables the workers ran with."""
+    seen: dict[str, list[str]] = {}
+    for c in results.cells:
+        if isinstance(c, MeasuredCell) and c.threading is not None:
+            t = c.threading
+            libs = ", ".join(t.openmp_libraries) or "no OpenMP runtime"
+            torch = f"; torch {t.torch_threads} threads ({t.torch_backend})" if t.torch_threads else ""
+            env = ", ".join(f"{k}={v}" for k, v in t.env.items()) or "no OMP_/KMP_/GOMP_/MKL_ variable set"
+            seen.setdefault(f"{libs}{torch}; {env}", []).append(c.key)
+    if not seen:
+        return "not recorded"
+    return " | ".join(f"{', '.join(dict.fromkeys(keys))}: {what}" for what, keys in seen.items())
+
+
+def peak_check(results: Results) -> list[str]:
+    """Measured against theoretical per precision; where the measurement is above the estimate,
+    why, and the clock the measurement implies."""
+    m, t = results.peak.measured, results.peak.theoretical
+    out = []
+    for name, unit in (("fp32", "GFLOP/s"), ("bf16", "GFLOP/s"), ("int8", "GOP/s")):
+        measured, theory = getattr(m, f"{name}_gflops"), getattr(t, f"{name}_gflops")
+        if not measured or not theory:
+            continue
+        line = f"{name}: measured {num(measured)} of theoretical {num(theory)} {unit} ({measured / theory:.0%})"
+        if measured > theory:
+            if t.max_clock_known is False and t.clock_mhz:
+                line += (
+                    f": above the estimate, whose {t.clock_mhz:.0f} MHz clock is not the maximum (unknown here); "
+                    f"the measurement implies the cores ran at {t.clock_mhz * measured / theory:.0f} MHz or more"
+                )
+            else:
+                line += ": above the estimate at the maximum clock; the ops per cycle from the CPU flags undercount"
+        out.append(line)
+    return out
 
 
 def pct(v: float | None) -> str:
@@ -55,17 +127,11 @@ def fingerprint_lines(results: Results) -> list[tuple[str, str]]:
     gpus = "; ".join(f"{g.name} (driver {g.driver})" for g in fp.gpus) or "none"
     tools = ", ".join(f"{k} {v}" for k, v in fp.toolchain.items())
     m, t = results.peak.measured, results.peak.theoretical
-    load = results.machine_load
-    busy = (
-        f"load average {load.load_average_before[0]} before, {load.load_average_after[0]} after the timed "
-        f"cells, on {load.cpus} CPUs"
-        if load and load.load_average_before and load.load_average_after
-        else "not recorded"
-    )
     bandwidth = results.bandwidth
     lines = [
         ("fingerprint", fp.id),
-        ("machine load", busy),
+        ("machine load", machine_load(results)),
+        ("threading", threading(results)),
         ("cpu", f"{fp.cpu} ({fp.arch}), {fp.physical_cores} physical / {fp.logical_cores} logical cores"),
         ("flags", flags),
         ("memory", f"{fp.memory_gib} GiB"),
@@ -82,6 +148,8 @@ def fingerprint_lines(results: Results) -> list[tuple[str, str]]:
             f"fp32 {num(t.fp32_gflops)}, bf16 {num(t.bf16_gflops)}, int8 {num(t.int8_gflops)} ({t.basis or ''})",
         ),
     ]
+    if check := peak_check(results):
+        lines.append(("peak, measured vs theoretical", "; ".join(check)))
     if bandwidth is not None:
         lines.append(("memory bandwidth (measured)", f"{bandwidth.gbps:g} GB/s ({bandwidth.method})"))
     return lines
@@ -96,13 +164,24 @@ def settings_line(results: Results) -> str:
             f"{s.threads} threads; a run is one generation per prompt length; per cell and round: warm-up >= "
             f"{s.warmup_seconds} s and >= {min(1, s.warmup_iters)} run, then timed runs until >= {s.min_seconds} s "
             f"and >= {s.generations} generations per prompt length in all, split over {s.rounds} interleaved "
-            f"rounds; unstable above CV {s.cv_threshold:.0%}"
+            f"rounds{adaptive(results)}; unstable above CV {s.cv_threshold:.0%}"
         )
     inflight = f", {s.requests} requests in flight" if s.mode == "throughput" else ""
     return (
         f"{s.mode} mode{inflight}, {s.threads} threads, batches {', '.join(map(str, s.batches))}; "
         f"per cell and round: warm-up >= {s.warmup_seconds} s and >= {s.warmup_iters} runs (1 after the first "
         f"round), then timed runs until >= "
-        f"{s.min_seconds} s and >= {s.min_iters} runs in all, split over {s.rounds} interleaved rounds; "
-        f"unstable above CV {s.cv_threshold:.0%}"
+        f"{s.min_seconds} s and >= {s.min_iters} runs in all, split over {s.rounds} interleaved rounds"
+        f"{adaptive(results)}; unstable above CV {s.cv_threshold:.0%}"
+    )
+
+
+def adaptive(results: Results) -> str:
+    """The adaptive rounds rule as the run applied it ("" for a run from before it)."""
+    s = results.settings
+    if s.max_rounds is None or s.ci_target is None:
+        return ""
+    return (
+        f", then more rounds (up to {s.max_rounds}) for each cell whose speed-up interval was wider than "
+        f"+-{s.ci_target:.1%}, with eager"
     )

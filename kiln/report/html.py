@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from html import escape
 
 from kiln.report import fmt, generation, svg
-from kiln.report.markdown import COLUMNS, _row
+from kiln.report.markdown import BUSY_CPUS, COLUMNS, _row
 from kiln.results import FailedCell, MeasuredCell, Results
 
 CSS = """
@@ -44,15 +44,24 @@ def _plots(results: Results) -> list[str]:
                 "ms",
             )
         )
-        ratios = [(c.key, c.speedup_vs_eager) for c in rows if c.speedup_vs_eager is not None]
+        ratios = [c for c in rows if c.speedup_vs_eager is not None]
         if ratios:
             plots.append(
                 svg.range_bars(
                     "speedup",
-                    f"Speed-up vs eager, batch {batch} (dashed line: eager)",
-                    [(key, ratio, ratio, colors[key]) for key, ratio in ratios],
+                    f"Speed-up vs eager, batch {batch} (whisker: 95% interval over rounds; dashed line: eager)",
+                    [
+                        (
+                            c.key,
+                            c.speedup_vs_eager or 0.0,
+                            c.speedup_ci_high or c.speedup_vs_eager or 0.0,
+                            colors[c.key],
+                        )
+                        for c in ratios
+                    ],
                     "×",
                     ref=1.0,
+                    lows=[c.speedup_ci_low for c in ratios],
                 )
             )
     first = results.settings.batches[0]
@@ -213,5 +222,11 @@ def render_html(results: Results) -> str:
     parts += [f"<li><b>{escape(c.key)}</b> batch {c.batch}: {escape(f)}</li>" for c, f in flagged] or ["<li>None.</li>"]
     parts.append("</ul><h2>Machine</h2><dl>")
     parts += [f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in fmt.fingerprint_lines(results)]
+    if results.machine_load and (results.machine_load.other_cpus or 0) > BUSY_CPUS:
+        parts.append(
+            f"<dt>busy machine</dt><dd>other processes kept {results.machine_load.other_cpus:.2f} CPUs busy while "
+            "the cells were timed: speed-ups and their intervals hold for that load; absolute figures are slower "
+            "than on a quiet machine.</dd>"
+        )
     parts.append("</dl></body></html>")
     return "\n".join(parts)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from kiln.report import fmt, generation
 from kiln.results import FailedCell, MeasuredCell, Results
 
+BUSY_CPUS = 0.25  # other processes' mean busy CPUs above which a report says the machine was busy
+
 COLUMNS = (
     "target",
     "runs as",
@@ -14,8 +16,10 @@ COLUMNS = (
     "p90 ms",
     "p99 ms",
     "CV",
+    "stalls",
     "items/s",
-    "vs eager",
+    "vs eager [95% CI]",
+    "rounds",
     "GFLOP/s",
     "of peak",
     "size",
@@ -27,20 +31,26 @@ COLUMNS = (
 )
 
 
+# Flags about the measurement rather than the artifact: the ⚑ marks only the others.
+TIMING_FLAGS = ("unstable", "stalls", "wide interval")
+
+
 def _row(cell: MeasuredCell | FailedCell) -> list[str]:
     if isinstance(cell, FailedCell):
         return [cell.key, cell.execution_precision or "-", f"{cell.status}: {cell.reason}"] + [""] * (len(COLUMNS) - 3)
     lat = cell.latency
     cv = fmt.pct(lat.cv) + (" ⚠ unstable" if lat.unstable else "")
     return [
-        cell.key + (" ⚑" if any(not f.startswith("unstable") for f in cell.flags) else ""),
+        cell.key + (" ⚑" if any(not f.startswith(TIMING_FLAGS) for f in cell.flags) else ""),
         cell.execution_precision or "-",
         fmt.ms(lat.p50_ms),
         fmt.ms(lat.p90_ms),
         fmt.ms(lat.p99_ms),
         cv,
+        fmt.stalls(cell),
         fmt.num(lat.throughput),
-        fmt.ratio(cell.speedup_vs_eager),
+        fmt.speedup(cell),
+        str(cell.rounds) if cell.rounds else "-",
         fmt.num(cell.gflops),
         fmt.pct(cell.roofline_fraction),
         fmt.size(cell.size_bytes),
@@ -113,6 +123,13 @@ def render_markdown(results: Results) -> str:
     ]
     out += ["", "## Machine", ""]
     out += [f"- **{k}**: {v}" for k, v in fmt.fingerprint_lines(results)]
+    if results.machine_load and (results.machine_load.other_cpus or 0) > BUSY_CPUS:
+        out += [
+            "",
+            f"⚠ The machine was busy: other processes kept {results.machine_load.other_cpus:.2f} CPUs busy while "
+            "the cells were timed. Speed-ups and their intervals hold for that load; absolute figures are slower than "
+            "on a quiet machine.",
+        ]
     if results.generative:
         return "\n".join([*out, "", generation.LEGEND + " ⚑: see Flags.", ""])
     out += [
@@ -123,8 +140,11 @@ def render_markdown(results: Results) -> str:
             else f"p50/p90/p99: percentiles in ms of one timed sample, {settings.requests} requests kept in "
             "flight by the runtime's own concurrency. "
         )
-        + "CV: standard deviation / mean of the "
-        "timed runs. vs eager: eager's p50 / this p50 in latency mode, this throughput / eager's in throughput mode, at the same batch in the same run. GFLOP/s: the model's FLOPs "
+        + "CV: standard deviation / mean of the timed runs. stalls: the share (count) of runs over "
+        "5× the median, counted and kept. vs eager: the median over rounds of each round's ratio (eager's p50 / this p50 "
+        "in latency mode, this throughput / eager's in throughput mode; each round times eager and this cell moments "
+        "apart), at the same batch in the same run; [low–high]: its distribution-free confidence interval (order "
+        "statistics of the per-round ratios, 95 % from 6 rounds), rounds: how many. GFLOP/s: the model's FLOPs "
         "(counted on the captured program) per second at the measured throughput; of peak: that over the measured "
         "GEMM peak for the cell's precision. peak RSS: the worker process's peak resident memory. ⚑: see Flags.",
         "",

@@ -66,9 +66,15 @@ class _Axis:
 
 
 def range_bars(
-    kind: str, title: str, rows: list[tuple[str, float, float, str]], unit: str, ref: float | None = None
+    kind: str,
+    title: str,
+    rows: list[tuple[str, float, float, str]],
+    unit: str,
+    ref: float | None = None,
+    lows: list[float | None] | None = None,
 ) -> str:
-    """Horizontal bars to ``value`` with a whisker to ``high`` (p50 with the p50-p90 range)."""
+    """Horizontal bars to ``value`` with a whisker to ``high`` (p50 with the p50-p90 range), or,
+    where ``lows`` gives a row's low end, a whisker from low to high (a confidence interval)."""
     height = 30 + ROW * len(rows) + 40
     lines = _open(kind, title, height)
     axis = _Axis([v for _, v, _, _ in rows] + [hi for _, _, hi, _ in rows] + ([ref] if ref else []))
@@ -76,15 +82,20 @@ def range_bars(
     axis.draw(lines, top, bottom, unit)
     for i, (name, value, high, fill) in enumerate(rows):
         y = top + i * ROW
+        low = lows[i] if lows else None
         x0, x1 = axis.x(value), axis.x(high)
+        xs = axis.x(low) if low is not None else x0
+        span = f" [{low:.4g}-{high:.4g}]" if low is not None else ""
         lines.append(f'<text x="{LEFT - 6}" y="{y + 17}" text-anchor="end">{escape(name)}</text>')
         lines.append(
             f'<rect class="bar" x="{LEFT}" y="{y + 5}" width="{max(x0 - LEFT, 1):.1f}" height="{ROW - 10}" '
-            f'fill="{fill}"><title>{escape(name)}: {value:.4g} {escape(unit)}</title></rect>'
+            f'fill="{fill}"><title>{escape(name)}: {value:.4g} {escape(unit)}{span}</title></rect>'
         )
-        if high > value:
-            lines.append(f'<line x1="{x0:.1f}" y1="{y + 13}" x2="{x1:.1f}" y2="{y + 13}" stroke="#333"/>')
-            lines.append(f'<line x1="{x1:.1f}" y1="{y + 8}" x2="{x1:.1f}" y2="{y + 18}" stroke="#333"/>')
+        if high > value or (low is not None and low < value):
+            cls = ' class="interval"' if low is not None else ""
+            lines.append(f'<line{cls} x1="{xs:.1f}" y1="{y + 13}" x2="{x1:.1f}" y2="{y + 13}" stroke="#333"/>')
+            for edge in (xs, x1) if low is not None else (x1,):
+                lines.append(f'<line x1="{edge:.1f}" y1="{y + 8}" x2="{edge:.1f}" y2="{y + 18}" stroke="#333"/>')
         lines.append(f'<text x="{max(x0, x1) + 4:.1f}" y="{y + 17}" font-size="11">{value:.3g}</text>')
     if ref is not None:
         x = axis.x(ref)

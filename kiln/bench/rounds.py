@@ -1,0 +1,43 @@
+"""The adaptive rounds rule: which cells get another interleaved round.
+
+Every live cell is timed in the first ``rounds`` rounds. After that, a cell whose speed-up
+interval (:func:`kiln.bench.stats.ratio_interval` over its per-round ratios to eager) is wider
+than +-``ci_target`` gets another round, together with eager (its ratios need eager's rounds), up
+to ``max_rounds``; the others stop, so a quiet cell costs no more time than before. Pure
+functions of the per-round figures, so the rule is tested on synthetic rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from kiln.bench.stats import RatioInterval, ratio_interval, round_ratios
+from kiln.config import BenchSettings
+
+BASELINE = "eager-fp32"
+
+
+def interval(baseline: Sequence[float], cell: Sequence[float], mode: str) -> RatioInterval | None:
+    """A cell's speed-up interval from its per-round figures and the baseline's, or ``None``
+    before there is a ratio."""
+    ratios = round_ratios(list(baseline), list(cell), mode)
+    return ratio_interval(ratios) if ratios else None
+
+
+def continuing(figures: Mapping[str, Sequence[float]], done: int, settings: BenchSettings) -> list[str]:
+    """The cells (keys of ``figures``, the per-round figures of each live cell, in their order)
+    to time in the next round, after ``done`` rounds; ``[]`` ends the batch."""
+    assert settings.max_rounds is not None and settings.ci_target is not None  # resolved
+    if done < settings.rounds:
+        return list(figures)
+    if done >= settings.max_rounds or BASELINE not in figures:
+        return []
+    base = figures[BASELINE]
+    wide = []
+    for key, rounds in figures.items():
+        if key == BASELINE:
+            continue
+        found = interval(base, rounds, settings.mode)
+        if found is not None and found.half_width > settings.ci_target:
+            wide.append(key)
+    return [BASELINE, *wide] if wide else []
