@@ -415,6 +415,111 @@ def compare(old: Path, new: Path, max_regression: str, allow_different_hardware:
     comparison.raise_on_regression()
 
 
+def _thread_list(value: str | None) -> tuple[int, ...]:
+    sizes = _batches(value, "--threads")
+    return tuple(sizes) if sizes else ()
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG.toml", type=click.Path(path_type=Path))
+@click.option(
+    "--objective",
+    type=click.Choice(["latency", "throughput"]),
+    default="latency",
+    show_default=True,
+    help="Minimise p50 latency (one request at a time), or maximise items/s (the runtime's own concurrency).",
+)
+@click.option(
+    "--max-metric-drop",
+    type=click.FloatRange(min=0),
+    help="The accuracy budget: the largest drop of the evaluation metric a candidate may have "
+    "(default: [gates].max_metric_drop).",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), help="The batch size to tune for (default: the first of [bench].batch)."
+)
+@click.option("--threads", metavar="1,2,...", help="Thread counts to try (default: 1 to the physical cores).")
+@click.option(
+    "--budget-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Stop starting builds and runs after this long; what was not tried is listed.",
+)
+@click.option(
+    "--target",
+    "-t",
+    "targets",
+    multiple=True,
+    metavar="NAME[:PRECISION]",
+    help="Search only these targets (repeatable; a target's fp32 is always built to rank it).",
+)
+@click.option("--max-builds", type=click.IntRange(min=1), help="At most this many artifacts (eager included).")
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path), default=Path("build"), show_default=True, help="Build folder."
+)
+@click.option(
+    "--write-config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the winner as a kiln.toml (one [[target]], its threads in [bench]) that kiln build reproduces.",
+)
+@command
+def tune(
+    config_path: Path,
+    objective: str,
+    max_metric_drop: float | None,
+    batch: int | None,
+    threads: str | None,
+    budget_minutes: float,
+    targets: tuple[str, ...],
+    max_builds: int | None,
+    out: Path,
+    write_config: Path | None,
+) -> None:
+    """Search targets x precisions x quantizer options x threads for the fastest artifact within
+    an accuracy budget: every candidate built, gated and timed beside eager; prints the Pareto
+    front and the winner, writes OUT/<model>/tune/tune.json and tune.html."""
+    from kiln.tune.output import print_results
+    from kiln.tune.output import write_config as write_winner
+    from kiln.tune.search import tune as run_tune
+    from kiln.tune.session import TuneSettings
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out or remove the file")
+    settings = TuneSettings(
+        objective=objective,  # type: ignore[arg-type]
+        max_metric_drop=max_metric_drop,
+        batch=batch,
+        threads=_thread_list(threads),
+        targets=tuple(targets),
+        budget_minutes=budget_minutes,
+        max_builds=max_builds,
+        out=out,
+    )
+    with _console().status("starting") as status:
+        results, folder = run_tune(config_path, settings, progress=lambda msg: status.update(msg))
+    print_results(results, folder)
+    if write_config is not None:
+        from kiln.config import load_config
+
+        config = load_config(config_path)
+        if max_metric_drop is not None:
+            config = config.model_copy(
+                update={"gates": config.gates.model_copy(update={"max_metric_drop": max_metric_drop})}
+            )
+        exact = write_winner(config, results, write_config, out)
+        how = (
+            "its cache key matches the winner's"
+            if exact
+            else "its paths are rewritten for its folder, so its cache key differs"
+        )
+        click.echo(f"wrote {write_config}: kiln build {write_config} reproduces {results.winner} ({how})")
+    if results.winner is None:
+        raise ConfigError(
+            "no candidate passed its gate and was measured; widen --max-metric-drop or --budget-minutes and run again"
+        )
+
+
 @main.command()
 @click.argument("results_path", metavar="results.json", type=click.Path(path_type=Path))
 @click.option("--html/--no-html", default=True, show_default=True, help="Also write report.html.")

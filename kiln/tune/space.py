@@ -1,0 +1,166 @@
+"""The search space, from the registry: which target x precision can be built, gated and timed
+here for this config, and which quantizer settings each toolchain's options model offers.
+
+Nothing here imports a toolchain. An option axis names a field of the target's own
+:class:`~kiln.targets.base.TargetOptions` model; an axis whose field the model does not have
+(another toolchain version, a renamed option) is dropped, never handed to a build, so the search
+only ever tries options that exist. Variants change one setting at a time from the base options
+(the config's own ``options`` for that target x precision, else the defaults): the full product
+grows past any budget, and each setting is seen alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.config import KilnConfig, TargetConfig
+from kiln.errors import ConfigError
+from kiln.targets import REGISTRY, availability, implementation, target_options
+from kiln.tune.records import Skipped
+
+FLOAT = ("fp32", "fp16", "bf16")
+# The quantizer settings worth trying, per target x precision: (option, values other than the
+# default). The registry's options models are the authority; see the module docstring.
+AXES: dict[tuple[str, str], tuple[tuple[str, tuple[Any, ...]], ...]] = {
+    ("onnxruntime", "int8"): (
+        ("calibration_method", ("entropy", "percentile")),
+        ("per_channel", (False,)),
+        ("quant_format", ("qoperator",)),  # not in ORTOptions today: dropped by the check
+    ),
+    ("onnxruntime", "int8-dynamic"): (("per_channel", (True,)),),
+    ("onnxruntime", "int4"): (("block_size", (32, 64)), ("accuracy_level", (0,))),
+    ("openvino", "int8"): (
+        ("preset", ("performance", "mixed")),
+        ("fast_bias_correction", (False,)),
+        ("range_estimator", ("nncf",)),
+        ("ignored_scope", ()),  # not in OpenVINOOptions today: dropped by the check
+    ),
+    ("openvino", "int8-weights"): (("mode", ("int8_sym",)),),
+    ("openvino", "int4"): (("group_size", (128, -1)), ("mode", ("int4_asym",))),
+    ("aoti", "int8"): (("fuse_int8", (True,)),),
+    ("aoti", "int4-weights"): (("group_size", (32, 64)),),
+    ("executorch", "int8"): (("per_channel", (False,)),),
+    ("executorch", "int4-dynamic"): (("group_size", (64, 128)),),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One artifact to build: a target x precision with its options, and its folder's name."""
+
+    target: TargetConfig
+    stage: str
+    changed: tuple[str, Any] | None = None  # the one option set away from the base
+
+    @property
+    def id(self) -> str:
+        if self.changed is None:
+            return self.target.key
+        name, value = self.changed
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        return f"{self.target.key}.{name}-{shown}"
+
+
+def _base(config: KilnConfig, name: str, precision: str) -> TargetConfig:
+    """The config's own row for a target x precision (its options and tolerance), dense; else
+    the registry's defaults."""
+    for t in config.target:
+        if t.name == name and t.precision == precision:
+            return t.model_copy(update={"prune": None})
+    return TargetConfig(name=name, precision=precision)
+
+
+def _why_not(config: KilnConfig, name: str, precision: str, source_kind: str) -> str | None:
+    spec = REGISTRY[name]
+    row = spec.precision(precision)
+    avail = availability(name, precision)
+    if not avail.build:
+        return f"cannot build here: {avail.reason}"
+    if not avail.run:
+        return f"cannot be timed here: {avail.reason}"
+    if spec.consumes == "program" and source_kind == "onnx":
+        return "builds from the torch.export program and the source is an ONNX file"
+    if row.calibrates and config.calibration is None:
+        return "calibrates on data and the config has no [calibration] (add one to search it)"
+    issues = dict(spec.known_issues)
+    if config.model.task == "text-generation":
+        issues |= dict(spec.lm_known_issues)
+    if precision in issues:
+        return f"known issue: {issues[precision]}"
+    return None
+
+
+def _selected(name: str, precision: str, selectors: tuple[str, ...]) -> bool:
+    return not selectors or any(
+        s.partition(":")[0] == name and s.partition(":")[2] in ("", precision) for s in selectors
+    )
+
+
+def check_selectors(selectors: tuple[str, ...]) -> None:
+    """``--target NAME[:PRECISION]`` names a registered target x precision (one line if not)."""
+    from kiln.targets import check_target
+
+    for selector in selectors:
+        name, _, precision = selector.partition(":")
+        check_target(name, precision or "fp32")
+
+
+def enumerate_space(
+    config: KilnConfig, source_kind: str, selectors: tuple[str, ...] = ()
+) -> tuple[list[Variant], list[Skipped]]:
+    """Every target x precision of the registry (eager first, as the baseline), with the base
+    options, that can be built and timed here (only those ``selectors`` name, when given); the
+    rest with why not. A target searched at any precision is also built at fp32 (stage 1 ranks
+    the runtimes by it)."""
+    check_selectors(selectors)
+    kept: list[Variant] = [Variant(TargetConfig(name="eager"), "float")]
+    skipped: list[Skipped] = []
+    for name, spec in REGISTRY.items():
+        if name == "eager" or (selectors and not any(s.partition(":")[0] == name for s in selectors)):
+            continue
+        for row in spec.precisions:
+            if row.name != "fp32" and not _selected(name, row.name, selectors):
+                continue
+            why = _why_not(config, name, row.name, source_kind)
+            if why is not None:
+                skipped.append(Skipped(target=name, precision=row.name, reason=why))
+                continue
+            stage = "float" if row.name == "fp32" else "precisions"
+            kept.append(Variant(_base(config, name, row.name), stage))
+    return kept, skipped
+
+
+def axes(name: str, precision: str) -> list[tuple[str, tuple[Any, ...]]]:
+    """The option axes of a target x precision that its options model has."""
+    fields = implementation(name).options_model.model_fields
+    return [(option, values) for option, values in AXES.get((name, precision), ()) if option in fields and values]
+
+
+def option_variants(base: TargetConfig) -> list[Variant]:
+    """One variant per other value of each axis, each validated by the target's own options
+    model (a value it refuses for this precision is left out)."""
+    out = []
+    for option, values in axes(base.name, base.precision):
+        for value in values:
+            if base.options.get(option) == value:
+                continue
+            target = base.model_copy(update={"options": {**base.options, option: value}})
+            try:
+                target_options(target)
+            except ConfigError:
+                continue
+            out.append(Variant(target, "options", (option, value)))
+    return out
+
+
+def thread_counts(physical_cores: int) -> list[int]:
+    return list(range(1, physical_cores + 1))
+
+
+def request_counts(threads: int, mode: str) -> list[int]:
+    """Requests in flight to try per thread count: one in latency mode; in throughput mode the
+    harness's default (max(2, threads)) and twice the threads, where the runtime queues them."""
+    if mode == "latency":
+        return [1]
+    return sorted({max(2, threads), 2 * threads})
