@@ -39,7 +39,7 @@ def plans_from_config(config: KilnConfig, out: Path, progress: Progress) -> tupl
     """Build (or find up to date) every target plus the eager baseline; one plan per target."""
     from kiln.build import build
     from kiln.sources import source_kind
-    from kiln.targets import availability
+    from kiln.targets import run_blocked
 
     # An ONNX source has no PyTorch program for eager to run (its parity reference is ONNX
     # Runtime on the source file): its cells get no speed-up against eager.
@@ -52,9 +52,9 @@ def plans_from_config(config: KilnConfig, out: Path, progress: Progress) -> tupl
     for result in results:
         t = result.target
         plan = CellPlan(t.name, t.precision, t.key, model_dir / t.key, result.manifest)
-        avail = availability(t.name)
-        if isinstance(result.error, UnavailableError) or (result.error is None and not avail.run):
-            plan.skipped = avail.reason or str(result.error)
+        blocked = run_blocked(t) if result.error is None else None
+        if isinstance(result.error, UnavailableError) or blocked:
+            plan.skipped = blocked or str(result.error)
         elif result.error is not None:
             plan.error = f"build failed: {result.error}"
         plans.append(plan)
@@ -74,7 +74,7 @@ def _wanted(manifest: Manifest, selectors: tuple[str, ...]) -> bool:
 
 def plans_from_folder(model_dir: Path, selectors: tuple[str, ...]) -> list[CellPlan]:
     """Every built artifact in ``build/<model>/`` (those matching ``--target`` if given)."""
-    from kiln.targets import availability
+    from kiln.targets import run_blocked
 
     plans = []
     for folder in sorted(p for p in model_dir.iterdir() if p.is_dir() and (p / MANIFEST).is_file()):
@@ -82,8 +82,8 @@ def plans_from_folder(model_dir: Path, selectors: tuple[str, ...]) -> list[CellP
         if not _wanted(manifest, selectors):
             continue
         plan = CellPlan(manifest.target, manifest.precision, folder.name, folder, manifest)
-        if not availability(manifest.target).run:
-            plan.skipped = availability(manifest.target).reason
+        target = TargetConfig(name=manifest.target, precision=manifest.precision, options=manifest.options)
+        plan.skipped = run_blocked(target)
         plans.append(plan)
     if not any(p.target == "eager" for p in plans):
         raise ConfigError(

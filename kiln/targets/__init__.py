@@ -342,6 +342,17 @@ def get_target(name: str, need_run: bool = False) -> Target:
     return implementation(name)
 
 
+def run_blocked(target: TargetConfig) -> str | None:
+    """Why an artifact of this target, precision and options cannot run here, or ``None``: the
+    registry row's availability, then what the target says its options need beyond it (a
+    delegate only another device runs: :meth:`Target.run_blocker`). Running a built artifact
+    needs the target's packages, not what its precision needed to build (nncf, torchao)."""
+    avail = availability(target.name)
+    if not avail.run:
+        return avail.reason
+    return implementation(target.name).run_blocker(target_options(target))
+
+
 def target_options(target: TargetConfig) -> TargetOptions:
     """A target's ``options`` validated against its own typed model: one line naming the key."""
     model = implementation(target.name).options_model

@@ -235,4 +235,11 @@ def test_vulkan_delegate_is_lowered_and_built_not_run_with_the_reason(tmp_path: 
     assert result.manifest.execution.get("delegation")["subgraphs"] >= 1
     gate = result.manifest.gate
     assert not gate.ran and "Vulkan" in gate.reason
+    # kiln bench skips it with the same reason instead of loading it (an error cell).
+    from kiln.config import TargetConfig
+    from kiln.targets import run_blocked
+
+    blocked = run_blocked(TargetConfig(name="executorch", precision="fp32", options={"delegate": "vulkan"}))
+    assert blocked is not None and "Vulkan" in blocked
+    assert run_blocked(TargetConfig(name="executorch", precision="fp32")) is None
     assert (tmp_path / "build" / "norms" / "executorch-fp32" / "model.pte").is_file()
