@@ -3,11 +3,13 @@ report's measured-vs-theoretical check, other processes' CPU time, and the threa
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kiln.bench.load import CpuSnapshot, machine_load
 from kiln.bench.peak import Clock, cpu_clock, theoretical_peak
-from kiln.bench.worker import threading_facts
+from kiln.bench.worker import THREADING_ENV, threading_facts
 from kiln.report import fmt
 from kiln.report.markdown import render_markdown
 from kiln.results import MeasuredPeak, Peak
@@ -65,6 +67,9 @@ def test_other_processes_cpu_time_is_the_machines_minus_kilns() -> None:
 
 
 def test_threading_facts_record_the_steering_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only what this test sets: an earlier test or an imported library may have set others.
+    for name in [k for k in os.environ if k.startswith(THREADING_ENV)]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setenv("KMP_BLOCKTIME", "0")
     monkeypatch.setenv("UNRELATED", "1")
