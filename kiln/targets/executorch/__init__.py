@@ -62,6 +62,14 @@ class ExecuTorchTarget(Target):
 
         options: ExecuTorchOptions = ctx.options
         sig = ctx.export.signature
+        if sig.generative:
+            # Refused before lowering: the step graph lowers, but running it with its KV-cache
+            # inputs aborts the ExecuTorch 1.5.1 runtime (SIGABRT in Method::execute), which no
+            # Python code can catch.
+            raise TargetBuildError(
+                "executorch: causal LMs with a KV cache are not supported yet (the step graph aborts the "
+                "ExecuTorch 1.5.1 runtime); build onnxruntime, openvino or aoti for this model"
+            )
         program, quantization = ctx.export.program(), None
         if ctx.precision == "int8":
             program, quantization = lower.quantize_static(ctx, program, options)
