@@ -1,0 +1,133 @@
+"""The ``kiln`` command group and what every command shares: one-line errors and their exit
+codes, quiet toolchains, the console. The commands live beside it, one module per job: thin
+click commands that build a config object and call the API.
+
+Nothing here imports a toolchain, so ``kiln --help`` is instant and a missing extra breaks only
+its own target. A ``KilnError`` becomes one line on stderr and its exit code (2 bad input,
+3 parity or accuracy gate, 4 regression, 5 unavailable here, 6 toolchain failure, 7 a bundle's
+integrity); ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from kiln import __version__
+from kiln.errors import ConfigError, KilnError, KilnWarning
+
+
+def _fail(err: KilnError, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exception(err)
+    click.echo(f"kiln: error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+# Failures of the machine or the folders a user chose, not of kiln: one line, exit 2.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+}
+
+
+def _describe_os_error(err: OSError) -> str:
+    where = err.filename or "a file"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some disk space or choose another --out; nothing half-written was kept"
+    elif err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = "a file is in the way of a folder (or the other way round): choose another --out or remove it"
+    else:
+        fix = "choose a folder you can write to (--out)"
+    return f"cannot write {where}: {err.strerror}; {fix}"
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    return f"kiln: warning: {message}\n"
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--verbose`` and turn a ``KilnError`` into one line and its exit code."""
+
+    @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and toolchain output.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, verbose: bool, **kwargs: Any) -> Any:
+        warnings.formatwarning = _one_line_warning
+        disabled = logging.root.manager.disable
+        if verbose:
+            os.environ["KILN_VERBOSE"] = "1"
+        else:
+            _quiet_toolchains()
+            # A user error is one line: no toolchain's log records (a corrupt .pt2 makes torch log
+            # its own traceback) reach stderr; kiln reports through click, not logging.
+            logging.disable(logging.CRITICAL)
+        try:
+            return fn(*args, **kwargs)
+        except KilnError as err:
+            _fail(err, verbose)
+        except OSError as err:
+            if err.errno not in _ENVIRONMENT_ERRNOS:
+                raise  # anything else is a bug in kiln: keep its traceback
+            _fail(ConfigError(_describe_os_error(err)), verbose)
+        except KeyboardInterrupt:
+            click.echo("kiln: interrupted; nothing half-written was kept, run the command again to resume", err=True)
+            sys.exit(130)
+        finally:
+            logging.disable(disabled)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kiln")
+def main() -> None:
+    """kiln: fire a PyTorch model into verified artifacts for every runtime."""
+
+
+def _quiet_toolchains() -> None:
+    """Toolchains warn about their own internals (deprecations, untested versions) on every
+    call; a user can act on none of it. The registry names each target's chatty loggers and the
+    imports it blocks; ``--verbose`` keeps it all."""
+    from kiln.targets import quiet_toolchains
+
+    # Toolchains' own warnings are hidden (they name internals a user cannot act on); kiln's
+    # own stay, one line each.
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", category=KilnWarning)
+    # transformers draws loading bars and logs per model; kiln reports its own progress.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    quiet_toolchains()
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _batches(value: str | None, flag: str = "--batch") -> list[int] | None:
+    if not value:
+        return None
+    try:
+        batches = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise ConfigError(f"{flag} {value!r}: expected positive sizes separated by commas, e.g. 1,8,32")
+    return batches
