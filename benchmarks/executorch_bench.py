@@ -1,6 +1,6 @@
 """The ExecuTorch target beside eager and ONNX Runtime, measured in one run on one machine.
 
-    python benchmarks/executorch.py [--out build/executorch-bench] [--threads 1,2] [--only digits|minilm]
+    python benchmarks/executorch_bench.py [--out build/executorch-bench] [--threads 1,2] [--only digits|minilm]
 
 ``kiln bench`` runs digits (executorch fp32 and int8) and MiniLM (executorch fp32 and
 int8-dynamic) with eager and onnxruntime, once per thread count, with the suite's timing
@@ -54,7 +54,7 @@ def summary(out: Path, runs: dict[tuple[str, int], dict[str, Any]]) -> str:
         "",
         f"Machine `{fingerprint['id']}` ({fingerprint['cpu']}, {fingerprint['physical_cores']} cores), executorch "
         f"{fingerprint['toolchain'].get('executorch', '?')}, torch {fingerprint['toolchain'].get('torch', '?')}; "
-        f"measured {time.strftime('%Y-%m-%d')} in one run by `python benchmarks/executorch.py`.",
+        f"measured {time.strftime('%Y-%m-%d')} in one run by `python benchmarks/executorch_bench.py`.",
         "",
         "1-minute load average before each run (the machine is shared; see each run's report.md for CVs): "
         + ", ".join(
