@@ -27,13 +27,24 @@ from kiln.manifest import (
     MANIFEST_SCHEMA,
     AdapterRecord,
     CalibrationSummary,
+    DistillReport,
     FileEntry,
     Gate,
     GoldenRecord,
     Manifest,
 )
 from kiln.sources import load_source, source_files, source_kind
-from kiln.store import BuildLock, atomic_dir, cache_key, clean_debris, file_entries, hash_files, up_to_date
+from kiln.spec import Arrays, Signature
+from kiln.store import (
+    BuildLock,
+    atomic_dir,
+    cache_key,
+    clean_debris,
+    file_entries,
+    hash_files,
+    up_to_date,
+    write_json,
+)
 from kiln.targets import (
     REGISTRY,
     Availability,
@@ -41,12 +52,14 @@ from kiln.targets import (
     TargetSpec,
     availability,
     check_config,
+    qat_applies,
     target_options,
     tolerance_for,
 )
 from kiln.versions import CORE, versions
 
 if TYPE_CHECKING:
+    from kiln.quant.qat import QatSetup
     from kiln.reference import BuildData, Reference
     from kiln.targets.base import Artifact, CompileContext, Runner, Target, TargetOptions
 
@@ -94,24 +107,18 @@ class BuildPlan:
     model_dir: Path
     export_key: str
     targets: dict[str, TargetPlan] = field(default_factory=dict)  # by target key
-    variant_keys: dict[str, str] = field(default_factory=dict)  # prune slug -> its export key
+    # A variant (prune slug, or member-<name> of an ensemble) -> its export stage's key.
+    variant_keys: dict[str, str] = field(default_factory=dict)
 
 
 def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
     """Check every target with the registry, then derive every stage's cache key from content:
-    source bytes, config, data files, toolchain versions."""
+    source bytes, config, data files, toolchain versions. An ensemble's members get their own
+    rows here (:func:`with_members`), so every caller plans, builds and benches them alike."""
+    config = with_members(config)
     check_config(config, source_kind(config.model.source))
     tokenizer = _tokenizer_dir(config)
     tokenizer_files = sorted(p for p in tokenizer.glob("*") if p.is_file()) if tokenizer else []
-    export_key = cache_key(
-        {
-            "kiln": __version__,
-            "source": hash_files(source_files(config.model, config.root) + tokenizer_files, config.root),
-            "model": config.model.model_dump(mode="json"),
-            "export": config.export.model_dump(mode="json"),
-            "versions": versions(CORE),
-        }
-    )
     data_files = [
         f
         for what, spec in (("[calibration]", config.calibration), ("[evaluation]", config.evaluation))
@@ -119,11 +126,22 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
         for f in _data_files(spec.source, config.root, what)
     ]
     data_key = hash_files(data_files, config.root)
+    export_inputs = {
+        "kiln": __version__,
+        "source": hash_files(source_files(config.model, config.root) + tokenizer_files, config.root),
+        # Whether members are also built alone changes no artifact.
+        "model": config.model.model_dump(mode="json", exclude={"ensemble": {"compare_members"}}),
+        "export": config.export.model_dump(mode="json"),
+        "versions": versions(CORE),
+    }
+    if (distillation := _distill_inputs(config, data_key)) is not None:
+        export_inputs["distillation"] = distillation  # the captured model is the distilled student
+    export_key = cache_key(export_inputs)
     variant_keys = _variant_keys(config, export_key, data_key)
     targets: dict[str, TargetPlan] = {}
     for target in config.target:
         spec = REGISTRY[target.name]
-        stage = variant_keys[target.prune.slug] if target.prune else export_key
+        stage = variant_keys[target.variant] if target.variant else export_key
         key = cache_key(
             {
                 "manifest": MANIFEST_SCHEMA,
@@ -136,6 +154,7 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
                 "generation": config.generation.model_dump(mode="json"),
                 "generation_data": hash_files(_generation_files(config), config.root),
                 "versions": versions(spec.dists(target.precision)),
+                **_qat_inputs(config, target),
             }
         )
         options = target_options(target)
@@ -150,6 +169,37 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
             _availability(target, options),
         )
     return BuildPlan(config, out_root / config.model.name, export_key, targets, variant_keys)
+
+
+def _recovery_files(config: KilnConfig) -> list[Path]:
+    return _data_files(config.recovery.source, config.root) if config.recovery else []
+
+
+def _distill_inputs(config: KilnConfig, data_key: str) -> dict[str, Any] | None:
+    """What a distilled student depends on beyond its source: the recovery settings and data and
+    the teacher's files (``None`` without ``[recovery].teacher``)."""
+    from kiln.distill import teacher_model
+
+    recovery = config.recovery
+    if recovery is None or recovery.teacher is None:
+        return None
+    return {
+        "recovery": recovery.model_dump(mode="json", exclude={"qat", "qat_epochs"}),
+        "recovery_data": hash_files(_recovery_files(config), config.root),
+        "teacher": hash_files(source_files(teacher_model(config), config.root), config.root),
+        "data": data_key,  # the metrics before and after, in the report
+    }
+
+
+def _qat_inputs(config: KilnConfig, target: TargetConfig) -> dict[str, Any]:
+    """A quantization-aware artifact's extra cache-key inputs: the recovery settings and data."""
+    if not qat_applies(config, target):
+        return {}
+    assert config.recovery is not None
+    return {
+        "qat": config.recovery.model_dump(mode="json"),
+        "qat_data": hash_files(_recovery_files(config), config.root),
+    }
 
 
 def _availability(target: TargetConfig, options: TargetOptions) -> Availability:
@@ -182,9 +232,11 @@ def _generation_files(config: KilnConfig) -> list[Path]:
 
 def _variant_keys(config: KilnConfig, export_key: str, data_key: str) -> dict[str, str]:
     recovery = config.recovery
-    recovery_files = _data_files(recovery.source, config.root) if recovery else []
+    recovery_files = _recovery_files(config)
     keys: dict[str, str] = {}
     for target in config.target:
+        if target.member and target.variant not in keys:
+            keys[f"member-{target.member}"] = cache_key({"export": export_key, "member": target.member})
         if target.prune and target.prune.slug not in keys:
             keys[target.prune.slug] = cache_key(
                 {
@@ -230,6 +282,29 @@ def per_adapter(config: KilnConfig) -> list[KilnConfig]:
     ]
 
 
+def with_members(config: KilnConfig) -> KilnConfig:
+    """An ensemble whose members are compared: after each unpruned target, the same target for
+    every member alone (``<key>-member-<name>``), gated against that member's eager model."""
+    spec = config.model.ensemble
+    if spec is None or not spec.compare_members:
+        return config
+    rows: list[TargetConfig] = []
+    for target in config.target:
+        rows.append(target)
+        if target.prune is None and target.member is None:
+            rows += [target.model_copy(update={"member": name}) for name in spec.member_names()]
+    unique = {row.key: row for row in rows}  # a member row the config also lists is kept once
+    return config.model_copy(update={"target": list(unique.values())})
+
+
+def one_target(config: KilnConfig, target: TargetConfig) -> KilnConfig:
+    """The config with ``target`` as its only row (no member rows added: a member is its own row)."""
+    model = config.model
+    if model.ensemble is not None:
+        model = model.model_copy(update={"ensemble": model.ensemble.model_copy(update={"compare_members": False})})
+    return config.model_copy(update={"model": model, "target": [target]})
+
+
 def build(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> list[TargetResult]:
     """Build every configured target (of every adapter's model); failures are collected per
     target, not raised."""
@@ -251,7 +326,7 @@ def _build_model(config: KilnConfig, out_root: Path, progress: Progress) -> list
         stale = [tp for key, tp in p.targets.items() if key not in results]
         if stale:
             _build_stale(p, stale, results, progress)
-        return [results[t.key] for t in config.target]
+        return [results[t.key] for t in p.config.target]
 
 
 def _up_to_date(folder: Path, key: str) -> Manifest | None:
@@ -274,16 +349,20 @@ def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, Targe
     # Data is checked against the input spec before the capture: a mismatch leaves nothing behind.
     progress("loading calibration and evaluation data")
     data = BuildData.load(config, loaded.signature)
-    bundle = _export(p, loaded, progress)
+    distillation = None
+    if config.recovery is not None and config.recovery.teacher is not None:
+        loaded, distillation = _distilled(p, loaded, data, progress)
+    bundle = _export(p, loaded, progress, distillation)
     dense = Reference(config, bundle, loaded.module if loaded.kind != "onnx" else None, data)
     variants: dict[str | None, tuple[ExportBundle, Reference]] = {None: (bundle, dense)}
     for tp in stale:
         start = time.perf_counter()
         try:
-            slug = tp.target.prune.slug if tp.target.prune else None
-            if slug not in variants:
-                variants[slug] = _pruned_variant(p, tp.target, loaded, dense, progress)
-            variant_bundle, reference = variants[slug]
+            variant = tp.target.variant
+            if variant not in variants:
+                make = _member_variant if tp.target.member else _pruned_variant
+                variants[variant] = make(p, tp.target, loaded, dense, progress)
+            variant_bundle, reference = variants[variant]
             progress(f"building {tp.target.name}:{tp.target.precision}")
             manifest = _build_target(p, tp, variant_bundle, reference, progress)
             results[tp.target.key] = TargetResult(tp.target, "built", manifest, seconds=time.perf_counter() - start)
@@ -311,6 +390,11 @@ def _pruned_variant(
     sig = dense.bundle.signature
     if up_to_date(folder, key, META) is None:
         progress(f"pruning: {slug}")
+        teacher = None
+        if config.recovery is not None and config.recovery.teacher is not None:
+            from kiln.distill import load_teacher
+
+            teacher = load_teacher(config, sig)
         ctx = PruneContext(
             signature=sig,
             calibration=dense.data.calibration,
@@ -318,33 +402,103 @@ def _pruned_variant(
             root=config.root,
             evaluate=_evaluator(config, dense) if dense.data.evaluation is not None else None,
             progress=progress,
+            teacher=teacher,
         )
         pruned, report = prune_model(copy.deepcopy(loaded.module), target.prune, ctx)
         variant = LoadedModel(loaded.kind, sig, module=pruned.eval(), example=loaded.example)
         progress(f"capturing the pruned model ({slug})")
         with atomic_dir(folder) as tmp:
-            export_model(variant, tmp, config.export.opset, config.export.strict, key, prune=report)
+            export_model(
+                variant,
+                tmp,
+                config.export.opset,
+                config.export.strict,
+                key,
+                prune=report,
+                distillation=dense.bundle.distillation,
+            )
     bundle = ExportBundle.open(folder)
     return bundle, Reference(config, bundle, bundle.program().module(), dense.data, baseline=dense)
 
 
+def _member_variant(
+    p: BuildPlan, target: TargetConfig, loaded: LoadedModel, dense: Reference, progress: Progress
+) -> tuple[ExportBundle, Reference]:
+    """One ensemble member alone: its own export stage (``export-member-<name>/``) and its own
+    eager reference, so its gate and metric drop are measured against the member itself."""
+    from kiln.exporters import export_model
+    from kiln.reference import Reference
+
+    assert target.member is not None and p.config.model.ensemble is not None
+    variant = f"member-{target.member}"
+    folder, key = p.model_dir / f"export-{variant}", p.variant_keys[variant]
+    if up_to_date(folder, key, META) is None:
+        index = p.config.model.ensemble.member_names().index(target.member)
+        member = LoadedModel(loaded.kind, loaded.signature, module=loaded.module.members[index], example=loaded.example)
+        progress(f"capturing ensemble member {target.member}")
+        with atomic_dir(folder) as tmp:
+            export_model(member, tmp, p.config.export.opset, p.config.export.strict, key)
+    bundle = ExportBundle.open(folder)
+    return bundle, Reference(p.config, bundle, bundle.program().module(), dense.data)
+
+
 def _evaluator(config: KilnConfig, dense: Reference) -> Callable[[Any], float]:
     """The task metric of a PyTorch module under pruning, on the build's evaluation set."""
-    from kiln.metrics import evaluate
-    from kiln.targets.base import RunOptions
-    from kiln.targets.eager import TorchRunner
+    assert dense.data.evaluation is not None
+    return module_metric(config, dense.data, dense.bundle.signature)
 
-    evalset, sig = dense.data.evaluation, dense.bundle.signature
+
+def module_metric(config: KilnConfig, data: BuildData, sig: Signature) -> Callable[[Any], float]:
+    """The task metric of a PyTorch module (its outputs named as a capture names them) on the
+    build's evaluation set: what pruning, distillation and QAT measure before and after."""
+    import torch
+
+    from kiln.metrics import evaluate
+    from kiln.tensors import flatten_outputs, set_threads, to_tensors
+
+    evalset = data.evaluation
     assert evalset is not None
 
     def run(module: Any) -> float:
-        runner = TorchRunner(module.eval(), sig, RunOptions(threads=config.bench.threads))
-        return evaluate(runner.infer, evalset, config.root)
+        set_threads(config.bench.threads)
+
+        def infer(inputs: Arrays) -> Arrays:
+            with torch.inference_mode():
+                names, values = flatten_outputs(module(*to_tensors(sig, inputs)))
+            return {n: v.detach().float().cpu().numpy() for n, v in zip(names, values, strict=True)}
+
+        return evaluate(infer, evalset, config.root)
 
     return run
 
 
-def _export(p: BuildPlan, loaded: LoadedModel, progress: Progress) -> ExportBundle:
+DISTILLED = "distilled.json"
+
+
+def _distilled(
+    p: BuildPlan, loaded: LoadedModel, data: BuildData, progress: Progress
+) -> tuple[LoadedModel, DistillReport]:
+    """The student with the teacher distilled into it: trained once, then kept under
+    ``distilled/`` (its weights and report, published whole) for every later build."""
+    import torch
+
+    from kiln.distill import distil
+
+    folder = p.model_dir / "distilled"
+    if (meta := up_to_date(folder, p.export_key, DISTILLED)) is not None:
+        loaded.module.load_state_dict(torch.load(folder / "student.pt", weights_only=True))
+        return loaded, DistillReport.model_validate(meta["report"])
+    evaluate = module_metric(p.config, data, loaded.signature) if data.evaluation is not None else None
+    report = distil(loaded.module, p.config, loaded.signature, evaluate, progress)
+    with atomic_dir(folder) as tmp:
+        torch.save(loaded.module.state_dict(), tmp / "student.pt")
+        write_json(tmp / DISTILLED, {"cache_key": p.export_key, "report": report.model_dump(mode="json")})
+    return replace(loaded, module=loaded.module.eval()), report
+
+
+def _export(
+    p: BuildPlan, loaded: LoadedModel, progress: Progress, distillation: DistillReport | None = None
+) -> ExportBundle:
     from kiln.exporters import export_model
 
     folder = p.model_dir / "export"
@@ -355,14 +509,18 @@ def _export(p: BuildPlan, loaded: LoadedModel, progress: Progress) -> ExportBund
         loaded = replace(loaded, tokenizer=tokenizer)
     progress("capturing with torch.export and lowering to ONNX")
     with atomic_dir(folder) as tmp:
-        bundle = export_model(loaded, tmp, p.config.export.opset, p.config.export.strict, p.export_key)
+        bundle = export_model(
+            loaded, tmp, p.config.export.opset, p.config.export.strict, p.export_key, distillation=distillation
+        )
     return bundle.moved(folder)
 
 
-def _context(p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, data: BuildData, out_dir: Path) -> CompileContext:
+def _context(
+    p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, reference: Reference, out_dir: Path, progress: Progress
+) -> CompileContext:
     from kiln.targets.base import CompileContext
 
-    config = p.config
+    config, data = p.config, reference.data
     return CompileContext(
         export=bundle,
         target=tp.target,
@@ -375,6 +533,27 @@ def _context(p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, data: BuildData
         evaluation=data.evaluation,
         max_metric_drop=config.gates.max_metric_drop,
         root=config.root,
+        qat=_qat_setup(p, tp, reference, progress) if qat_applies(config, tp.target) else None,
+    )
+
+
+def _qat_setup(p: BuildPlan, tp: TargetPlan, reference: Reference, progress: Progress) -> QatSetup:
+    """Quantization-aware training's inputs: the float eager model the gate compares with, the
+    recovery settings, the teacher, and the task metric for PTQ and QAT side by side."""
+    from kiln.quant.qat import QatSetup
+
+    config, sig = p.config, reference.bundle.signature
+    assert config.recovery is not None
+    if reference.module is None:
+        raise ConfigError(f"{tp.label}: quantization-aware training needs a PyTorch model; set [recovery] qat = false")
+    teacher = None
+    if config.recovery.teacher is not None:
+        from kiln.distill import load_teacher
+
+        teacher = load_teacher(config, sig)
+    evaluate = module_metric(config, reference.data, sig) if reference.data.evaluation is not None else None
+    return QatSetup(
+        reference.module, config.recovery, config.root, teacher, evaluate, lambda m: progress(f"{tp.label}: {m}")
     )
 
 
@@ -387,10 +566,10 @@ def _build_target(
     if not tp.available.build:
         # What needs no toolchain is still done and kept, for inspection, before exit 5.
         with atomic_dir(p.model_dir / f"{tp.target.key}.prepared") as tmp:
-            impl.prepare(_context(p, tp, bundle, reference.data, tmp))
+            impl.prepare(_context(p, tp, bundle, reference, tmp, progress))
         tp.available.require(tp.label)
     with atomic_dir(p.model_dir / tp.target.key) as tmp:
-        ctx = _context(p, tp, bundle, reference.data, tmp)
+        ctx = _context(p, tp, bundle, reference, tmp, progress)
         start = time.perf_counter()
         impl.prepare(ctx)
         artifact = impl.compile(ctx)
@@ -399,6 +578,10 @@ def _build_target(
             shutil.copytree(bundle.tokenizer_dir, tmp / TOKENIZER, dirs_exist_ok=True)
         options = RunOptions(threads=ctx.threads)
         runner = impl.load(artifact, options) if tp.available.run else impl.simulated_runner(artifact, ctx)
+        if artifact.reference is not None:  # QAT retrained the model: parity is against what it made
+            from kiln.reference import Reference
+
+            reference = Reference(p.config, bundle, artifact.reference, reference.data, baseline=reference)
         gate, golden = _gate(tp, artifact, runner, reference, progress)
         manifest = _manifest(p, tp, _Built(bundle, artifact, gate, seconds, tmp, golden), reference.data)
         manifest.write(tmp)
@@ -473,7 +656,11 @@ def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> M
         calibration=calibration,
         gate=gate,
         prune=bundle.prune,
+        distillation=bundle.distillation,
+        qat=artifact.qat,
         adapter=_adapter(config),
+        ensemble=config.model.ensemble,
+        member=target.member,
         export_dir=bundle.path.name,
         golden=built.golden,
         build_seconds=round(built.seconds, 3),
@@ -501,6 +688,17 @@ def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda 
             clean_debris(p.model_dir)
             folder = p.model_dir / "export"
             if up_to_date(folder, p.export_key, META) is None:
-                _export(p, load_source(each.model, each.root), progress)
+                loaded, distillation = load_source(each.model, each.root), None
+                if each.recovery is not None and each.recovery.teacher is not None:
+                    from kiln.reference import BuildData
+
+                    data = BuildData.load(each, loaded.signature)
+                    loaded, distillation = _distilled(p, loaded, data, progress)
+                _export(p, loaded, progress, distillation)
         folders.append(folder)
     return folders[0]
+
+
+def distilled_key(export_key: str) -> str:
+    """The store key of a distilled student's ``distilled/`` folder (the fleet shares it)."""
+    return cache_key({"stage": "distilled", "export": export_key})

@@ -76,9 +76,55 @@ Task = Literal[
 ]
 
 
+class EnsembleConfig(_Strict):
+    """``[model] ensemble``: members sharing the model's input spec, combined into one graph."""
+
+    members: Annotated[list[str], Field(min_length=2)]  # sources: file.py:fn, model.pt2 or hf:folder
+    method: Literal["mean", "vote", "weighted"] = "mean"
+    weights: list[Annotated[float, Field(gt=0)]] | None = None  # method = "weighted", one per member
+    # What mean and weighted average: class probabilities (a softmax of each member's first
+    # output) or the raw first outputs (logits, or any regression output).
+    average: Literal["probabilities", "logits"] = "probabilities"
+    # Also build every target for each member alone, beside the ensemble, so the report shows
+    # what the ensemble buys and costs against each member in the same run.
+    compare_members: bool = True
+
+    @model_validator(mode="after")
+    def _weights(self) -> EnsembleConfig:
+        if self.method == "weighted" and (self.weights is None or len(self.weights) != len(self.members)):
+            got = "none" if self.weights is None else len(self.weights)
+            raise ValueError(f"method 'weighted' needs one weight per member ({len(self.members)}), got {got}")
+        if self.method != "weighted" and self.weights is not None:
+            raise ValueError(f"weights are read by method 'weighted' only; the method is {self.method!r}")
+        if self.method == "vote" and self.average != "probabilities":
+            raise ValueError("method 'vote' counts each member's top class; 'average' does not apply to it")
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"members must be distinct, got {self.members}")
+        return self
+
+    def member_names(self) -> list[str]:
+        """A short name per member for its artifacts' keys: the factory's function, or the file or
+        folder's stem, made unique with its position when two would clash."""
+        stems = [_member_stem(m) for m in self.members]
+        return [s if stems.count(s) == 1 else f"{s}{i}" for i, s in enumerate(stems)]
+
+
+def _member_stem(source: str) -> str:
+    import re
+
+    ref = source.removeprefix("hf:").rstrip("/")
+    stem = ref.rsplit(":", 1)[1] if ":" in ref and not ref.endswith((".pt2", ".onnx")) else ref
+    stem = stem.rsplit("/", 1)[-1].removesuffix(".pt2")
+    return re.sub(r"[^A-Za-z0-9_]", "_", stem) or "member"
+
+
+ENSEMBLE = "ensemble"  # [model].source of an ensemble: its members are the sources
+
+
 class ModelConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     source: str
+    ensemble: EnsembleConfig | None = Field(None, exclude_if=lambda v: v is None)
     inputs: list[InputSpec] = []
     dims: dict[str, DimSpec] = {}
     task: Task = "auto"
@@ -93,6 +139,16 @@ class ModelConfig(_Strict):
     def adapters(self) -> list[str]:
         return [self.adapter] if isinstance(self.adapter, str) else list(self.adapter or [])
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ensemble_source(cls, data: Any) -> Any:
+        """An ensemble's source is its members: ``source`` is left out (it reads ``ensemble``)."""
+        if isinstance(data, dict) and data.get("ensemble") is not None:
+            if data.get("source", ENSEMBLE) != ENSEMBLE:
+                raise ValueError("give [model].source or [model].ensemble, not both")
+            return {**data, "source": ENSEMBLE}
+        return data
+
     @model_validator(mode="after")
     def _dims_declared(self) -> ModelConfig:
         used = {s for spec in self.inputs for s in spec.shape if isinstance(s, str)}
@@ -101,6 +157,12 @@ class ModelConfig(_Strict):
         names = [spec.name for spec in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input names must be unique, got {names}")
+        if self.source == ENSEMBLE and self.ensemble is None:
+            raise ValueError("source 'ensemble' needs [model].ensemble = { members = [...] }")
+        if self.ensemble is not None and self.adapters:
+            raise ValueError("an ensemble takes no adapter; merge each member's adapter in its own factory")
+        if self.ensemble is not None and self.task == "text-generation":
+            raise ValueError("an ensemble of causal LMs is not supported; ensembles combine class scores or outputs")
         empty = [name for name, dim in self.dims.items() if dim.min == 0 and name != "past"]
         if empty:
             raise ValueError(f"dim {empty[0]!r} has min 0; only a text-generation model's 'past' dim may be empty")
@@ -128,12 +190,18 @@ class Tolerance(_Strict):
 class PruneConfig(_Strict):
     """Pruning applied to the PyTorch model before capture, so every target gets it."""
 
-    method: Literal["channel", "magnitude", "2:4"]
+    # random: unstructured like magnitude, with seeded random scores (the baseline magnitude
+    # pruning should beat)
+    method: Literal["channel", "magnitude", "random", "2:4"]
     amount: Annotated[float, Field(gt=0, lt=1)] = 0.3  # fraction removed; 2:4 is always 0.5
     importance: Literal["magnitude", "taylor"] = "magnitude"  # taylor is data-driven (calibration)
     scope: Literal["layer", "global"] = "layer"
     keep: list[str] = []  # module names never pruned; the classifier head is always kept
+    # Glob patterns choosing the layers to prune (matched against a layer's full name and its last
+    # component: "query" matches encoder.layer.0.attention.self.query); empty: every layer.
+    modules: list[str] = Field([], exclude_if=lambda v: not v)
     steps: Annotated[int, Field(ge=1)] = 1  # iterative: prune -> fine-tune -> prune ...
+    seed: int = Field(0, exclude_if=lambda v: v == 0)  # method = "random"
 
     @property
     def slug(self) -> str:
@@ -142,7 +210,9 @@ class PruneConfig(_Strict):
 
 
 class RecoveryConfig(_Strict):
-    """Fine-tuning after pruning, optionally distilled from the unpruned model."""
+    """Fine-tuning on training data: after pruning; to distil a teacher into the model being built
+    (``teacher``); and quantization-aware training for quantized precisions (``qat``). Each is
+    distilled (``distill``) from the teacher, or else from the unpruned or float model."""
 
     source: str  # callable yielding (inputs, target) training batches
     epochs: Annotated[int, Field(ge=1)] = 3
@@ -150,6 +220,21 @@ class RecoveryConfig(_Strict):
     distill: bool = True
     temperature: Annotated[float, Field(gt=0)] = 4.0
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.7  # weight of the distillation loss
+    # A model source (path/file.py:fn, model.pt2 or hf:folder) distilled into the model before it
+    # is captured; it is the teacher of pruning's and QAT's fine-tuning too. Fields left out of
+    # dumps when unset keep the cache keys of configs without them unchanged.
+    teacher: str | None = Field(None, exclude_if=lambda v: v is None)
+    # Quantized precisions fine-tune with fake quantization in the loop, on each target's own QAT
+    # path (kiln targets lists them); a target x precision without one is refused.
+    qat: bool = Field(False, exclude_if=lambda v: not v)
+    # QAT's epochs, when they should differ from pruning's and distillation's.
+    qat_epochs: Annotated[int, Field(ge=1)] | None = Field(None, exclude_if=lambda v: v is None)
+
+    @model_validator(mode="after")
+    def _teacher_distils(self) -> RecoveryConfig:
+        if self.teacher is not None and not self.distill:
+            raise ValueError("teacher is distilled from: it needs distill = true (the default)")
+        return self
 
 
 class TargetConfig(_Strict):
@@ -158,11 +243,22 @@ class TargetConfig(_Strict):
     options: dict[str, Any] = {}  # escape hatch, handed verbatim to the toolchain
     tolerance: Tolerance | None = None
     prune: PruneConfig | None = None
+    # An ensemble's member built alone (by its name in [model].ensemble), beside the ensemble;
+    # kiln adds these rows itself when compare_members is on.
+    member: str | None = Field(None, exclude_if=lambda v: v is None)
 
     @property
     def key(self) -> str:
         base = f"{self.name}-{self.precision}"
-        return f"{base}-{self.prune.slug}" if self.prune else base
+        base = f"{base}-{self.prune.slug}" if self.prune else base
+        return f"{base}-member-{self.member}" if self.member else base
+
+    @property
+    def variant(self) -> str | None:
+        """The model variant it builds from: a member, a prune slug, or ``None`` (the model)."""
+        if self.member:
+            return f"member-{self.member}"
+        return self.prune.slug if self.prune else None
 
 
 class DataSpec(_Strict):

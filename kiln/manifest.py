@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
-from kiln.config import Tolerance
+from kiln.config import EnsembleConfig, Tolerance
 from kiln.errors import ConfigError
 from kiln.spec import Signature
 from kiln.store import MANIFEST, write_json
@@ -170,6 +170,46 @@ class PruneReport(BaseModel):
     seconds: float | None = None
 
 
+class DistillReport(BaseModel):
+    """``[recovery].teacher`` distilled into the model before capture: both models' task metric
+    on the build's evaluation set, and the fine-tuning's figures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str  # the teacher's source
+    teacher_params: int
+    student_params: int
+    teacher_metric: float | None = None
+    student_metric_before: float | None = None
+    student_metric_after: float | None = None
+    epochs: int
+    loss_first: float
+    loss_final: float
+    lr: float
+    temperature: float
+    alpha: float
+    seconds: float
+
+
+class QatReport(BaseModel):
+    """Quantization-aware training of one quantized artifact: the target's own QAT path, and the
+    task metric of post-training quantization on the same path beside it, when measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str  # what quantized in the loop (the target's tool and quantizer)
+    epochs: int
+    loss_first: float
+    loss_final: float
+    lr: float
+    distilled_from: str | None = None  # "the float model" or the teacher's source
+    # The task metric of the PyTorch model on the same quantizer (eval set): post-training
+    # quantization, and the fake-quantized model after QAT (the artifact's own is in the gate).
+    ptq_metric: float | None = None
+    qat_metric: float | None = None
+    seconds: float
+
+
 class AdapterRecord(_Record):
     """A PEFT adapter merged into the model before capture."""
 
@@ -218,8 +258,13 @@ class Manifest(_Record):
     calibration: CalibrationSummary | None = None
     gate: Gate
     prune: PruneReport | None = None
+    distillation: DistillReport | None = Field(None, exclude_if=lambda v: v is None)
+    qat: QatReport | None = Field(None, exclude_if=lambda v: v is None)
     adapter: AdapterRecord | None = None
-    export_dir: str = "export"  # export/ or export-<prune slug>/: what FLOPs are counted on
+    # An ensemble's members and how they combine; the member built alone, when it is one.
+    ensemble: EnsembleConfig | None = Field(None, exclude_if=lambda v: v is None)
+    member: str | None = Field(None, exclude_if=lambda v: v is None)
+    export_dir: str = "export"  # export/, export-<prune slug>/ or export-member-<name>/: what FLOPs are counted on
     golden: GoldenRecord | None = None  # None: built before kiln wrote golden sets (schema 2)
     build_seconds: float
     files: list[FileEntry]

@@ -83,9 +83,18 @@ class Accuracy(BaseModel):
 class CellBase(_Block):
     """Every cell: what was asked, and what the artifact's manifest says about it."""
 
-    key: str  # the artifact: <target>-<precision>[-<prune slug>]
+    key: str  # the artifact: <target>-<precision>[-<prune slug>][-member-<name>]
     target: str
     precision: str
+    member: str | None = _reported()  # an ensemble's member measured alone
+    # Quantization-aware training: the task metric of PTQ and of QAT on the same quantizer (the
+    # PyTorch models, on the evaluation set); the artifact's own is in ``accuracy``.
+    ptq_metric: float | None = _reported()
+    qat_metric: float | None = _reported()
+    # Distillation ([recovery].teacher): the teacher's task metric and parameters, the student's.
+    teacher_metric: float | None = _reported()
+    teacher_params: int | None = _reported()
+    student_params: int | None = _reported()
     batch: Annotated[int, Field(ge=1)]
     mode: Mode
     threads: Annotated[int, Field(ge=1)]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.causal import is_causal_lm
-from kiln.config import DimSpec, InputSpec, ModelConfig
+from kiln.config import ENSEMBLE, DimSpec, InputSpec, ModelConfig
 from kiln.errors import SourceError
 from kiln.loaded import LoadedModel, SourceKind
 from kiln.spec import Signature
@@ -24,6 +24,8 @@ WEIGHT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".npz", ".npy", ".json
 
 
 def source_kind(source: str) -> SourceKind:
+    if source == ENSEMBLE:
+        return "ensemble"
     if source.startswith("hf:"):
         return "hf"
     if source.endswith(".pt2"):
@@ -65,6 +67,10 @@ def source_files(model: ModelConfig, root: Path) -> list[Path]:
 
 def _model_files(model: ModelConfig, root: Path) -> list[Path]:
     kind = source_kind(model.source)
+    if kind == "ensemble":
+        assert model.ensemble is not None
+        found = [f for m in member_configs(model) for f in _model_files(m, root)]
+        return sorted(dict.fromkeys(found))
     if kind == "hf":
         folder = hf_folder(model.source, root)
         return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
@@ -121,9 +127,76 @@ def load_callable(ref: str, root: Path, what: str) -> Any:
     return getattr(module, attr)
 
 
+def member_configs(model: ModelConfig) -> list[ModelConfig]:
+    """An ensemble's members as models of their own: each member's source with the ensemble's
+    input spec and task."""
+    assert model.ensemble is not None
+    return [
+        model.model_copy(update={"source": member, "ensemble": None, "name": f"{model.name}-{name}"})
+        for member, name in zip(model.ensemble.members, model.ensemble.member_names(), strict=True)
+    ]
+
+
+def _load_ensemble(model: ModelConfig, root: Path) -> LoadedModel:
+    """Every member loaded as a model of its own, checked to take the same inputs, and wrapped
+    into one module (:mod:`kiln.ensemble`)."""
+    from kiln.ensemble import ensemble_module
+
+    assert model.ensemble is not None
+    loaded: list[LoadedModel] = []
+    for member in member_configs(model):
+        kind = source_kind(member.source)
+        if kind in ("onnx", "ensemble"):
+            raise SourceError(
+                f"ensemble member {member.source!r} is {'an ONNX file' if kind == 'onnx' else 'an ensemble'}; "
+                "members are PyTorch models (path/file.py:fn, model.pt2 or hf:folder), wrapped into one graph"
+            )
+        one = load_source(member, root)
+        if one.signature.generative:
+            raise SourceError(f"ensemble member {member.source!r} is a causal LM; ensembles combine class scores")
+        if loaded and one.signature.inputs != loaded[0].signature.inputs:
+            raise SourceError(
+                f"ensemble member {member.source!r} takes inputs {_inputs_line(one.signature)}, but "
+                f"{model.ensemble.members[0]!r} takes {_inputs_line(loaded[0].signature)}; members share one input "
+                "spec: give [model].inputs and [model].dims, or make the members agree"
+            )
+        accepts(one.module, one.signature, f"ensemble member {member.source!r}")
+        loaded.append(one)
+    first = loaded[0]
+    sig = Signature(first.signature.inputs, first.signature.dims)
+    example = next((one.example for one in loaded if one.example is not None), None)
+    module = ensemble_module([one.module for one in loaded], model.ensemble, sig.input_names)
+    return LoadedModel("ensemble", sig, module=module, example=example)
+
+
+def accepts(module: Any, sig: Signature, what: str) -> None:
+    """One forward pass on seeded inputs at the spec's opt point: a model that cannot take the
+    spec's inputs is one line now, not a shape error deep inside a capture."""
+    import torch
+
+    from kiln.spec import random_inputs
+    from kiln.tensors import to_tensors
+
+    try:
+        with torch.no_grad():
+            module(*to_tensors(sig, random_inputs(sig, "opt", 0)))
+    except Exception as err:  # user code: any failure means the inputs do not fit
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise SourceError(
+            f"{what} does not accept the inputs {_inputs_line(sig)} ({type(err).__name__}: {first}); "
+            "it must take the same inputs as the model it is combined with"
+        ) from err
+
+
+def _inputs_line(sig: Signature) -> str:
+    return ", ".join(f"{spec.name}{list(spec.shape)}:{spec.dtype}" for spec in sig.inputs)
+
+
 def load_source(model: ModelConfig, root: Path) -> LoadedModel:
     """Load the model named by ``[model].source``."""
     kind = source_kind(model.source)
+    if kind == "ensemble":
+        return _load_ensemble(model, root)
     loader = {"python": _load_python, "pt2": _load_pt2, "hf": _load_hf, "onnx": _load_onnx}[kind]
     if model.adapters:
         if kind not in ("python", "hf"):

@@ -171,3 +171,30 @@ def embedding_cosine(hidden: np.ndarray, reference: np.ndarray, inputs: dict[str
     """Mean cosine between the artifact's sentence embeddings and the fp32 reference ones."""
     pooled = _pool(hidden, inputs["attention_mask"])
     return float((pooled * reference).sum(-1).mean())
+
+
+@cache
+def _training() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The calibration sentences (never the evaluation ones) and the fp32 model's hidden states for
+    them: the targets quantization-aware training pulls the fake-quantized model towards."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(model_folder()).eval()
+    inputs = _tokenize(CALIBRATION_SENTENCES)
+    with torch.no_grad():
+        hidden = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).last_hidden_state.numpy()
+    return inputs, hidden
+
+
+_train_epoch = iter(range(1 << 30))
+
+
+def train_batches(batch: int = 8) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """``[recovery].source`` for qat.toml: shuffled batches of the calibration sentences with the
+    fp32 hidden states as regression targets (a new seeded order each epoch)."""
+    inputs, hidden = _training()
+    order = np.random.default_rng(next(_train_epoch)).permutation(len(hidden))
+    for i in range(0, len(order), batch):
+        idx = order[i : i + batch]
+        yield {k: v[idx] for k, v in inputs.items()}, hidden[idx]

@@ -20,6 +20,12 @@ def _describe(cell: Cell, manifest: Manifest | None) -> None:
         return
     gate, parity = manifest.gate, manifest.gate.parity
     cell.size_bytes = manifest.size_bytes
+    cell.member = manifest.member
+    if manifest.qat is not None:
+        cell.ptq_metric, cell.qat_metric = manifest.qat.ptq_metric, manifest.qat.qat_metric
+    if (distilled := manifest.distillation) is not None:
+        cell.teacher_metric = distilled.teacher_metric
+        cell.teacher_params, cell.student_params = distilled.teacher_params, distilled.student_params
     # What the runtime reported in the worker wins over what the build recorded.
     cell.execution_precision = ran_as or manifest.execution.execution_precision
     cell.parity_passed = parity.passed if parity else None

@@ -126,7 +126,7 @@ def targets() -> None:
     from kiln.targets import REGISTRY, availability
 
     table = Table(title="kiln targets")
-    for col in ("target", "precisions", "build", "run", "needs / why not", "extra"):
+    for col in ("target", "precisions", "build", "run", "QAT", "needs / why not", "extra"):
         table.add_column(col)
     for name, spec in REGISTRY.items():
         avail = availability(name)
@@ -142,6 +142,8 @@ def targets() -> None:
             ", ".join(spec.precision_names),
             "yes" if avail.build else "no",
             "yes" if avail.run else "no",
+            # [recovery] qat = true: the precisions with a quantization-aware training path
+            ", ".join(p.name for p in spec.precisions if p.qat) or "none",
             escape("; ".join([avail.reason or spec.summary, *extra_needs])),
             escape(", ".join(f"kiln[{e}]" for e in extras)) if extras else "-",
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 from kiln.errors import ExportError
 from kiln.loaded import LoadedModel
-from kiln.manifest import PruneReport
+from kiln.manifest import DistillReport, PruneReport
 from kiln.spec import Signature
 
 PROGRAM = "program.pt2"
@@ -54,6 +54,7 @@ class ExportBundle:
     opset: int | None = None
     onnx_error: str | None = None
     prune: PruneReport | None = None  # what pruning did, for pruned variants
+    distillation: DistillReport | None = None  # what distilling [recovery].teacher into it did
     _program: Any = field(default=None, repr=False)
 
     @property
@@ -97,11 +98,18 @@ class ExportBundle:
             opset=meta.get("opset"),
             onnx_error=meta.get("onnx_error"),
             prune=PruneReport.model_validate(meta["prune"]) if meta.get("prune") else None,
+            distillation=DistillReport.model_validate(meta["distillation"]) if meta.get("distillation") else None,
         )
 
 
 def export_model(
-    loaded: LoadedModel, out_dir: Path, opset: int, strict: bool, key: str, prune: PruneReport | None = None
+    loaded: LoadedModel,
+    out_dir: Path,
+    opset: int,
+    strict: bool,
+    key: str,
+    prune: PruneReport | None = None,
+    distillation: DistillReport | None = None,
 ) -> ExportBundle:
     """Capture and lower into ``out_dir`` (a fresh folder); ``key`` is the stage's cache key."""
     import torch
@@ -114,10 +122,12 @@ def export_model(
     meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key}
     if prune is not None:
         meta["prune"] = prune.model_dump(mode="json")
+    if distillation is not None:
+        meta["distillation"] = distillation.model_dump(mode="json")
     if loaded.kind == "onnx":
         assert loaded.onnx_path is not None
         shutil.copyfile(loaded.onnx_path, out_dir / ONNX)
-        bundle = ExportBundle(out_dir, sig, loaded.kind, prune=prune)
+        bundle = ExportBundle(out_dir, sig, loaded.kind, prune=prune, distillation=distillation)
         meta["signature"] = sig.to_dict()
         (out_dir / META).write_text(json.dumps(meta, indent=2))
         return bundle
@@ -148,4 +158,4 @@ def export_model(
         copy_tokenizer(loaded.tokenizer, out_dir / TOKENIZER)
     meta.update(signature=sig.to_dict(), opset=opset, onnx_error=onnx_error)
     (out_dir / META).write_text(json.dumps(meta, indent=2))
-    return ExportBundle(out_dir, sig, loaded.kind, opset, onnx_error, prune, _program=program)
+    return ExportBundle(out_dir, sig, loaded.kind, opset, onnx_error, prune, distillation, _program=program)

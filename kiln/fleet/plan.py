@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from kiln import __version__
-from kiln.build import BuildPlan, per_adapter
+from kiln.build import BuildPlan, distilled_key, one_target, per_adapter
 from kiln.build import plan as build_plan
 from kiln.config import BenchSettings, KilnConfig
 from kiln.fleet.resources import (
@@ -118,11 +118,13 @@ def _plan_model(
     _place(plan, export, store, nodes, fresh=True)
     builds: dict[str, Task] = {}
     for tkey, tp in bp.targets.items():
-        narrowed = config.model_copy(update={"target": [tp.target]})
+        narrowed = one_target(config, tp.target)
         after = (export.id,) if export.id not in plan.done else ()
         fetch = {"export": bp.export_key}
-        if tp.target.prune is not None:
-            fetch[f"export-{tp.target.prune.slug}"] = tp.export_key
+        if config.recovery is not None and config.recovery.teacher is not None:
+            fetch["distilled"] = distilled_key(bp.export_key)
+        if tp.target.variant is not None:
+            fetch[f"export-{tp.target.variant}"] = tp.export_key
         task = Task(
             f"{name}:{tkey}",
             "build",

@@ -109,10 +109,13 @@ def _fetch(store: Store, task: Task, model_dir: Path, required: tuple[str, ...])
 
 
 def _export(task: Task, store: Store, work: Path, start: float) -> Outcome:
-    from kiln.build import export_only
+    from kiln.build import distilled_key, export_only
 
     folder = export_only(task.config, work)
     store.publish(task.key, folder, {"task": task.id, "stage": "export"})
+    distilled = folder.parent / "distilled"  # a distilled student's weights: builds reuse them
+    if distilled.is_dir() and store.ref(distilled_key(task.key)) is None:
+        store.publish(distilled_key(task.key), distilled, {"task": task.id, "stage": "distillation"})
     return _outcome(task, "built", start)
 
 

@@ -6,6 +6,8 @@ Three methods, each where it pays:
   so FLOPs, parameters and latency drop on every runtime.
 - ``magnitude``: unstructured; the smallest weights become zeros. Dense kernels gain no speed;
   the value is size (compressed, or stored sparse by Core ML).
+- ``random``: unstructured like ``magnitude``, with seeded random weights zeroed: the baseline a
+  pruning criterion has to beat (a report with both rows shows by how much).
 - ``2:4``: semi-structured; 2 zeros in every 4 input channels of eligible layers, the pattern
   sparse tensor cores (TensorRT) and Core ML n:m use; verified after pruning.
 
@@ -40,6 +42,7 @@ class PruneContext:
     recovery: RecoveryConfig | None = None
     root: Path = Path(".")
     evaluate: Callable[[Any], float] | None = None  # task metric of a module (higher is better)
+    teacher: Any = None  # [recovery].teacher's module; else the unpruned model teaches (distill = true)
     progress: Callable[[str], None] = field(default=lambda _: None)
 
 
@@ -66,7 +69,7 @@ def _pruner(module: Any, spec: PruneConfig, args: tuple[Any, ...], kept: list[st
 
         return ChannelPruner(module, spec, args, kept, (ctx.signature, ctx.calibration))
     layers = weight_layers(module, kept)
-    if spec.method == "magnitude":
+    if spec.method in ("magnitude", "random"):
         from kiln.prune.unstructured import MaskPruner
 
         return MaskPruner(layers, spec)
@@ -95,13 +98,13 @@ def prune_model(module: Any, spec: PruneConfig, ctx: PruneContext) -> tuple[Any,
     start = time.perf_counter()
     module = module.eval()
     args = example_inputs(ctx.signature)
-    heads, kept = protected(module, args, spec.keep)
+    heads, kept = protected(module, args, spec.keep, spec.modules)
     before = footprint(module, args)
     trainer = None
     if ctx.recovery is not None:
-        from kiln.prune.recovery import Recovery
+        from kiln.finetune import Recovery
 
-        teacher = copy.deepcopy(module).eval() if ctx.recovery.distill else None
+        teacher = (ctx.teacher or copy.deepcopy(module)).eval() if ctx.recovery.distill else None
         trainer = Recovery(ctx.recovery, ctx.signature, ctx.root, teacher, ctx.progress)
     ctx.progress("pruning: measuring the dense model")
     metric_dense = _metric(ctx, module)
@@ -123,6 +126,7 @@ def prune_model(module: Any, spec: PruneConfig, ctx: PruneContext) -> tuple[Any,
         recovery = {**trainer.fit(module), "distill": ctx.recovery.distill, "lr": ctx.recovery.lr}
         if ctx.recovery.distill:
             recovery.update(temperature=ctx.recovery.temperature, alpha=ctx.recovery.alpha)
+            recovery["teacher"] = ctx.recovery.teacher or "the unpruned model"
         recovery["total_epochs"] = trainer.epochs_run
         metric_after = _metric(ctx, module)
     details = pruner.finish()
@@ -136,6 +140,8 @@ def prune_model(module: Any, spec: PruneConfig, ctx: PruneContext) -> tuple[Any,
         "steps": spec.steps,
         "heads": heads,
         "keep": list(spec.keep),
+        "modules": list(spec.modules),
+        "seed": spec.seed if spec.method == "random" else None,
         "params_before": before["params"],
         "params_after": after["params"],
         "flops_before": before["flops"],

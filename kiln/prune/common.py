@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.errors import ConfigError
+from kiln.finetune import first_output as first_output  # the pruning methods read it from here
 from kiln.spec import Signature, random_inputs
 
 WEIGHT_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
@@ -16,14 +17,6 @@ def example_inputs(sig: Signature, seed: int = 0) -> tuple[Any, ...]:
     from kiln.tensors import to_tensors
 
     return tuple(to_tensors(sig, random_inputs(sig, "opt", seed)))
-
-
-def first_output(out: Any) -> Any:
-    """The model's first output tensor (the one losses and distillation read)."""
-    from kiln.tensors import flatten_outputs
-
-    _, values = flatten_outputs(out)
-    return values[0]
 
 
 def is_weight_layer(module: Any) -> bool:
@@ -62,8 +55,32 @@ def classifier_heads(order: list[str], module: Any) -> list[str]:
     return [last] if last is not None else []
 
 
-def protected(module: Any, args: tuple[Any, ...], keep: list[str]) -> tuple[list[str], list[str]]:
-    """(heads, kept layer names): the classifier head plus every weight layer under a ``keep`` name."""
+def matches(name: str, patterns: list[str]) -> bool:
+    """Whether a module name matches any glob pattern, on its full dotted name or its last part."""
+    from fnmatch import fnmatchcase
+
+    leaf = name.rpartition(".")[2]
+    return any(fnmatchcase(name, pattern) or fnmatchcase(leaf, pattern) for pattern in patterns)
+
+
+def chosen(module: Any, patterns: list[str]) -> list[str]:
+    """The weight layers ``prune.modules`` selects; every pattern must select at least one."""
+    layers = [n for n, m in module.named_modules() if is_weight_layer(m)]
+    for pattern in patterns:
+        if not any(matches(n, [pattern]) for n in layers):
+            shown = ", ".join(layers[:6]) + (", ..." if len(layers) > 6 else "")
+            raise ConfigError(
+                f"prune.modules pattern {pattern!r} matches no Linear or Conv layer of the model (its layers: {shown}); "
+                "use glob patterns over names from model.named_modules()"
+            )
+    return [n for n in layers if matches(n, patterns)]
+
+
+def protected(
+    module: Any, args: tuple[Any, ...], keep: list[str], modules: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """(heads, kept layer names): the classifier head, every weight layer under a ``keep`` name,
+    and, when ``modules`` patterns are given, every weight layer they do not select."""
     mods = dict(module.named_modules())
     for name in keep:
         if name not in mods:
@@ -79,6 +96,14 @@ def protected(module: Any, args: tuple[Any, ...], keep: list[str]) -> tuple[list
             full = f"{name}.{sub}" if sub else name
             if is_weight_layer(mod) and full not in kept:
                 kept.append(full)
+    if modules:
+        selected = chosen(module, modules)
+        kept += [n for n, m in module.named_modules() if is_weight_layer(m) and n not in selected and n not in kept]
+        if all(n in kept for n in selected):
+            raise ConfigError(
+                f"prune.modules {modules} selects only layers that are kept (the classifier head or prune.keep: "
+                f"{[n for n in selected if n in kept]}); widen the patterns or shorten prune.keep"
+            )
     return heads, kept
 
 

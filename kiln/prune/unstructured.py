@@ -1,4 +1,5 @@
-"""Unstructured magnitude pruning: the smallest weights become exact zeros.
+"""Unstructured pruning: the smallest weights (``magnitude``), or seeded random ones (``random``,
+the baseline magnitude must beat), become exact zeros.
 
 Per layer (``scope = "layer"``: each layer loses ``amount`` of its weights) or global (one
 threshold over all prunable layers, so redundant layers lose more). Between iterative steps the
@@ -43,17 +44,32 @@ def smallest_mask(scores: Any, count: int) -> Any:
 
 
 class MaskPruner:
-    """Zeroes ``amount * index / steps`` of the weights at step ``index``."""
+    """Zeroes ``amount * index / steps`` of the weights at step ``index``: those of smallest
+    magnitude (``magnitude``), or of smallest seeded random score (``random``: the scores are
+    drawn once, so each step's zeros include the last step's, as magnitude's do)."""
 
     def __init__(self, layers: dict[str, Any], spec: PruneConfig) -> None:
         self.layers, self.spec = layers, spec
+        self.random_scores: dict[str, Any] | None = None
+        if spec.method == "random":
+            import torch
+
+            generator = torch.Generator().manual_seed(spec.seed)
+            self.random_scores = {
+                n: torch.rand(m.weight.shape, generator=generator, dtype=torch.float32) for n, m in layers.items()
+            }
+
+    def scores(self) -> dict[str, Any]:
+        if self.random_scores is not None:
+            return self.random_scores
+        return {n: m.weight.detach().abs() for n, m in self.layers.items()}
 
     def step(self, index: int) -> None:
         import torch
 
         fraction = self.spec.amount * index / self.spec.steps
         with torch.no_grad():
-            weights = {n: m.weight.detach().abs() for n, m in self.layers.items()}
+            weights = self.scores()
             if self.spec.scope == "global":
                 flat = torch.cat([w.flatten() for w in weights.values()])
                 mask = smallest_mask(flat, round(fraction * flat.numel()))

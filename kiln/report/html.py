@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from kiln.report import fmt, generation, svg
+from kiln.report import fmt, generation, svg, variants
 from kiln.report.markdown import BUSY_CPUS, COLUMNS, _row
 from kiln.results import FailedCell, MeasuredCell, Results
 
@@ -217,6 +217,17 @@ def render_html(results: Results) -> str:
         extra = f" ({flops / 1e9:.3g} GFLOP per forward pass)" if flops else ""
         parts.append(f"<h2>Batch {batch}{escape(extra)}</h2>")
         parts.append(_table(results.batch(batch)))
+    if variants.has_members(results):
+        parts.append("<h2>The ensemble against its members</h2>")
+        for batch in results.settings.batches:
+            if lines := variants.rows(results, batch):
+                parts += [f"<p>Batch {batch}:</p>", _grid(variants.COLUMNS, lines)]
+        parts.append(f"<p>{escape(variants.LEGEND)}</p>")
+    if not results.generative and (qat := variants.qat_rows(results, results.settings.batches[0])):
+        parts.append("<h2>Quantization-aware training against post-training quantization</h2>")
+        parts += [_grid(variants.QAT_COLUMNS, qat), f"<p>{escape(variants.QAT_LEGEND)}</p>"]
+    if line := variants.distillation_line(results):
+        parts.append(f"<h2>Distillation</h2><p>{escape(line)}</p>")
     flagged = [(c, f) for c in results.cells for f in c.flags]
     parts.append('<h2>Flags</h2><ul class="flags">')
     parts += [f"<li><b>{escape(c.key)}</b> batch {c.batch}: {escape(f)}</li>" for c, f in flagged] or ["<li>None.</li>"]

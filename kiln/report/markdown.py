@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kiln.report import fmt, generation
+from kiln.report import fmt, generation, variants
 from kiln.results import FailedCell, MeasuredCell, Results
 
 BUSY_CPUS = 0.25  # other processes' mean busy CPUs above which a report says the machine was busy
@@ -113,6 +113,18 @@ def render_markdown(results: Results) -> str:
             out += [f"## Batch {batch}{extra}", ""]
             out += _table(results.batch(batch))
             out.append("")
+    if variants.has_members(results):
+        out += ["## The ensemble against its members", ""]
+        for batch in settings.batches:
+            if lines := variants.rows(results, batch):
+                out += [f"Batch {batch}:", "", *_grid(variants.COLUMNS, lines), ""]
+        out += [variants.LEGEND, ""]
+    if any(variants.qat_rows(results, b) for b in settings.batches[:1]):
+        out += ["## Quantization-aware training against post-training quantization", ""]
+        out += [*_grid(variants.QAT_COLUMNS, variants.qat_rows(results, settings.batches[0]), left=1), ""]
+        out += [variants.QAT_LEGEND, ""]
+    if line := variants.distillation_line(results):
+        out += ["## Distillation", "", line, ""]
     flagged = [(c, f) for c in results.cells for f in c.flags]
     out += ["## Flags", ""]
     out += [f"- **{c.key}** batch {c.batch}: {f}" for c, f in flagged] or [

@@ -75,6 +75,14 @@ INT8 = Tolerance(min_cosine=0.98, min_top1=0.95, max_perplexity_increase=0.05)
 INT8_WEIGHTS = Tolerance(min_cosine=0.99, min_top1=0.98, max_perplexity_increase=0.02)
 INT4 = Tolerance(min_cosine=0.95, min_top1=0.90, max_perplexity_increase=0.10)
 
+# Quantization-aware training paths ([recovery] qat = true), each the target's own quantizer with
+# fake quantization in the loop (see kiln.quant.qat).
+QAT_X86 = "PT2E prepare_qat_pt2e with X86InductorQuantizer (the quantizer aoti:int8 uses)"
+QAT_XNNPACK = "PT2E prepare_qat_pt2e with XNNPACKQuantizer (the quantizer executorch:int8 uses)"
+QAT_QDQ = "PT2E QAT (X86InductorQuantizer: uint8 activations, int8 per-channel weights), exported as a Q/DQ ONNX"
+QAT_QDQ_SYMMETRIC = "PT2E QAT with symmetric int8 activations (as TensorRT needs), exported as a Q/DQ ONNX"
+QAT_NNCF = "NNCF's PyTorch QAT (nncf.quantize on the module, fine-tuned, then ov.convert_model)"
+
 # How many calibration samples each quantizer's documentation asks for: ONNX Runtime's
 # calibrators and PyTorch's PT2E observers see stable ranges from about 100; NNCF's default
 # ``subset_size`` is 300.
@@ -93,10 +101,17 @@ class Precision:
     calibration: int | None = None
     needs: tuple[Package, ...] = ()
     build_needs: tuple[str, ...] = ()  # capabilities this precision needs to build, beyond the target's
+    # Its quantization-aware training path ([recovery] qat = true), in words; None: it has none.
+    qat: str | None = None
 
     @property
     def calibrates(self) -> bool:
         return self.calibration is not None
+
+    @property
+    def quantized(self) -> bool:
+        """Integer or 8-bit float formats: what post-training quantization or QAT produces."""
+        return self.name not in ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,7 @@ REGISTRY: dict[str, TargetSpec] = {
             "program",
             (
                 Precision("fp32", FP32),
-                Precision("int8", INT8, PT2E_SAMPLES, needs=(TORCHAO,)),
+                Precision("int8", INT8, PT2E_SAMPLES, needs=(TORCHAO,), qat=QAT_X86),
                 Precision("int8-weights", INT8_WEIGHTS, needs=(TORCHAO,)),
                 Precision("int4-weights", INT4, needs=(TORCHAO,)),
             ),
@@ -172,7 +187,7 @@ REGISTRY: dict[str, TargetSpec] = {
             (
                 Precision("fp32", FP32),
                 Precision("fp16", FP16),
-                Precision("int8", INT8, ORT_SAMPLES),
+                Precision("int8", INT8, ORT_SAMPLES, qat=QAT_QDQ),
                 Precision("int8-dynamic", INT8),
                 Precision("int4", INT4),
             ),
@@ -187,7 +202,7 @@ REGISTRY: dict[str, TargetSpec] = {
                 Precision("fp32", FP32),
                 Precision("fp16", FP16),
                 Precision("bf16", BF16),
-                Precision("int8", INT8, NNCF_SAMPLES, needs=(NNCF,)),
+                Precision("int8", INT8, NNCF_SAMPLES, needs=(NNCF,), qat=QAT_NNCF),
                 Precision("int8-weights", INT8_WEIGHTS, needs=(NNCF,)),
                 Precision("int4", INT4, needs=(NNCF,)),
             ),
@@ -239,7 +254,7 @@ REGISTRY: dict[str, TargetSpec] = {
                 Precision("fp32", FP32),
                 Precision("fp16", FP16),
                 Precision("bf16", BF16),
-                Precision("int8", INT8, ORT_SAMPLES),
+                Precision("int8", INT8, ORT_SAMPLES, qat=QAT_QDQ_SYMMETRIC),
                 Precision("fp8", Tolerance(min_cosine=0.98, min_top1=0.95), ORT_SAMPLES),
             ),
             packages=(TENSORRT,),
@@ -253,7 +268,7 @@ REGISTRY: dict[str, TargetSpec] = {
             "program",
             (
                 Precision("fp32", FP32),
-                Precision("int8", INT8, PT2E_SAMPLES, needs=(EXECUTORCH_TORCHAO,)),
+                Precision("int8", INT8, PT2E_SAMPLES, needs=(EXECUTORCH_TORCHAO,), qat=QAT_XNNPACK),
                 Precision("int8-dynamic", INT8, needs=(EXECUTORCH_TORCHAO,)),
                 Precision("int4-dynamic", INT4, needs=(EXECUTORCH_TORCHAO,)),
             ),
@@ -392,6 +407,18 @@ def check_config(config: KilnConfig, source_kind: str) -> None:
                 f"{target.key}: pruning needs a PyTorch model and {config.model.source!r} is an ONNX file; "
                 "use a Python, .pt2 or hf: source, or drop prune"
             )
+        if target.member is not None:
+            members = config.model.ensemble.member_names() if config.model.ensemble else []
+            if target.member not in members:
+                raise ConfigError(
+                    f"{target.name}:{target.precision} names member {target.member!r}, but "
+                    + (f"the ensemble's members are {members}" if members else "[model] is no ensemble")
+                    + "; use a member's name or drop member"
+                )
+            if target.prune is not None:
+                raise ConfigError(
+                    f"{target.key}: a member row builds the member as it is; prune the ensemble's row instead"
+                )
         if precision.calibrates and config.calibration is None:
             raise ConfigError(
                 f"{target.name}:{target.precision} calibrates on data and the config has no [calibration]; "
@@ -399,6 +426,41 @@ def check_config(config: KilnConfig, source_kind: str) -> None:
                 "on random inputs), or pick a weight-only or dynamic precision"
             )
         target_options(target)
+    if config.recovery is not None and config.recovery.qat and source_kind == "onnx":
+        raise ConfigError(
+            f"[recovery] qat = true trains the PyTorch model, and {config.model.source!r} is an ONNX file; "
+            "use a Python, .pt2 or hf: source, or set qat = false"
+        )
+    _check_qat(config)
+
+
+def qat_applies(config: KilnConfig, target: TargetConfig) -> bool:
+    """Whether this target trains with fake quantization in the loop: ``[recovery] qat`` is on
+    and its precision has a QAT path (float precisions build as they always do)."""
+    if config.recovery is None or not config.recovery.qat:
+        return False
+    return check_target(target.name, target.precision).precision(target.precision).qat is not None
+
+
+def _check_qat(config: KilnConfig) -> None:
+    """``[recovery] qat = true``: every quantized target x precision must have a QAT path, and
+    QAT needs a PyTorch model and a quantized target to apply to."""
+    if config.recovery is None or not config.recovery.qat:
+        return
+    quantized = [t for t in config.target if REGISTRY[t.name].precision(t.precision).quantized]
+    for target in quantized:
+        spec = REGISTRY[target.name]
+        if spec.precision(target.precision).qat is None:
+            paths = [f"{n}:{p.name}" for n, s in REGISTRY.items() for p in s.precisions if p.qat]
+            raise ConfigError(
+                f"{target.name}:{target.precision} has no quantization-aware training path, and [recovery] qat = true; "
+                f"QAT builds {', '.join(paths)}: drop this target from the config or set qat = false"
+            )
+    if not quantized:
+        raise ConfigError(
+            "[recovery] qat = true, but no target quantizes; add an int8 target (kiln targets lists the QAT paths) "
+            "or set qat = false"
+        )
 
 
 def tolerance_for(target: TargetConfig) -> Tolerance:

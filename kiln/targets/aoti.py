@@ -41,12 +41,12 @@ from typing import Any, Literal
 from pydantic import ValidationInfo, field_validator
 
 from kiln.errors import TargetBuildError
-from kiln.manifest import Execution
+from kiln.manifest import Execution, QatReport
+from kiln.targets import QAT_X86
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target, TargetOptions
 from kiln.targets.eager import TorchRunner
 
 MAIN = "model.pt2"
-QUANTIZER = "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer"
 INSTALL = "pip install 'kiln[aoti-int8]' -c constraints.txt"
 
 
@@ -99,9 +99,9 @@ class AOTITarget(Target):
 
         options: AOTIOptions = ctx.options
         info = Execution(execution_precision="fp32")
-        program, fuse = ctx.export.program(), False
+        program, fuse, qat = ctx.export.program(), False, None
         if ctx.precision == "int8":
-            program, info = _quantize(ctx, program)
+            program, info, qat = _quantize(ctx, program)
             static = all(dim.static for dim in ctx.export.signature.dims.values())
             fuse = static if options.fuse_int8 is None else options.fuse_int8
         elif ctx.precision in WEIGHT_ONLY:
@@ -130,7 +130,10 @@ class AOTITarget(Target):
         if ctx.precision in WEIGHT_ONLY:
             names = ("_weight_int4pack_mm",) if ctx.precision == "int4-weights" else ("_weight_int8pack_mm",)
             info.quantization["kernel_references"] = kernel_calls(ctx.out_dir / MAIN, names)
-        return Artifact("aoti", ctx.precision, ctx.out_dir, MAIN, ctx.export.signature, info=info)
+        reference = program.module() if qat is not None else None  # QAT's trained int8 model
+        return Artifact(
+            "aoti", ctx.precision, ctx.out_dir, MAIN, ctx.export.signature, info=info, qat=qat, reference=reference
+        )
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         import torch
@@ -140,26 +143,29 @@ class AOTITarget(Target):
         return runner
 
 
-def _quantize(ctx: CompileContext, program: Any) -> tuple[Any, Execution]:
-    """PT2E with the x86 Inductor quantizer in its default configuration."""
+def _quantize(ctx: CompileContext, program: Any) -> tuple[Any, Execution, QatReport | None]:
+    """PT2E with the x86 Inductor quantizer in its default configuration: calibrated after
+    training, or trained with its fake quantizers in the loop (``[recovery] qat``)."""
     from kiln.quant import require_calibration
-    from kiln.quant.pt2e import load_torchao, quantize
+    from kiln.quant.pt2e import quantize
+    from kiln.quant.qat import pt2e_qat, x86_quantizer
 
     calibration, notes = require_calibration(
         ctx.calibration, ctx.precision, f"{ctx.target.key} (pt2e)", ctx.calibration_guidance
     )
-    x86 = load_torchao(QUANTIZER, f"aoti:{ctx.precision}", INSTALL)
-    quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
-    quantized = quantize(program, ctx.export.signature, calibration.samples, quantizer)
+    qat = None
+    if ctx.qat is not None:
+        quantized, qat = pt2e_qat(ctx.qat, ctx.export.signature, calibration, x86_quantizer, QAT_X86)
+    else:
+        quantized = quantize(program, ctx.export.signature, calibration.samples, x86_quantizer(False))
     info = Execution(execution_precision="int8", notes=notes)
     info.quantization = {
-        "tool": "torchao.quantization.pt2e (X86InductorQuantizer)",
+        "tool": "torchao.quantization.pt2e (X86InductorQuantizer)" + (", quantization-aware training" if qat else ""),
         "weights": "int8 per-channel",
         "activations": "uint8",
         "calibration_samples": len(calibration.samples),
     }
-    return quantized, info
+    return quantized, info, qat
 
 
 def int8_kernels(package: Path) -> int:

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from kiln.config import TargetConfig, Tolerance
-from kiln.manifest import Execution, Manifest
+from kiln.errors import ConfigError
+from kiln.manifest import Execution, Manifest, QatReport
 from kiln.spec import Arrays, Signature
 
 if TYPE_CHECKING:
     from kiln.data import CalibrationSet, EvaluationSet
     from kiln.decoding import DecodeSession
     from kiln.exporters import ExportBundle
+    from kiln.quant.qat import QatSetup
 
 
 class TargetOptions(BaseModel):
@@ -64,6 +66,15 @@ class CompileContext:
     evaluation: EvaluationSet | None = None  # for accuracy-aware toolchains (NNCF accuracy control)
     max_metric_drop: float | None = None
     root: Path = Path(".")  # the config's folder, for user callables (custom metrics)
+    qat: QatSetup | None = None  # [recovery] qat = true, for a precision with a QAT path
+
+    def require_qat_data(self) -> CalibrationSet:
+        """QAT measures PTQ on the same quantizer beside it: that needs the calibration set."""
+        if self.calibration is None or not self.calibration.samples:
+            raise ConfigError(
+                f"{self.target.key}: quantization-aware training starts from a calibrated quantizer; add [calibration]"
+            )
+        return self.calibration
 
     @property
     def precision(self) -> str:
@@ -81,6 +92,10 @@ class Artifact:
     signature: Signature
     info: Execution = field(default_factory=Execution)
     options: dict[str, Any] = field(default_factory=dict)
+    qat: QatReport | None = None  # how quantization-aware training made it, when it did
+    # The PyTorch model the artifact must reproduce when it is not the build's eager model (QAT's
+    # trained, quantized model): the gate's parity reference; the metric drop stays vs eager.
+    reference: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.info, Execution):  # a target may describe itself with a plain mapping

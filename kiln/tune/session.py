@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.bench.run import BenchRun, bench
-from kiln.build import build, plan
+from kiln.build import build, one_target, plan
 from kiln.config import BenchSettings, KilnConfig
 from kiln.manifest import Manifest
 from kiln.results import Fingerprint, MeasuredCell
@@ -124,7 +124,7 @@ def build_one(s: Session, variant: Variant) -> Candidate:
         cand.reason = "the budget ran out before it was built"
         return cand
     s.builds += 1
-    one = s.config.model_copy(update={"target": [target]})
+    one = one_target(s.config, target)
     folder = s.workspace / "artifacts" / variant.id
     key = plan(one, s.settings.out).targets[target.key].key
     manifest = Manifest.find(folder)

@@ -134,3 +134,76 @@ def test_mask_2to4_groups_conv_along_input_channels() -> None:
     assert (kept.max(-1).values >= dropped.max(-1).values).all()
     kept_min = torch.where(kept > 0, kept, torch.inf).min(-1).values
     assert (kept_min >= dropped.max(-1).values).all()
+
+
+def test_random_is_seeded_reaches_the_amount_and_differs_from_magnitude() -> None:
+    spec = PruneConfig(method="random", amount=0.5, seed=3)
+    first, report = prune_model(tiny_cnn(), spec, context(CNN_SIG))
+    again, _ = prune_model(tiny_cnn(), spec, context(CNN_SIG))
+    other, _ = prune_model(tiny_cnn(), spec.model_copy(update={"seed": 4}), context(CNN_SIG))
+    magnitude, _ = prune_model(tiny_cnn(), PruneConfig(method="magnitude", amount=0.5), context(CNN_SIG))
+    _no_reparametrization(first)
+    assert report.method == "random" and report.seed == 3 and spec.slug == "random50"
+    assert report.sparsity == pytest.approx(0.5, abs=0.01)
+    zeros = first.body[3].weight == 0
+    assert torch.equal(zeros, again.body[3].weight == 0)  # the same seed, the same zeros
+    assert not torch.equal(zeros, other.body[3].weight == 0)
+    assert not torch.equal(zeros, magnitude.body[3].weight == 0)
+    assert torch.equal(first.head.weight, tiny_cnn().head.weight)  # the head is kept
+    _exports_and_matches(first, torch.randn(2, 3, 16, 16))
+
+
+def test_random_iterative_steps_only_add_zeros() -> None:
+    from kiln.prune.unstructured import MaskPruner
+
+    module = tiny_cnn()
+    layers = {"body.3": module.body[3]}
+    pruner = MaskPruner(layers, PruneConfig(method="random", amount=0.6, steps=3))
+    masks = []
+    for index in (1, 2, 3):
+        pruner.step(index)
+        masks.append((module.body[3].weight == 0).clone())
+    assert masks[0].sum() < masks[1].sum() < masks[2].sum()
+    assert bool((masks[1] | ~masks[0]).all()) and bool((masks[2] | ~masks[1]).all())
+
+
+def test_magnitude_keeps_more_accuracy_than_random_at_the_same_sparsity() -> None:
+    from tests.prune.tasks import accuracy
+
+    magnitude, _ = prune_model(blobs_mlp(), PruneConfig(method="magnitude", amount=0.8), context(MLP_SIG))
+    randomly, _ = prune_model(blobs_mlp(), PruneConfig(method="random", amount=0.8), context(MLP_SIG))
+    assert accuracy(magnitude) > accuracy(randomly)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "random", "channel"])
+def test_modules_globs_choose_the_layers_pruned(method: str) -> None:
+    dense = tiny_cnn()
+    module, report = prune_model(
+        tiny_cnn(), PruneConfig(method=method, amount=0.5, modules=["body.3"]), context(CNN_SIG)
+    )
+    assert report.layers_pruned == ["body.3"] and report.modules == ["body.3"]
+    if method == "channel":
+        assert module.body[0].out_channels == 8 and module.body[3].out_channels == 8
+    else:
+        assert torch.equal(module.body[0].weight, dense.body[0].weight)
+        assert (module.body[3].weight == 0).float().mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_modules_match_a_layer_by_its_last_name_and_by_glob() -> None:
+    from kiln.prune.common import matches
+
+    assert matches("encoder.layer.0.attention.self.query", ["query"])
+    assert matches("encoder.layer.0.output.dense", ["dense"])
+    assert matches("encoder.layer.11.attention.self.key", ["encoder.layer.1?.*"])
+    assert not matches("encoder.layer.0.attention.self.query", ["key", "value"])
+    _, report = prune_model(
+        blobs_mlp(), PruneConfig(method="magnitude", amount=0.5, modules=["body.*"]), context(MLP_SIG)
+    )
+    assert report.layers_pruned == ["body.0", "body.2"]  # the head is kept even when a glob matches it
+
+
+def test_modules_pattern_matching_nothing_is_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"'query' matches no Linear or Conv layer .*body\.0"):
+        prune_model(tiny_cnn(), PruneConfig(method="magnitude", modules=["query"]), context(CNN_SIG))
+    with pytest.raises(ConfigError, match="selects only layers that are kept"):
+        prune_model(tiny_cnn(), PruneConfig(method="magnitude", modules=["head"]), context(CNN_SIG))

@@ -100,12 +100,15 @@ class ExecuTorchTarget(Target):
                 },
             }
         )
+        qat = None
         if quantization is not None:
             info.notes.extend(quantization.pop("notes", []))
+            qat = quantization.pop("qat", None)
             info.quantization = quantization
         _check_kernels(plan, options, info)
         _flag_portable(delegation, info)
-        return Artifact("executorch", ctx.precision, ctx.out_dir, MAIN, sig, info=info)
+        reference = program.module() if qat is not None else None  # QAT's trained int8 model
+        return Artifact("executorch", ctx.precision, ctx.out_dir, MAIN, sig, info=info, qat=qat, reference=reference)
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         from kiln.targets.executorch.runner import PteRunner

@@ -61,12 +61,24 @@ def quantize_static(ctx: CompileContext, program: Any, options: ExecuTorchOption
         ctx.calibration, ctx.precision, f"{ctx.target.key} (pt2e, XNNPACKQuantizer)", ctx.calibration_guidance
     )
     xnn = load_torchao(XNNPACK_QUANTIZER, "executorch:int8", INSTALL)
-    quantizer = xnn.XNNPACKQuantizer()
-    quantizer.set_global(xnn.get_symmetric_quantization_config(is_per_channel=options.per_channel))
+
+    def quantizer(is_qat: bool) -> Any:
+        made = xnn.XNNPACKQuantizer()
+        made.set_global(xnn.get_symmetric_quantization_config(is_per_channel=options.per_channel, is_qat=is_qat))
+        return made
+
+    qat = None
     with quiet():
-        quantized = quantize(program, ctx.export.signature, calibration.samples, quantizer)
+        if ctx.qat is not None:
+            from kiln.quant.qat import pt2e_qat
+            from kiln.targets import QAT_XNNPACK
+
+            quantized, qat = pt2e_qat(ctx.qat, ctx.export.signature, calibration, quantizer, QAT_XNNPACK)
+        else:
+            quantized = quantize(program, ctx.export.signature, calibration.samples, quantizer(False))
     return quantized, {
-        "tool": "torchao.quantization.pt2e (XNNPACKQuantizer)",
+        "qat": qat,
+        "tool": "torchao.quantization.pt2e (XNNPACKQuantizer)" + (", quantization-aware training" if qat else ""),
         "weights": f"int8 symmetric {'per-channel' if options.per_channel else 'per-tensor'}",
         "activations": "int8 static (asymmetric, per tensor)",
         "calibration_samples": len(calibration.samples),

@@ -173,6 +173,16 @@ class OVRunner(Runner):
         return {**facts, **cache_info(self.compiled)} if self.stateful else facts
 
 
+def _named(model: Any, sig: Signature, shapes: dict[str, Any] | None = None) -> None:
+    """A model converted from PyTorch: its inputs and outputs named as the signature, and the
+    spec's dim ranges (or ``shapes``) set."""
+    for port, name in zip(model.inputs, sig.input_names, strict=True):
+        port.get_tensor().set_names({name})
+    for port, name in zip(model.outputs, sig.outputs, strict=True):
+        port.get_tensor().set_names({name})
+    model.reshape(shapes or partial_shapes(sig))
+
+
 def read_source(ctx: CompileContext) -> Any:
     """kiln's ONNX as OpenVINO IR, its inputs pinned and its weights named like the model."""
     ov = _openvino()
@@ -182,11 +192,7 @@ def read_source(ctx: CompileContext) -> Any:
         # ScaledDotProductAttention op, which the CPU plugin runs over the stateful cache (the ONNX
         # holds it decomposed). Measured on tinyllm: 606 vs 492 tok/s for optimum-intel's IR.
         model = ov.convert_model(ctx.export.program())
-        for port, name in zip(model.inputs, sig.input_names, strict=True):
-            port.get_tensor().set_names({name})
-        for port, name in zip(model.outputs, sig.outputs, strict=True):
-            port.get_tensor().set_names({name})
-        model.reshape(cache_shapes(sig))
+        _named(model, sig, cache_shapes(sig))
         # kiln's step module holds the model as its attribute "model".
         name_program_weights(model, ctx.export.program(), strip="model.")
         return model
@@ -209,10 +215,17 @@ class OpenVINOTarget(Target):
                 "openvino:bf16 on a causal LM crashes OpenVINO 2026.4's CPU plugin (SIGFPE compiling the stateful "
                 "IR with 1 thread); build openvino:fp16 or openvino:fp32 instead"
             )
-        model = read_source(ctx)
         artifact = Artifact("openvino", ctx.precision, ctx.out_dir, MAIN, sig)
         quantized: dict[str, Any] = {}
-        if ctx.precision in QUANTIZED:
+        if ctx.qat is not None and ctx.precision == "int8":
+            from kiln.targets.openvino.qat import nncf_qat
+
+            model, artifact.qat, artifact.reference = nncf_qat(ctx, ov)
+            _named(model, sig)
+            quantized = {"quantization": {"tool": "nncf (PyTorch quantization-aware training)", "weights": "int8"}}
+        else:
+            model = read_source(ctx)
+        if ctx.precision in QUANTIZED and artifact.qat is None:
             from kiln.targets.openvino.quantize import quantize
 
             model, quantized = quantize(ctx, model)  # a causal LM is compressed as the step graph

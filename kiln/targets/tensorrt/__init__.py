@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import ConfigError, TargetBuildError, UnavailableError
-from kiln.manifest import Execution
+from kiln.manifest import Execution, QatReport
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
 from kiln.targets.tensorrt.inspection import engine_flags, sparsity_log, summarize
 from kiln.targets.tensorrt.options import TensorRTOptions
@@ -52,6 +52,8 @@ from kiln.targets.tensorrt.toolchain import cuda_device, errors, import_tensorrt
 
 MAIN = "model.engine"
 PLAN = "plan.json"
+QAT_REPORT = "qat.json"  # quantization-aware training's report, when the Q/DQ ONNX came from it
+QAT_PROGRAM = "qat.pt2"  # and the trained program, which the engine must reproduce
 LAYERS = "engine-layers.json"
 TIMING_CACHE = ".trt-timing.cache"
 
@@ -222,8 +224,21 @@ class TensorRTTarget(Target):
                     f"tensorrt:{precision} needs calibration data for its Q/DQ model (TensorRT's implicit "
                     "calibration is deprecated); add a [calibration] section to the config"
                 )
-            recipe = recipe_for(precision, options.qdq_op_types, options.calibration_method)
-            prepare_qdq(ctx.export.onnx_path, ctx.out_dir, ctx.calibration.samples, recipe, ctx.tolerance)
+            if ctx.qat is not None and precision == "int8":
+                # Trained with fake quantization in the loop; its Q/DQ ONNX is the engine's source.
+                import torch
+
+                from kiln.targets.onnxruntime import qat_qdq
+
+                program, report = qat_qdq(ctx, ctx.out_dir / QDQ_ONNX, symmetric=True)
+                (ctx.out_dir / QAT_REPORT).write_text(report.model_dump_json(indent=2))
+                torch.export.save(program, str(ctx.out_dir / QAT_PROGRAM))  # the gate's parity reference
+                placement = {"from": "PT2E quantization-aware training (X86InductorQuantizer patterns)"}
+                qdq = {"recipe": "qat, symmetric int8", "placement": placement, "parity_vs_fp32": None}
+                (ctx.out_dir / "qdq.json").write_text(json.dumps(qdq, indent=2))
+            else:
+                recipe = recipe_for(precision, options.qdq_op_types, options.calibration_method)
+                prepare_qdq(ctx.export.onnx_path, ctx.out_dir, ctx.calibration.samples, recipe, ctx.tolerance)
         if plan.sparse:
             check_2of4(ctx.export.onnx_path).write(ctx.out_dir)
         (ctx.out_dir / PLAN).write_text(json.dumps(asdict(plan), indent=2))
@@ -260,6 +275,15 @@ class TensorRTTarget(Target):
         return self._artifact(ctx, plan, record)
 
     def _artifact(self, ctx: CompileContext, plan: EnginePlan, record: BuildRecord) -> Artifact:
+        artifact = self._described(ctx, plan, record)
+        if (ctx.out_dir / QAT_REPORT).is_file():
+            import torch
+
+            artifact.qat = QatReport.model_validate_json((ctx.out_dir / QAT_REPORT).read_text())
+            artifact.reference = torch.export.load(str(ctx.out_dir / QAT_PROGRAM)).module()
+        return artifact
+
+    def _described(self, ctx: CompileContext, plan: EnginePlan, record: BuildRecord) -> Artifact:
         version, device, cache = record.version, record.device, record.cache
         summary = summarize(record.layers)
         log = sparsity_log(record.messages)

@@ -1,4 +1,6 @@
-"""Accuracy recovery after pruning: fine-tuning, optionally distilled from the unpruned model.
+"""Fine-tuning with ``[recovery]``: after pruning, to distil a teacher into the model being built,
+and for quantization-aware training (fake quantization in the loop); optionally distilled from a
+teacher (the unpruned or float model, or ``[recovery].teacher``).
 
 ``[recovery].source`` is a callable yielding ``(inputs, target)`` training batches (inputs as for
 evaluation: a dict by input name, a tuple or one array); it is called again for every epoch, so
@@ -19,15 +21,32 @@ from typing import Any
 from kiln.config import RecoveryConfig
 from kiln.data import as_array, as_inputs
 from kiln.errors import DataError
-from kiln.prune.common import first_output
 from kiln.sources import load_callable
 from kiln.spec import Signature
 
 Progress = Callable[[str], None]
+Mode = Callable[[Any], Any]
+
+
+def first_output(out: Any) -> Any:
+    """The model's first output tensor (the one losses and distillation read)."""
+    from kiln.tensors import flatten_outputs
+
+    _, values = flatten_outputs(out)
+    return values[0]
+
+
+def _train(module: Any) -> Any:
+    return module.train()
+
+
+def _eval(module: Any) -> Any:
+    return module.eval()
 
 
 class Recovery:
-    """Fine-tunes a pruned module on the recovery data; one instance per :func:`prune_model`."""
+    """Fine-tunes a module on the recovery data (distilled from ``teacher`` when given); one
+    instance per pruning, distillation or quantization-aware training run."""
 
     def __init__(
         self, config: RecoveryConfig, sig: Signature, root: Path, teacher: Any, progress: Progress = lambda _: None
@@ -92,8 +111,15 @@ class Recovery:
             distill = F.mse_loss(student, teacher)
         return alpha * distill + (1 - alpha) * task
 
-    def fit(self, module: Any, epochs: int | None = None, label: str = "recovery") -> dict[str, Any]:
-        """Train ``module`` in place for ``epochs`` (the config's by default); returns the figures."""
+    def fit(
+        self,
+        module: Any,
+        epochs: int | None = None,
+        label: str = "recovery",
+        modes: tuple[Mode, Mode] = (_train, _eval),
+    ) -> dict[str, Any]:
+        """Train ``module`` in place for ``epochs`` (the config's by default); returns the figures.
+        ``modes`` switch it to training and back (an exported graph has its own functions)."""
         import torch
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -110,7 +136,7 @@ class Recovery:
             TextColumn("epochs · loss {task.fields[loss]}"),
             TimeElapsedColumn(),
         )
-        module.train()
+        modes[0](module)
         with (
             torch.enable_grad(),
             Progress(*columns, console=Console(stderr=True), transient=True) as bar,
@@ -131,6 +157,6 @@ class Recovery:
                 losses.append(total / seen)
                 bar.advance(task)
                 self.progress(f"{label}: epoch {epoch + 1}/{epochs}, loss {losses[-1]:.4f}")
-        module.eval()
+        modes[1](module)
         self.epochs_run += epochs
         return {"epochs": epochs, "loss_first": round(losses[0], 6), "loss_final": round(losses[-1], 6)}
