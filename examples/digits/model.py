@@ -56,40 +56,6 @@ class DigitsCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-class DepthwiseCNN(nn.Module):
-    """A MobileNet-style depthwise-separable CNN: 3x3 depthwise convolutions (one filter per
-    channel) and 1x1 pointwise ones, each with batch norm and ReLU6. Folding batch norm into a
-    depthwise filter scales each channel by its own factor, so the channels' weight ranges differ
-    widely: what per-tensor weight quantization loses on (qat.toml)."""
-
-    def __init__(self, width: int = 8) -> None:
-        super().__init__()
-
-        def separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
-            return [
-                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin),
-                nn.BatchNorm2d(cin),
-                nn.ReLU6(),
-                nn.Conv2d(cin, cout, 1),
-                nn.BatchNorm2d(cout),
-                nn.ReLU6(),
-            ]
-
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU6(),
-            *separable(width, 2 * width, 1),
-            *separable(2 * width, 2 * width, 2),
-            *separable(2 * width, 4 * width, 1),
-            nn.AdaptiveAvgPool2d(1),
-        )
-        self.classifier = nn.Linear(4 * width, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
-
-
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = EPOCHS, seed: int = SEED) -> nn.Module:
     torch.manual_seed(seed)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
@@ -137,18 +103,6 @@ def member_seed1() -> nn.Module:
 def member_narrow() -> nn.Module:
     """An ensemble member: a narrower CNN (16 channels at the first layer), its own seed."""
     return _member(16, 2)
-
-
-@cache
-def _depthwise() -> DepthwiseCNN:
-    torch.manual_seed(SEED)
-    x, y, _, _ = _split()
-    return train(DepthwiseCNN(), x, y)
-
-
-def build_depthwise() -> nn.Module:
-    """The depthwise-separable CNN of qat.toml, trained like build()'s."""
-    return _depthwise()
 
 
 def student() -> nn.Module:

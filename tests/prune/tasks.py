@@ -16,9 +16,10 @@ CLASSES, FEATURES = 4, 16
 
 
 @cache
-def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((CLASSES, FEATURES)).astype(np.float32) * 1.2
+def _data(seed: int = 0, spread: float = 1.2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train x, train y, test x, test y): blobs whose centres are ``spread`` apart (closer: harder)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CLASSES, FEATURES)).astype(np.float32) * spread
     y = rng.integers(0, CLASSES, 1200)
     x = (centres[y] + rng.standard_normal((len(y), FEATURES))).astype(np.float32)
     return x[:800], y[:800], x[800:], y[800:]

@@ -1,5 +1,6 @@
 """Tiny models and data for the technique tests (ensembles, distillation, QAT): four Gaussian
-blobs in 16 dimensions with real labels, MLPs trained on them in well under a second.
+blobs in 16 dimensions with real labels (the pruning tests' generator, harder), MLPs trained on
+them in well under a second.
 
 Factories are referenced from generated kiln.toml files as ``<this file>:<name>``.
 """
@@ -13,32 +14,20 @@ import numpy as np
 import torch
 from torch import nn
 
-CLASSES, FEATURES = 4, 16
+from tests.prune import tasks as blobs
+from tests.prune.tasks import CLASSES, FEATURES, BlobsMLP
 
 
-@cache
 def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)
-    centres = rng.standard_normal((CLASSES, FEATURES)).astype(np.float32) * 0.9
-    y = rng.integers(0, CLASSES, 1200)
-    x = (centres[y] + rng.standard_normal((len(y), FEATURES))).astype(np.float32)
-    return x[:800], y[:800], x[800:], y[800:]
-
-
-class MLP(nn.Module):
-    def __init__(self, hidden: int = 32) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+    """The pruning tests' blobs, closer together: hard enough that members differ and an
+    ensemble of them beats its weakest."""
+    return blobs._data(seed=1, spread=0.9)
 
 
 @cache
-def _trained(hidden: int, seed: int, steps: int = 40) -> MLP:
+def _trained(hidden: int, seed: int, steps: int = 40) -> BlobsMLP:
     torch.manual_seed(seed)
-    model = MLP(hidden)
+    model = BlobsMLP(hidden)
     x, y, _, _ = _data()
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -68,7 +57,7 @@ def teacher() -> nn.Module:
 
 def student() -> nn.Module:
     torch.manual_seed(4)
-    return MLP(8).eval()  # untrained: distillation trains it
+    return BlobsMLP(8).eval()  # untrained: distillation trains it
 
 
 def other_inputs() -> nn.Module:

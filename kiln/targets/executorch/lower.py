@@ -64,7 +64,12 @@ def quantize_static(ctx: CompileContext, program: Any, options: ExecuTorchOption
 
     def quantizer(is_qat: bool) -> Any:
         made = xnn.XNNPACKQuantizer()
-        made.set_global(xnn.get_symmetric_quantization_config(is_per_channel=options.per_channel, is_qat=is_qat))
+        config = xnn.get_symmetric_quantization_config(is_per_channel=options.per_channel, is_qat=is_qat)
+        if is_qat:
+            from kiln.quant.qat import histogram_ranges
+
+            config = histogram_ranges(config)
+        made.set_global(config)
         return made
 
     qat = None

@@ -62,18 +62,7 @@ def nncf_qat(ctx: CompileContext, ov: Any) -> tuple[Any, QatReport, Any]:
             model = ov.convert_model(quantized, example_input=samples[0])
     except Exception as err:
         raise _failed(err) from err
-    report = QatReport(
-        path=QAT_NNCF,
-        epochs=figures["epochs"],
-        loss_first=figures["loss_first"],
-        loss_final=figures["loss_final"],
-        lr=setup.recovery.lr,
-        distilled_from=setup.distilled_from(),
-        ptq_metric=ptq_metric,
-        qat_metric=qat_metric,
-        seconds=round(time.perf_counter() - start, 2),
-    )
-    return model, report, quantized
+    return model, setup.report(QAT_NNCF, figures, (ptq_metric, qat_metric), start), quantized
 
 
 EXTENSION_TIMEOUT = 900  # seconds NNCF may take to compile its C++ quantizer extension
