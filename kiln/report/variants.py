@@ -73,6 +73,11 @@ LEGEND = (
 )
 
 
+def _metric(value: float | None) -> str:
+    """Four decimals: QAT and PTQ of an int8 model differ in the third."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 QAT_COLUMNS = ("artifact", "eager metric", "PTQ (PyTorch)", "QAT (PyTorch)", "artifact metric", "QAT's gain")
 
 
@@ -89,10 +94,10 @@ def qat_rows(results: Results, batch: int) -> list[list[str]]:
         out.append(
             [
                 cell.key,
-                fmt.num(acc.eager if acc else None),
-                fmt.num(cell.ptq_metric),
-                fmt.num(cell.qat_metric),
-                fmt.num(acc.value if acc else None),
+                _metric(acc.eager if acc else None),
+                _metric(cell.ptq_metric),
+                _metric(cell.qat_metric),
+                _metric(acc.value if acc else None),
                 "-" if gain is None else f"{gain:+.4f}",
             ]
         )
