@@ -49,7 +49,9 @@ def print_summary(config: KilnConfig, results: list[TargetResult], out: Path) ->
             parity, metric = _verdict(m.gate), _metric(m.gate)
         table.add_row(
             r.target.name,
-            r.target.precision + (f" {r.target.prune.slug}" if r.target.prune else ""),
+            r.target.precision
+            + (f" {r.target.prune.slug}" if r.target.prune else "")
+            + (f" (member {r.target.member})" if r.target.member else ""),
             (m.execution.execution_precision if m else None) or "-",
             r.status,
             parity,

@@ -20,7 +20,7 @@ from tests.prune.tasks import blobs_mlp
     [
         ({"method": "channel", "amount": 1.5}, "target.0.prune.amount"),
         ({"method": "channel", "amount": 0}, "target.0.prune.amount"),
-        ({"method": "random", "amount": 0.3}, "target.0.prune.method"),
+        ({"method": "lottery", "amount": 0.3}, "target.0.prune.method"),
         ({"method": "channel", "steps": 0}, "target.0.prune.steps"),
     ],
 )
