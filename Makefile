@@ -21,8 +21,11 @@ demo: $(STAMP)
 	$(KILN) targets
 	$(KILN) build examples/digits/kiln.toml
 
+# Two pytest-xdist workers; a module (or a folder with session fixtures) is one unit of work
+# (tests/conftest.py: work_unit).
+TEST_JOBS ?= 2
 test: $(STAMP) chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_JOBS) --durations=15
 
 # The inner loop: everything but the tests that build real artifacts or train (under 3 minutes).
 test-fast: $(STAMP)

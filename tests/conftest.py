@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,43 @@ def _target_of(item: pytest.Item) -> tuple[str, str | None, str] | None:
     if stage not in ("prepare", "build", "run"):
         raise pytest.UsageError(f"{item.nodeid}: stage must be prepare, build or run, got {stage!r}")
     return name, marker.kwargs.get("precision", values.get("precision")), stage
+
+
+# Folders whose conftest has session fixtures that build or start servers: under pytest-xdist
+# (`make test` runs two workers) each folder is one unit of work, so those fixtures run once and
+# its Ray clusters one at a time; elsewhere a module is one unit (its module-scoped builds once).
+ONE_WORKER_FOLDERS = ("bench", "fleet", "ship")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to under pytest-xdist: its module, or its folder when
+    that is one of ONE_WORKER_FOLDERS."""
+    module = nodeid.split("::")[0]
+    parts = module.split("/")
+    if len(parts) > 2 and parts[0] == "tests" and parts[1] in ONE_WORKER_FOLDERS:
+        return "/".join(parts[:2])
+    return module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n N`` hands out whole work units (:func:`work_unit`), largest first. (xdist's own
+    ``--dist loadgroup`` relies on rewriting ``item._nodeid``, which pytest 9 no longer has.)"""
+    if config.getvalue("dist") not in ("load", "loadscope"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnits(config, log)
+
+
+def interruptible() -> None:
+    """A ``preexec_fn`` for a child a test sends SIGINT: pytest-xdist workers ignore SIGINT, and
+    a child would inherit that (Python installs no KeyboardInterrupt handler when it is ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import MODELS
+from tests.conftest import MODELS, interruptible
 
 KILN = [sys.executable, "-m", "kiln.cli"]
 
@@ -252,6 +252,7 @@ def test_ctrl_c_exits_130_keeps_nothing_half_written_and_the_next_build_succeeds
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list((out / "cnn").glob(".tmp-aoti-fp32-*")):

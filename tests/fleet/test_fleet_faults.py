@@ -16,7 +16,7 @@ import pytest
 
 from kiln.fleet.runner import FleetOptions, run_fleet
 from kiln.fleet.store import Store
-from tests.conftest import skip_unless
+from tests.conftest import interruptible, skip_unless
 from tests.fleet.conftest import tiny_suite
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -73,6 +73,7 @@ def test_ctrl_c_cancels_the_fleet_and_publishes_nothing_half_done(tmp_path: Path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     try:
         found = _lease_of(store, "cnn:aoti-fp32", time.monotonic() + 240)
