@@ -309,6 +309,9 @@ class BenchSettings(_Strict):
     rounds: Annotated[int, Field(ge=1)] = 6
     max_rounds: Annotated[int, Field(ge=1)] | None = Field(None, exclude_if=lambda v: v is None)
     ci_target: Annotated[float, Field(gt=0)] | None = Field(None, exclude_if=lambda v: v is None)
+    # A wall-clock budget per batch for the adaptive rounds: once a batch's rounds have run this
+    # many seconds, no more are added (the first ``rounds`` always run). ``None``: no budget.
+    max_seconds: Annotated[float, Field(gt=0)] | None = Field(None, exclude_if=lambda v: v is None)
     # A cell whose coefficient of variation (std / mean) exceeds this is flagged unstable.
     cv_threshold: Annotated[float, Field(gt=0)] = 0.10
     # Causal LMs only (resolved for them, left out otherwise): greedy generations from seeded

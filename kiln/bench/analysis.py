@@ -93,7 +93,7 @@ def _flag_timing(cell: MeasuredCell, ci_target: float | None) -> None:
         if half > ci_target:
             cell.flags.append(
                 f"wide interval: the speed-up is {value:.2f}x [{low:.2f}-{high:.2f}], +-{half:.1%} after "
-                f"{cell.rounds} rounds, over the +-{ci_target:.1%} target; quiet the machine or raise --rounds"
+                f"{cell.rounds} rounds, over the +-{ci_target:.1%} target; quiet the machine, or raise max_rounds or max_seconds"
             )
 
 

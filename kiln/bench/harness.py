@@ -13,6 +13,7 @@ becomes an error cell; the run goes on.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,7 @@ def run_cells(
         by_key = {plan.key: plan for plan in plans}
         items = batch * (settings.requests if settings.mode == "throughput" else 1)
         try:
-            r, active = 0, list(live)
+            r, active, started = 0, list(live), time.monotonic()
             while active:
                 for key in active if r % 2 == 0 else reversed(active):
                     progress(f"batch {batch}: round {r + 1}/{_of(r, settings)}: {key}")
@@ -158,7 +159,8 @@ def run_cells(
                         continue
                     _add(timings, answer, items, settings)
                 r += 1
-                active = continuing({k: t.figures for k, t in live.items()}, r, settings)
+                spent = time.monotonic() - started
+                active = continuing({k: t.figures for k, t in live.items()}, r, settings, spent)
             for key, timings in live.items():
                 try:
                     peak_rss = timings.worker.stop().peak_rss_bytes

@@ -3,8 +3,10 @@
 Every live cell is timed in the first ``rounds`` rounds. After that, a cell whose speed-up
 interval (:func:`kiln.bench.stats.ratio_interval` over its per-round ratios to eager) is wider
 than +-``ci_target`` gets another round, together with eager (its ratios need eager's rounds), up
-to ``max_rounds``; the others stop, so a quiet cell costs no more time than before. Pure
-functions of the per-round figures, so the rule is tested on synthetic rounds.
+to ``max_rounds`` or until the batch's rounds have run ``max_seconds`` (a budget, so a noisy
+machine cannot stretch a suite without end); the others stop, so a quiet cell costs no more time
+than before. Pure functions of the per-round figures and the time spent, so the rule is tested on
+synthetic rounds.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ def interval(baseline: Sequence[float], cell: Sequence[float], mode: str) -> Rat
     return ratio_interval(ratios) if ratios else None
 
 
-def continuing(figures: Mapping[str, Sequence[float]], done: int, settings: BenchSettings) -> list[str]:
+def continuing(
+    figures: Mapping[str, Sequence[float]], done: int, settings: BenchSettings, spent: float = 0.0
+) -> list[str]:
     """The cells (keys of ``figures``, the per-round figures of each live cell, in their order)
-    to time in the next round, after ``done`` rounds; ``[]`` ends the batch."""
+    to time in the next round, after ``done`` rounds that took ``spent`` seconds; ``[]`` ends
+    the batch."""
     assert settings.max_rounds is not None and settings.ci_target is not None  # resolved
     if done < settings.rounds:
         return list(figures)
-    if done >= settings.max_rounds or BASELINE not in figures:
+    if done >= settings.max_rounds or BASELINE not in figures or out_of_time(spent, settings):
         return []
     base = figures[BASELINE]
     wide = []
@@ -41,3 +46,8 @@ def continuing(figures: Mapping[str, Sequence[float]], done: int, settings: Benc
         if found is not None and found.half_width > settings.ci_target:
             wide.append(key)
     return [BASELINE, *wide] if wide else []
+
+
+def out_of_time(spent: float, settings: BenchSettings) -> bool:
+    """Whether a batch's rounds have used up the ``max_seconds`` budget (never, without one)."""
+    return settings.max_seconds is not None and spent >= settings.max_seconds

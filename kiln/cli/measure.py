@@ -39,6 +39,12 @@ from kiln.errors import ConfigError
 @click.option("--min-iters", type=click.IntRange(min=1), help="Timed runs per cell, over all rounds.")
 @click.option("--warmup-seconds", type=click.FloatRange(min=0), help="Warm-up seconds per cell and round.")
 @click.option("--rounds", type=click.IntRange(min=1), help="Interleaved rounds over the targets.")
+@click.option("--max-rounds", type=click.IntRange(min=1), help="At most this many rounds for a wide interval.")
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="No more adaptive rounds once a batch's rounds have run this long.",
+)
 @click.option(
     "--prompt-tokens",
     metavar="32,128,...",
@@ -73,6 +79,8 @@ def bench(
     min_iters: int | None,
     warmup_seconds: float | None,
     rounds: int | None,
+    max_rounds: int | None,
+    max_seconds: float | None,
     prompt_tokens: str | None,
     new_tokens: int | None,
     generations: int | None,
@@ -95,6 +103,8 @@ def bench(
         "min_iters": min_iters,
         "warmup_seconds": warmup_seconds,
         "rounds": rounds,
+        "max_rounds": max_rounds,
+        "max_seconds": max_seconds,
         "prompt_tokens": _batches(prompt_tokens, "--prompt-tokens"),
         "new_tokens": new_tokens,
         "generations": generations,

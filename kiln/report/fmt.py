@@ -181,7 +181,8 @@ def adaptive(results: Results) -> str:
     s = results.settings
     if s.max_rounds is None or s.ci_target is None:
         return ""
+    budget = f", or {s.max_seconds:g} s of rounds per batch" if s.max_seconds is not None else ""
     return (
-        f", then more rounds (up to {s.max_rounds}) for each cell whose speed-up interval was wider than "
-        f"+-{s.ci_target:.1%}, with eager"
+        f", then more rounds (up to {s.max_rounds}{budget}) for each cell whose speed-up interval was wider "
+        f"than +-{s.ci_target:.1%}, with eager"
     )

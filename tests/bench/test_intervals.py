@@ -122,15 +122,25 @@ def test_rounds_stop_at_the_cap_or_without_eager() -> None:
     assert continuing({"onnxruntime-fp32": [1.0, 2.0] * 4}, 8, SETTINGS) == []
 
 
+def test_the_time_budget_ends_the_adaptive_rounds_but_never_the_first() -> None:
+    budget = SETTINGS.model_copy(update={"max_seconds": 30.0})
+    wide = {"eager-fp32": [4.0, 5.0] * 4, "onnxruntime-fp32": [1.0, 1.5] * 4}
+    assert continuing(wide, 8, budget, spent=29.0) == ["eager-fp32", "onnxruntime-fp32"]
+    assert continuing(wide, 8, budget, spent=30.0) == []
+    first = {k: v[:3] for k, v in wide.items()}
+    assert continuing(first, 3, budget, spent=300.0) == list(first)
+    assert continuing(wide, 8, SETTINGS, spent=1e6) == ["eager-fp32", "onnxruntime-fp32"]
+
+
 # A worker speaking the harness's protocol with the timings its artifact's name asks for:
 # "<ms>-<noise>" answers 20 samples a round at ms milliseconds, each round drifting by noise
-# (log-normal, seeded by the name). It tests the harness's rounds, not any runtime.
+# (log-normal, seeded by the name, so every run draws the same rounds). It tests the harness's rounds, not any runtime.
 SCRIPTED = textwrap.dedent(
     """
     import json, math, random, sys, os
     spec = json.loads(sys.stdin.readline())
     ms, noise = (float(v) for v in os.path.basename(spec["artifact"]).split("-"))
-    rng = random.Random(spec["artifact"])
+    rng = random.Random(os.path.basename(spec["artifact"]))
     def answer(msg):
         sys.stdout.write(json.dumps(msg) + "\\n"); sys.stdout.flush()
     answer({"event": "ready", "load_s": 0, "import_s": 0, "first_ms": ms, "rss_before_load_bytes": 0, "info": {},
@@ -159,12 +169,21 @@ def test_harness_adds_rounds_only_where_the_interval_is_wide(tmp_path: Path) -> 
     assert (eager.rounds, tight.rounds, wide.rounds) == (12, 6, 12)
     assert tight.speedup_rounds is not None and len(tight.speedup_rounds) == 6
     assert tight.speedup_ci_low is not None and tight.speedup_ci_high is not None
-    assert tight.speedup_ci_low <= 4.0 <= tight.speedup_ci_high and tight.speedup_ci_high / tight.speedup_ci_low < 1.01
+    assert (
+        tight.speedup_ci_low < 4.02
+        and tight.speedup_ci_high > 3.98
+        and tight.speedup_ci_high / tight.speedup_ci_low < 1.01
+    )
     assert wide.speedup_ci_level is not None and wide.speedup_ci_level >= 0.95
     assert tight.threading is not None and tight.threading.env == {"OMP_WAIT_POLICY": "PASSIVE"}
     flagged = enrich(list(cells.values()), {}, {}, None, 0.1, settings.ci_target)
     assert any(f.startswith("wide interval") for f in flagged[2].flags)
     assert not any(f.startswith("wide interval") for f in flagged[1].flags)
+
+    # A spent budget stops the adaptive rounds: the wide cell gets the first six and no more.
+    spent = settings.model_copy(update={"max_seconds": 1e-6})
+    cells = {c.key: c for c in run_cells(plans, spent, launch=Launch((sys.executable, str(script))))}
+    assert {c.rounds for c in cells.values() if isinstance(c, MeasuredCell)} == {6}
 
 
 def _with_interval():
