@@ -1,6 +1,7 @@
 """A real cluster on this machine: ``ray start --head`` (no kiln resources: it serves no kiln
 task) and a ``kiln node`` worker, each a subprocess stopped by its own pid at the end; the
-fleet runs every task on the kiln node. Token auth is Ray's default: ~/.ray/auth_token."""
+fleet runs every task on the kiln node, and when that node leaves mid-build, the tasks it would
+have run are reported, not left pending. Token auth is Ray's default: ~/.ray/auth_token."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from kiln.fleet.store import Store
+from tests.conftest import skip_unless
 from tests.fleet.conftest import tiny_suite
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -44,8 +49,10 @@ def _nodes(address: str, env: dict[str, str]) -> int:
     return sum(1 for line in run.stdout.splitlines() if line.strip().startswith("1 node_"))
 
 
-def test_a_kiln_node_joins_a_head_and_serves_the_fleet(tmp_path: Path) -> None:
-    pytest.importorskip("ray")
+@contextmanager
+def _cluster(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A head serving no kiln task and one ``kiln node`` of kind "worker" joined to it: the
+    head's address and the node's process; both stopped by their own pids at the end."""
     port = _free_port()
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
@@ -70,6 +77,17 @@ def test_a_kiln_node_joins_a_head_and_serves_the_fleet(tmp_path: Path) -> None:
         while _nodes(address, env) < 2 and time.monotonic() < deadline:
             time.sleep(1)
         assert _nodes(address, env) == 2, (logs / "node.log").read_text()[-2000:]
+        yield address, node
+    finally:
+        for proc in (node, head):
+            if proc is not None:
+                _stop(proc)
+    assert head.returncode is not None and (node is None or node.returncode is not None)
+
+
+def test_a_kiln_node_joins_a_head_and_serves_the_fleet(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    with _cluster(tmp_path) as (address, _):
         suite = tiny_suite(tmp_path, [{"name": "eager"}, {"name": "onnxruntime"}])
         out = tmp_path / "out"
 
@@ -90,8 +108,43 @@ def test_a_kiln_node_joins_a_head_and_serves_the_fleet(tmp_path: Path) -> None:
         }
         assert [r["kind"] for r in fleet["runs"]] == ["worker"]
         assert len(fleet["nodes"]) == 2  # the head advertises nothing of kiln's: the worker did it all
-    finally:
-        for proc in (node, head):
-            if proc is not None:
-                _stop(proc)
-    assert head.returncode is not None and (node is None or node.returncode is not None)
+
+
+def test_a_node_that_leaves_mid_build_has_its_tasks_reported_not_left_pending(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    skip_unless("aoti")  # a build of seconds: the node leaves while it compiles
+    with _cluster(tmp_path) as (address, node):
+        suite = tiny_suite(tmp_path, [{"name": "eager"}, {"name": "aoti"}])
+        out = tmp_path / "out"
+        store = Store(out / "store")
+        driver = subprocess.Popen(
+            [str(BIN / "kiln"), "fleet", str(suite), f"--address={address}", f"--out={out}", "--retries=1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            building = None
+            while building is None and time.monotonic() < deadline and driver.poll() is None:
+                building = next(
+                    (k for k, ls in store.leases().items() for lease in ls if "aoti" in lease.get("task", "")), None
+                )
+                time.sleep(0.1)
+            assert building is not None, "the aoti build never started"
+            _stop(node)  # the only node that serves kiln tasks leaves the live cluster
+            _, err = driver.communicate(timeout=180)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+
+        assert "Traceback" not in err, err[-3000:]
+        fleet = json.loads((out / "results.json").read_text())
+        stages = {s["id"]: s for s in fleet["stages"]}
+        assert stages["cnn:export"]["status"] == "built"
+        for left in ("cnn:aoti-fp32", "cnn:bench@worker"):
+            assert stages[left]["status"] in ("skipped", "failed"), stages[left]
+        assert "the nodes that could serve it left" in stages["cnn:aoti-fp32"]["reason"]
+        assert fleet["runs"] == []  # no bench ran without its node
+        assert store.ref(building) is None  # the build it left was not published half-done
+        assert "cnn:aoti-fp32" in (out / "report.md").read_text()
