@@ -110,7 +110,7 @@ def test_a_kiln_node_joins_a_head_and_serves_the_fleet(tmp_path: Path) -> None:
         assert len(fleet["nodes"]) == 2  # the head advertises nothing of kiln's: the worker did it all
 
 
-def test_a_node_that_leaves_mid_build_has_its_tasks_reported_not_left_pending(tmp_path: Path) -> None:
+def test_a_node_that_leaves_has_its_pending_tasks_reported_and_publishes_nothing_half_done(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     skip_unless("aoti")  # a build of seconds: the node leaves while it compiles
     with _cluster(tmp_path) as (address, node):
@@ -142,9 +142,15 @@ def test_a_node_that_leaves_mid_build_has_its_tasks_reported_not_left_pending(tm
         fleet = json.loads((out / "results.json").read_text())
         stages = {s["id"]: s for s in fleet["stages"]}
         assert stages["cnn:export"]["status"] == "built"
-        for left in ("cnn:aoti-fp32", "cnn:bench@worker"):
-            assert stages[left]["status"] in ("skipped", "failed"), stages[left]
-        assert "the nodes that could serve it left" in stages["cnn:aoti-fp32"]["reason"]
-        assert fleet["runs"] == []  # no bench ran without its node
-        assert store.ref(building) is None  # the build it left was not published half-done
-        assert "cnn:aoti-fp32" in (out / "report.md").read_text()
+        # The bench was still waiting for its builds: no live node serves it, so it is reported.
+        bench = stages["cnn:bench@worker"]
+        assert bench["status"] == "skipped" and "the nodes that could serve it left" in bench["reason"], err[-3000:]
+        assert fleet["runs"] == []
+        # The build it was running either finished before the node went (Ray lets a stopping node
+        # finish its running task) and is published whole, or was cut off and published nothing.
+        aoti = stages["cnn:aoti-fp32"]
+        if aoti["status"] == "built":
+            store.fetch(building, tmp_path / "check")  # every file is there and matches its commit
+        else:
+            assert store.ref(building) is None
+        assert "cnn:bench@worker" in (out / "report.md").read_text()
