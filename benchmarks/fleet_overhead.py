@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     sequential = {}
     for config_path, config in suite.configs:
-        run = BenchRun(targets=tuple(targets), overrides=suite.settings, out=work / "seq")
+        run = BenchRun(targets=tuple(targets), overrides=suite.overrides(config.model.name), out=work / "seq")
         sequential[config.model.name], _ = bench(config_path, run, progress=log)
     seq_s = time.perf_counter() - start
 

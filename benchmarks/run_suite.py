@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,21 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarize", action="store_true", help="only re-render report.md from the last run")
     args = parser.parse_args(argv)
 
-    from pydantic import ValidationError
-
     from kiln.bench.run import BenchRun, bench
     from kiln.config import BenchSettings
     from kiln.errors import KilnError
+    from kiln.fleet.suite import load_suite
     from kiln.hardware import fingerprint
     from kiln.report import load_results
     from kiln.report.console import print_results
 
-    suite = tomllib.loads(args.suite.read_text())
-    given = {**suite.get("settings", {}), **({"min_seconds": args.min_seconds} if args.min_seconds else {})}
-    try:
-        overrides = BenchSettings.model_validate(given)  # only the keys given override each [bench]
-    except ValidationError as err:
-        raise SystemExit(f"{args.suite} [settings]: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from err
+    try:  # the one reader of suite files, kiln fleet's too
+        suite = load_suite(args.suite, tuple(args.only))
+    except KilnError as err:
+        print(f"kiln: error: {err}", file=sys.stderr)
+        return err.exit_code
+    cli = BenchSettings(min_seconds=args.min_seconds) if args.min_seconds else BenchSettings()
     folder = args.results / fingerprint().id
     folder.mkdir(parents=True, exist_ok=True)
     if args.summarize:
@@ -142,26 +140,18 @@ def main(argv: list[str] | None = None) -> int:
         runs = [load_results(folder / name / "results.json") for name in meta["models"]]
         (folder / "report.md").write_text(summary(runs, meta["failures"], meta["seconds"], meta.get("skipped")))
         return 0
-    runs, failures, skipped, start = [], [], [], time.perf_counter()
-    for entry in suite["model"]:
-        config = (args.suite.parent / entry["config"]).resolve()
-        name = tomllib.loads(config.read_text())["model"]["name"]
-        if args.only and name not in args.only:
-            continue
-        needed = entry.get("requires")
-        if needed and not (args.suite.parent / needed).exists():
-            why = f"{name}: skipped, {(args.suite.parent / needed).resolve()} is missing ({entry.get('requires_hint', '')})"
-            skipped.append(why)
-            print(f"== {why}", file=sys.stderr, flush=True)
-            continue
-        print(f"== {name} ({config})", file=sys.stderr, flush=True)
+    runs, failures, start = [], [], time.perf_counter()
+    skipped = [f"{name}: {why}" for name, why in suite.skipped]
+    for why in skipped:
+        print(f"== {why}", file=sys.stderr, flush=True)
+    for config_path, config in suite.configs:
+        name = config.model.name
+        print(f"== {name} ({config_path})", file=sys.stderr, flush=True)
+        entry = suite.entries[name]
+        mine = suite.overrides(name).merged(cli)
+        run = BenchRun(targets=tuple(entry.targets), overrides=mine, out=args.out, report_dir=folder / name)
         try:
-            mine = overrides.merged(BenchSettings.model_validate(entry.get("settings", {})))
-        except ValidationError as err:
-            raise SystemExit(f"{args.suite} [[model]] {name} settings: {err.errors()[0]['msg']}") from err
-        run = BenchRun(overrides=mine, out=args.out, report_dir=folder / name)
-        try:
-            results, _ = bench(config, run, progress=lambda msg, n=name: print(f"   {n}: {msg}", file=sys.stderr))
+            results, _ = bench(config_path, run, progress=lambda msg, n=name: print(f"   {n}: {msg}", file=sys.stderr))
         except KilnError as err:
             failures.append(f"{name}: {err}")
             print(f"kiln: error: {name}: {err}", file=sys.stderr)

@@ -312,6 +312,10 @@ class BenchSettings(_Strict):
     # A wall-clock budget per batch for the adaptive rounds: once a batch's rounds have run this
     # many seconds, no more are added (the first ``rounds`` always run). ``None``: no budget.
     max_seconds: Annotated[float, Field(gt=0)] | None = Field(None, exclude_if=lambda v: v is None)
+    # A round in which the hypervisor took more than this share of the CPUs' time (a VM's steal,
+    # from /proc/stat) is dropped for every cell in it and timed again, at most ``max_rounds``
+    # times per batch; the cells record how many were dropped. ``None``: every round counts.
+    max_round_steal: Annotated[float, Field(gt=0, lt=1)] | None = Field(None, exclude_if=lambda v: v is None)
     # A cell whose coefficient of variation (std / mean) exceeds this is flagged unstable.
     cv_threshold: Annotated[float, Field(gt=0)] = 0.10
     # Causal LMs only (resolved for them, left out otherwise): greedy generations from seeded

@@ -199,6 +199,10 @@ class MeasuredCell(CellBase):
     rounds: Annotated[int, Field(ge=1)] | None = _reported()  # interleaved rounds this cell was timed in
     stalls: Stalls | None = _reported()
     threading: Threading | None = _reported()
+    # The hypervisor's share of the CPUs' time (steal) in each round this cell kept, in round
+    # order, and the rounds dropped for steal over ``max_round_steal`` (not in any figure).
+    round_steal: list[Annotated[float, Field(ge=0, le=1)]] | None = _reported()
+    rounds_dropped: Annotated[int, Field(ge=0)] | None = _reported()
 
 
 class FailedCell(CellBase):

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from kiln.bench.generation import fitting_prompts, generation_figures
+from kiln.bench.load import snapshot, steal_between
 from kiln.bench.process import DEFAULT_LAUNCH, Launch, WorkerFailed, WorkerProcess
 from kiln.bench.protocol import CellSpec, GenerationSpec, RoundAnswer, RoundCommand
-from kiln.bench.rounds import BASELINE, continuing
+from kiln.bench.rounds import BASELINE, continuing, too_stolen
 from kiln.bench.stats import ratio_interval, round_figure, round_ratios, stalls, summarize
 from kiln.config import BenchSettings
 from kiln.manifest import Manifest
@@ -55,6 +56,8 @@ class _Timings:
     ttft: dict[int, list[float]] = field(default_factory=dict)  # generative cells, per prompt length
     itl: dict[int, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    steal: list[float | None] = field(default_factory=list)  # per kept round (None off Linux)
+    dropped: int = 0  # rounds timed, then dropped for the hypervisor's steal
 
 
 def _identity(plan: CellPlan, batch: int, settings: BenchSettings) -> dict[str, Any]:
@@ -145,20 +148,32 @@ def run_cells(
         by_key = {plan.key: plan for plan in plans}
         items = batch * (settings.requests if settings.mode == "throughput" else 1)
         try:
-            r, active, started = 0, list(live), time.monotonic()
+            r, dropped, active, started = 0, 0, list(live), time.monotonic()
             while active:
+                answers: dict[str, RoundAnswer] = {}
+                before = snapshot()
                 for key in active if r % 2 == 0 else reversed(active):
                     progress(f"batch {batch}: round {r + 1}/{_of(r, settings)}: {key}")
                     timings = live[key]
                     try:
-                        answer = timings.worker.round(first if r == 0 else later)
+                        answers[key] = timings.worker.round(first if r == dropped == 0 else later)
                     except WorkerFailed as err:
                         done[key] = _failed(by_key[key], batch, settings, "error", str(err))
                         timings.worker.close()
                         del live[key]
-                        continue
-                    _add(timings, answer, items, settings)
-                r += 1
+                stolen = steal_between(before, snapshot())
+                if too_stolen(stolen, dropped, settings):
+                    assert stolen is not None
+                    dropped += 1
+                    progress(f"batch {batch}: round {r + 1} dropped: the hypervisor took {stolen:.1%} (steal)")
+                    for key, answer in answers.items():
+                        live[key].warmup_iters += answer.warmup_iters
+                        live[key].dropped += 1
+                else:
+                    for key, answer in answers.items():
+                        _add(live[key], answer, items, settings)
+                        live[key].steal.append(stolen)
+                    r += 1
                 spent = time.monotonic() - started
                 active = continuing({k: t.figures for k, t in live.items()}, r, settings, spent)
             for key, timings in live.items():
@@ -230,4 +245,6 @@ def _measured(plan: CellPlan, batch: int, settings: BenchSettings, timings: _Tim
         rounds=len(timings.figures),
         stalls=stalls(timings.seconds),
         threading=ready.threading,
+        round_steal=[round(v, 4) for v in timings.steal] if None not in timings.steal else None,  # type: ignore[misc]
+        rounds_dropped=timings.dropped if settings.max_round_steal is not None else None,
     )

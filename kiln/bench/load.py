@@ -59,15 +59,22 @@ def snapshot() -> CpuSnapshot:
     return CpuSnapshot(time.monotonic(), busy, steal, total, own, load_average())
 
 
+def steal_between(before: CpuSnapshot, after: CpuSnapshot) -> float | None:
+    """The hypervisor's share of every CPU's time between two snapshots (``None`` off Linux, or
+    when no tick passed: /proc/stat counts in 1/``SC_CLK_TCK`` s)."""
+    if before.total is None or after.total is None or after.total <= before.total:
+        return None
+    assert before.steal is not None and after.steal is not None
+    return min(1.0, max(0.0, (after.steal - before.steal) / (after.total - before.total)))
+
+
 def machine_load(before: CpuSnapshot, after: CpuSnapshot) -> MachineLoad:
     """The load between two snapshots taken around the timed cells."""
     wall = after.wall - before.wall
-    other = steal = None
+    other = None
     if before.busy is not None and after.busy is not None and wall > 0:
         other = max(0.0, (after.busy - before.busy) - (after.own - before.own)) / wall
-    if before.total is not None and after.total is not None and after.total > before.total:
-        assert before.steal is not None and after.steal is not None
-        steal = (after.steal - before.steal) / (after.total - before.total)
+    steal = steal_between(before, after)
     return MachineLoad(
         load_average_before=before.load,
         load_average_after=after.load,

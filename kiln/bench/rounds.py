@@ -5,7 +5,8 @@ interval (:func:`kiln.bench.stats.ratio_interval` over its per-round ratios to e
 than +-``ci_target`` gets another round, together with eager (its ratios need eager's rounds), up
 to ``max_rounds`` or until the batch's rounds have run ``max_seconds`` (a budget, so a noisy
 machine cannot stretch a suite without end); the others stop, so a quiet cell costs no more time
-than before. Pure functions of the per-round figures and the time spent, so the rule is tested on
+than before. With ``max_round_steal``, a round in which the hypervisor took more of the CPUs than
+that (steal) is dropped for every cell in it and timed again (:func:`too_stolen`). Pure functions of the per-round figures and the time spent, so the rule is tested on
 synthetic rounds.
 """
 
@@ -51,3 +52,13 @@ def continuing(
 def out_of_time(spent: float, settings: BenchSettings) -> bool:
     """Whether a batch's rounds have used up the ``max_seconds`` budget (never, without one)."""
     return settings.max_seconds is not None and spent >= settings.max_seconds
+
+
+def too_stolen(steal: float | None, dropped: int, settings: BenchSettings) -> bool:
+    """Whether a round the hypervisor took ``steal`` of the CPUs' time in is dropped, after
+    ``dropped`` rounds of its batch were: above ``max_round_steal``, while fewer than
+    ``max_rounds`` were dropped (so a VM stolen from all the time still ends; its rounds then
+    count, and their steal is on record)."""
+    assert settings.max_rounds is not None  # resolved
+    limit = settings.max_round_steal
+    return limit is not None and steal is not None and steal > limit and dropped < settings.max_rounds

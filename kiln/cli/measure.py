@@ -46,6 +46,11 @@ from kiln.errors import ConfigError
     help="No more adaptive rounds once a batch's rounds have run this long.",
 )
 @click.option(
+    "--max-round-steal",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    help="Drop and re-time a round in which the hypervisor took more than this share of the CPUs (steal).",
+)
+@click.option(
     "--prompt-tokens",
     metavar="32,128,...",
     help="Causal LMs: prompt lengths to time the first token after (default: [bench].prompt_tokens, else 32,128).",
@@ -81,6 +86,7 @@ def bench(
     rounds: int | None,
     max_rounds: int | None,
     max_seconds: float | None,
+    max_round_steal: float | None,
     prompt_tokens: str | None,
     new_tokens: int | None,
     generations: int | None,
@@ -105,6 +111,7 @@ def bench(
         "rounds": rounds,
         "max_rounds": max_rounds,
         "max_seconds": max_seconds,
+        "max_round_steal": max_round_steal,
         "prompt_tokens": _batches(prompt_tokens, "--prompt-tokens"),
         "new_tokens": new_tokens,
         "generations": generations,

@@ -126,6 +126,10 @@ def merge(
         if outcome.results is not None:
             results = Results.model_validate(outcome.results)
             runs.append(FleetRun(model=task.model, kind=task.kind or "?", host=outcome.host, results=results))
+    for model, why in suite.skipped:  # the suite's entries whose required files are missing
+        stages.append(
+            StageRecord(id=f"{model}:export", stage="export", model=model, key="", status="skipped", reason=why)
+        )
     for tid, (task, why) in plan.skipped.items():
         if task is None:
             stages.append(

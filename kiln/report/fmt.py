@@ -182,7 +182,12 @@ def adaptive(results: Results) -> str:
     if s.max_rounds is None or s.ci_target is None:
         return ""
     budget = f", or {s.max_seconds:g} s of rounds per batch" if s.max_seconds is not None else ""
+    steal = ""
+    if s.max_round_steal is not None:
+        dropped = sum(c.rounds_dropped or 0 for c in results.cells if isinstance(c, MeasuredCell))
+        steal = f"; a round in which the hypervisor took over {s.max_round_steal:.0%} (steal) was timed again"
+        steal += f" ({dropped} cell-rounds dropped)"
     return (
         f", then more rounds (up to {s.max_rounds}{budget}) for each cell whose speed-up interval was wider "
-        f"than +-{s.ci_target:.1%}, with eager"
+        f"than +-{s.ci_target:.1%}, with eager{steal}"
     )

@@ -15,7 +15,7 @@ import pytest
 from kiln.bench.analysis import enrich
 from kiln.bench.harness import CellPlan, run_cells
 from kiln.bench.process import Launch
-from kiln.bench.rounds import continuing
+from kiln.bench.rounds import continuing, too_stolen
 from kiln.bench.stats import ratio_interval, round_figure, round_ratios, stalls
 from kiln.config import BenchSettings
 from kiln.report import fmt
@@ -184,6 +184,67 @@ def test_harness_adds_rounds_only_where_the_interval_is_wide(tmp_path: Path) -> 
     spent = settings.model_copy(update={"max_seconds": 1e-6})
     cells = {c.key: c for c in run_cells(plans, spent, launch=Launch((sys.executable, str(script))))}
     assert {c.rounds for c in cells.values() if isinstance(c, MeasuredCell)} == {6}
+
+
+def test_a_stolen_round_is_dropped_until_max_rounds_were() -> None:
+    steal = SETTINGS.model_copy(update={"max_round_steal": 0.1})
+    assert too_stolen(0.2, 0, steal) and not too_stolen(0.1, 0, steal) and not too_stolen(None, 0, steal)
+    assert not too_stolen(0.2, steal.max_rounds, steal)  # a VM stolen from all the time still ends
+    assert not too_stolen(0.9, 0, SETTINGS)  # no threshold: every round counts
+
+
+def _scripted_steal(monkeypatch: pytest.MonkeyPatch, shares: list[float]) -> list[float]:
+    """The harness reads these steal shares for its rounds, in order (then the last forever)."""
+    import kiln.bench.harness as harness
+
+    seen: list[float] = []
+
+    def fake(_before: object, _after: object) -> float:
+        seen.append(shares[min(len(seen), len(shares) - 1)])
+        return seen[-1]
+
+    monkeypatch.setattr(harness, "steal_between", fake)
+    return seen
+
+
+def test_harness_drops_and_retimes_the_rounds_the_hypervisor_stole(tmp_path: Path, monkeypatch) -> None:
+    script = tmp_path / "scripted.py"
+    script.write_text(SCRIPTED)
+    plans = [
+        CellPlan("eager", "fp32", "eager-fp32", tmp_path / "4.0-0.001"),
+        CellPlan("onnxruntime", "fp32", "onnxruntime-fp32", tmp_path / "1.0-0.001"),
+    ]
+    base = SETTINGS.model_copy(update={"min_seconds": 0.01, "min_iters": 1, "threads": 1})
+    launch = Launch((sys.executable, str(script)))
+
+    # Without a threshold every round counts, and each cell records the steal of its rounds.
+    _scripted_steal(monkeypatch, [0.01, 0.3, 0.02])
+    cells = {c.key: c for c in run_cells(plans, base, launch=launch)}
+    fast = cells["onnxruntime-fp32"]
+    assert isinstance(fast, MeasuredCell) and fast.rounds == 6 and fast.rounds_dropped is None
+    assert fast.round_steal == [0.01, 0.3, 0.02, 0.02, 0.02, 0.02]
+
+    # With one, the stolen rounds are timed again: the same six kept rounds, two dropped.
+    steal = base.model_copy(update={"max_round_steal": 0.1})
+    seen = _scripted_steal(monkeypatch, [0.01, 0.3, 0.02, 0.25, 0.02])
+    cells = {c.key: c for c in run_cells(plans, steal, launch=launch)}
+    eager, fast = cells["eager-fp32"], cells["onnxruntime-fp32"]
+    assert isinstance(eager, MeasuredCell) and isinstance(fast, MeasuredCell)
+    assert len(seen) == 8 and (eager.rounds, fast.rounds) == (6, 6)
+    assert fast.rounds_dropped == eager.rounds_dropped == 2
+    assert fast.round_steal == [0.01, 0.02, 0.02, 0.02, 0.02, 0.02]
+    assert fast.speedup_rounds is not None and len(fast.speedup_rounds) == 6
+    assert fast.warmup_iters == 8  # the dropped rounds' warm-ups happened all the same
+    results = synthetic_results()
+    results.settings = results.settings.model_copy(update={"max_round_steal": 0.1})
+    results.cells = [eager, fast]
+    assert "over 10% (steal) was timed again (4 cell-rounds dropped)" in fmt.adaptive(results)
+
+    # Stolen from all the time: max_rounds rounds are dropped, then the rounds count.
+    _scripted_steal(monkeypatch, [0.5])
+    cells = {c.key: c for c in run_cells(plans, steal, launch=launch)}
+    fast = cells["onnxruntime-fp32"]
+    assert isinstance(fast, MeasuredCell) and fast.rounds == 6 and fast.rounds_dropped == steal.max_rounds
 
 
 def _with_interval():
