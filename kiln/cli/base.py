@@ -93,7 +93,38 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _one_line_usage(err: click.UsageError) -> click.UsageError:
+    """Make click's usage error (a bad flag value, an unknown option or command, a missing
+    argument) show as one line, like every other user error; its exit code stays 2. A bare
+    ``kiln`` still shows its help."""
+    if isinstance(err, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        return err
+
+    def show(file: Any = None) -> None:
+        where = err.ctx.command_path if err.ctx is not None else "kiln"
+        click.echo(f"kiln: error: {err.format_message().rstrip('.')}; see `{where} --help`", err=True)
+
+    err.show = show  # type: ignore[method-assign]
+    return err
+
+
+class _Group(click.Group):
+    """The ``kiln`` group: usage errors of the group and of its commands are one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as err:
+            raise _one_line_usage(err) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            raise _one_line_usage(err) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kiln")
 def main() -> None:
     """kiln: fire a PyTorch model into verified artifacts for every runtime."""

@@ -6,8 +6,9 @@ nodes, submit every task with its dependencies, watch them, and merge what comes
 - Tasks take their dependencies' outcomes as arguments, so Ray starts a build only after its
   export and a bench only after its builds. Ray re-runs a task whose worker died (``--retries``).
 - While tasks run, the driver re-checks the live nodes: a task no live node can serve any more
-  (its node left) is cancelled and reported; a task that is ready but that no node takes within
-  ``--pending-timeout`` (no lease in the store) is cancelled and reported too.
+  (its node left) is cancelled and reported; a task that is ready while the fleet makes no
+  progress for ``--pending-timeout`` (no task of it running, none ending) is cancelled and
+  reported too. A task queued behind running work waits as long as that work goes on.
 - Ctrl-C cancels every submitted task (force: their workers stop, nothing half-published), shuts
   an in-process cluster down and exits 130.
 """
@@ -140,6 +141,7 @@ class _Watch:
         self.refs: dict[str, Any] = {}  # task id -> ObjectRef
         self.outcomes: dict[str, Outcome] = {}
         self.ready_since: dict[str, float] = {}
+        self.last_progress = time.monotonic()  # when a task of this fleet last ran or ended
 
     def run(self) -> dict[str, Outcome]:
         ray = _ray()
@@ -193,6 +195,8 @@ class _Watch:
         if tid in self.outcomes:
             return
         self.outcomes[tid] = outcome
+        if outcome.host is not None:  # it ran: the fleet moved
+            self.last_progress = time.monotonic()
         where = f" on {outcome.host}" if outcome.host else ""
         why = f": {outcome.reason}" if outcome.reason else ""
         self.progress(f"{tid}: {outcome.status}{where} ({outcome.seconds:.1f} s){why}")
@@ -202,6 +206,8 @@ class _Watch:
         nodes = live_nodes()
         leased = self.store.leases()
         now = time.monotonic()
+        if any(self.plan.tasks[t].key in leased for t in self.refs if t not in self.outcomes):
+            self.last_progress = now  # a task of this fleet is running: the queue moves
         for tid, ref in self.refs.items():
             if tid in self.outcomes:
                 continue
@@ -212,9 +218,12 @@ class _Watch:
                 continue
             if all(d in self.outcomes or d not in self.refs for d in task.after):
                 since = self.ready_since.setdefault(tid, now)
-                if task.key not in leased and now - since > self.options.pending_timeout:
+                if stalled(since, self.last_progress, now, self.options.pending_timeout):
                     ray.cancel(ref, force=True)
-                    why = f"no node took it within --pending-timeout {self.options.pending_timeout:.0f} s"
+                    why = (
+                        f"no node took it within --pending-timeout {self.options.pending_timeout:.0f} s "
+                        "while no other task of the fleet ran"
+                    )
                     self._record(tid, Outcome(id=tid, status="skipped", reason=why))
 
     def _cancel(self, ray: Any) -> None:
@@ -224,3 +233,11 @@ class _Watch:
                     ray.cancel(ref, force=True)
                 except Exception:  # the cluster may be gone already: cancel the rest
                     continue
+
+
+def stalled(ready_since: float, last_progress: float, now: float, timeout: float) -> bool:
+    """Whether a task ready since ``ready_since`` has waited ``timeout`` seconds with the fleet
+    making no progress (``last_progress``: a task of it last running or ending). Waiting in a
+    queue behind running work is not stalling: on a 2-CPU cluster the last builds of a suite
+    start long after they became ready."""
+    return now - max(ready_since, last_progress) > timeout

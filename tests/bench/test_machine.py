@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from kiln.bench.load import CpuSnapshot, machine_load
+from kiln.bench.load import CpuSnapshot, machine_load, steal_between
 from kiln.bench.peak import Clock, cpu_clock, theoretical_peak
 from kiln.bench.worker import THREADING_ENV, threading_facts
 from kiln.report import fmt
@@ -64,6 +64,10 @@ def test_other_processes_cpu_time_is_the_machines_minus_kilns() -> None:
     assert load.steal_share == pytest.approx(0.01) and load.timed_seconds == 10.0
     assert "other processes kept 0.80 CPUs busy" in fmt.machine_load(synthetic_results(machine_load=load))
     assert "The machine was busy" in render_markdown(synthetic_results(machine_load=load))
+    assert steal_between(before, after) == pytest.approx(0.01)
+    assert steal_between(after, after) is None  # no tick passed: unknown, not zero
+    off_linux = CpuSnapshot(wall=1.0, busy=None, steal=None, total=None, own=0.0, load=None)
+    assert steal_between(off_linux, off_linux) is None
 
 
 def test_threading_facts_record_the_steering_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -163,6 +163,9 @@ CASES = [
     # --- other commands
     ("generate-not-built", {}, ["generate", "{tmp}", "--prompt", "hi"], 2),
     ("bench-nothing-built", {"build/cnn/.keep": ""}, ["bench", "{tmp}/build/cnn"], 2),
+    ("bench-steal-out-of-range", cnn(), ["bench", "{tmp}/kiln.toml", "--max-round-steal", "1.5"], 2),
+    ("unknown-command", {}, ["biuld", "{tmp}/kiln.toml"], 2),
+    ("missing-argument", {}, ["fleet"], 2),
     ("compare-missing", {}, ["compare", "{tmp}/a.json", "{tmp}/b.json"], 2),
     ("report-not-results", {"r.json": "{}"}, ["report", "{tmp}/r.json"], 2),
     ("export-bad-input-flag", {}, ["export", f"{MODELS}:tiny_cnn", "--input", "x:batch,3", "--dim", "batch=1"], 2),
