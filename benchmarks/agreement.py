@@ -16,11 +16,13 @@ import json
 import sys
 from pathlib import Path
 
+from kiln.report import results_in
+
 
 def speedups(run: Path) -> dict[tuple[str, str, int], dict]:
     """(model, key, batch) -> the cell, for every cell of the run with a speed-up."""
     found = {}
-    for results in sorted(run.glob("*/results.json")):
+    for results in results_in(run):
         doc = json.loads(results.read_text())
         for cell in doc["cells"]:
             if cell.get("status") == "ok" and cell.get("speedup_vs_eager") and cell["key"] != "eager-fp32":

@@ -19,6 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from kiln.report import results_in
+
 
 def _ranks(values: list[float]) -> list[float]:
     order = sorted(range(len(values)), key=values.__getitem__)
@@ -48,7 +50,7 @@ def spearman(x: list[float], y: list[float]) -> float | None:
 def rows(run: Path) -> list[dict]:
     """One row per model and batch: rounds, drops, steal and the steal-to-ratio correlation."""
     out = []
-    for results in sorted(run.glob("*/results.json")):
+    for results in results_in(run):
         doc = json.loads(results.read_text())
         limit = doc.get("settings", {}).get("max_round_steal")
         for batch in sorted({c["batch"] for c in doc["cells"]}):

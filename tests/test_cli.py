@@ -111,6 +111,14 @@ def test_doctor_prints_the_fingerprint() -> None:
     assert fp["toolchain"]["torch"].startswith("2.13")
 
 
+def test_doctor_says_whether_int8_saturates_here() -> None:
+    from kiln.quant.saturation import host_saturates
+
+    code, out = run("doctor")
+    assert code == 0 and "fingerprint:" in out
+    assert ("int8:      u8 x s8 kernels saturate" in out) is host_saturates()
+
+
 def test_export_writes_checked_onnx_and_program(tmp_path: Path) -> None:
     models = Path(__file__).parent / "models.py"
     out_dir = tmp_path / "b" / "cnn"

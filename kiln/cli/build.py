@@ -157,6 +157,7 @@ def doctor(as_json: bool) -> None:
     import json
 
     from kiln.hardware import fingerprint
+    from kiln.quant.saturation import host_saturates
 
     fp = fingerprint()
     if as_json:
@@ -166,6 +167,8 @@ def doctor(as_json: bool) -> None:
     gpus = "; ".join(f"{g.name} (driver {g.driver})" for g in fp.gpus) or "none"
     click.echo(f"cpu:       {fp.cpu} ({fp.arch})")
     click.echo(f"flags:     {flags}")
+    if host_saturates():
+        click.echo("int8:      u8 x s8 kernels saturate here (no VNNI): int8 builds use 7-bit weights")
     click.echo(f"cores:     {fp.physical_cores} physical, {fp.logical_cores} logical")
     click.echo(f"memory:    {fp.memory_gib} GiB")
     click.echo(f"gpu:       {gpus}")

@@ -214,12 +214,14 @@ def histogram_ranges(config: Any) -> Any:
     )
 
 
-def x86_quantizer(is_qat: bool) -> Any:
+def x86_quantizer(is_qat: bool, reduce_range: bool = False) -> Any:
     """torchao's x86 quantizer in its default configuration: uint8 activations per tensor,
-    int8 weights per channel (what AOTInductor fuses, and ONNX Runtime's preferred U8S8)."""
+    int8 weights per channel (what AOTInductor fuses, and ONNX Runtime's preferred U8S8);
+    ``reduce_range``: activations in 0..127, so u8 x s8 pairs cannot saturate an int16
+    (:mod:`kiln.quant.saturation`)."""
     x86 = load_torchao("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "PT2E quantization", INSTALL)
     quantizer = x86.X86InductorQuantizer()
-    config = x86.get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    config = x86.get_default_x86_inductor_quantization_config(is_qat=is_qat, reduce_range=reduce_range)
     quantizer.set_global(histogram_ranges(config) if is_qat else config)
     return quantizer
 

@@ -43,6 +43,20 @@ def load_results(path: Path) -> Results:
     return parse_results(data, str(path))
 
 
+def results_in(folder: Path) -> list[Path]:
+    """The ``*/results.json`` of a suite run folder that are benchmark results (``kiln.results/*``),
+    in name order; a fleet's ``results.json`` (``kiln.fleet/1``) beside them is not one."""
+    found = []
+    for path in sorted(folder.glob(f"*/{RESULTS}")):
+        try:
+            schema_id = json.loads(path.read_text()).get("schema", "")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if str(schema_id).startswith("kiln.results/"):
+            found.append(path)
+    return found
+
+
 def write_reports(results: Results, out_dir: Path, html: bool = True, with_results: bool = True) -> list[Path]:
     """Write ``results.json`` (unless re-rendering it), ``report.md`` and (optionally)
     ``report.html``; returns the paths."""

@@ -15,13 +15,15 @@ from click.testing import CliRunner
 from kiln.bench.analysis import enrich
 from kiln.cli import main
 from kiln.errors import ConfigError
-from kiln.report import load_results, parse_results, schema
+from kiln.report import load_results, parse_results, results_in, schema
 from kiln.report.console import print_results
 from kiln.report.markdown import render_markdown
 from kiln.results import FailedCell, MeasuredCell, MeasuredPeak, Peak, Results, TheoreticalPeak
 from tests.bench.synthetic import cell, latency, manifest, synthetic_results
 
-COMMITTED = sorted(Path(__file__).resolve().parents[2].glob("benchmarks/results/*/*/results.json"))
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+COMMITTED = [path for machine in sorted(RESULTS_DIR.iterdir()) if machine.is_dir() for path in results_in(machine)]
+FLEETS = sorted(RESULTS_DIR.glob("*/fleet/results.json"))
 
 
 def test_schema_file_is_generated_from_the_models() -> None:
@@ -70,6 +72,31 @@ def test_committed_results_rerender_and_compare(path: Path, tmp_path: Path) -> N
     assert (tmp_path / "report.md").read_text().startswith(f"# kiln benchmark: {path.parent.name}")
     assert "<svg" in (tmp_path / "report.html").read_text()
     assert CliRunner().invoke(main, ["compare", str(path), str(copy)]).exit_code == 0
+
+
+def test_every_committed_results_file_is_either_benchmark_or_fleet_results() -> None:
+    every = sorted(RESULTS_DIR.glob("*/*/results.json"))
+    assert every and sorted(COMMITTED + FLEETS) == every
+
+
+@pytest.mark.parametrize("path", FLEETS, ids=lambda p: p.parents[1].name)
+def test_committed_fleet_results_load_unchanged_and_rerender(path: Path) -> None:
+    from kiln.fleet.report import load_fleet, render_markdown
+
+    raw = json.loads(path.read_text())
+    fleet = load_fleet(path)
+    assert fleet.model_dump(mode="json", by_alias=True) == raw
+    page = render_markdown(fleet)
+    assert page.startswith("# kiln fleet") and all(f"## {run.model}" in page for run in fleet.runs)
+
+
+def test_a_suite_folder_lists_benchmark_results_only(tmp_path: Path) -> None:
+    for name, doc in (("a", synthetic_results().to_json()), ("fleet", {"schema": "kiln.fleet/1"}), ("b", [])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(doc))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text("{not json")
+    assert results_in(tmp_path) == [tmp_path / "a" / "results.json"]
 
 
 def test_committed_results_of_one_machine_compare_with_each_other() -> None:

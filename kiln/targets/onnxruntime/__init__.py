@@ -71,14 +71,19 @@ class ORTTarget(Target):
             shutil.copyfile(ctx.export.onnx_path, artifact.main)
             artifact.info.execution_precision = "fp32"
         elif ctx.qat is not None:
-            program, artifact.qat = qat_qdq(ctx, artifact.main, symmetric=False)
+            from kiln.quant.saturation import decide
+
+            reduce_range, why = decide(ctx.options.reduce_range)
+            program, artifact.qat = qat_qdq(ctx, artifact.main, symmetric=False, reduce_range=reduce_range)
             artifact.reference = program.module()
             artifact.info.execution_precision = "int8"
             artifact.info.quantization = {
                 "tool": "torchao PT2E quantization-aware training, exported as Q/DQ ONNX",
                 "format": "QDQ (the session fuses Q/DQ pairs into integer kernels)",
                 "weights": "int8 symmetric per-channel",
-                "activations": "uint8 per tensor",
+                "activations": "uint8 per tensor, 7-bit range (reduce_range)" if reduce_range else "uint8 per tensor",
+                "reduce_range": reduce_range,
+                "reduce_range_why": why,
             }
         else:
             from kiln.targets.onnxruntime.quantize import executed_precision, quantize
@@ -93,16 +98,20 @@ class ORTTarget(Target):
         return ORTRunner(artifact.main, artifact.signature, options, artifact.info.execution_precision or "fp32")
 
 
-def qat_qdq(ctx: CompileContext, dest: Path, symmetric: bool) -> tuple[Any, Any]:
+def qat_qdq(ctx: CompileContext, dest: Path, symmetric: bool, reduce_range: bool = False) -> tuple[Any, Any]:
     """Quantization-aware training on the float model, the trained program exported to ``dest``
     as a Q/DQ ONNX (also TensorRT's, with ``symmetric`` activations); returns the trained
-    program (quantize/dequantize pairs) and the QAT report."""
+    program (quantize/dequantize pairs) and the QAT report. ``reduce_range``: 7-bit uint8
+    activations, for a CPU whose int8 kernels saturate (not with ``symmetric``)."""
+    import functools
+
     from kiln.quant.qat import pt2e_qat, qdq_onnx, symmetric_quantizer, x86_quantizer
     from kiln.targets import QAT_QDQ, QAT_QDQ_SYMMETRIC
 
     assert ctx.qat is not None
     sig, opset = ctx.export.signature, ctx.export.opset or 20
-    quantizer, path = (symmetric_quantizer, QAT_QDQ_SYMMETRIC) if symmetric else (x86_quantizer, QAT_QDQ)
+    x86 = functools.partial(x86_quantizer, reduce_range=reduce_range)
+    quantizer, path = (symmetric_quantizer, QAT_QDQ_SYMMETRIC) if symmetric else (x86, QAT_QDQ)
     program, report = pt2e_qat(ctx.qat, sig, ctx.require_qat_data(), quantizer, path)
     qdq_onnx(program, sig, dest, opset)
     return program, report

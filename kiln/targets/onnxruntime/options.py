@@ -23,6 +23,9 @@ class ORTOptions(TargetOptions):
     op_types: list[str] | None = None
     # Quantize MatMuls fed by a GELU (int8); None: not in attention graphs (outlier channels).
     quantize_after_gelu: bool | None = None
+    # int8 / int8-dynamic: 7-bit weights; None: where the build host has no VNNI int8 dot product,
+    # on which full-range u8 x s8 products saturate (kiln.quant.saturation).
+    reduce_range: bool | None = None
     # int4 (weight-only MatMulNBits): weights in blocks of block_size along the input width K.
     block_size: int = 128  # 16, 32, 64, 128 or 256 (what ORT's MLAS block quantizer takes)
     symmetric: bool = True  # no zero points

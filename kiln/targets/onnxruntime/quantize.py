@@ -4,7 +4,8 @@ Toolchain: onnxruntime 1.31 (``onnxruntime.quantization``, ``onnxruntime.transfo
 
 - ``int8``: ``quant_pre_process`` (shape inference + ONNX optimizations), then ``quantize_static``
   in QDQ format, per-channel int8 weights, uint8 activations; calibration method from
-  ``options.calibration_method`` (``minmax`` default, ``entropy``, ``percentile``). The
+  ``options.calibration_method`` (``minmax`` default, ``entropy``, ``percentile``); 7-bit weights
+  (``reduce_range``) where the build host's int8 kernels saturate (:mod:`kiln.quant.saturation`). The
   calibration reader and pre-processing are shared with TensorRT's Q/DQ (:mod:`kiln.quant.ort`).
 - ``int8-dynamic``: ``quantize_dynamic`` (int8 weights, activation ranges computed per run). On
   convolutions this takes the ``ConvInteger`` path, measured 2.7x *slower* than fp32 on a Zen 4
@@ -24,6 +25,7 @@ from typing import Any
 from kiln.errors import ConfigError, KilnWarning, TargetBuildError
 from kiln.quant import require_calibration
 from kiln.quant.ort import SampleReader, preprocess
+from kiln.quant.saturation import decide
 from kiln.targets.base import CompileContext
 from kiln.targets.onnxruntime.options import ORTOptions
 
@@ -68,6 +70,7 @@ def _static(ctx: CompileContext, pre: Path, dest: Path) -> dict[str, Any]:
     )
     method = options.calibration_method
     per_channel = True if options.per_channel is None else options.per_channel
+    reduce_range, why = decide(options.reduce_range)
     extra: dict[str, Any] = {}
     if method == "percentile":
         extra["CalibPercentile"] = options.percentile
@@ -91,13 +94,16 @@ def _static(ctx: CompileContext, pre: Path, dest: Path) -> dict[str, Any]:
         extra_options=extra,
         op_types_to_quantize=chosen,
         nodes_to_exclude=excluded,
+        reduce_range=reduce_range,
     )
     return {
         "execution_precision": "int8",
         "quantization": {
             "tool": "onnxruntime.quantize_static",
             "format": "QDQ",
-            "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+            "weights": _weights(per_channel, reduce_range),
+            "reduce_range": reduce_range,
+            "reduce_range_why": why,
             "activations": "uint8",
             "calibration_method": method,
             "attention_detected": attention,
@@ -107,6 +113,11 @@ def _static(ctx: CompileContext, pre: Path, dest: Path) -> dict[str, Any]:
         },
         "notes": notes,
     }
+
+
+def _weights(per_channel: bool, reduce_range: bool) -> str:
+    scales = "per-channel" if per_channel else "per-tensor"
+    return f"int8 {scales}, 7-bit range (reduce_range)" if reduce_range else f"int8 {scales}"
 
 
 def has_attention(path: Path) -> bool:
@@ -187,14 +198,22 @@ def _dynamic(ctx: CompileContext, pre: Path, dest: Path) -> dict[str, Any]:
         )
         warnings.warn(note, SlowQuantizationWarning, stacklevel=2)
         notes.append(note)
+    reduce_range, why = decide(options.reduce_range)
     quantize_dynamic(
-        str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=chosen
+        str(pre),
+        str(dest),
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        op_types_to_quantize=chosen,
+        reduce_range=reduce_range,
     )
     return {
         "execution_precision": "int8-dynamic",
         "quantization": {
             "tool": "onnxruntime.quantize_dynamic",
-            "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+            "weights": _weights(per_channel, reduce_range),
+            "reduce_range": reduce_range,
+            "reduce_range_why": why,
             "activations": "uint8, ranges computed per run",
             "attention_detected": attention,
             "op_types": chosen or "all supported",

@@ -219,10 +219,19 @@ class OpenVINOTarget(Target):
         quantized: dict[str, Any] = {}
         if ctx.qat is not None and ctx.precision == "int8":
             from kiln.targets.openvino.qat import nncf_qat
+            from kiln.targets.openvino.quantize import overflow_fix
 
             model, artifact.qat, artifact.reference = nncf_qat(ctx, ov)
             _named(model, sig)
-            quantized = {"quantization": {"tool": "nncf (PyTorch quantization-aware training)", "weights": "int8"}}
+            fix, why = overflow_fix(ctx.options.overflow_fix)
+            quantized = {
+                "quantization": {
+                    "tool": "nncf (PyTorch quantization-aware training)",
+                    "weights": "int8",
+                    "overflow_fix": fix,
+                    "overflow_fix_why": why,
+                }
+            }
         else:
             model = read_source(ctx)
         if ctx.precision in QUANTIZED and artifact.qat is None:

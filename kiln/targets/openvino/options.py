@@ -38,6 +38,10 @@ class OpenVINOOptions(TargetOptions):
     fast_bias_correction: bool = True
     range_estimator: Literal["minmax", "nncf"] = "minmax"
     accuracy_control: bool = True  # with [evaluation] and [gates].max_metric_drop
+    # NNCF's overflow fix (half the weight range); None: "enable" where the build host has no VNNI
+    # int8 dot product (full-range products saturate there: kiln.quant.saturation), else NNCF's
+    # "first_layer".
+    overflow_fix: Literal["enable", "first_layer", "disable"] | None = None
     # int8-weights (None: int8_asym) and int4 (None: int4_asym for a causal LM, else int4_sym)
     mode: Literal["int8_asym", "int8_sym", "int4_sym", "int4_asym"] | None = None
     # int4. group_size None: 128 for a causal LM, else 64; -1 is one group per output channel.

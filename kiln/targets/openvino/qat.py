@@ -22,6 +22,7 @@ from typing import Any
 from kiln.errors import TargetBuildError
 from kiln.manifest import QatReport
 from kiln.targets.base import CompileContext
+from kiln.targets.openvino.quantize import advanced, overflow_fix
 
 
 def nncf_qat(ctx: CompileContext, ov: Any) -> tuple[Any, QatReport, Any]:
@@ -40,6 +41,7 @@ def nncf_qat(ctx: CompileContext, ov: Any) -> tuple[Any, QatReport, Any]:
     _check_stale_lock()
     import nncf
 
+    fix = overflow_fix(ctx.options.overflow_fix)[0]
     start = time.perf_counter()
     float_model = copy.deepcopy(setup.module).eval()
     samples = [tuple(to_tensors(sig, sample)) for sample in calibration.samples]
@@ -50,6 +52,7 @@ def nncf_qat(ctx: CompileContext, ov: Any) -> tuple[Any, QatReport, Any]:
             nncf.Dataset(samples),
             subset_size=len(samples),
             preset=nncf.QuantizationPreset.MIXED,
+            advanced_parameters=advanced(fix),
         )
     except Exception as err:  # NNCF raises its own and plain errors alike
         raise _failed(err) from err

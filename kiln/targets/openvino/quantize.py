@@ -11,6 +11,10 @@ Toolchain: nncf 3.4 with openvino 2026.4.
   all-MiniLM-L6-v2 (embedding cosine 0.9980 both) and digits (top-1 unchanged, parity cosine
   0.9999 vs 0.999), while NNCF's average saturated a small MLP with batch-1 calibration (min
   cosine 0.918 vs 0.9997 with minmax).
+- ``options.overflow_fix``: NNCF's fix for int8 kernels that saturate (7-bit weights). kiln
+  sets ``"enable"`` (every Conv and MatMul) where the build host has no VNNI int8 dot product,
+  since NNCF's default (``"first_layer"``) left a two-layer MLP at cosine 0.91 on an AVX2-only
+  host (:mod:`kiln.quant.saturation`); elsewhere NNCF's default stands.
 - With an evaluation set and ``[gates].max_metric_drop``: ``nncf.quantize_with_accuracy_control``
   keeps the layers that cost most accuracy in floating point until the drop fits, measured with
   kiln's own metric (``options.accuracy_control = false`` turns it off).
@@ -102,13 +106,8 @@ def _quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     if kind == "transformer":
         args["model_type"] = nncf.ModelType.TRANSFORMER
     estimator = options.range_estimator
-    if estimator == "minmax":
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-        args["advanced_parameters"] = AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
-        )
+    fix, why = overflow_fix(options.overflow_fix)
+    args["advanced_parameters"] = advanced(fix, minmax=estimator == "minmax")
     dataset = _dataset(calibration.samples, names)
     info: dict[str, Any] = {
         "tool": "nncf.quantize",
@@ -116,6 +115,8 @@ def _quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
         "attention_detected": detected,
         "preset": preset,
         "range_estimator": estimator,
+        "overflow_fix": fix,
+        "overflow_fix_why": why,
         "calibration_samples": len(calibration.samples),
     }
     if options.accuracy_control and ctx.evaluation is not None and ctx.max_metric_drop is not None:
@@ -124,6 +125,27 @@ def _quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     else:
         quantized = nncf.quantize(model, dataset, **args)
     return quantized, {"execution_precision": "int8", "quantization": info, "notes": notes}
+
+
+def overflow_fix(option: str | None) -> tuple[str, str]:
+    """NNCF's overflow fix to use and why: the option, else ``enable`` on a saturating host."""
+    from kiln.quant.saturation import REASON, host_saturates
+
+    if option is not None:
+        return option, "set in options"
+    if host_saturates():
+        return "enable", REASON
+    return "first_layer", "NNCF's default (the build host has a VNNI int8 dot product)"
+
+
+def advanced(fix: str, minmax: bool = False) -> Any:
+    """NNCF's AdvancedQuantizationParameters with ``fix`` and, with ``minmax``, min/max ranges."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    extra = {"activations_range_estimator_params": RangeEstimatorParametersSet.MINMAX} if minmax else {}
+    nncf_fix = {"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER, "disable": OverflowFix.DISABLE}
+    return AdvancedQuantizationParameters(overflow_fix=nncf_fix[fix], **extra)
 
 
 def _with_accuracy_control(ctx: CompileContext, model: Any, dataset: Any, args: dict[str, Any]) -> Any:
