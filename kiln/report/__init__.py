@@ -44,15 +44,16 @@ def load_results(path: Path) -> Results:
 
 
 def results_in(folder: Path) -> list[Path]:
-    """The ``*/results.json`` of a suite run folder that are benchmark results (``kiln.results/*``),
-    in name order; a fleet's ``results.json`` (``kiln.fleet/1``) beside them is not one."""
+    """The ``*/results.json`` of a suite run folder that are benchmark results, in name order: a
+    JSON object of ``kiln.results/*`` (or naming no schema); a fleet's ``results.json``
+    (``kiln.fleet/1``) beside them is not one."""
     found = []
     for path in sorted(folder.glob(f"*/{RESULTS}")):
         try:
-            schema_id = json.loads(path.read_text()).get("schema", "")
+            schema_id = json.loads(path.read_text()).get("schema")
         except (OSError, ValueError, AttributeError):
             continue
-        if str(schema_id).startswith("kiln.results/"):
+        if schema_id is None or str(schema_id).startswith("kiln.results/"):
             found.append(path)
     return found
 

@@ -91,12 +91,18 @@ def test_committed_fleet_results_load_unchanged_and_rerender(path: Path) -> None
 
 
 def test_a_suite_folder_lists_benchmark_results_only(tmp_path: Path) -> None:
-    for name, doc in (("a", synthetic_results().to_json()), ("fleet", {"schema": "kiln.fleet/1"}), ("b", [])):
+    docs = (
+        ("a", synthetic_results().to_json()),
+        ("fleet", {"schema": "kiln.fleet/1"}),
+        ("b", []),
+        ("d", {"cells": []}),
+    )
+    for name, doc in docs:
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(doc))
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "results.json").write_text("{not json")
-    assert results_in(tmp_path) == [tmp_path / "a" / "results.json"]
+    assert results_in(tmp_path) == [tmp_path / "a" / "results.json", tmp_path / "d" / "results.json"]
 
 
 def test_committed_results_of_one_machine_compare_with_each_other() -> None:
