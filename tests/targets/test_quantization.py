@@ -21,6 +21,7 @@ from kiln.config import DataSpec, parse_config
 from kiln.data import digest_arrays, load_calibration
 from kiln.errors import ConfigError, DataError
 from kiln.quant import CalibrationWarning, require_calibration, warn_few_samples
+from kiln.quant.saturation import host_saturates
 from kiln.spec import Signature
 from kiln.targets import availability
 from tests.conftest import CNN, MODELS, write_config
@@ -287,7 +288,8 @@ def test_ort_int8_uses_the_calibration_method_from_options(cnn_build: dict[str, 
     _need("onnxruntime")
     quant = _manifest(cnn_build["results"]["onnxruntime-int8"])["execution"]["quantization"]
     assert quant["calibration_method"] == "entropy"
-    assert quant["format"] == "QDQ" and quant["weights"] == "int8 per-channel"
+    assert quant["format"] == "QDQ" and quant["weights"].startswith("int8 per-channel")
+    assert quant["reduce_range"] is host_saturates()  # 7-bit weights only where int8 saturates
 
 
 @pytest.mark.slow
