@@ -129,13 +129,12 @@ def _quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
 
 def overflow_fix(option: str | None) -> tuple[str, str]:
     """NNCF's overflow fix to use and why: the option, else ``enable`` on a saturating host."""
-    from kiln.quant.saturation import REASON, host_saturates
+    from kiln.quant.saturation import decide
 
     if option is not None:
         return option, "set in options"
-    if host_saturates():
-        return "enable", REASON
-    return "first_layer", "NNCF's default (the build host has a VNNI int8 dot product)"
+    applied, why = decide(None)
+    return ("enable" if applied else "first_layer"), why
 
 
 def advanced(fix: str, minmax: bool = False) -> Any:
