@@ -50,3 +50,22 @@ def test_the_winner_is_held_to_the_fastest_cell_that_passed_the_same_gate(tmp_pa
     assert slower.returncode == 1 and "slower" in slower.stdout
     results.write_text(json.dumps({"cells": []}))
     assert _run(tune, results).returncode == 2
+
+
+def test_the_verdict_rests_on_the_tunes_own_run_of_the_suites_best_configuration(tmp_path: Path) -> None:
+    tune_path, results = _files(tmp_path, winner_p50=2.5)  # slower than the suite's 2.0 across runs
+    tune = json.loads(tune_path.read_text())
+    winner = tune["candidates"][0]
+    winner["measurements"][0]["run"] = "05-final-t2"
+    same = {"id": "openvino-int8@t2", "artifact": "openvino-int8", "options": {}, "threads": 2,
+            "measurements": [{"run": "04-threads-t2", "p50_ms": 2.0}, {"run": "05-final-t2", "p50_ms": 3.0}]}  # fmt: skip
+    tune["candidates"].append(same)
+    tune_path.write_text(json.dumps(tune))
+    run = _run(tune_path, results)
+    assert run.returncode == 0, run.stdout  # the machine was slower in the tune's run: 3.0 / 2.5 in one run
+    assert "**1.20x** it" in run.stdout and "on the one run basis" in run.stdout
+    assert "Raw, across the two runs: 0.80x" in run.stdout
+    tune["winner"], tune["candidates"] = same["id"], [same]  # the winner is the suite's best configuration
+    tune_path.write_text(json.dumps(tune))
+    tie = _run(tune_path, results)
+    assert tie.returncode == 0 and "a tie by construction" in tie.stdout
