@@ -489,6 +489,9 @@ def quiet_toolchains() -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
     for name in COMMON_QUIET:
         logging.getLogger(name).setLevel(logging.ERROR)
+    from kiln.targets import base
+
+    base.QUIET = True
     block_imports()
 
 

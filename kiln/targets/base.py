@@ -9,6 +9,9 @@ in the benchmark harness, never in a target.
 from __future__ import annotations
 
 import abc
+import contextlib
+import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,6 +22,20 @@ from kiln.config import TargetConfig, Tolerance
 from kiln.errors import ConfigError
 from kiln.manifest import Execution, Manifest, QatReport
 from kiln.spec import Arrays, Signature
+
+QUIET = False  # set by kiln.targets.quiet_toolchains (every command but --verbose)
+
+
+@contextlib.contextmanager
+def toolchain_prints() -> Iterator[None]:
+    """Swallow what a toolchain call print()s to stdout (ONNX Runtime's calibrators narrate
+    every histogram), where a pipeline reads kiln's own output; kept under ``--verbose``."""
+    if not QUIET:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
 
 if TYPE_CHECKING:
     from kiln.data import CalibrationSet, EvaluationSet

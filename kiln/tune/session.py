@@ -14,6 +14,7 @@ from pathlib import Path
 from kiln.bench.run import BenchRun, bench
 from kiln.build import build, one_target, plan
 from kiln.config import BenchSettings, KilnConfig
+from kiln.isolate import IsolatedFailure, run_isolated
 from kiln.manifest import Manifest
 from kiln.results import Fingerprint, MeasuredCell
 from kiln.store import atomic_dir
@@ -130,15 +131,27 @@ def build_one(s: Session, variant: Variant) -> Candidate:
     manifest = Manifest.find(folder)
     if manifest is None or manifest.cache_key != key:
         s.progress(f"building {variant.id}")
-        result = build(one, s.settings.out, lambda msg: s.progress(f"{variant.id}: {msg}"))[0]
-        if result.manifest is None:
-            cand.status, cand.reason = "failed", f"build failed: {result.error}"
+        try:  # a child per build: toolchains keep what they load until their process ends
+            built, error = run_isolated(
+                build_in_child, one, s.settings.out, progress=lambda msg: s.progress(f"{variant.id}: {msg}")
+            )
+        except IsolatedFailure as err:
+            built, error = None, str(err)
+        if built is None:
+            cand.status, cand.reason = "failed", f"build failed: {error}"
             return cand
         with atomic_dir(folder) as tmp:
             shutil.copytree(s.model_dir / target.key, tmp, copy_function=_link_copy, dirs_exist_ok=True)
-        manifest = result.manifest
+        manifest = built
     _describe(cand, manifest)
     return cand
+
+
+def build_in_child(config: KilnConfig, out: Path, progress: Progress) -> tuple[Manifest | None, str | None]:
+    """One variant's build, in the child :func:`kiln.isolate.run_isolated` spawned: its manifest,
+    or why it failed."""
+    result = build(config, out, progress)[0]
+    return result.manifest, None if result.manifest is not None else str(result.error)
 
 
 def _describe(cand: Candidate, manifest: Manifest) -> None:

@@ -26,7 +26,7 @@ from kiln.errors import ConfigError, KilnWarning, TargetBuildError
 from kiln.quant import require_calibration
 from kiln.quant.ort import SampleReader, preprocess
 from kiln.quant.saturation import decide
-from kiln.targets.base import CompileContext
+from kiln.targets.base import CompileContext, toolchain_prints
 from kiln.targets.onnxruntime.options import ORTOptions
 
 
@@ -78,24 +78,25 @@ def _static(ctx: CompileContext, pre: Path, dest: Path) -> dict[str, Any]:
     chosen, attention = op_types(options, pre)
     keep_gelu = not attention if options.quantize_after_gelu is None else options.quantize_after_gelu
     excluded = [] if keep_gelu else after_gelu(pre)
-    quantize_static(
-        str(pre),
-        str(dest),
-        SampleReader(calibration.samples, names),
-        quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method={
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[method],
-        extra_options=extra,
-        op_types_to_quantize=chosen,
-        nodes_to_exclude=excluded,
-        reduce_range=reduce_range,
-    )
+    with toolchain_prints():
+        quantize_static(
+            str(pre),
+            str(dest),
+            SampleReader(calibration.samples, names),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[method],
+            extra_options=extra,
+            op_types_to_quantize=chosen,
+            nodes_to_exclude=excluded,
+            reduce_range=reduce_range,
+        )
     return {
         "execution_precision": "int8",
         "quantization": {
