@@ -181,6 +181,22 @@ def test_search_prunes_targets_whose_fp32_is_dominated(tmp_path: Path, monkeypat
     assert "onnxruntime-int8.calibration_method-entropy" in built
 
 
+def test_a_candidate_built_but_never_timed_is_not_tried_not_measured() -> None:
+    from kiln.tune.records import Candidate, Measurement
+
+    def cand(artifact: str, timed: bool) -> Candidate:
+        runs = [Measurement(run="01-float-t2", p50_ms=1.0, p90_ms=1.1, cv=0.1, throughput=1e3, unstable=False)]
+        return Candidate(
+            id=f"{artifact}@t2", artifact=artifact, target="openvino", precision="int8", options={}, threads=2,
+            requests=1, stage="options", status="measured", measurements=runs if timed else [],
+        )  # fmt: skip
+
+    timed, late = cand("openvino-int8", True), cand("openvino-int8.preset-mixed", False)
+    search._unmeasured([timed, late])
+    assert timed.status == "measured"
+    assert late.status == "not tried" and "budget ran out before it was measured" in (late.reason or "")
+
+
 # ---- reports and the written config ----
 
 

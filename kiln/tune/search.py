@@ -164,6 +164,14 @@ def _stage_final(s: Session) -> None:
             return
 
 
+def _unmeasured(cands: list[Candidate]) -> None:
+    """A candidate built and gated but never timed (the budget ran out first) is *not tried*,
+    not *measured*, so that no table counts it measured or ranks it without a figure."""
+    for cand in cands:
+        if cand.status == "measured" and not cand.measurements:
+            cand.status, cand.reason = "not tried", "built and gated, but the budget ran out before it was measured"
+
+
 def _check_batch(config: KilnConfig, batch: int) -> None:
     """The batch fits the model's batch dim, before anything is built."""
     first = config.model.inputs[0].shape[0] if config.model.inputs and config.model.inputs[0].shape else None
@@ -219,6 +227,7 @@ def tune(config_path: Path, settings: TuneSettings, progress: Progress = lambda 
         s.notes.append("interrupted: what was measured so far is kept")
         raise
     finally:
+        _unmeasured(s.candidates)
         best = pareto.mark(s.candidates, settings.objective)
         results = TuneResults(
             kiln_version=__version__,
