@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.manifest import Manifest
     from kiln.results import MeasuredCell
 
+    missing = [k for k in args.keys.split(",") if k and not (args.model_dir / k / "manifest.json").is_file()]
+    if missing:
+        print(f"twins: no built {', '.join(missing)} in {args.model_dir}; run kiln build first", file=sys.stderr)
+        return 2
     keys = [k for k in args.keys.split(",") if k]
     if BASELINE not in keys:
         keys.insert(0, BASELINE)
