@@ -145,7 +145,10 @@ class _Watch:
 
     def run(self) -> dict[str, Outcome]:
         ray = _ray()
-        remote = ray.remote(run_task)
+        # A fresh worker per task (max_calls=1): toolchains keep what a build loaded for the life
+        # of the process, and Ray reuses workers, so builds would pile up in one (as in kiln tune,
+        # where a ResNet-50 search grew to 24 GB in one process; see kiln.isolate).
+        remote = ray.remote(max_calls=1)(run_task)
         try:
             for task in self.plan.tasks.values():
                 upstream = [self.refs[d] for d in task.after if d in self.refs]
