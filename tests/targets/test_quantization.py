@@ -244,7 +244,11 @@ def test_static_int8_is_refused_without_calibration_while_dynamic_and_weight_onl
 def cnn_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("quant-cnn")
     targets = [
-        {"name": "onnxruntime", "precision": "int8", "options": {"calibration_method": "entropy"}},
+        {
+            "name": "onnxruntime",
+            "precision": "int8",
+            "options": {"calibration_method": "entropy", "calibration_chunk": 8},  # 4 passes of 8
+        },
         {"name": "onnxruntime", "precision": "int8-dynamic"},
         {"name": "onnxruntime", "precision": "fp16"},
         {"name": "openvino", "precision": "int8"},
@@ -288,6 +292,7 @@ def test_ort_int8_uses_the_calibration_method_from_options(cnn_build: dict[str, 
     _need("onnxruntime")
     quant = _manifest(cnn_build["results"]["onnxruntime-int8"])["execution"]["quantization"]
     assert quant["calibration_method"] == "entropy"
+    assert quant["calibration_chunk"] == 8  # the 32 samples went through in passes of 8
     assert quant["format"] == "QDQ" and quant["weights"].startswith("int8 per-channel")
     assert quant["reduce_range"] is host_saturates()  # 7-bit weights only where int8 saturates
 

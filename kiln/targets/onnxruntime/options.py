@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from kiln.quant.ort import CHUNK
 from kiln.targets.base import TargetOptions
 
 INT4_ONLY = ("block_size", "symmetric", "accuracy_level", "lm_head", "embeddings")
@@ -16,6 +17,9 @@ class ORTOptions(TargetOptions):
 
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # int8 (static)
     percentile: float = Field(99.999, ge=90.0, le=100.0)  # with calibration_method = "percentile"
+    # int8 (static): calibration samples per pass; ORT's calibrator holds every intermediate tensor
+    # of a pass, so memory grows with this, not with the calibration set (kiln.quant.ort.chunk_size).
+    calibration_chunk: int = Field(CHUNK, ge=1)
     # Per-channel weights; None: always for int8, for int8-dynamic only in attention graphs
     # (ORT 1.31's dynamic per-channel Gemm writes a wrong-axis scale on a CNN's head).
     per_channel: bool | None = None

@@ -24,7 +24,7 @@ from typing import Any
 
 from kiln.errors import ConfigError, KilnWarning, TargetBuildError
 from kiln.quant import require_calibration
-from kiln.quant.ort import SampleReader, preprocess
+from kiln.quant.ort import SampleReader, chunk_size, preprocess
 from kiln.quant.saturation import decide
 from kiln.targets.base import CompileContext, toolchain_prints
 from kiln.targets.onnxruntime.options import ORTOptions
@@ -74,6 +74,9 @@ def _static(ctx: CompileContext, pre: Path, dest: Path) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if method == "percentile":
         extra["CalibPercentile"] = options.percentile
+    chunk = chunk_size(len(calibration.samples), options.calibration_chunk)
+    if chunk is not None:
+        extra["CalibStridedMinMax"] = chunk  # ORT's name; its strided passes serve every method
     names = {i.name for i in onnx.load(str(pre), load_external_data=False).graph.input}
     chosen, attention = op_types(options, pre)
     keep_gelu = not attention if options.quantize_after_gelu is None else options.quantize_after_gelu
@@ -111,6 +114,7 @@ def _static(ctx: CompileContext, pre: Path, dest: Path) -> dict[str, Any]:
             "op_types": chosen or "all supported",
             "kept_fp32": excluded,
             "calibration_samples": len(calibration.samples),
+            "calibration_chunk": chunk or len(calibration.samples),
         },
         "notes": notes,
     }

@@ -91,10 +91,12 @@ def make_qdq(src: Path, dst: Path, samples: list[Arrays], recipe: QDQRecipe) -> 
         quantize_static,
     )
 
-    from kiln.quant.ort import SampleReader, preprocess  # shared with the ONNX Runtime target
+    from kiln.quant.ort import SampleReader, chunk_size, preprocess  # shared with the ONNX Runtime target
 
     reader = SampleReader(samples, set().union(*(s.keys() for s in samples)))
     qtype = QuantType.QInt8 if recipe.precision == "int8" else QuantType.QFLOAT8E4M3FN
+    chunk = chunk_size(len(samples))  # in passes of a few samples: memory bounded (see chunk_size)
+    strided = {} if chunk is None else {"CalibStridedMinMax": chunk}
     with tempfile.TemporaryDirectory(prefix="kiln-qdq-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         preprocess(src, pre)  # shape inference + folding, as the quantizer expects
@@ -116,6 +118,7 @@ def make_qdq(src: Path, dst: Path, samples: list[Arrays], recipe: QDQRecipe) -> 
                     "AddQDQPairToWeight": True,
                     "DedicatedQDQPair": True,
                     "OpTypesToExcludeOutputQuantization": list(recipe.op_types),
+                    **strided,
                 },
             )
         except Exception as err:
