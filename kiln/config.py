@@ -316,6 +316,12 @@ class BenchSettings(_Strict):
     # from /proc/stat) is dropped for every cell in it and timed again, at most ``max_rounds``
     # times per batch; the cells record how many were dropped. ``None``: every round counts.
     max_round_steal: Annotated[float, Field(gt=0, lt=1)] | None = Field(None, exclude_if=lambda v: v is None)
+    # Fresh worker processes per cell and batch: each cell's rounds are spread over this many
+    # worker lifetimes (a new process every ceil(rounds / processes) rounds, adaptive rounds
+    # included), so what one process draws by luck (its memory layout, the pages its allocator
+    # got, the CPUs its threads settled on) goes into each speed-up's interval instead of moving
+    # it from one run to the next. The reason pyperf runs many processes. ``1``: one per batch.
+    processes: Annotated[int, Field(ge=1)] = Field(1, exclude_if=lambda v: v == 1)
     # A cell whose coefficient of variation (std / mean) exceeds this is flagged unstable.
     cv_threshold: Annotated[float, Field(gt=0)] = 0.10
     # Causal LMs only (resolved for them, left out otherwise): greedy generations from seeded

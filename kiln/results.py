@@ -203,6 +203,9 @@ class MeasuredCell(CellBase):
     # order, and the rounds dropped for steal over ``max_round_steal`` (not in any figure).
     round_steal: list[Annotated[float, Field(ge=0, le=1)]] | None = _reported()
     rounds_dropped: Annotated[int, Field(ge=0)] | None = _reported()
+    # The worker processes this cell's rounds ran in (BenchSettings.processes; fewer if the
+    # rounds ended before the next process was due).
+    processes: Annotated[int, Field(ge=1)] | None = _reported()
 
 
 class FailedCell(CellBase):

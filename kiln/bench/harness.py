@@ -22,7 +22,7 @@ from typing import Any
 from kiln.bench.generation import fitting_prompts, generation_figures
 from kiln.bench.load import snapshot, steal_between
 from kiln.bench.process import DEFAULT_LAUNCH, Launch, WorkerFailed, WorkerProcess
-from kiln.bench.protocol import CellSpec, GenerationSpec, RoundAnswer, RoundCommand
+from kiln.bench.protocol import CellSpec, GenerationSpec, Ready, RoundAnswer, RoundCommand
 from kiln.bench.rounds import BASELINE, continuing, too_stolen
 from kiln.bench.stats import ratio_interval, round_figure, round_ratios, stalls, summarize
 from kiln.config import BenchSettings
@@ -58,6 +58,13 @@ class _Timings:
     notes: list[str] = field(default_factory=list)
     steal: list[float | None] = field(default_factory=list)  # per kept round (None off Linux)
     dropped: int = 0  # rounds timed, then dropped for the hypervisor's steal
+    fresh: bool = True  # the worker has answered no round yet: its next one warms up in full
+    lives: int = 1  # worker processes started for this cell (BenchSettings.processes)
+    peak_rss: int = 0  # the highest peak RSS of the processes already stopped
+    ready: Ready | None = None  # the first process's load figures (the cell reports those)
+
+    def __post_init__(self) -> None:
+        self.ready = self.ready or self.worker.ready
 
 
 def _identity(plan: CellPlan, batch: int, settings: BenchSettings) -> dict[str, Any]:
@@ -129,6 +136,7 @@ def run_cells(
     first, later = _commands(settings)
     for batch in settings.batches:
         live: dict[str, _Timings] = {}
+        specs: dict[str, CellSpec] = {}
         done: dict[str, MeasuredCell | FailedCell] = {}
         for plan in plans:
             if plan.skipped or plan.error:
@@ -140,23 +148,35 @@ def run_cells(
                 done[plan.key] = _failed(plan, batch, settings, "skipped", "; ".join(notes))
                 continue
             progress(f"batch {batch}: loading {plan.key}")
+            specs[plan.key] = _spec(plan, batch, settings, prompts)
             try:
-                worker = WorkerProcess(_spec(plan, batch, settings, prompts), launch)
-                live[plan.key] = _Timings(worker, notes=notes)
+                live[plan.key] = _Timings(WorkerProcess(specs[plan.key], launch), notes=notes)
             except WorkerFailed as err:
                 done[plan.key] = _failed(plan, batch, settings, "error", str(err))
         by_key = {plan.key: plan for plan in plans}
         items = batch * (settings.requests if settings.mode == "throughput" else 1)
         try:
-            r, dropped, active, started = 0, 0, list(live), time.monotonic()
+            r, dropped, active, started, life_from = 0, 0, list(live), time.monotonic(), 0
+            per_life = math.ceil(settings.rounds / settings.processes)
             while active:
+                if settings.processes > 1 and r - life_from >= per_life:
+                    life_from = r
+                    for key in active:
+                        progress(f"batch {batch}: round {r + 1}: a fresh process for {key}")
+                        try:
+                            _renew(live[key], specs[key], launch)
+                        except WorkerFailed as err:
+                            done[key] = _failed(by_key[key], batch, settings, "error", str(err))
+                            live.pop(key).worker.close()
+                    active = [key for key in active if key in live]
                 answers: dict[str, RoundAnswer] = {}
                 before = snapshot()
                 for key in active if r % 2 == 0 else reversed(active):
                     progress(f"batch {batch}: round {r + 1}/{_of(r, settings)}: {key}")
                     timings = live[key]
                     try:
-                        answers[key] = timings.worker.round(first if r == dropped == 0 else later)
+                        answers[key] = timings.worker.round(first if timings.fresh else later)
+                        timings.fresh = False
                     except WorkerFailed as err:
                         done[key] = _failed(by_key[key], batch, settings, "error", str(err))
                         timings.worker.close()
@@ -178,7 +198,7 @@ def run_cells(
                 active = continuing({k: t.figures for k, t in live.items()}, r, settings, spent)
             for key, timings in live.items():
                 try:
-                    peak_rss = timings.worker.stop().peak_rss_bytes
+                    peak_rss = max(timings.peak_rss, timings.worker.stop().peak_rss_bytes)
                 except WorkerFailed as err:
                     done[key] = _failed(by_key[key], batch, settings, "error", str(err))
                     continue
@@ -227,7 +247,8 @@ def _add_intervals(
 
 def _measured(plan: CellPlan, batch: int, settings: BenchSettings, timings: _Timings, peak_rss: int) -> MeasuredCell:
     assert settings.threads is not None and settings.requests is not None
-    ready = timings.worker.ready
+    ready = timings.ready
+    assert ready is not None
     items = batch * (settings.requests if settings.mode == "throughput" else 1)
     return MeasuredCell(
         **_identity(plan, batch, settings),
@@ -247,4 +268,13 @@ def _measured(plan: CellPlan, batch: int, settings: BenchSettings, timings: _Tim
         threading=ready.threading,
         round_steal=[round(v, 4) for v in timings.steal] if None not in timings.steal else None,  # type: ignore[misc]
         rounds_dropped=timings.dropped if settings.max_round_steal is not None else None,
+        processes=timings.lives,
     )
+
+
+def _renew(timings: _Timings, spec: CellSpec, launch: Launch) -> None:
+    """Stop a cell's worker and start a fresh one for its next rounds; what it timed stays."""
+    timings.peak_rss = max(timings.peak_rss, timings.worker.stop().peak_rss_bytes)
+    timings.worker.close()
+    timings.worker = WorkerProcess(spec, launch)
+    timings.fresh, timings.lives = True, timings.lives + 1

@@ -51,6 +51,11 @@ from kiln.errors import ConfigError
     help="Drop and re-time a round in which the hypervisor took more than this share of the CPUs (steal).",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    help="Spread each cell's rounds over this many fresh worker processes (per-process luck goes into the interval).",
+)
+@click.option(
     "--prompt-tokens",
     metavar="32,128,...",
     help="Causal LMs: prompt lengths to time the first token after (default: [bench].prompt_tokens, else 32,128).",
@@ -87,6 +92,7 @@ def bench(
     max_rounds: int | None,
     max_seconds: float | None,
     max_round_steal: float | None,
+    processes: int | None,
     prompt_tokens: str | None,
     new_tokens: int | None,
     generations: int | None,
@@ -112,6 +118,7 @@ def bench(
         "max_rounds": max_rounds,
         "max_seconds": max_seconds,
         "max_round_steal": max_round_steal,
+        "processes": processes,
         "prompt_tokens": _batches(prompt_tokens, "--prompt-tokens"),
         "new_tokens": new_tokens,
         "generations": generations,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from kiln.results import CellBase, MeasuredCell, Results
 
 
@@ -187,7 +189,11 @@ def adaptive(results: Results) -> str:
         dropped = sum(c.rounds_dropped or 0 for c in results.cells if isinstance(c, MeasuredCell))
         steal = f"; a round in which the hypervisor took over {s.max_round_steal:.0%} (steal) was timed again"
         steal += f" ({dropped} cell-rounds dropped)"
+    lives = ""
+    if s.processes > 1:
+        lives = f"; each cell's rounds spread over {s.processes} fresh worker processes (one every "
+        lives += f"{math.ceil(s.rounds / s.processes)} rounds)"
     return (
         f", then more rounds (up to {s.max_rounds}{budget}) for each cell whose speed-up interval was wider "
-        f"than +-{s.ci_target:.1%}, with eager{steal}"
+        f"than +-{s.ci_target:.1%}, with eager{steal}{lives}"
     )

@@ -272,3 +272,66 @@ def test_results_round_trip_the_interval_fields() -> None:
     assert doc["schema"] == "kiln.results/2"
     assert doc["cells"][1]["speedup_ci_low"] == 3.9 and doc["cells"][1]["rounds"] == 8
     assert doc["settings"]["max_rounds"] == 18 and doc["settings"]["ci_target"] == 0.025
+
+
+# A worker that logs each start to starts.log beside its artifact, echoes the warm-up count it
+# was asked for, and reports its start number as its peak RSS: what the harness's processes see.
+LIVES = textwrap.dedent(
+    """
+    import json, sys, os
+    spec = json.loads(sys.stdin.readline())
+    log = os.path.join(os.path.dirname(spec["artifact"]), "starts.log")
+    with open(log, "a") as f:
+        f.write(os.path.basename(spec["artifact"]) + "\\n")
+    with open(log) as f:
+        start = sum(1 for _ in f)
+    def answer(msg):
+        sys.stdout.write(json.dumps(msg) + "\\n"); sys.stdout.flush()
+    answer({"event": "ready", "load_s": start, "import_s": 0, "first_ms": 1, "rss_before_load_bytes": 0, "info": {}})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "stop":
+            answer({"event": "done", "peak_rss_bytes": start}); break
+        answer({"event": "round", "seconds": [0.001] * 20, "warmup_iters": cmd["warmup_iters"]})
+    """
+)
+
+
+def test_processes_spread_each_cells_rounds_over_fresh_workers(tmp_path: Path) -> None:
+    script = tmp_path / "lives.py"
+    script.write_text(LIVES)
+    plans = [
+        CellPlan("eager", "fp32", "eager-fp32", tmp_path / "eager"),
+        CellPlan("onnxruntime", "fp32", "onnxruntime-fp32", tmp_path / "ort"),
+    ]
+    base = SETTINGS.model_copy(update={"min_seconds": 0.01, "min_iters": 1, "threads": 1, "warmup_iters": 5})
+    launch = Launch((sys.executable, str(script)))
+    starts = tmp_path / "starts.log"
+
+    cells = {c.key: c for c in run_cells(plans, base, launch=launch)}
+    assert starts.read_text().split() == ["eager", "ort"]  # one process per cell by default
+    one = cells["onnxruntime-fp32"]
+    assert isinstance(one, MeasuredCell) and one.processes == 1 and one.warmup_iters == 5 + 5 * 1
+
+    starts.unlink()
+    three = base.model_copy(update={"processes": 3})  # 6 rounds: a fresh process every 2
+    cells = {c.key: c for c in run_cells(plans, three, launch=launch)}
+    assert starts.read_text().split() == ["eager", "ort"] * 3  # renewed together, one after the other
+    eager, ort = cells["eager-fp32"], cells["onnxruntime-fp32"]
+    assert isinstance(eager, MeasuredCell) and isinstance(ort, MeasuredCell)
+    assert (eager.rounds, ort.rounds, eager.processes, ort.processes) == (6, 6, 3, 3)
+    assert ort.speedup_rounds is not None and len(ort.speedup_rounds) == 6
+    assert ort.warmup_iters == 3 * (5 + 1)  # each fresh process warms up in full, then 1 a round
+    assert ort.peak_rss_bytes == 6 and ort.load_s == 2  # the highest peak; the first process's load
+    results = synthetic_results()
+    results.settings = three
+    assert "spread over 3 fresh worker processes (one every 2 rounds)" in fmt.adaptive(results)
+
+    # A worker that cannot start again makes an error cell; the run goes on.
+    starts.unlink()
+    dies = 'os.path.basename(spec["artifact"]) == "ort" and start > 2 and sys.exit(3)\n'
+    script.write_text(LIVES.replace('answer({"event": "ready"', dies + 'answer({"event": "ready"'))
+    cells = {c.key: c for c in run_cells(plans, three, launch=launch)}
+    eager, ort = cells["eager-fp32"], cells["onnxruntime-fp32"]
+    assert ort.status == "error" and "exited with status 3" in ort.reason
+    assert isinstance(eager, MeasuredCell) and (eager.rounds, eager.processes) == (6, 3)
