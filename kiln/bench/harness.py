@@ -157,10 +157,10 @@ def run_cells(
         items = batch * (settings.requests if settings.mode == "throughput" else 1)
         try:
             r, dropped, active, started, life_from = 0, 0, list(live), time.monotonic(), 0
-            per_life = math.ceil(settings.rounds / settings.processes)
+            per_life, reloading = math.ceil(settings.rounds / settings.processes), 0.0
             while active:
                 if settings.processes > 1 and r - life_from >= per_life:
-                    life_from = r
+                    life_from, stopped = r, time.monotonic()
                     for key in active:
                         progress(f"batch {batch}: round {r + 1}: a fresh process for {key}")
                         try:
@@ -169,6 +169,7 @@ def run_cells(
                             done[key] = _failed(by_key[key], batch, settings, "error", str(err))
                             live.pop(key).worker.close()
                     active = [key for key in active if key in live]
+                    reloading += time.monotonic() - stopped  # max_seconds budgets rounds, not loading
                 answers: dict[str, RoundAnswer] = {}
                 before = snapshot()
                 for key in active if r % 2 == 0 else reversed(active):
@@ -194,7 +195,7 @@ def run_cells(
                         _add(live[key], answer, items, settings)
                         live[key].steal.append(stolen)
                     r += 1
-                spent = time.monotonic() - started
+                spent = time.monotonic() - started - reloading
                 active = continuing({k: t.figures for k, t in live.items()}, r, settings, spent)
             for key, timings in live.items():
                 try:
