@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from agreement import speedups  # the one reader of a run's speed-ups, beside this script
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,12 +36,9 @@ def _suite_with(processes: int) -> Path:
 
 
 def _speedups(folder: Path, model: str) -> dict[tuple[str, int], float]:
-    doc = json.loads(next(folder.glob(f"*/{model}/results.json")).read_text())
-    return {
-        (c["key"], c["batch"]): c["speedup_vs_eager"]
-        for c in doc["cells"]
-        if c.get("status") == "ok" and c.get("speedup_vs_eager") and c["key"] != "eager-fp32"
-    }
+    """(key, batch) -> speed-up of the model's cells in one run's ``<folder>/<fingerprint>/``."""
+    run = next(p for p in folder.iterdir() if p.is_dir())
+    return {(k, b): cell["speedup_vs_eager"] for (m, k, b), cell in speedups(run).items() if m == model}
 
 
 def main() -> int:
