@@ -14,7 +14,9 @@ import errno
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -61,6 +63,49 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: objec
     return f"kiln: warning: {message}\n"
 
 
+class _Interrupts:
+    """Remembers that Ctrl-C arrived, so an interrupt still exits 130 when a toolchain turned the
+    ``KeyboardInterrupt`` into its own error on the way out (Python wraps one raised inside a
+    class body as ``RuntimeError: Error calling __set_name__``, and a target reports that as a
+    failed compile)."""
+
+    seen = False
+
+    @classmethod
+    def install(cls) -> Callable[[], None]:
+        """Watch for Ctrl-C where Python's own handler is in place (the main thread, nobody
+        else's handler); returns what puts the previous handler back."""
+        cls.seen = False
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return lambda: None
+        signal.signal(signal.SIGINT, cls._handle)
+        return lambda: signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @classmethod
+    def _handle(cls, signum: int, frame: Any) -> None:
+        cls.seen = True
+        signal.default_int_handler(signum, frame)
+
+    @classmethod
+    def caused(cls, err: BaseException) -> bool:
+        """Whether ``err`` came of an interrupt: one arrived, or one is in its chain."""
+        seen: set[int] = set()
+        link: BaseException | None = err
+        while link is not None and id(link) not in seen:
+            if isinstance(link, KeyboardInterrupt):
+                return True
+            seen.add(id(link))
+            link = link.__cause__ or link.__context__
+        return cls.seen
+
+
+def _interrupted() -> None:
+    click.echo("kiln: interrupted; nothing half-written was kept, run the command again to resume", err=True)
+    sys.exit(130)
+
+
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--verbose`` and turn a ``KilnError`` into one line and its exit code."""
 
@@ -76,18 +121,27 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             # A user error is one line: no toolchain's log records (a corrupt .pt2 makes torch log
             # its own traceback) reach stderr; kiln reports through click, not logging.
             logging.disable(logging.CRITICAL)
+        restore = _Interrupts.install()
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
         except KilnError as err:
+            if _Interrupts.caused(err):
+                _interrupted()
             _fail(err, verbose)
         except OSError as err:
+            if _Interrupts.caused(err):
+                _interrupted()
             if err.errno not in _ENVIRONMENT_ERRNOS:
                 raise  # anything else is a bug in kiln: keep its traceback
             _fail(ConfigError(_describe_os_error(err)), verbose)
-        except KeyboardInterrupt:
-            click.echo("kiln: interrupted; nothing half-written was kept, run the command again to resume", err=True)
-            sys.exit(130)
+        except Exception as err:
+            if _Interrupts.caused(err):
+                _interrupted()
+            raise  # a bug in kiln: keep its traceback
         finally:
+            restore()
             logging.disable(disabled)
 
     return wrapper

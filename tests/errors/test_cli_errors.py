@@ -269,3 +269,46 @@ def test_ctrl_c_exits_130_keeps_nothing_half_written_and_the_next_build_succeeds
     again = run_kiln(["build", str(tmp_path / "kiln.toml"), "--out", str(out)], tmp_path)
     assert again.returncode == 0, again.stderr  # the lock was released; the debris is cleaned
     assert (out / "cnn" / "aoti-fp32" / "manifest.json").is_file()
+
+
+_WRAPPING = """
+import os, signal
+import click
+from kiln.cli.base import command
+from kiln.errors import TargetBuildError
+
+@click.command()
+@click.argument("how")
+@command
+def main(how):
+    if how == "chained":
+        # The interrupt stays in the chain: KeyboardInterrupt -> RuntimeError -> TargetBuildError.
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
+            wrapped = RuntimeError("Error calling __set_name__ on 'Field' instance")
+            wrapped.__cause__ = err
+            raise TargetBuildError("compile failed") from wrapped
+    # The chain is lost: a real SIGINT is swallowed, and the toolchain fails later with its own error.
+    failed = False
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # Python's handler raises KeyboardInterrupt here
+    except KeyboardInterrupt:
+        failed = True
+    if failed:
+        raise TargetBuildError("compile failed")
+    raise SystemExit("the signal never arrived")
+
+main()
+"""
+
+
+@pytest.mark.parametrize("how", ["chained", "unchained"])
+def test_an_interrupt_a_toolchain_wrapped_in_its_own_error_still_exits_130(how: str, tmp_path: Path) -> None:
+    script = tmp_path / "wrapping.py"
+    script.write_text(_WRAPPING)
+    proc = subprocess.run(
+        [sys.executable, str(script), how], capture_output=True, text=True, timeout=120, preexec_fn=interruptible
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "interrupted" in proc.stderr
