@@ -30,25 +30,30 @@ from pathlib import Path
 from kiln.report import results_in
 
 
+def _cells(run: Path):
+    """(model, cell) for every measured cell of a run's results, eager's included."""
+    for results in results_in(run):
+        for cell in json.loads(results.read_text())["cells"]:
+            if cell.get("status") == "ok":
+                yield results.parent.name, cell
+
+
 def speedups(run: Path) -> dict[tuple[str, str, int], dict]:
     """(model, key, batch) -> the cell, for every cell of the run with a speed-up."""
-    found = {}
-    for results in results_in(run):
-        doc = json.loads(results.read_text())
-        for cell in doc["cells"]:
-            if cell.get("status") == "ok" and cell.get("speedup_vs_eager") and cell["key"] != "eager-fp32":
-                found[(results.parent.name, cell["key"], cell["batch"])] = cell
-    return found
+    return {
+        (model, cell["key"], cell["batch"]): cell
+        for model, cell in _cells(run)
+        if cell.get("speedup_vs_eager") and cell["key"] != "eager-fp32"
+    }
 
 
 def p50s(run: Path) -> dict[tuple[str, str, int], float]:
     """(model, key, batch) -> p50 in ms, for every measured cell of the run, eager's included."""
-    found = {}
-    for results in results_in(run):
-        for cell in json.loads(results.read_text())["cells"]:
-            if cell.get("status") == "ok" and (cell.get("latency") or {}).get("p50_ms"):
-                found[(results.parent.name, cell["key"], cell["batch"])] = cell["latency"]["p50_ms"]
-    return found
+    return {
+        (model, cell["key"], cell["batch"]): cell["latency"]["p50_ms"]
+        for model, cell in _cells(run)
+        if (cell.get("latency") or {}).get("p50_ms")
+    }
 
 
 def who_moved(a: dict[tuple[str, str, int], float], b: dict[tuple[str, str, int], float]) -> list[str]:

@@ -20,7 +20,7 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -28,7 +28,7 @@ from kiln import __version__
 from kiln.errors import ConfigError, KilnError, KilnWarning
 
 
-def _fail(err: KilnError, verbose: bool) -> None:
+def _fail(err: KilnError, verbose: bool) -> NoReturn:
     if verbose:
         traceback.print_exception(err)
     click.echo(f"kiln: error: {err}", err=True)
@@ -75,11 +75,11 @@ class _Interrupts:
     def install(cls) -> Callable[[], None]:
         """Watch for Ctrl-C where Python's own handler is in place (the main thread, nobody
         else's handler); returns what puts the previous handler back."""
-        cls.seen = False
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            return lambda: None
+            return lambda: None  # an outer command's watch (or someone else's handler) stays
+        cls.seen = False
         signal.signal(signal.SIGINT, cls._handle)
         return lambda: signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -101,7 +101,7 @@ class _Interrupts:
         return cls.seen
 
 
-def _interrupted() -> None:
+def _interrupted() -> NoReturn:
     click.echo("kiln: interrupted; nothing half-written was kept, run the command again to resume", err=True)
     sys.exit(130)
 
@@ -126,20 +126,14 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
             _interrupted()
-        except KilnError as err:
-            if _Interrupts.caused(err):
-                _interrupted()
-            _fail(err, verbose)
-        except OSError as err:
-            if _Interrupts.caused(err):
-                _interrupted()
-            if err.errno not in _ENVIRONMENT_ERRNOS:
-                raise  # anything else is a bug in kiln: keep its traceback
-            _fail(ConfigError(_describe_os_error(err)), verbose)
         except Exception as err:
             if _Interrupts.caused(err):
                 _interrupted()
-            raise  # a bug in kiln: keep its traceback
+            if isinstance(err, KilnError):
+                _fail(err, verbose)
+            if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRNOS:
+                _fail(ConfigError(_describe_os_error(err)), verbose)
+            raise  # anything else is a bug in kiln: keep its traceback
         finally:
             restore()
             logging.disable(disabled)
