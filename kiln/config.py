@@ -322,6 +322,14 @@ class BenchSettings(_Strict):
     # got, the CPUs its threads settled on) goes into each speed-up's interval instead of moving
     # it from one run to the next. The reason pyperf runs many processes. ``1``: one per batch.
     processes: Annotated[int, Field(ge=1)] = Field(1, exclude_if=lambda v: v == 1)
+    # glibc's malloc in every worker, eager's and each artifact's alike (kiln.bench.process.
+    # malloc_environment). "system": as Python starts it; glibc then moves its thresholds as large
+    # blocks are freed, so each process settles by chance on serving a model's activations from
+    # reused heap memory or from fresh pages (a page fault per 4 KiB, every inference): the same
+    # eager program differs by 20-30 % between processes. "steady": the thresholds pinned where
+    # glibc lets them rise to (mmap at 32 MiB, no trimming below 1 GiB), so every process
+    # reuses its memory, the state a long-lived process may reach by itself. Off glibc, ignored.
+    malloc: Literal["system", "steady"] = Field("system", exclude_if=lambda v: v == "system")
     # A cell whose coefficient of variation (std / mean) exceeds this is flagged unstable.
     cv_threshold: Annotated[float, Field(gt=0)] = 0.10
     # Causal LMs only (resolved for them, left out otherwise): greedy generations from seeded

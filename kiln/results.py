@@ -172,8 +172,8 @@ class Stalls(_Block):
 
 
 class Threading(_Block):
-    """The threading a worker ran with: the variables that steer OpenMP and the math libraries
-    (as set in its environment; unset ones are the runtime's defaults), the OpenMP runtimes
+    """The threading a worker ran with: the variables that steer OpenMP, the math libraries and
+    the memory allocator (as set in its environment; unset ones are the defaults), the OpenMP runtimes
     loaded into it, and torch's intra-op threads where torch was loaded."""
 
     env: dict[str, str]
@@ -206,6 +206,10 @@ class MeasuredCell(CellBase):
     # The worker processes this cell's rounds ran in (BenchSettings.processes; fewer if the
     # rounds ended before the next process was due).
     processes: Annotated[int, Field(ge=1)] | None = _reported()
+    # Minor page faults per timed run, over every round (getrusage in the worker): memory the
+    # run took as fresh pages from the kernel instead of reusing its own. An allocator that
+    # hands large blocks back and maps them anew pays one per 4 KiB page, every run.
+    page_faults_per_run: Annotated[float, Field(ge=0)] | None = _reported()
 
 
 class FailedCell(CellBase):

@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kiln.bench.generation import fitting_prompts, generation_figures
 from kiln.bench.load import snapshot, steal_between
-from kiln.bench.process import DEFAULT_LAUNCH, Launch, WorkerFailed, WorkerProcess
+from kiln.bench.process import DEFAULT_LAUNCH, Launch, WorkerFailed, WorkerProcess, malloc_environment
 from kiln.bench.protocol import CellSpec, GenerationSpec, Ready, RoundAnswer, RoundCommand
 from kiln.bench.rounds import BASELINE, continuing, too_stolen
 from kiln.bench.stats import ratio_interval, round_figure, round_ratios, stalls, summarize
@@ -52,6 +52,7 @@ class _Timings:
     worker: WorkerProcess
     seconds: list[float] = field(default_factory=list)
     figures: list[float] = field(default_factory=list)  # one per round (round_figure)
+    faults: list[int] | None = field(default_factory=list)  # minor page faults per round; None: not counted
     warmup_iters: int = 0
     ttft: dict[int, list[float]] = field(default_factory=dict)  # generative cells, per prompt length
     itl: dict[int, list[float]] = field(default_factory=dict)
@@ -134,6 +135,7 @@ def run_cells(
         raise ValueError("run_cells needs resolved settings (BenchSettings.resolve): threads and requests set")
     cells: list[MeasuredCell | FailedCell] = []
     first, later = _commands(settings)
+    launch = replace(launch, env={**malloc_environment(settings.malloc), **launch.env})
     for batch in settings.batches:
         live: dict[str, _Timings] = {}
         specs: dict[str, CellSpec] = {}
@@ -221,6 +223,8 @@ def _add(timings: _Timings, answer: RoundAnswer, items: int, settings: BenchSett
     timings.seconds.extend(answer.seconds)
     timings.figures.append(round_figure(answer.seconds, items, settings.mode))
     timings.warmup_iters += answer.warmup_iters
+    if timings.faults is not None:
+        timings.faults = None if answer.page_faults is None else [*timings.faults, answer.page_faults]
     for length, values in answer.ttft.items():
         timings.ttft.setdefault(length, []).extend(values)
     for length, values in answer.itl.items():
@@ -270,6 +274,7 @@ def _measured(plan: CellPlan, batch: int, settings: BenchSettings, timings: _Tim
         round_steal=[round(v, 4) for v in timings.steal] if None not in timings.steal else None,  # type: ignore[misc]
         rounds_dropped=timings.dropped if settings.max_round_steal is not None else None,
         processes=timings.lives,
+        page_faults_per_run=round(sum(timings.faults) / len(timings.seconds), 1) if timings.faults else None,
     )
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import platform
 import select
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -27,9 +29,26 @@ class Launch:
 
     command: tuple[str, ...] = WORKER_COMMAND
     timeout: float = 600.0
+    env: Mapping[str, str] = field(default_factory=dict)  # over the parent's environment
 
 
 DEFAULT_LAUNCH = Launch()
+
+# glibc's largest dynamic mmap threshold on 64-bit (a larger value is ignored), and a trim
+# threshold no model's activations reach: with both set, glibc stops moving them.
+STEADY_TUNABLES = ("glibc.malloc.mmap_threshold=33554432", "glibc.malloc.trim_threshold=1073741824")
+
+
+def malloc_environment(malloc: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a worker needs for ``BenchSettings.malloc``: nothing for "system" or off
+    glibc; for "steady", ``GLIBC_TUNABLES`` with the pinned thresholds ahead of any the user set
+    (a tunable the user names keeps the user's value: glibc takes the last one)."""
+    if malloc == "system" or platform.libc_ver()[0] != "glibc":
+        return {}
+    environ = os.environ if environ is None else environ
+    ours = ":".join(STEADY_TUNABLES)
+    theirs = environ.get("GLIBC_TUNABLES", "")
+    return {"GLIBC_TUNABLES": f"{ours}:{theirs}" if theirs else ours}
 
 
 class WorkerFailed(Exception):
@@ -42,7 +61,7 @@ class WorkerProcess:
     def __init__(self, spec: CellSpec, launch: Launch = DEFAULT_LAUNCH) -> None:
         self.timeout = launch.timeout
         self.stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 (closed in close())
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **launch.env, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             list(launch.command),
             stdin=subprocess.PIPE,

@@ -73,6 +73,7 @@ class RoundAnswer(_Message):
     event: Literal["round"] = "round"
     seconds: list[float]
     warmup_iters: int
+    page_faults: int | None = None  # minor page faults over the timed runs (None: not counted)
     ttft: dict[int, list[float]] = {}
     itl: dict[int, list[float]] = {}
 

@@ -57,13 +57,15 @@ def peak_rss_bytes() -> int:
 # Environment variables that steer the threads of OpenMP (libgomp, Intel's libiomp, LLVM's
 # libomp), the math libraries and the runtimes' own pools; recorded per cell as they were set.
 THREADING_ENV = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "DNNL_", "ONEDNN_", "TBB_", "ORT_", "OV_")
+# ... and those that steer the process's memory allocator (glibc's tunables, a preloaded one).
+MEMORY_ENV = ("GLIBC_TUNABLES", "MALLOC_", "LD_PRELOAD", "THP_MEM_ALLOC_ENABLE")
 
 
 def threading_facts() -> Threading:
     """The threading this worker runs with: the steering variables set in its environment, the
     OpenMP runtimes mapped into it (read from ``/proc/self/maps``: a runtime may bundle its own
     copy, and two copies spin independently), and torch's intra-op threads if torch is loaded."""
-    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(THREADING_ENV)}
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(THREADING_ENV + MEMORY_ENV)}
     libraries: set[str] = set()
     try:
         for line in Path("/proc/self/maps").read_text().splitlines():
@@ -80,6 +82,11 @@ def threading_facts() -> Threading:
             if line.startswith("ATen parallel backend:"):
                 backend = line.partition(":")[2].strip()
     return Threading(env=env, openmp_libraries=sorted(libraries), torch_threads=torch_threads, torch_backend=backend)
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far, all its threads."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def prepare_inputs(signature: Any, batch: int, count: int, seed: int) -> list[Arrays]:
@@ -160,10 +167,12 @@ class LoadedCell:
         gc.collect()
         gc.disable()  # a collection inside the timed region would land on one unlucky sample
         try:
+            faults = minor_faults()
             samples = timed_loop(self.step, self.runner.synchronize, cmd.min_seconds, cmd.min_iters)
+            faults = minor_faults() - faults
         finally:
             gc.enable()
-        return RoundAnswer(seconds=samples, warmup_iters=len(warm))
+        return RoundAnswer(seconds=samples, warmup_iters=len(warm), page_faults=faults)
 
 
 def prompt_ids(vocab: int, length: int, seed: int) -> list[int]:
@@ -225,11 +234,13 @@ class GenerativeCell(LoadedCell):
         gc.collect()
         gc.disable()
         try:
+            faults = minor_faults()
             _, ttft, itl = self._runs(cmd.min_seconds, cmd.min_iters)
+            faults = minor_faults() - faults
         finally:
             gc.enable()
         steps = [s for length in itl for s in itl[length]]
-        return RoundAnswer(seconds=steps, warmup_iters=warm, ttft=ttft, itl=itl)
+        return RoundAnswer(seconds=steps, warmup_iters=warm, page_faults=faults, ttft=ttft, itl=itl)
 
     def close(self) -> None:
         self.session.close()

@@ -56,6 +56,11 @@ from kiln.errors import ConfigError
     help="Spread each cell's rounds over this many fresh worker processes (per-process luck goes into the interval).",
 )
 @click.option(
+    "--malloc",
+    type=click.Choice(["system", "steady"]),
+    help="glibc's malloc in every worker: as it starts, or its thresholds pinned so memory is reused (README).",
+)
+@click.option(
     "--prompt-tokens",
     metavar="32,128,...",
     help="Causal LMs: prompt lengths to time the first token after (default: [bench].prompt_tokens, else 32,128).",
@@ -93,6 +98,7 @@ def bench(
     max_seconds: float | None,
     max_round_steal: float | None,
     processes: int | None,
+    malloc: str | None,
     prompt_tokens: str | None,
     new_tokens: int | None,
     generations: int | None,
@@ -119,6 +125,7 @@ def bench(
         "max_seconds": max_seconds,
         "max_round_steal": max_round_steal,
         "processes": processes,
+        "malloc": malloc,
         "prompt_tokens": _batches(prompt_tokens, "--prompt-tokens"),
         "new_tokens": new_tokens,
         "generations": generations,

@@ -166,7 +166,7 @@ def settings_line(results: Results) -> str:
             f"{s.threads} threads; a run is one generation per prompt length; per cell and round: warm-up >= "
             f"{s.warmup_seconds} s and >= {min(1, s.warmup_iters)} run, then timed runs until >= {s.min_seconds} s "
             f"and >= {s.generations} generations per prompt length in all, split over {s.rounds} interleaved "
-            f"rounds{adaptive(results)}; unstable above CV {s.cv_threshold:.0%}"
+            f"rounds{adaptive(results)}; unstable above CV {s.cv_threshold:.0%}{malloc(results)}"
         )
     inflight = f", {s.requests} requests in flight" if s.mode == "throughput" else ""
     return (
@@ -174,7 +174,17 @@ def settings_line(results: Results) -> str:
         f"per cell and round: warm-up >= {s.warmup_seconds} s and >= {s.warmup_iters} runs (1 after the first "
         f"round), then timed runs until >= "
         f"{s.min_seconds} s and >= {s.min_iters} runs in all, split over {s.rounds} interleaved rounds"
-        f"{adaptive(results)}; unstable above CV {s.cv_threshold:.0%}"
+        f"{adaptive(results)}; unstable above CV {s.cv_threshold:.0%}{malloc(results)}"
+    )
+
+
+def malloc(results: Results) -> str:
+    """How the workers' malloc was set ("" for glibc's own behaviour)."""
+    if results.settings.malloc == "system":
+        return ""
+    return (
+        "; glibc's malloc thresholds pinned in every worker (mmap at 32 MiB, no trim below 1 GiB: "
+        "memory is reused, not mapped afresh each run)"
     )
 
 

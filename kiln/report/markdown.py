@@ -17,6 +17,7 @@ COLUMNS = (
     "p99 ms",
     "CV",
     "stalls",
+    "faults/run",
     "items/s",
     "vs eager [95% CI]",
     "rounds",
@@ -48,6 +49,7 @@ def _row(cell: MeasuredCell | FailedCell) -> list[str]:
         fmt.ms(lat.p99_ms),
         cv,
         fmt.stalls(cell),
+        fmt.num(cell.page_faults_per_run),
         fmt.num(lat.throughput),
         fmt.speedup(cell),
         str(cell.rounds) if cell.rounds else "-",
@@ -153,7 +155,8 @@ def render_markdown(results: Results) -> str:
             "flight by the runtime's own concurrency. "
         )
         + "CV: standard deviation / mean of the timed runs. stalls: the share (count) of runs over "
-        "5× the median, counted and kept. vs eager: the median over rounds of each round's ratio (eager's p50 / this p50 "
+        "5× the median, counted and kept. faults/run: minor page faults per timed run (fresh pages the run took from "
+        "the kernel; an allocator that maps large blocks anew pays one per 4 KiB, every run). vs eager: the median over rounds of each round's ratio (eager's p50 / this p50 "
         "in latency mode, this throughput / eager's in throughput mode; each round times eager and this cell moments "
         "apart), at the same batch in the same run; [low–high]: its distribution-free confidence interval (order "
         "statistics of the per-round ratios, 95 % from 6 rounds), rounds: how many. GFLOP/s: the model's FLOPs "

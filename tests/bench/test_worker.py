@@ -3,6 +3,8 @@ goes on to measure the cells that work."""
 
 from __future__ import annotations
 
+import mmap
+import platform
 import sys
 import textwrap
 from pathlib import Path
@@ -11,7 +13,8 @@ from typing import Any
 import pytest
 
 from kiln.bench.harness import CellPlan, run_cells
-from kiln.bench.process import Launch
+from kiln.bench.process import STEADY_TUNABLES, Launch, malloc_environment
+from kiln.bench.worker import minor_faults
 from kiln.config import BenchSettings
 from kiln.results import FailedCell, MeasuredCell, Results
 
@@ -135,3 +138,46 @@ def test_crash_does_not_stop_the_other_cells(tmp_path: Path, tiny_results: tuple
         assert cell.latency.samples >= FAST.min_iters
         assert cell.latency.timed_seconds >= FAST.min_seconds
         assert cell.peak_rss_bytes > 0 and cell.runtime.threads == 1 and cell.batch == 2
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc tunables need glibc (Linux)")
+@pytest.mark.parametrize("malloc", ["system", "steady"])
+def test_malloc_setting_reaches_every_worker_and_faults_are_counted(
+    tmp_path: Path, tiny_results: tuple[Results, Path], monkeypatch: pytest.MonkeyPatch, malloc: str
+) -> None:
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    _, folder = tiny_results
+    plans = [
+        CellPlan("eager", "fp32", "eager-fp32", folder / "eager-fp32"),
+        CellPlan("onnxruntime", "fp32", "onnxruntime-fp32", folder / "onnxruntime-fp32"),
+    ]
+    cells = run_cells(plans, _settings(batches=[2], malloc=malloc))
+    for cell in cells:
+        assert isinstance(cell, MeasuredCell), cell.reason
+        assert cell.page_faults_per_run is not None and cell.page_faults_per_run >= 0
+        assert cell.threading is not None
+        tunables = cell.threading.env.get("GLIBC_TUNABLES")
+        assert tunables == (":".join(STEADY_TUNABLES) if malloc == "steady" else None)
+
+
+def test_steady_malloc_keeps_the_users_own_tunables() -> None:
+    if platform.libc_ver()[0] != "glibc":
+        assert malloc_environment("steady", {}) == {}
+        return
+    assert malloc_environment("system", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {}
+    ours = ":".join(STEADY_TUNABLES)
+    assert malloc_environment("steady", {}) == {"GLIBC_TUNABLES": ours}
+    # glibc takes the last value of a tunable: the user's own come after ours, so they win.
+    user = "glibc.malloc.trim_threshold=0"
+    assert malloc_environment("steady", {"GLIBC_TUNABLES": user}) == {"GLIBC_TUNABLES": f"{ours}:{user}"}
+
+
+def test_minor_faults_count_fresh_pages() -> None:
+    size = 16 * 2**20
+    before = minor_faults()
+    with mmap.mmap(-1, size) as block:  # anonymous: every page is new to this process
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            block.madvise(mmap.MADV_NOHUGEPAGE)  # one fault per 4 KiB page, whatever THP is set to
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1
+    assert minor_faults() - before >= 0.9 * size // mmap.PAGESIZE
