@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--only", choices=list(MODELS), help="measure one model (the summary reads every run)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from kiln.hardware import fingerprint
+    from kiln.targets import fingerprint
 
     folder = HERE / "results" / fingerprint().id / "executorch"
     runs: dict[tuple[str, int], dict[str, Any]] = {}

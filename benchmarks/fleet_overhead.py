@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.bench.run import BenchRun, bench
     from kiln.fleet.runner import FleetOptions, run_fleet
     from kiln.fleet.suite import load_suite
-    from kiln.hardware import fingerprint
+    from kiln.targets import fingerprint
 
     targets = [t for t in args.targets.split(",") if t]
     work = Path(tempfile.mkdtemp(prefix="kiln-fleet-overhead-"))

@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from kiln.bench.run import BenchRun, bench
+    from kiln.capture.sources import hf_folder
     from kiln.config import BenchSettings, load_config
     from kiln.errors import KilnError
-    from kiln.hardware import fingerprint
     from kiln.report import load_results
-    from kiln.sources import hf_folder
+    from kiln.targets import fingerprint
 
     if args.table_only:
         print(table(load_results(args.table_only)))

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from kiln.fleet.runner import FleetOptions, connect
-    from kiln.hardware import fingerprint
+    from kiln.targets import fingerprint
 
     start = time.perf_counter()
     connect(FleetOptions(suite=Path("suite.toml"), out=Path("unused"), jobs=2))  # sets Ray's auth mode first

@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.config import BenchSettings
     from kiln.errors import KilnError
     from kiln.fleet.suite import load_suite
-    from kiln.hardware import fingerprint
     from kiln.report import load_results
     from kiln.report.console import print_results
+    from kiln.targets import fingerprint
 
     try:  # the one reader of suite files, kiln fleet's too
         suite = load_suite(args.suite, tuple(args.only))

@@ -209,9 +209,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    from kiln.hardware import fingerprint
     from kiln.manifest import Manifest
     from kiln.store import write_json
+    from kiln.targets import fingerprint
 
     if not (args.artifact / "manifest.json").is_file():
         if args.artifact != DEFAULT:

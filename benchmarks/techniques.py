@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(GROUPS), default=[])
     parser.add_argument("--summarize", action="store_true", help="only re-write report.md from the runs on disk")
     args = parser.parse_args(argv)
-    from kiln.hardware import fingerprint
+    from kiln.targets import fingerprint
 
     reports = HERE / "results" / fingerprint().id / "techniques"
     if not args.summarize:

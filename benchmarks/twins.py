@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.bench.harness import BASELINE, CellPlan, run_cells
     from kiln.bench.stats import ratio_interval
     from kiln.config import BenchSettings
-    from kiln.hardware import fingerprint
     from kiln.manifest import Manifest
     from kiln.results import MeasuredCell
+    from kiln.targets import fingerprint
 
     missing = [k for k in args.keys.split(",") if k and not (args.model_dir / k / "manifest.json").is_file()]
     if missing:

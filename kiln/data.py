@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from kiln.callables import load_callable
 from kiln.config import DataSpec, EvaluationConfig
 from kiln.errors import DataError
-from kiln.sources import load_callable
 from kiln.spec import NUMPY_DTYPES, Arrays, Signature
 
 

@@ -9,11 +9,11 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kiln.results import Fingerprint
-from kiln.targets import toolchain_dists
 from kiln.versions import CORE, SOURCES, versions
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
@@ -63,8 +63,10 @@ def _gpus() -> list[dict[str, str]]:
     return [dict(zip(fields, (v.strip() for v in line.split(",")), strict=False)) for line in out.splitlines() if line]
 
 
-def fingerprint() -> Fingerprint:
-    """CPU model and flags, cores, memory, GPUs, OS, Python and every toolchain's version."""
+def fingerprint(toolchains: Sequence[str]) -> Fingerprint:
+    """CPU model and flags, cores, memory, GPUs, OS, Python and the version of kiln's core packages,
+    its model sources' and each of ``toolchains`` (distribution names). ``kiln.targets.fingerprint``
+    passes every registered target's toolchain."""
     cpu = _cpuinfo()
     flags = set(cpu.get("flags", "").split())
     fp: dict[str, Any] = {
@@ -77,7 +79,7 @@ def fingerprint() -> Fingerprint:
         "gpus": _gpus(),
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
-        "toolchain": versions((*CORE, *toolchain_dists(), *SOURCES)),
+        "toolchain": versions((*CORE, *toolchains, *SOURCES)),
     }
     fp["id"] = fingerprint_id(fp)
     return Fingerprint.model_validate(fp)

@@ -220,7 +220,7 @@ class AdapterRecord(_Record):
 class GoldenRecord(_Record):
     """``golden/``: inputs the gate used and eager's outputs for them, shipped with the artifact
     so that ``kiln verify --run`` on a device can prove it reproduces the numerics the gate
-    accepted (see :mod:`kiln.golden`). The tolerance is the gate's own, kept here because a gate
+    accepted (see :mod:`kiln.gate.golden`). The tolerance is the gate's own, kept here because a gate
     that did not run records none."""
 
     cases: int

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kiln.callables import load_callable
 from kiln.data import EvaluationSet
 from kiln.errors import DataError
-from kiln.sources import load_callable
 from kiln.spec import Arrays
 
 LOWER_IS_BETTER = {"mse"}

@@ -157,9 +157,9 @@ def test_a_program_target_on_an_onnx_source_exits_2_before_any_work(tmp_path: Pa
 def test_a_precision_whose_package_is_missing_is_refused_before_export(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kiln.build import build
     from kiln.config import parse_config
     from kiln.errors import MissingDependencyError
+    from kiln.pipeline.build import build
     from kiln.targets import Package, availability
 
     availability.cache_clear()

@@ -21,7 +21,7 @@ TOOLCHAINS = [
 
 def test_importing_the_cli_imports_no_toolchain() -> None:
     code = (
-        "import sys, kiln.cli, kiln.config, kiln.targets, kiln.build;"
+        "import sys, kiln.cli, kiln.config, kiln.targets, kiln.pipeline.build;"
         f"print([m for m in {TOOLCHAINS!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

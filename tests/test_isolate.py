@@ -1,4 +1,4 @@
-"""kiln.isolate.run_isolated: one call in a spawned child; its result, its progress lines, its
+"""kiln.pipeline.isolate.run_isolated: one call in a spawned child; its result, its progress lines, its
 warnings, and one error line when it raises or its process is killed (as for memory)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from kiln.errors import KilnWarning
-from kiln.isolate import IsolatedFailure, run_isolated
+from kiln.pipeline.isolate import IsolatedFailure, run_isolated
 
 
 def _pid_and_sum(a: int, b: int, progress: Callable[[str], None]) -> tuple[int, int]:

@@ -3,8 +3,10 @@ between any two kiln modules, lazy and type-checking imports included."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -75,3 +77,34 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     graph.add_import(importer="kiln.b", imported="kiln.a")
     graph.add_import(importer="kiln.c", imported="kiln.a")
     assert _cycles(graph) == [["kiln.a", "kiln.b"]]
+
+
+def _ladder_from_pyproject() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contract = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")
+    return [" ".join(rung.split()) for rung in contract["layers"]]
+
+
+def _ladder_from_contributing() -> list[str]:
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    block = text.split("  ```\n", 2)[1]
+    rungs = []
+    for line in block.splitlines():
+        words = line.split()
+        # A rung is its module names and separators; what follows two spaces is its gloss.
+        names = re.split(r"\s{2,}", line.strip())[0]
+        if words:
+            rungs.append(" ".join(names.split()))
+    return rungs
+
+
+def test_contributing_shows_the_enforced_ladder() -> None:
+    assert _ladder_from_contributing() == _ladder_from_pyproject()
+
+
+def test_kiln_root_holds_only_the_shared_vocabulary() -> None:
+    """Every module at kiln's root sits on the ladder's bottom rungs (the shared vocabulary)."""
+    ladder = _ladder_from_pyproject()
+    vocabulary = {name for rung in ladder[-3:] for name in re.split(r"[|:]", rung.replace(" ", ""))}
+    root = {f"kiln.{p.stem}" for p in (ROOT / "kiln").glob("*.py") if p.stem != "__init__"}
+    assert root <= vocabulary, sorted(root - vocabulary)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build import build
+from kiln.capture.sources import source_kind
 from kiln.config import parse_config
 from kiln.errors import ConfigError
-from kiln.sources import source_kind
+from kiln.pipeline.build import build
 from tests.conftest import CNN
 from tests.models import tiny_cnn
 

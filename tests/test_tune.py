@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from kiln.capture.sources import source_kind
 from kiln.config import TargetConfig, load_config, parse_config
 from kiln.errors import UnknownTargetError
-from kiln.sources import source_kind
 from kiln.targets import availability, implementation, target_options
 from kiln.tune import pareto, search, session
 from kiln.tune.output import page, to_toml, write_config
@@ -272,8 +272,8 @@ def test_a_candidate_the_gate_breaches_is_rejected_with_its_reason(tmp_path: Pat
 @pytest.mark.slow
 @pytest.mark.target("onnxruntime", stage="run")
 def test_the_written_config_builds_the_winner_with_its_cache_key(tmp_path: Path) -> None:
-    from kiln.build import build
     from kiln.manifest import Manifest
+    from kiln.pipeline.build import build
 
     path = write_toml(tmp_path, {**CNN, "bench": FAST_BENCH, "gates": {"max_metric_drop": 0.5}})
     out = tmp_path / "build"

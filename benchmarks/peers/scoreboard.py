@@ -110,9 +110,9 @@ def size_mb(path: Path) -> float:
 
 def write_calibration(model: str, build: Path) -> tuple[Path, str]:
     """kiln's calibration samples for ``model`` as an .npz (stacked on axis 0) and their sha256."""
+    from kiln.capture.exporters import ExportBundle
     from kiln.config import load_config
     from kiln.data import load_calibration
-    from kiln.exporters import ExportBundle
 
     config = load_config(ROOT / BUILDS[model][0])
     bundle = ExportBundle.open(build / model / "export")
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<fp>/peers)")
     args = p.parse_args(argv)
 
-    from kiln.hardware import fingerprint
+    from kiln.targets import fingerprint
 
     fp = fingerprint()
     out = args.out or ROOT / "benchmarks" / "results" / fp.id / "peers"
@@ -432,9 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         if err := sh([*optimum, str(build / "minilm" / "peers" / "optimum"), "--calibration", str(npz)], log):
             steps["optimum-intel minilm"] = err
 
+    from kiln.capture.exporters import ExportBundle
     from kiln.config import load_config
     from kiln.data import load_evaluation
-    from kiln.exporters import ExportBundle
 
     evalsets = {}
     for model, (config_path, _) in BUILDS.items():

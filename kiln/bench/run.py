@@ -37,8 +37,8 @@ class BenchRun:
 
 def plans_from_config(config: KilnConfig, out: Path, progress: Progress) -> tuple[list[CellPlan], Path]:
     """Build (or find up to date) every target plus the eager baseline; one plan per target."""
-    from kiln.build import build
-    from kiln.sources import source_kind
+    from kiln.capture.sources import source_kind
+    from kiln.pipeline.build import build
     from kiln.targets import run_blocked
 
     # An ONNX source has no PyTorch program for eager to run (its parity reference is ONNX
@@ -174,8 +174,8 @@ def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> t
     from kiln.bench.load import machine_load, snapshot
     from kiln.bench.peak import machine_peak
     from kiln.config import load_config, with_targets
-    from kiln.hardware import fingerprint
     from kiln.report import write_reports
+    from kiln.targets import fingerprint
 
     config: KilnConfig | None = None
     if source.is_dir():

@@ -33,9 +33,9 @@ from kiln.errors import ConfigError
 @command
 def build(config_path: Path, targets: tuple[str, ...], out: Path) -> None:
     """Export the model once and build, check and describe every target's artifact."""
-    from kiln.build import build as run_build
     from kiln.config import load_config, with_targets
-    from kiln.summary import print_summary
+    from kiln.pipeline.build import build as run_build
+    from kiln.pipeline.summary import print_summary
 
     config = with_targets(load_config(config_path), list(targets))
     if out.exists() and not out.is_dir():
@@ -80,8 +80,8 @@ def export(
     source: str, inputs: tuple[str, ...], dims: tuple[str, ...], opset: int, strict: bool, out: Path | None
 ) -> None:
     """Capture SOURCE with torch.export and lower it to ONNX (no targets)."""
-    from kiln.build import export_only
     from kiln.config import parse_config
+    from kiln.pipeline.build import export_only
 
     model = _model_from_flags(source, inputs, dims)
     root = Path.cwd()
@@ -122,7 +122,7 @@ def targets() -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from kiln.summary import wide_console
+    from kiln.pipeline.summary import wide_console
     from kiln.targets import REGISTRY, availability
 
     table = Table(title="kiln targets")
@@ -156,8 +156,8 @@ def doctor(as_json: bool) -> None:
     """This machine: CPU model and flags, cores, memory, GPUs, OS and toolchain versions."""
     import json
 
-    from kiln.hardware import fingerprint
     from kiln.quant.saturation import host_saturates
+    from kiln.targets import fingerprint
 
     fp = fingerprint()
     if as_json:

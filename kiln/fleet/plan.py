@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 from kiln import __version__
-from kiln.build import BuildPlan, distilled_key, one_target, per_adapter
-from kiln.build import plan as build_plan
 from kiln.config import BenchSettings, KilnConfig
 from kiln.fleet.resources import (
     Request,
@@ -31,6 +29,8 @@ from kiln.fleet.resources import (
 )
 from kiln.fleet.store import Store
 from kiln.fleet.suite import Suite
+from kiln.pipeline.build import BuildPlan, distilled_key, one_target, per_adapter
+from kiln.pipeline.build import plan as build_plan
 from kiln.store import cache_key
 
 Stage = Literal["export", "build", "bench"]

@@ -72,7 +72,7 @@ def node_resources(
 
 def here(kind: str | None = None) -> dict[str, float]:
     """This machine's resources (what ``kiln node`` advertises)."""
-    from kiln.hardware import fingerprint
+    from kiln.targets import fingerprint
 
     caps = [name for name, (check, _) in CAPABILITIES.items() if check()]
     installed = [module for module, package in packages().items() if package.installed]

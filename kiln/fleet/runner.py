@@ -147,7 +147,7 @@ class _Watch:
         ray = _ray()
         # A fresh worker per task (max_calls=1): toolchains keep what a build loaded for the life
         # of the process, and Ray reuses workers, so builds would pile up in one (as in kiln tune,
-        # where a ResNet-50 search grew to 24 GB in one process; see kiln.isolate).
+        # where a ResNet-50 search grew to 24 GB in one process; see kiln.pipeline.isolate).
         remote = ray.remote(max_calls=1)(run_task)
         try:
             for task in self.plan.tasks.values():

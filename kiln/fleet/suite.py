@@ -65,7 +65,7 @@ class Suite:
 
 def with_eager(config: KilnConfig) -> KilnConfig:
     """Every benchmark compares with eager, as ``kiln bench`` does (an ONNX source has none)."""
-    from kiln.sources import source_kind
+    from kiln.capture.sources import source_kind
 
     if source_kind(config.model.source) == "onnx" or any(t.name == "eager" for t in config.target):
         return config

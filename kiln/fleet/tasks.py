@@ -109,7 +109,7 @@ def _fetch(store: Store, task: Task, model_dir: Path, required: tuple[str, ...])
 
 
 def _export(task: Task, store: Store, work: Path, start: float) -> Outcome:
-    from kiln.build import distilled_key, export_only
+    from kiln.pipeline.build import distilled_key, export_only
 
     folder = export_only(task.config, work)
     store.publish(task.key, folder, {"task": task.id, "stage": "export"})
@@ -120,7 +120,7 @@ def _export(task: Task, store: Store, work: Path, start: float) -> Outcome:
 
 
 def _build(task: Task, store: Store, work: Path, start: float) -> Outcome:
-    from kiln.build import build, plan
+    from kiln.pipeline.build import build, plan
 
     assert task.target is not None
     model_dir = work / task.model

@@ -46,7 +46,7 @@ def quantize(program: Any, sig: Signature, samples: list[Arrays], quantizer: Any
     the re-captured ExportedProgram."""
     import torch
 
-    from kiln.exporters.torch_export import capture, example_inputs
+    from kiln.capture.exporters.torch_export import capture, example_inputs
     from kiln.tensors import to_tensors
 
     flow = load_torchao(FLOW, "PT2E quantization", "pip install torchao -c constraints.txt")

@@ -54,7 +54,7 @@ class QatSetup:
         return self.recovery.qat_epochs or self.recovery.epochs
 
     def trainer(self, sig: Signature, float_model: Any) -> Any:
-        from kiln.finetune import Recovery
+        from kiln.train.finetune import Recovery
 
         teacher = (self.teacher or float_model) if self.recovery.distill else None
         return Recovery(self.recovery, sig, self.root, teacher, self.progress)
@@ -126,7 +126,7 @@ def pt2e_qat(
     target's quantizer configured for one or the other)."""
     import torch
 
-    from kiln.exporters.torch_export import capture, example_inputs
+    from kiln.capture.exporters.torch_export import capture, example_inputs
     from kiln.tensors import to_tensors
 
     flow = load_torchao(FLOW, "quantization-aware training", INSTALL)
@@ -179,8 +179,8 @@ def qdq_onnx(program: Any, sig: Signature, path: Path, opset: int) -> None:
     lowers torch's quantize/dequantize ops to them), checked to hold them."""
     import onnx
 
-    from kiln.exporters.onnx import to_onnx
-    from kiln.exporters.torch_export import example_inputs
+    from kiln.capture.exporters.onnx import to_onnx
+    from kiln.capture.exporters.torch_export import example_inputs
 
     to_onnx(program, example_inputs(sig, None), sig, path, opset)
     ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}

@@ -160,6 +160,6 @@ def same_gpu(manifest: Manifest, gpus: list[tuple[str | None, str | None]]) -> s
 
 
 def _gpus() -> list[tuple[str | None, str | None]]:
-    from kiln.hardware import fingerprint
+    from kiln.targets import fingerprint
 
     return [(g.name, g.model_extra.get("compute_capability") if g.model_extra else None) for g in fingerprint().gpus]

@@ -207,7 +207,7 @@ def verify(
 
 def run_golden(folder: Path, manifest: Manifest, threads: int | None = None) -> list[str]:
     """Load the artifact with its runtime and replay its golden set: the breaches, one line each."""
-    from kiln import golden
+    from kiln.gate import golden
     from kiln.targets import implementation
     from kiln.targets.base import Artifact, RunOptions
 

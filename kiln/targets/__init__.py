@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 
+from kiln import hardware
 from kiln.config import KilnConfig, TargetConfig, Tolerance
 from kiln.errors import ConfigError, MissingDependencyError, UnavailableError, UnknownTargetError
 
 if TYPE_CHECKING:
+    from kiln.results import Fingerprint
     from kiln.targets.base import Target, TargetOptions
 
 Consumes = Literal["program", "onnx"]
@@ -500,3 +502,8 @@ def block_imports() -> None:
     for spec in REGISTRY.values():
         for name in spec.blocked_imports:
             sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
+def fingerprint() -> Fingerprint:
+    """This machine's fingerprint, with the version of every registered target's toolchain."""
+    return hardware.fingerprint(toolchain_dists())

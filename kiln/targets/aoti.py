@@ -395,7 +395,7 @@ def _uses(gm: Any, fqn: str) -> int:
 
 
 def _recapture(ctx: CompileContext, module: Any) -> Any:
-    from kiln.exporters.torch_export import capture, example_inputs
+    from kiln.capture.exporters.torch_export import capture, example_inputs
 
     return capture(module, example_inputs(ctx.export.signature, None), ctx.export.signature, strict=False)
 

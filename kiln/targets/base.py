@@ -38,9 +38,9 @@ def toolchain_prints() -> Iterator[None]:
 
 
 if TYPE_CHECKING:
+    from kiln.capture.exporters import ExportBundle
     from kiln.data import CalibrationSet, EvaluationSet
     from kiln.decoding import DecodeSession
-    from kiln.exporters import ExportBundle
     from kiln.quant.qat import QatSetup
 
 

@@ -12,12 +12,12 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from kiln.build import plan
 from kiln.config import KilnConfig, TargetConfig, load_config
 from kiln.errors import ConfigError
+from kiln.pipeline.build import plan
+from kiln.pipeline.summary import wide_console
 from kiln.report import fmt
 from kiln.report.tune import TunePage, TunePoint
-from kiln.summary import wide_console
 from kiln.tune import pareto
 from kiln.tune.records import Candidate, TuneResults
 

@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 
 from kiln import __version__
-from kiln.build import per_adapter
+from kiln.capture.sources import source_kind
 from kiln.config import GatesConfig, KilnConfig, load_config
 from kiln.errors import ConfigError
-from kiln.sources import source_kind
+from kiln.pipeline.build import per_adapter
 from kiln.store import write_json
 from kiln.tune import pareto
 from kiln.tune.records import Candidate, Status, TuneResults
@@ -200,8 +200,8 @@ def _prepare(config_path: Path, settings: TuneSettings) -> KilnConfig:
 def tune(config_path: Path, settings: TuneSettings, progress: Progress = lambda _: None) -> tuple[TuneResults, Path]:
     """Search, write tune.json and tune.html into ``<out>/<model>/tune/``; returns the results
     and that folder. Every candidate and why it won, lost or was left out is in the results."""
-    from kiln.hardware import fingerprint
     from kiln.report.tune import render_tune_html
+    from kiln.targets import fingerprint
     from kiln.tune.output import page
 
     config = _prepare(config_path, settings)

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.bench.run import BenchRun, bench
-from kiln.build import build, one_target, plan
 from kiln.config import BenchSettings, KilnConfig
-from kiln.isolate import IsolatedFailure, run_isolated
 from kiln.manifest import Manifest
+from kiln.pipeline.build import build, one_target, plan
+from kiln.pipeline.isolate import IsolatedFailure, run_isolated
 from kiln.results import Fingerprint, MeasuredCell
 from kiln.store import atomic_dir
 from kiln.tune.records import Candidate, Measurement, Objective, Run, Stage
@@ -148,7 +148,7 @@ def build_one(s: Session, variant: Variant) -> Candidate:
 
 
 def build_in_child(config: KilnConfig, out: Path, progress: Progress) -> tuple[Manifest | None, str | None]:
-    """One variant's build, in the child :func:`kiln.isolate.run_isolated` spawned: its manifest,
+    """One variant's build, in the child :func:`kiln.pipeline.isolate.run_isolated` spawned: its manifest,
     or why it failed."""
     result = build(config, out, progress)[0]
     return result.manifest, None if result.manifest is not None else str(result.error)

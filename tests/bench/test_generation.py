@@ -1,4 +1,4 @@
-"""Generation benchmarks of a causal LM: a tiny Llama built with ``kiln.build`` (eager + ONNX Runtime
+"""Generation benchmarks of a causal LM: a tiny Llama built with ``kiln.pipeline.build`` (eager + ONNX Runtime
 fp32) and benchmarked with tiny settings (structure of results.json, the reports, ``kiln compare``);
 and the pieces on synthetic figures: prompts that fit, the roofline's terms, the bandwidth cache.
 No wall-clock value is asserted on."""
@@ -278,7 +278,7 @@ def lm_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Results, Path]
     """``kiln bench`` of a tiny Llama's kiln.toml: builds eager + onnxruntime fp32, then measures."""
     from kiln.bench.peak import PEAK_SCHEMA
     from kiln.bench.run import BenchRun, bench
-    from kiln.hardware import fingerprint
+    from kiln.targets import fingerprint
     from tests.generative.models import tiny_llama_folder
 
     folder = tmp_path_factory.mktemp("tinylm")

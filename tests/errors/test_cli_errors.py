@@ -229,7 +229,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_complete(tmp_path: Path, mon
 
     from click.testing import CliRunner
 
-    import kiln.exporters as exporters
+    import kiln.capture.exporters as exporters
     from kiln.cli import main
 
     _write(tmp_path, cnn())

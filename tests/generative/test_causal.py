@@ -51,7 +51,7 @@ class CountingRunner:
 
 
 def _signature(sequence_max: int = 4, past_max: int = 15) -> Signature:
-    from kiln.causal import step_signature
+    from kiln.capture.causal import step_signature
 
     cache = CacheSpec(layers=1, kv_heads=1, head_dim=2, vocab_size=10, max_positions=64)
     dims = {"sequence": {"min": 1, "max": sequence_max}, "past": {"min": 0, "max": past_max}}
@@ -105,8 +105,8 @@ def test_only_the_past_dim_may_be_empty(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_hf_llama_builds_eager_and_onnxruntime_with_exact_tokens(tmp_path: Path) -> None:
-    from kiln.build import build
     from kiln.config import load_config
+    from kiln.pipeline.build import build
 
     tiny_llama_folder(tmp_path / "llama")
     path = write_config(tmp_path, _config(tmp_path, {"source": "hf:llama"}, ["eager", "onnxruntime"]))
@@ -128,8 +128,8 @@ def test_hf_llama_builds_eager_and_onnxruntime_with_exact_tokens(tmp_path: Path)
 
 @pytest.mark.slow
 def test_gpt2_lm_head_model_is_detected_as_a_causal_lm(tmp_path: Path) -> None:
-    from kiln.build import build
     from kiln.config import load_config
+    from kiln.pipeline.build import build
 
     tiny_gpt2_folder(tmp_path / "gpt2")
     path = write_config(tmp_path, _config(tmp_path, {"source": "hf:gpt2"}, ["onnxruntime"]))
@@ -140,8 +140,8 @@ def test_gpt2_lm_head_model_is_detected_as_a_causal_lm(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_an_adapter_is_merged_hashed_and_changes_the_model(tmp_path: Path) -> None:
-    from kiln.build import build, plan
     from kiln.config import load_config
+    from kiln.pipeline.build import build, plan
 
     tiny_llama_folder(tmp_path / "llama")
     tiny_lora_adapter(tmp_path / "llama", tmp_path / "lora")
@@ -163,8 +163,8 @@ def test_an_adapter_is_merged_hashed_and_changes_the_model(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_a_list_of_adapters_gives_one_model_each(tmp_path: Path) -> None:
-    from kiln.build import build
     from kiln.config import load_config
+    from kiln.pipeline.build import build
 
     tiny_llama_folder(tmp_path / "llama")
     tiny_lora_adapter(tmp_path / "llama", tmp_path / "a1", seed=1)
@@ -206,8 +206,8 @@ def step():
 @pytest.mark.slow
 @pytest.mark.parametrize("factory", ["lm", "step"])
 def test_factories_give_causal_lms_too(tmp_path: Path, factory: str) -> None:
-    from kiln.build import build
     from kiln.config import load_config
+    from kiln.pipeline.build import build
 
     (tmp_path / "models.py").write_text(FACTORY)
     model = {"source": f"models.py:{factory}", "task": "text-generation"}

@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("coremltools", reason="needs coremltools: pip install 'kiln[coreml]'")
 torch = pytest.importorskip("torch")
 
+from kiln.capture.exporters import ExportBundle  # noqa: E402
 from kiln.config import ModelConfig, TargetConfig  # noqa: E402
 from kiln.decoding import ExplicitCache, forced, generate, session_for  # noqa: E402
 from kiln.errors import ConfigError  # noqa: E402
-from kiln.exporters import ExportBundle  # noqa: E402
 from kiln.spec import Signature  # noqa: E402
 from kiln.targets import target_options, tolerance_for  # noqa: E402
 from kiln.targets.base import CompileContext, RunOptions  # noqa: E402
@@ -34,8 +34,8 @@ FLOAT16, FLOAT32, INT32 = 65552, 65568, 131104  # ArrayFeatureType data types in
 
 def step_bundle(folder: Path, tmp: Path) -> ExportBundle:
     """A tiny causal LM's step graph, captured as kiln captures it (no ONNX: Core ML takes the program)."""
-    from kiln.causal import load_causal_lm
-    from kiln.exporters.torch_export import capture, example_inputs
+    from kiln.capture.causal import load_causal_lm
+    from kiln.capture.exporters.torch_export import capture, example_inputs
 
     loaded = load_causal_lm(folder, ModelConfig(name="lm", source=f"hf:{folder}"), None, None)
     args = example_inputs(loaded.signature, loaded.example)
@@ -64,7 +64,7 @@ def spec_of(artifact: Any) -> Any:
 
 
 def _signature(layers: int = 1) -> Signature:
-    from kiln.causal import step_signature
+    from kiln.capture.causal import step_signature
     from kiln.spec import CacheSpec
 
     cache = CacheSpec(layers=layers, kv_heads=1, head_dim=2, vocab_size=10, max_positions=64)
@@ -192,8 +192,8 @@ def test_compile_writes_the_explicit_cache_graph_when_asked(tmp_path: Path) -> N
 def test_build_gates_the_stateful_package_by_simulation_with_exact_tokens(tmp_path: Path) -> None:
     import json
 
-    from kiln.build import build
     from kiln.config import load_config
+    from kiln.pipeline.build import build
 
     tiny_llama_folder(tmp_path / "llama")
     data = {

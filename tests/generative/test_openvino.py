@@ -116,7 +116,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One build of the trained tiny Llama (widths 64 and 128) for every OpenVINO precision."""
     skip_unless("openvino")
     skip_unless("onnxruntime")
-    from kiln.build import build
+    from kiln.pipeline.build import build
 
     folder = tmp_path_factory.mktemp("ov-llm")
     trained_tiny_llama_folder(folder / "llama")

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiln.build import build
 from kiln.config import TargetConfig, parse_config
 from kiln.decoding import generate, session_for
 from kiln.errors import ConfigError
+from kiln.pipeline.build import build
 from kiln.targets import implementation, target_options
 from kiln.targets.base import Artifact, RunOptions
 from tests.conftest import selected_targets

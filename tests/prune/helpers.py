@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from kiln.config import DimSpec, InputSpec, RecoveryConfig
-from kiln.prune import PruneContext
 from kiln.spec import Signature
+from kiln.train.prune import PruneContext
 
 HERE = Path(__file__).parent
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiln.build import build
 from kiln.config import load_config
-from kiln.prune import check_2to4
+from kiln.pipeline.build import build
+from kiln.train.prune import check_2to4
 from tests.conftest import CNN, skip_unless, write_config
 
 TARGETS = [

@@ -8,7 +8,7 @@ import pytest
 
 from kiln.config import PruneConfig, parse_config
 from kiln.errors import ConfigError, DataError
-from kiln.prune import prune_model
+from kiln.train.prune import prune_model
 from tests.conftest import CNN
 from tests.models import tiny_cnn
 from tests.prune.helpers import CNN_SIG, MLP_SIG, context, recovery

@@ -9,8 +9,8 @@ import torch
 from kiln.config import PruneConfig
 from kiln.data import CalibrationSet
 from kiln.errors import ConfigError
-from kiln.prune import check_2to4, prune_model
-from kiln.prune.semistructured import mask_2to4
+from kiln.train.prune import check_2to4, prune_model
+from kiln.train.prune.semistructured import mask_2to4
 from tests.models import tiny_cnn, two_in_out
 from tests.prune.helpers import CNN_SIG, MLP_SIG, TWO_SIG, context
 from tests.prune.tasks import blobs_mlp, calibration
@@ -154,7 +154,7 @@ def test_random_is_seeded_reaches_the_amount_and_differs_from_magnitude() -> Non
 
 
 def test_random_iterative_steps_only_add_zeros() -> None:
-    from kiln.prune.unstructured import MaskPruner
+    from kiln.train.prune.unstructured import MaskPruner
 
     module = tiny_cnn()
     layers = {"body.3": module.body[3]}
@@ -190,7 +190,7 @@ def test_modules_globs_choose_the_layers_pruned(method: str) -> None:
 
 
 def test_modules_match_a_layer_by_its_last_name_and_by_glob() -> None:
-    from kiln.prune.common import matches
+    from kiln.train.prune.common import matches
 
     assert matches("encoder.layer.0.attention.self.query", ["query"])
     assert matches("encoder.layer.0.output.dense", ["dense"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kiln.config import PruneConfig
-from kiln.prune import prune_model
+from kiln.train.prune import prune_model
 from tests.prune.helpers import MLP_SIG, context, recovery
 from tests.prune.tasks import accuracy, blobs_mlp
 

@@ -20,8 +20,8 @@ DIGITS_TARGETS = ("eager", "onnxruntime", "onnxruntime:int8", "openvino")
 @pytest.fixture(scope="session")
 def digits_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``build/digits/`` with one artifact folder per target in DIGITS_TARGETS."""
-    from kiln.build import build
     from kiln.config import load_config, with_targets
+    from kiln.pipeline.build import build
     from kiln.targets import availability
 
     wanted = [t for t in DIGITS_TARGETS if availability(t.split(":")[0]).build]

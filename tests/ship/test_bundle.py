@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from kiln.cli import main
 from kiln.config import DimSpec, InputSpec, Tolerance
 from kiln.errors import ConfigError, IntegrityError, ParityError, UnavailableError
-from kiln.golden import GOLDEN, MAX_BYTES, MAX_CASES, Candidate, GateSetup, GoldenSet, write_cases
+from kiln.gate.golden import GOLDEN, MAX_BYTES, MAX_CASES, Candidate, GateSetup, GoldenSet, write_cases
 from kiln.manifest import Gate, Manifest
 from kiln.ship import CARD, SUMS
 from kiln.ship.bundle import PackageOptions, package
@@ -137,7 +137,7 @@ def test_golden_cases_are_screened_on_the_artifact_capped_and_max_first(
     assert stacked.at_max == ["batch"] and stacked.shapes["x"] == [4, 3] and "stacked" in stacked.label
     assert golden.arrays(golden.inputs, "case0")["x"][:, 0].tolist() == [0.0, 0.25, 0.0, 0.25]
     # Over the byte cap, still one case: the smallest.
-    monkeypatch.setattr("kiln.golden.MAX_BYTES", 1)
+    monkeypatch.setattr("kiln.gate.golden.MAX_BYTES", 1)
     record = write_cases(tmp_path / "e", SIG, wrong_at_max, gate, Doubtful(), Doubtful().infer)
     assert record.cases == 1 and GoldenSet.read(tmp_path / "e").index.cases[0].label == "seeded 1"
 

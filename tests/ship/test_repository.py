@@ -88,8 +88,8 @@ def digits_repo(digits_build: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def pair_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two builds of one two-input module: ``pair`` (a shared dynamic batch, a dynamic sequence)
     for onnxruntime and openvino, and ``solo`` (no batch dim: a static leading 1) for onnxruntime."""
-    from kiln.build import build
     from kiln.config import load_config
+    from kiln.pipeline.build import build
 
     skip_unless("onnxruntime")
     folder = tmp_path_factory.mktemp("pair")

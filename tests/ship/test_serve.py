@@ -316,8 +316,8 @@ name = "eager"
 def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An eager artifact whose program raises on a sentinel input value (a real runtime error of
     the saved torch.export program; seeded parity inputs never hit it)."""
-    from kiln.build import build
     from kiln.config import load_config
+    from kiln.pipeline.build import build
 
     root = tmp_path_factory.mktemp("sentinel")
     (root / "model.py").write_text(SENTINEL_MODEL)

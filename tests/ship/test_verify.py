@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from kiln.errors import CompatibilityError, IntegrityError, UnsafeBundleError
-from kiln.golden import EXPECTED, GOLDEN
+from kiln.gate.golden import EXPECTED, GOLDEN
 from kiln.manifest import Manifest
 from kiln.ship import SUMS
 from kiln.ship.bundle import PackageOptions, package
@@ -300,8 +300,8 @@ def test_a_tensorrt_engine_needs_the_gpu_model_it_was_built_on(digits_build: Pat
 @pytest.fixture(scope="module")
 def lm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama built for ONNX Runtime fp32 (cheap dims and few tokens), packaged."""
-    from kiln.build import build
     from kiln.config import parse_config
+    from kiln.pipeline.build import build
     from tests.generative.models import tiny_llama_folder
 
     if not availability("onnxruntime").run:

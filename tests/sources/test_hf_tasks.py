@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from kiln.build import build
+from kiln.capture.hf import _image_size, resolve_task
+from kiln.capture.sources import load_source
 from kiln.config import ModelConfig, parse_config
 from kiln.errors import SourceError
-from kiln.hf import _image_size, resolve_task
-from kiln.sources import load_source
+from kiln.pipeline.build import build
 
 transformers = pytest.importorskip("transformers")
 
@@ -175,7 +175,7 @@ def test_text_generation_is_handed_to_kiln_causal(tmp_path: Path, monkeypatch: p
         seen.update(folder=folder, config=config, tokenizer=tokenizer)
         return "causal"
 
-    monkeypatch.setattr("kiln.causal.load_causal_lm", fake)
+    monkeypatch.setattr("kiln.capture.causal.load_causal_lm", fake)
     assert load_source(ModelConfig(name="lm", source=f"hf:{tmp_path}"), Path(".")) == "causal"
     assert seen["folder"] == tmp_path and seen["config"].architectures == ["BertLMHeadModel"]
     assert seen["tokenizer"].vocab_size == len(vocab)

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiln.build import build
 from kiln.config import parse_config
 from kiln.errors import UnavailableError
 from kiln.parity import ParityReport
+from kiln.pipeline.build import build
 from kiln.spec import Signature, random_inputs
 from kiln.store import sha256_file
 from kiln.targets import REGISTRY, implementation, tolerance_for
@@ -68,7 +68,7 @@ def _result(built: dict[str, dict[str, Any]], target: str, precision: str, model
 
 
 def _reference(model: str, sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from kiln.sources import load_source
+    from kiln.capture.sources import load_source
     from kiln.targets.eager import TorchRunner
 
     config = parse_config(MODELS[model], Path("."))

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from kiln.build import build
 from kiln.config import parse_config
 from kiln.decoding import ContextError, generate, session_for
 from kiln.errors import UnavailableError
+from kiln.pipeline.build import build
 from kiln.targets import REGISTRY, implementation
 from kiln.targets.base import Artifact, RunOptions
 from tests.conftest import selected_targets

@@ -14,9 +14,9 @@ pytest.importorskip("coremltools", reason="needs coremltools: pip install 'kiln[
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+from kiln.capture.exporters import ExportBundle  # noqa: E402
 from kiln.config import DimSpec, InputSpec, PruneConfig, TargetConfig  # noqa: E402
 from kiln.errors import ConfigError, UnavailableError  # noqa: E402
-from kiln.exporters import ExportBundle  # noqa: E402
 from kiln.spec import Signature, torch_dynamic_shapes  # noqa: E402
 from kiln.targets import target_options, tolerance_for  # noqa: E402
 from kiln.targets.base import CompileContext, RunOptions  # noqa: E402
@@ -291,8 +291,8 @@ def test_prediction_matches_eager_on_macos(tmp_path: Path, precision: str) -> No
 @pytest.mark.target("coreml", stage="build")
 def test_digits_build_records_simulated_accuracy_and_weights(tmp_path: Path) -> None:
     pytest.importorskip("sklearn", reason="the digits example needs scikit-learn: pip install 'kiln[examples]'")
-    from kiln.build import build
     from kiln.config import load_config
+    from kiln.pipeline.build import build
 
     config = load_config(DIGITS / "coreml.toml")
     config = config.model_copy(update={"target": [t for t in config.target if t.precision in ("fp32", "int8")]})

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiln.build import build, plan
 from kiln.config import DimSpec, InputSpec, TargetConfig, parse_config
 from kiln.errors import ConfigError, UnavailableError
+from kiln.pipeline.build import build, plan
 from kiln.spec import Signature, random_inputs
 from kiln.targets import availability, implementation, target_options
 from kiln.targets.base import Artifact, RunOptions
@@ -215,7 +215,7 @@ def test_core_ml_delegate_is_lowered_here_and_gated_by_simulation(tmp_path: Path
 
 @dataclass(frozen=True)
 class Built:
-    result: Any  # kiln.build.TargetResult
+    result: Any  # kiln.pipeline.build.TargetResult
     folder: Path
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiln.build import build, plan
 from kiln.config import DataSpec, parse_config
 from kiln.data import digest_arrays, load_calibration
 from kiln.errors import ConfigError, DataError
+from kiln.pipeline.build import build, plan
 from kiln.quant import CalibrationWarning, require_calibration, warn_few_samples
 from kiln.quant.saturation import host_saturates
 from kiln.spec import Signature

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from kiln.build import build
 from kiln.config import parse_config
+from kiln.pipeline.build import build
 from kiln.quant import saturation
 from kiln.quant.saturation import decide, host_saturates, saturates
 from kiln.targets import availability

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 import kiln.targets.tensorrt as trt_target
+from kiln.capture.exporters import ExportBundle
 from kiln.config import DimSpec, InputSpec, TargetConfig, Tolerance
 from kiln.errors import ConfigError, DataError, UnavailableError
-from kiln.exporters import ExportBundle
 from kiln.spec import Signature
 from kiln.targets import availability, target_options, tolerance_for
 from kiln.targets.base import CompileContext, RunOptions

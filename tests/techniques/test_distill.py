@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build import build, plan
 from kiln.config import load_config, parse_config
 from kiln.errors import ConfigError, SourceError
+from kiln.pipeline.build import build, plan
 from tests.conftest import skip_unless, write_config
 from tests.techniques.tasks import TASKS, config
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kiln.build import build, plan
+from kiln.capture.ensemble import ensemble_module
+from kiln.capture.sources import load_source, source_files
 from kiln.config import EnsembleConfig, load_config, parse_config
-from kiln.ensemble import ensemble_module
 from kiln.errors import ConfigError, SourceError
-from kiln.sources import load_source, source_files
+from kiln.pipeline.build import build, plan
 from tests.conftest import skip_unless, write_config
 from tests.techniques.tasks import TASKS, accuracy, config, member_a, member_b, member_c
 
@@ -107,7 +107,7 @@ def test_the_ensemble_cache_key_covers_every_members_files(tmp_path: Path) -> No
 
 
 def test_member_rows_follow_each_unpruned_target_and_not_in_narrowed_configs(tmp_path: Path) -> None:
-    from kiln.build import one_target
+    from kiln.pipeline.build import one_target
 
     path = _config(tmp_path, [{"name": "eager"}, {"name": "onnxruntime", "prune": {"method": "magnitude"}}])
     p = plan(load_config(path), tmp_path / "build")

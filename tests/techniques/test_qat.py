@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build import build, plan
 from kiln.config import load_config
 from kiln.errors import ConfigError
+from kiln.pipeline.build import build, plan
 from kiln.targets import REGISTRY
 from tests.conftest import skip_unless, write_config
 from tests.techniques.tasks import TASKS, config

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from kiln.capture.sources import bind_inputs
 from kiln.errors import SourceError
-from kiln.sources import bind_inputs
 
 
 class Optional(torch.nn.Module):
@@ -48,8 +48,8 @@ def test_names_that_are_parameters_bind_by_keyword() -> None:
 
 
 def test_a_keyword_bound_module_captures_with_dynamic_dims_by_name() -> None:
+    from kiln.capture.exporters.torch_export import capture
     from kiln.config import DimSpec, InputSpec
-    from kiln.exporters.torch_export import capture
     from kiln.spec import Signature
 
     sig = Signature(
@@ -81,8 +81,8 @@ def test_a_parameter_the_spec_does_not_give_is_named(module: torch.nn.Module, na
 
 def test_a_transformers_encoder_from_a_factory_builds_with_a_mask(tmp_path: Path) -> None:
     """The issue's case: GPT2Model with input_ids and attention_mask from a file.py:fn factory."""
+    from kiln.capture.sources import load_source
     from kiln.config import parse_config
-    from kiln.sources import load_source
 
     (tmp_path / "m.py").write_text(
         "import torch, transformers\n"

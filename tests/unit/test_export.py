@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import helper
 
+from kiln.capture.exporters.onnx import check_opset, written_opset
+from kiln.capture.exporters.torch_export import describe_failure
 from kiln.errors import ExportError
-from kiln.exporters.onnx import check_opset, written_opset
-from kiln.exporters.torch_export import describe_failure
 from kiln.tensors import flatten_outputs
 from tests.conftest import write_config
 

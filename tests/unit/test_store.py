@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build import BuildPlan, plan
 from kiln.config import parse_config
+from kiln.pipeline.build import BuildPlan, plan
 from kiln.store import BuildLock, atomic_dir, cache_key, clean_debris, up_to_date, write_json
 from tests.conftest import CNN
 

@@ -4,7 +4,7 @@ Core ML (iOS 18 / macOS 15) keeps a model's mutable state between predictions (`
 ``MLModel.make_state()``); coremltools converts a ``torch.export`` program whose registered buffers
 are mutated in place into such states. Core ML states are fp16, whatever the compute precision.
 
-The form is built from the captured explicit-cache step graph (:mod:`kiln.causal`), so it needs
+The form is built from the captured explicit-cache step graph (:mod:`kiln.capture.causal`), so it needs
 nothing but the program and serves any model that graph serves. One fp16 buffer
 ``kv_cache [2 * layers, kv_heads, context, head_dim]`` (row ``2i`` layer ``i``'s keys, ``2i + 1``
 its values; one state, not one per layer: coremltools 9's ``canonicalize_inplace_pattern`` pass

@@ -45,7 +45,7 @@ def at_max(module: Any, sig: Signature) -> Any:
     for the upper bound it finds in the program; tracing at the max makes the hints equal the
     bounds, so no dim's plan can end below its max (a plan capped at the example's size fails
     at ``set_inputs`` with error 0x10), and the FLOP estimate is taken at the planned sizes."""
-    from kiln.exporters.torch_export import capture
+    from kiln.capture.exporters.torch_export import capture
     from kiln.tensors import to_tensors
 
     return capture(module, tuple(to_tensors(sig, random_inputs(sig, "max", seed=0))), sig, strict=False)

@@ -3,7 +3,7 @@
 Toolchain: nncf 3.4 (PyTorch backend) and openvino 2026.4. ``nncf.quantize`` on the float PyTorch
 model inserts NNCF's fake quantizers with ranges from kiln's calibration set (what post-training
 quantization is: its task metric is recorded beside QAT's); the model is then fine-tuned with the
-quantizers in the loop (:class:`kiln.finetune.Recovery`: the recovery data, epochs, learning rate
+quantizers in the loop (:class:`kiln.train.finetune.Recovery`: the recovery data, epochs, learning rate
 and distillation of ``[recovery]``), and ``ov.convert_model`` turns it into an IR whose
 FakeQuantize ops the CPU plugin runs as int8. NNCF's PyTorch quantizers run through a C++
 extension it compiles on first use (90 s on 2 cores, cached under ``~/.cache/torch_extensions``);

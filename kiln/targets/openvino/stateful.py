@@ -1,6 +1,6 @@
 """A causal LM's step graph as an OpenVINO stateful IR: the KV cache lives in the request.
 
-The step graph ``(input_ids, position_ids, past.*) -> (logits, present.*)`` (kiln.causal) is
+The step graph ``(input_ids, position_ids, past.*) -> (logits, present.*)`` (kiln.capture.causal) is
 turned into the form optimum-intel gives OpenVINO's LLM runtimes, built with OpenVINO's own
 passes (openvino 2026.4):
 

@@ -239,7 +239,7 @@ def prepare_qdq(
 
     import onnx
 
-    from kiln.exporters.onnx import written_opset
+    from kiln.capture.exporters.onnx import written_opset
 
     if importlib.util.find_spec("onnxruntime") is None:
         raise MissingDependencyError(

@@ -17,8 +17,8 @@ from typing import Any
 from kiln.config import PruneConfig
 from kiln.data import CalibrationSet
 from kiln.errors import ConfigError
-from kiln.prune.common import first_output, is_weight_layer
 from kiln.spec import Signature
+from kiln.train.prune.common import first_output, is_weight_layer
 
 TAYLOR_SAMPLES = 64
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from kiln.capture.exporters import ExportBundle
 from kiln.config import KilnConfig, Tolerance
 from kiln.data import CalibrationSet, EvaluationSet, load_calibration, load_evaluation
 from kiln.decoding import ContextError, DecodeSession, Tokenizer, forced, generate, perplexity, session_for
-from kiln.exporters import ExportBundle
 from kiln.manifest import EvaluationResult, Gate, GenerationResult, PromptFigures
 from kiln.metrics import evaluate, metric_drop
 from kiln.parity import ParityReport
@@ -67,7 +67,7 @@ class Reference:
         if self._runner is None:
             options = RunOptions(threads=self.config.bench.threads)
             if self.module is None:
-                from kiln.exporters import ONNX
+                from kiln.capture.exporters import ONNX
                 from kiln.targets import implementation
                 from kiln.targets.base import Artifact
 
@@ -107,7 +107,7 @@ class Reference:
 
     def golden_cases(self, real_data: bool, real_samples: int = 2) -> list[tuple[str, str, Arrays, Arrays]]:
         """The gate's own cases as ``(kind, label, inputs, eager outputs)``, for the golden set
-        (:mod:`kiln.golden` screens and picks): on real data only the calibration samples and
+        (:mod:`kiln.gate.golden` screens and picks): on real data only the calibration samples and
         the first ``real_samples`` evaluation batches; else the seeded cases too."""
         sig = self.bundle.signature
         points = parity_points(sig)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import sys
 from pathlib import Path
 from typing import Any
 
-from kiln.causal import is_causal_lm
+from kiln.callables import load_callable, resolve_path
+from kiln.capture.causal import is_causal_lm
+from kiln.capture.loaded import LoadedModel, SourceKind
 from kiln.config import ENSEMBLE, DimSpec, InputSpec, ModelConfig
 from kiln.errors import SourceError
-from kiln.loaded import LoadedModel, SourceKind
 from kiln.spec import Signature
 
 WEIGHT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".npz", ".npy", ".json", ".txt", ".model"}
@@ -40,11 +40,6 @@ def source_kind(source: str) -> SourceKind:
     )
 
 
-def _resolve(root: Path, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (root / p)
-
-
 def hf_folder(source: str, root: Path) -> Path:
     """The folder of an ``hf:`` source: a path, or ``hf:pkg://package/sub/folder`` for a model
     folder shipped inside an installed Python package (found without importing it)."""
@@ -55,13 +50,13 @@ def hf_folder(source: str, root: Path) -> Path:
         if spec is None or not spec.submodule_search_locations:
             raise SourceError(f"hf source {source!r}: package {package!r} is not installed; pip install it")
         return Path(next(iter(spec.submodule_search_locations))) / sub
-    return _resolve(root, ref)
+    return resolve_path(root, ref)
 
 
 def source_files(model: ModelConfig, root: Path) -> list[Path]:
     """The files whose bytes identify the model (for the cache key); no torch import. An
     adapter's files are the model's too."""
-    adapters = [p for ref in model.adapters for p in sorted(_resolve(root, ref).rglob("*")) if p.is_file()]
+    adapters = [p for ref in model.adapters for p in sorted(resolve_path(root, ref).rglob("*")) if p.is_file()]
     return _model_files(model, root) + adapters
 
 
@@ -75,11 +70,11 @@ def _model_files(model: ModelConfig, root: Path) -> list[Path]:
         folder = hf_folder(model.source, root)
         return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
     if kind in ("pt2", "onnx"):
-        path = _resolve(root, model.source)
+        path = resolve_path(root, model.source)
         return [path] if path.is_file() else []
     module_part = model.source.rsplit(":", 1)[0]
     if module_part.endswith(".py"):
-        file = _resolve(root, module_part)
+        file = resolve_path(root, module_part)
     else:
         spec = importlib.util.find_spec(module_part.split(".")[0])
         if spec is None or spec.origin is None:
@@ -94,39 +89,6 @@ def _model_files(model: ModelConfig, root: Path) -> list[Path]:
     )
 
 
-def load_callable(ref: str, root: Path, what: str) -> Any:
-    """Import ``path/file.py:fn`` or ``package.module:fn``."""
-    module_part, sep, attr = ref.rpartition(":")
-    if not sep or not attr:
-        raise SourceError(f"{what} {ref!r} needs the form path/file.py:fn or package.module:fn")
-    try:
-        if module_part.endswith(".py"):
-            path = _resolve(root, module_part).resolve()
-            if not path.is_file():
-                raise SourceError(f"{what} file {path} does not exist; check the path in the config")
-            name = f"kiln_user_{path.stem}_{abs(hash(str(path)))}"
-            module = sys.modules.get(name)
-            if module is None:
-                spec = importlib.util.spec_from_file_location(name, path)
-                assert spec and spec.loader
-                module = importlib.util.module_from_spec(spec)
-                sys.path.insert(0, str(path.parent))
-                try:
-                    sys.modules[name] = module
-                    spec.loader.exec_module(module)
-                finally:
-                    sys.path.remove(str(path.parent))
-        else:
-            module = importlib.import_module(module_part)
-    except SourceError:
-        raise
-    except Exception as err:  # user code: any failure is the user's to fix, with its cause kept
-        raise SourceError(f"{what} {ref!r} failed to import: {type(err).__name__}: {err}") from err
-    if not hasattr(module, attr):
-        raise SourceError(f"{what} {ref!r}: module has no attribute {attr!r}")
-    return getattr(module, attr)
-
-
 def member_configs(model: ModelConfig) -> list[ModelConfig]:
     """An ensemble's members as models of their own: each member's source with the ensemble's
     input spec and task."""
@@ -139,8 +101,8 @@ def member_configs(model: ModelConfig) -> list[ModelConfig]:
 
 def _load_ensemble(model: ModelConfig, root: Path) -> LoadedModel:
     """Every member loaded as a model of its own, checked to take the same inputs, and wrapped
-    into one module (:mod:`kiln.ensemble`)."""
-    from kiln.ensemble import ensemble_module
+    into one module (:mod:`kiln.capture.ensemble`)."""
+    from kiln.capture.ensemble import ensemble_module
 
     assert model.ensemble is not None
     loaded: list[LoadedModel] = []
@@ -202,11 +164,11 @@ def load_source(model: ModelConfig, root: Path) -> LoadedModel:
         if kind not in ("python", "hf"):
             raise SourceError(f"[model].adapter needs a transformers model (hf: or a factory); the source is {kind}")
         for ref in model.adapters:
-            if not _resolve(root, ref).is_dir():
+            if not resolve_path(root, ref).is_dir():
                 raise SourceError(
-                    f"adapter {_resolve(root, ref)} is not a folder; point [model].adapter at a PEFT adapter"
+                    f"adapter {resolve_path(root, ref)} is not a folder; point [model].adapter at a PEFT adapter"
                 )
-        model = model.model_copy(update={"adapter": [str(_resolve(root, ref).resolve()) for ref in model.adapters]})
+        model = model.model_copy(update={"adapter": [str(resolve_path(root, ref).resolve()) for ref in model.adapters]})
     return loader(model, root)
 
 
@@ -303,7 +265,7 @@ def _causal_factory(module: Any, model: ModelConfig, root: Path) -> LoadedModel:
     """A factory's causal LM: a transformers model with a generation head, wrapped as the step
     graph, or a module that already has the step contract and says its cache layout with a
     ``kiln_cache`` attribute (a :class:`kiln.spec.CacheSpec` or its fields as a dict)."""
-    from kiln.causal import causal_loaded, example_inputs, step_signature
+    from kiln.capture.causal import causal_loaded, example_inputs, step_signature
     from kiln.spec import CacheSpec
 
     del root
@@ -343,7 +305,7 @@ def _signature_from_example(module: Any, example: tuple[Any, ...] | None, source
 def _load_pt2(model: ModelConfig, root: Path) -> LoadedModel:
     import torch
 
-    path = _resolve(root, model.source)
+    path = resolve_path(root, model.source)
     if not path.is_file():
         raise SourceError(f"saved program {path} does not exist; check [model].source")
     try:
@@ -359,7 +321,7 @@ def _load_pt2(model: ModelConfig, root: Path) -> LoadedModel:
 def _load_onnx(model: ModelConfig, root: Path) -> LoadedModel:
     import onnx
 
-    path = _resolve(root, model.source)
+    path = resolve_path(root, model.source)
     if not path.is_file():
         raise SourceError(f"ONNX file {path} does not exist; check [model].source")
     try:
@@ -399,6 +361,6 @@ def _load_hf(model: ModelConfig, root: Path) -> LoadedModel:
     folder = hf_folder(model.source, root)
     if not (folder / "config.json").is_file():
         raise SourceError(f"hf source {folder} has no config.json; point hf: at a local transformers model folder")
-    from kiln.hf import load_hf
+    from kiln.capture.hf import load_hf
 
     return load_hf(folder, model)

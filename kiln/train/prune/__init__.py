@@ -29,8 +29,8 @@ from kiln.config import PruneConfig, RecoveryConfig
 from kiln.data import CalibrationSet
 from kiln.errors import ConfigError
 from kiln.manifest import PruneReport
-from kiln.prune.semistructured import check_2to4
 from kiln.spec import Signature
+from kiln.train.prune.semistructured import check_2to4
 
 __all__ = ["PruneContext", "check_2to4", "prune_model"]
 
@@ -62,18 +62,18 @@ def _check(spec: PruneConfig, ctx: PruneContext) -> None:
 
 
 def _pruner(module: Any, spec: PruneConfig, args: tuple[Any, ...], kept: list[str], ctx: PruneContext) -> Any:
-    from kiln.prune.common import weight_layers
+    from kiln.train.prune.common import weight_layers
 
     if spec.method == "channel":
-        from kiln.prune.structured import ChannelPruner
+        from kiln.train.prune.structured import ChannelPruner
 
         return ChannelPruner(module, spec, args, kept, (ctx.signature, ctx.calibration))
     layers = weight_layers(module, kept)
     if spec.method in ("magnitude", "random"):
-        from kiln.prune.unstructured import MaskPruner
+        from kiln.train.prune.unstructured import MaskPruner
 
         return MaskPruner(layers, spec)
-    from kiln.prune.semistructured import SemiStructuredPruner
+    from kiln.train.prune.semistructured import SemiStructuredPruner
 
     return SemiStructuredPruner(layers, spec)
 
@@ -91,8 +91,8 @@ def prune_model(module: Any, spec: PruneConfig, ctx: PruneContext) -> tuple[Any,
     Returns the pruned module in eval mode (plain tensors, no pruning hooks: ready for
     ``torch.export``) and a JSON-able report for ``export.json`` and every pruned manifest.
     """
-    from kiln.prune.common import example_inputs, protected, zero_fraction
-    from kiln.prune.flops import footprint
+    from kiln.train.prune.common import example_inputs, protected, zero_fraction
+    from kiln.train.prune.flops import footprint
 
     _check(spec, ctx)
     start = time.perf_counter()
@@ -102,7 +102,7 @@ def prune_model(module: Any, spec: PruneConfig, ctx: PruneContext) -> tuple[Any,
     before = footprint(module, args)
     trainer = None
     if ctx.recovery is not None:
-        from kiln.finetune import Recovery
+        from kiln.train.finetune import Recovery
 
         teacher = (ctx.teacher or copy.deepcopy(module)).eval() if ctx.recovery.distill else None
         trainer = Recovery(ctx.recovery, ctx.signature, ctx.root, teacher, ctx.progress)

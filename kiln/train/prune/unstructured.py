@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.config import PruneConfig
-from kiln.prune.common import zero_fraction
+from kiln.train.prune.common import zero_fraction
 
 
 def apply_mask(layer: Any, mask: Any) -> None:

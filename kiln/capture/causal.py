@@ -16,9 +16,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from kiln.capture.loaded import LoadedModel
 from kiln.config import DimSpec, InputSpec, ModelConfig
 from kiln.errors import SourceError
-from kiln.loaded import LoadedModel
 from kiln.spec import CacheSpec, Signature
 
 # Tokens the capture is traced with: a dim traced at 0 or 1 is specialized to a constant.

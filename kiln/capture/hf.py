@@ -6,7 +6,7 @@ order and returns a plain dict of its non-empty ``ModelOutput`` fields (``logits
 ``start_logits``/``end_logits``, ``last_hidden_state`` ...): stable output names for every
 backend. Text tasks take the folder's tokenizer; ``image-classification`` takes ``pixel_values``
 sized by the folder's ``preprocessor_config.json`` and needs no tokenizer. ``text-generation`` is
-handed to :mod:`kiln.causal`.
+handed to :mod:`kiln.capture.causal`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from kiln.capture.loaded import LoadedModel
 from kiln.config import DimSpec, InputSpec, ModelConfig
 from kiln.errors import SourceError
-from kiln.loaded import LoadedModel
 from kiln.spec import Signature, random_inputs
 
 SENTENCES = [
@@ -203,7 +203,7 @@ def load_hf(folder: Path, model: ModelConfig) -> LoadedModel:
     except Exception as err:
         raise SourceError(f"hf:{folder}: the tokenizer failed to load ({type(err).__name__}: {err}); {fix}") from err
     if task == "text-generation":
-        from kiln.causal import load_causal_lm
+        from kiln.capture.causal import load_causal_lm
 
         return load_causal_lm(folder, model, config, tokenizer)
     return _load_text(folder, model, config, tokenizer, task)

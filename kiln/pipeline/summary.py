@@ -12,7 +12,7 @@ from kiln.config import KilnConfig
 from kiln.manifest import Gate
 
 if TYPE_CHECKING:
-    from kiln.build import TargetResult
+    from kiln.pipeline.build import TargetResult
 
 
 def human_size(n: float) -> str:

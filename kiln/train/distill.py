@@ -2,7 +2,7 @@
 before it is captured, so every target builds the distilled student.
 
 The teacher is any model source kiln loads (``path/file.py:fn``, ``model.pt2``, ``hf:folder``)
-taking the student's inputs. Fine-tuning is :class:`kiln.finetune.Recovery` with the teacher as
+taking the student's inputs. Fine-tuning is :class:`kiln.train.finetune.Recovery` with the teacher as
 its teacher (Hinton et al.'s softened-softmax KL for class scores, MSE for other outputs) and the
 recovery data's labels for the task loss. The report holds the teacher's and the student's task
 metric (before and after) on the build's evaluation set, and both models' parameter counts.
@@ -37,7 +37,7 @@ def teacher_model(config: KilnConfig) -> ModelConfig:
 
 def load_teacher(config: KilnConfig, student: Signature) -> Any:
     """The teacher module, checked to take the student's inputs."""
-    from kiln.sources import accepts, load_source, source_kind
+    from kiln.capture.sources import accepts, load_source, source_kind
 
     model = teacher_model(config)
     if source_kind(model.source) in ("onnx", "ensemble"):
@@ -67,7 +67,7 @@ def distil(
     progress: Progress = lambda _: None,
 ) -> DistillReport:
     """Distil the teacher into ``student`` in place; returns the report."""
-    from kiln.finetune import Recovery
+    from kiln.train.finetune import Recovery
 
     recovery = config.recovery
     assert recovery is not None and recovery.teacher is not None

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import __version__
+from kiln.capture.exporters import META, TOKENIZER, ExportBundle
+from kiln.capture.loaded import LoadedModel
+from kiln.capture.sources import load_source
 from kiln.config import KilnConfig, TargetConfig
 from kiln.errors import ConfigError, KilnError, ParityError
-from kiln.exporters import META, TOKENIZER, ExportBundle
-from kiln.golden import GOLDEN
-from kiln.loaded import LoadedModel
+from kiln.gate.golden import GOLDEN
 from kiln.manifest import (
     AdapterRecord,
     CalibrationSummary,
@@ -32,7 +33,7 @@ from kiln.manifest import (
     GoldenRecord,
     Manifest,
 )
-from kiln.planning import (
+from kiln.pipeline.planning import (
     BuildPlan,
     TargetPlan,
     distilled_key,
@@ -42,7 +43,7 @@ from kiln.planning import (
     tokenizer_dir,
     with_members,
 )
-from kiln.sources import load_source
+from kiln.pipeline.variants import distilled, member_variant, module_metric, pruned_variant
 from kiln.store import (
     BuildLock,
     atomic_dir,
@@ -53,7 +54,6 @@ from kiln.store import (
 from kiln.targets import (
     qat_applies,
 )
-from kiln.variants import distilled, member_variant, module_metric, pruned_variant
 from kiln.versions import CORE, versions
 
 # What callers import from here: the build, and the plan it starts from.
@@ -71,8 +71,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from kiln.gate.reference import BuildData, Reference
     from kiln.quant.qat import QatSetup
-    from kiln.reference import BuildData, Reference
     from kiln.targets.base import Artifact, CompileContext, Runner, Target
 
 Progress = Callable[[str], None]
@@ -131,7 +131,7 @@ def _implementation(tp: TargetPlan) -> Target:
 
 
 def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, TargetResult], progress: Progress) -> None:
-    from kiln.reference import BuildData, Reference
+    from kiln.gate.reference import BuildData, Reference
 
     config = p.config
     progress("loading the model source")
@@ -163,7 +163,7 @@ def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, Targe
 def _export(
     p: BuildPlan, loaded: LoadedModel, progress: Progress, distillation: DistillReport | None = None
 ) -> ExportBundle:
-    from kiln.exporters import export_model
+    from kiln.capture.exporters import export_model
 
     folder = p.model_dir / "export"
     if up_to_date(folder, p.export_key, META) is not None:
@@ -212,7 +212,7 @@ def _qat_setup(p: BuildPlan, tp: TargetPlan, reference: Reference, progress: Pro
         raise ConfigError(f"{tp.label}: quantization-aware training needs a PyTorch model; set [recovery] qat = false")
     teacher = None
     if config.recovery.teacher is not None:
-        from kiln.distill import load_teacher
+        from kiln.train.distill import load_teacher
 
         teacher = load_teacher(config, sig)
     evaluate = module_metric(config, reference.data, sig) if reference.data.evaluation is not None else None
@@ -243,7 +243,7 @@ def _build_target(
         options = RunOptions(threads=ctx.threads)
         runner = impl.load(artifact, options) if tp.available.run else impl.simulated_runner(artifact, ctx)
         if artifact.reference is not None:  # QAT retrained the model: parity is against what it made
-            from kiln.reference import Reference
+            from kiln.gate.reference import Reference
 
             reference = Reference(p.config, bundle, artifact.reference, reference.data, baseline=reference)
         gate, golden = _gate(tp, artifact, runner, reference, progress)
@@ -272,7 +272,7 @@ def _gate(
 def _golden(
     tp: TargetPlan, artifact: Artifact, runner: Runner | None, reference: Reference, gate: Gate
 ) -> GoldenRecord:
-    from kiln import golden
+    from kiln.gate import golden
 
     sig = reference.bundle.signature
     setup = golden.GateSetup(tp.tolerance, reference.primary, tuple(reference.config.model.class_outputs))
@@ -335,7 +335,7 @@ def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> M
 
 
 def _adapter(config: KilnConfig) -> AdapterRecord | None:
-    from kiln.causal import adapter_digest
+    from kiln.capture.causal import adapter_digest
 
     if not config.model.adapters:
         return None
@@ -354,7 +354,7 @@ def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda 
             if up_to_date(folder, p.export_key, META) is None:
                 loaded, distillation = load_source(each.model, each.root), None
                 if each.recovery is not None and each.recovery.teacher is not None:
-                    from kiln.reference import BuildData
+                    from kiln.gate.reference import BuildData
 
                     data = BuildData.load(each, loaded.signature)
                     loaded, distillation = distilled(p, loaded, data, progress)

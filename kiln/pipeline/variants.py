@@ -9,13 +9,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from kiln.capture.exporters import META, ExportBundle
+from kiln.capture.loaded import LoadedModel
 from kiln.config import KilnConfig, TargetConfig
-from kiln.exporters import META, ExportBundle
-from kiln.loaded import LoadedModel
 from kiln.manifest import (
     DistillReport,
 )
-from kiln.planning import BuildPlan
+from kiln.pipeline.planning import BuildPlan
 from kiln.spec import Arrays, Signature
 from kiln.store import (
     atomic_dir,
@@ -24,7 +24,7 @@ from kiln.store import (
 )
 
 if TYPE_CHECKING:
-    from kiln.reference import BuildData, Reference
+    from kiln.gate.reference import BuildData, Reference
 
 Progress = Callable[[str], None]
 
@@ -39,9 +39,9 @@ def pruned_variant(
     """
     import copy
 
-    from kiln.exporters import export_model
-    from kiln.prune import PruneContext, prune_model
-    from kiln.reference import Reference
+    from kiln.capture.exporters import export_model
+    from kiln.gate.reference import Reference
+    from kiln.train.prune import PruneContext, prune_model
 
     assert target.prune is not None
     config, slug = p.config, target.prune.slug
@@ -51,7 +51,7 @@ def pruned_variant(
         progress(f"pruning: {slug}")
         teacher = None
         if config.recovery is not None and config.recovery.teacher is not None:
-            from kiln.distill import load_teacher
+            from kiln.train.distill import load_teacher
 
             teacher = load_teacher(config, sig)
         ctx = PruneContext(
@@ -85,8 +85,8 @@ def member_variant(
 ) -> tuple[ExportBundle, Reference]:
     """One ensemble member alone: its own export stage (``export-member-<name>/``) and its own
     eager reference, so its gate and metric drop are measured against the member itself."""
-    from kiln.exporters import export_model
-    from kiln.reference import Reference
+    from kiln.capture.exporters import export_model
+    from kiln.gate.reference import Reference
 
     assert target.member is not None and p.config.model.ensemble is not None
     variant = f"member-{target.member}"
@@ -141,7 +141,7 @@ def distilled(
     ``distilled/`` (its weights and report, published whole) for every later build."""
     import torch
 
-    from kiln.distill import distil
+    from kiln.train.distill import distil
 
     folder = p.model_dir / "distilled"
     if (meta := up_to_date(folder, p.export_key, DISTILLED)) is not None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kiln.capture.loaded import LoadedModel
 from kiln.errors import ExportError
-from kiln.loaded import LoadedModel
 from kiln.manifest import DistillReport, PruneReport
 from kiln.spec import Signature
 
@@ -114,8 +114,8 @@ def export_model(
     """Capture and lower into ``out_dir`` (a fresh folder); ``key`` is the stage's cache key."""
     import torch
 
-    from kiln.exporters.onnx import to_onnx
-    from kiln.exporters.torch_export import capture, example_inputs
+    from kiln.capture.exporters.onnx import to_onnx
+    from kiln.capture.exporters.torch_export import capture, example_inputs
     from kiln.tensors import flatten_outputs
 
     sig = loaded.signature

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kiln.callables import load_callable
 from kiln.config import RecoveryConfig
 from kiln.data import as_array, as_inputs
 from kiln.errors import DataError
-from kiln.sources import load_callable
 from kiln.spec import Signature
 
 Progress = Callable[[str], None]

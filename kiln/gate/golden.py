@@ -44,7 +44,7 @@ from kiln.targets.base import Runner
 
 GOLDEN = "golden"
 INDEX, INPUTS, EXPECTED = "index.json", "inputs.npz", "expected.npz"
-GOLDEN_SCHEMA = "kiln.golden/1"
+GOLDEN_SCHEMA = "kiln.gate.golden/1"
 MAX_CASES = 8
 MAX_BYTES = 2 * 2**20
 REAL_SAMPLES = 2  # real cases offered beside the seeded ones (per kind)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.errors import ConfigError
-from kiln.finetune import first_output as first_output  # the pruning methods read it from here
 from kiln.spec import Signature, random_inputs
+from kiln.train.finetune import first_output as first_output  # the pruning methods read it from here
 
 WEIGHT_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 

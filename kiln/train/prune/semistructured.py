@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kiln.config import PruneConfig
-from kiln.prune.unstructured import apply_mask, make_permanent
+from kiln.train.prune.unstructured import apply_mask, make_permanent
 
 N, M = 2, 4
 
@@ -67,7 +67,7 @@ def check_2to4(weights: Any, names: list[str] | None = None) -> dict[str, Any]:
     if isinstance(weights, Mapping):
         tensors = {k.removesuffix(".weight"): v for k, v in weights.items() if k.split(".")[-1] == "weight"}
     else:
-        from kiln.prune.common import is_weight_layer
+        from kiln.train.prune.common import is_weight_layer
 
         tensors = {n: m.weight for n, m in weights.named_modules() if is_weight_layer(m)}
     if names is not None:

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
+from kiln.capture.sources import source_files, source_kind
 from kiln.config import KilnConfig, TargetConfig, Tolerance
 from kiln.errors import ConfigError
 from kiln.manifest import (
     MANIFEST_SCHEMA,
 )
-from kiln.sources import source_files, source_kind
 from kiln.store import (
     cache_key,
     hash_files,
@@ -136,7 +136,7 @@ def _recovery_files(config: KilnConfig) -> list[Path]:
 def _distill_inputs(config: KilnConfig, data_key: str) -> dict[str, Any] | None:
     """What a distilled student depends on beyond its source: the recovery settings and data and
     the teacher's files (``None`` without ``[recovery].teacher``)."""
-    from kiln.distill import teacher_model
+    from kiln.train.distill import teacher_model
 
     recovery = config.recovery
     if recovery is None or recovery.teacher is None:

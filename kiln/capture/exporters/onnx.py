@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from kiln.capture.exporters.torch_export import describe_failure
 from kiln.errors import ExportError
-from kiln.exporters.torch_export import describe_failure
 from kiln.spec import Signature
 
 

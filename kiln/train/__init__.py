@@ -1,0 +1,1 @@
+"""Train-time techniques applied before capture: fine-tuning to recover, distillation, pruning."""
