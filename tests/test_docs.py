@@ -14,7 +14,14 @@ import pytest
 from kiln.cli import main
 
 ROOT = Path(__file__).parents[1]
-PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), ROOT / "benchmarks" / "studies" / "README.md"])
+PAGES = sorted(
+    [
+        ROOT / "README.md",
+        ROOT / "CONTRIBUTING.md",
+        *(ROOT / "docs").rglob("*.md"),
+        ROOT / "benchmarks" / "studies" / "README.md",
+    ]
+)
 
 FENCE = re.compile(r"^(```|~~~)")
 INLINE = re.compile(r"(`+)(.+?)\1")
@@ -77,10 +84,6 @@ def _snippets(page: Path) -> list[Snippet]:
     return code + spans
 
 
-def _commands(group: click.Group) -> dict[str, click.Command]:
-    return dict(group.commands)
-
-
 def _options(command: click.Command) -> set[str]:
     """Every spelling of every option a command takes, --help included."""
     found: set[str] = set()
@@ -90,32 +93,37 @@ def _options(command: click.Command) -> set[str]:
     return found
 
 
+def _command(rest: str) -> tuple[list[str], click.Command | None, str]:
+    """The command an invocation names (groups walked down to a leaf), the words that named it,
+    and what follows them; None for a word that is no command."""
+    command: click.Command = main
+    path = ["kiln"]
+    while isinstance(command, click.Group) and (word := WORD.match(rest)):
+        found = command.commands.get(word.group(1))
+        path.append(word.group(1))
+        if found is None:
+            return path, None, rest
+        command, rest = found, rest[word.end() :]
+    return path, command, rest
+
+
 def _unknown(snippet: Snippet) -> list[str]:
     """What a snippet shows of kiln's CLI that the CLI does not have."""
     problems: list[str] = []
     where = f"{_name(snippet.page)}:{snippet.line}"
     for match in INVOCATION.finditer(snippet.text):
-        # the invocation ends at a comment, a pipe, a chain or the end of the code
+        # the invocation ends at a comment, a shell pipe, a chain or the end of the code span
         rest = re.split(r"\s#|\s\|\s|&&|;|`", snippet.text[match.end() :])[0]
-        command: click.Command = main
-        path = ["kiln"]
-        while isinstance(command, click.Group):
-            word = WORD.match(rest)
-            if word is None:
-                break
-            found = _commands(command).get(word.group(1))
-            if found is None:
-                problems.append(f"{where}: {' '.join(path)} has no command '{word.group(1)}' ({snippet.text.strip()})")
-                command = None  # type: ignore[assignment]
-                break
-            command, rest = found, rest[word.end() :]
-            path.append(word.group(1))
+        path, command, rest = _command(rest)
         if command is None:
+            problems.append(f"{where}: {' '.join(path[:-1])} has no command '{path[-1]}' ({snippet.text.strip()})")
             continue
         known = _options(command)
-        for flag in FLAG.findall(rest):
-            if flag not in known:
-                problems.append(f"{where}: {' '.join(path)} has no option {flag} ({snippet.text.strip()})")
+        problems += [
+            f"{where}: {' '.join(path)} has no option {flag} ({snippet.text.strip()})"
+            for flag in FLAG.findall(rest)
+            if flag not in known
+        ]
     return problems
 
 
