@@ -12,6 +12,7 @@ import click
 import pytest
 
 from kiln.cli import main
+from kiln.targets import REGISTRY
 
 ROOT = Path(__file__).parents[1]
 PAGES = sorted(
@@ -219,3 +220,9 @@ def test_a_link_to_a_missing_file_or_heading_is_caught(tmp_path: Path) -> None:
     page.write_text(f"# Probe\n\n{links} `[x](code.md)` [web](https://example.com)\n")
     problems = _broken_links(page)
     assert len(problems) == 2 and "nope.md" in problems[0] and "#nowhere" in problems[1]
+
+
+def test_the_readme_targets_table_is_the_registry() -> None:
+    rows = re.findall(r"^\| `([a-z]+)` \| ([a-z0-9, -]+) \|", (ROOT / "README.md").read_text(), re.MULTILINE)
+    shown = {name: [p.strip() for p in precisions.split(",")] for name, precisions in rows}
+    assert shown == {name: [p.name for p in spec.precisions] for name, spec in REGISTRY.items()}
