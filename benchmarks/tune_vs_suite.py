@@ -9,7 +9,7 @@ their gate: parity, and with ``[evaluation]`` a metric drop within the tune's bu
 cell like any other.
 
 The suite and the tune are different runs, so their raw ratio carries both runs' noise
-(``benchmarks/agreement.py`` shows how much two suite runs move). The verdict therefore rests, in
+(``benchmarks/studies/agreement.py`` shows how much two suite runs move). The verdict therefore rests, in
 this order, on: (1) the tune's own measurement of the suite's best configuration (same artifact,
 default options, same threads) in the run that measured the winner last, which is a ratio from
 one run; (2) the winner being that very configuration (a tie by construction); (3) the two

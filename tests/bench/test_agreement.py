@@ -1,4 +1,4 @@
-"""benchmarks/agreement.py: two suite runs' speed-ups side by side, and the 5 % bar."""
+"""benchmarks/studies/agreement.py: two suite runs' speed-ups side by side, and the 5 % bar."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "agreement.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "studies" / "agreement.py"
 
 
 def _run(root: Path, name: str, speedups: dict[str, float]) -> Path:

@@ -1,4 +1,4 @@
-"""benchmarks/steal_effect.py: each round's steal beside its speed-ups, per model and batch."""
+"""benchmarks/studies/steal_effect.py: each round's steal beside its speed-ups, per model and batch."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from types import ModuleType
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "steal_effect.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "studies" / "steal_effect.py"
 
 
 def _module() -> ModuleType:

@@ -1,6 +1,6 @@
 """What makes eager PyTorch noisy: its OpenMP threads and its memory allocator, measured.
 
-    python benchmarks/eager_noise.py [--set openmp|malloc] [--model mobilenet|resnet50] [--batch 1]
+    python benchmarks/studies/eager_noise.py [--set openmp|malloc] [--model mobilenet|resnet50] [--batch 1]
                                      [--seconds 2] [--rounds 4]
 
 Eager MobileNet (batch 1) runs in one fresh process per setting and round, the settings
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from kiln.bench.process import STEADY_TUNABLES
 
-HERE = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1]  # the models live beside the suite
 SETS = {
     "openmp": {
         "default (2 threads)": {},
@@ -61,7 +61,7 @@ print(json.dumps({{"ms": out, "omp": omp, "faults": (faults() - first) / len(out
 
 
 def _run(model: str, batch: int, seconds: float, env: dict[str, str]) -> dict:
-    code = CHILD.format(models=str(HERE / "models"), model=model, batch=batch, seconds=seconds)
+    code = CHILD.format(models=str(BENCHMARKS / "models"), model=model, batch=batch, seconds=seconds)
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(done.stderr[-2000:])

@@ -1,7 +1,7 @@
 """Do fresh worker processes make two runs agree? The same model benched again and again, with
 each cell's rounds in one worker process per batch against spread over several fresh ones.
 
-    python benchmarks/process_effect.py [--model digits] [--runs 3] [--processes 1 4] [--out FILE.md]
+    python benchmarks/studies/process_effect.py [--model digits] [--runs 3] [--processes 1 4] [--out FILE.md]
 
 It runs ``run_suite.py --only MODEL`` ``--runs`` times for each ``--processes`` value,
 interleaved (1, 4, 1, 4, ...) so that drift of the machine falls on both alike, every run with the
@@ -22,15 +22,15 @@ from pathlib import Path
 
 from agreement import speedups  # the one reader of a run's speed-ups, beside this script
 
-HERE = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1]  # the suite and its runner
 
 
 def _suite_with(processes: int) -> Path:
     """suite.toml with ``processes`` in its [settings], beside it (its model paths are relative)."""
-    text = (HERE / "suite.toml").read_text()
+    text = (BENCHMARKS / "suite.toml").read_text()
     text = re.sub(r"^processes = .*\n", "", text, flags=re.M)
     text = text.replace("[settings]\n", f"[settings]\nprocesses = {processes}\n", 1)
-    with tempfile.NamedTemporaryFile("w", dir=HERE, prefix=".suite-", suffix=".toml", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", dir=BENCHMARKS, prefix=".suite-", suffix=".toml", delete=False) as f:
         f.write(text)
     return Path(f.name)
 
@@ -56,7 +56,7 @@ def main() -> int:
         results = args.work / f"p{processes}-run{run}"
         try:
             print(f"== run {run + 1}/{args.runs}, processes = {processes}", file=sys.stderr, flush=True)
-            command = [sys.executable, str(HERE / "run_suite.py"), "--suite", str(suite), "--only", args.model]
+            command = [sys.executable, str(BENCHMARKS / "run_suite.py"), "--suite", str(suite), "--only", args.model]
             command += ["--results", str(results), "--out", str(args.work / "build")]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         finally:

@@ -1,6 +1,6 @@
 """Do two suite runs agree? Every speed-up of one run beside the other's, with both intervals.
 
-    python benchmarks/agreement.py RUN_A RUN_B [--within 0.05] [--out FILE.md]
+    python benchmarks/studies/agreement.py RUN_A RUN_B [--within 0.05] [--out FILE.md]
 
 RUN_A and RUN_B are two ``benchmarks/results/<fingerprint>/`` folders written by
 ``run_suite.py`` (``--results`` puts a run elsewhere, so two runs can sit side by side). Cells

@@ -1,6 +1,6 @@
 """Is a run-to-run difference the harness's or the machine's? Twin workers of one artifact.
 
-    python benchmarks/twins.py BUILD/<model> [--batch 32] [--reps 4] [--keys eager-fp32,onnxruntime-fp32]
+    python benchmarks/studies/twins.py BUILD/<model> [--batch 32] [--reps 4] [--keys eager-fp32,onnxruntime-fp32]
 
 Each artifact in ``--keys`` gets two worker processes (twin a, loaded first, and twin b), all
 interleaved in the same rounds by the one harness (:func:`kiln.bench.harness.run_cells`), as
@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=4)
     parser.add_argument("--keys", default="eager-fp32,onnxruntime-fp32")
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--results", type=Path, default=BENCHMARKS / "results")
     args = parser.parse_args(argv)
 
     from kiln.bench.harness import BASELINE, CellPlan, run_cells
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Twin workers: the harness's bias against the machine's drift",
         "",
-        f"Machine `{fp.id}` ({fp.cpu}, {fp.physical_cores} cores), `benchmarks/twins.py {args.model_dir.name}` "
+        f"Machine `{fp.id}` ({fp.cpu}, {fp.physical_cores} cores), `benchmarks/studies/twins.py {args.model_dir.name}` "
         f"at batch {args.batch}, {args.rounds} rounds per run, {args.reps} runs in a row. A twin ratio is twin b's "
         "speed over twin a's (same artifact, two processes, same rounds): 1.0 is no bias. The speed-up is twin a's "
         "over eager (as `kiln bench` reports it); its spread over the runs against the twin intervals is the "

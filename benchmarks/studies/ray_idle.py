@@ -1,6 +1,6 @@
 """What an idle in-process Ray cluster costs the machine a fleet benchmarks on.
 
-    python benchmarks/ray_idle.py [--seconds 60]
+    python benchmarks/studies/ray_idle.py [--seconds 60]
 
 Starts the cluster the way ``kiln fleet --jobs 2`` does (:func:`kiln.fleet.runner.connect`),
 times ``ray.init``, a first task and 100 more, then sums the CPU time of every Ray process
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1]
 
 
 def _ray_cpu(me: int) -> dict[int, tuple[str, float]]:
@@ -49,7 +49,7 @@ def _ray_cpu(me: int) -> dict[int, tuple[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--results", type=Path, default=BENCHMARKS / "results")
     args = parser.parse_args(argv)
 
     from kiln.fleet.runner import FleetOptions, connect
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# An idle in-process Ray cluster: what it takes from a bench cell",
         "",
-        f"Machine `{fp.id}` ({fp.cpu}, {cores} logical cores), one run of `benchmarks/ray_idle.py` "
+        f"Machine `{fp.id}` ({fp.cpu}, {cores} logical cores), one run of `benchmarks/studies/ray_idle.py` "
         f"(the cluster `kiln fleet --jobs 2` starts, idle for {span:.0f} s).",
         "",
         f"- `ray.init`: {init_s:.1f} s; a first task: {first_s:.2f} s; 100 more: {hundred_s:.2f} s.",

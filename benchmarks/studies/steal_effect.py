@@ -1,6 +1,6 @@
 """Does the hypervisor's steal move the speed-ups? Every round's steal beside its ratios.
 
-    python benchmarks/steal_effect.py RUN [--out FILE.md]
+    python benchmarks/studies/steal_effect.py RUN [--out FILE.md]
 
 RUN is a ``benchmarks/results/<fingerprint>/`` folder (or a fleet's ``OUT/<kind>/``) whose cells
 record ``round_steal`` (kiln reads /proc/stat around every interleaved round). Per model and
