@@ -90,7 +90,10 @@ def test_the_gate_fits_its_prompts_by_the_same_rule(tmp_path: Path) -> None:
 
     def reference(new_tokens: int) -> GenerationReference:
         config = parse_config(
-            {"model": {"name": "m", "source": "m.py:f"}, "generation": {"new_tokens": new_tokens, "heldout_tokens": 16}},
+            {
+                "model": {"name": "m", "source": "m.py:f"},
+                "generation": {"new_tokens": new_tokens, "heldout_tokens": 16},
+            },
             tmp_path,
         )
         return GenerationReference.compute(config, bundle, NextTokenRunner(sig))
