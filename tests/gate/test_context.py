@@ -7,48 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from kiln.bench.generation import fitting_prompts
 from kiln.capture.exporters import ExportBundle
-from kiln.config import BenchSettings, ModelConfig, parse_config
+from kiln.config import BenchSettings, parse_config
 from kiln.decoding import ContextError, ExplicitCache, check_context, context_misfit, forced, generate
 from kiln.gate.reference import GenerationReference
-from kiln.spec import Arrays, CacheSpec, Signature
 from tests.bench.synthetic import manifest
+from tests.gate.steps import NextTokenRunner, step_signature
 
 CONTEXT = 8  # dims.past.max + 1
 NEW = 5
 FITS = CONTEXT - NEW + 1  # the longest prompt that fits with NEW new tokens
-
-
-class NextTokenRunner:
-    """A step graph in numpy: logits favour (last token + 1); the cache grows by the fed length."""
-
-    def __init__(self, sig: Signature) -> None:
-        self.sig = sig
-
-    def infer(self, inputs: Arrays) -> Arrays:
-        cache = self.sig.cache
-        assert cache is not None
-        ids = inputs["input_ids"]
-        logits = np.zeros((1, ids.shape[1], cache.vocab_size), dtype=np.float32)
-        logits[0, np.arange(ids.shape[1]), (ids[0] + 1) % cache.vocab_size] = 5.0
-        shape = (1, cache.kv_heads, ids.shape[1], cache.head_dim)
-        grown = {
-            q: np.concatenate([inputs[p], np.zeros(shape, np.float32)], 2)
-            for p, q in zip(cache.past_names, cache.present_names, strict=True)
-        }
-        return {"logits": logits, **grown}
-
-
-def _signature() -> Signature:
-    from kiln.capture.causal import step_signature
-
-    cache = CacheSpec(layers=1, kv_heads=1, head_dim=2, vocab_size=10, max_positions=64)
-    dims = {"sequence": {"min": 1, "max": 4}, "past": {"min": 0, "max": CONTEXT - 1}}
-    return step_signature(cache, ModelConfig(name="m", source="x.py:f", dims=dims))
 
 
 def test_the_rule_counts_every_new_token_but_the_last() -> None:
@@ -64,7 +35,7 @@ def test_the_rule_counts_every_new_token_but_the_last() -> None:
 
 
 def test_the_decoder_accepts_a_prompt_that_exactly_fits_and_refuses_one_more_token() -> None:
-    sig = _signature()
+    sig = step_signature(CONTEXT)
     session = ExplicitCache(NextTokenRunner(sig), sig)
     assert list(generate(session, list(range(FITS)), NEW)) == [FITS % 10 + i for i in range(NEW)]
     assert forced(session, list(range(FITS)), [1] * NEW).shape == (NEW, 10)
@@ -77,7 +48,7 @@ def test_the_decoder_accepts_a_prompt_that_exactly_fits_and_refuses_one_more_tok
 
 
 def test_the_benchmark_keeps_the_prompt_that_exactly_fits_and_leaves_out_one_more_token() -> None:
-    built = manifest("onnxruntime-fp32", signature=_signature())
+    built = manifest("onnxruntime-fp32", signature=step_signature(CONTEXT))
     settings = BenchSettings(prompt_tokens=[FITS, FITS + 1], new_tokens=NEW).resolve(1, True)
     fit, notes = fitting_prompts(built, settings)
     assert fit == [FITS]
@@ -85,7 +56,7 @@ def test_the_benchmark_keeps_the_prompt_that_exactly_fits_and_leaves_out_one_mor
 
 
 def test_the_gate_fits_its_prompts_by_the_same_rule(tmp_path: Path) -> None:
-    sig = _signature()
+    sig = step_signature(CONTEXT)
     bundle = ExportBundle(tmp_path, sig, "program")  # no tokenizer: seeded prompts of 8 ids
 
     def reference(new_tokens: int) -> GenerationReference:
