@@ -8,7 +8,10 @@ benchmark and ``kiln generate`` all decode through :func:`generate` and :func:`p
 every target is driven the same way.
 
 The context is bounded here, not by the runtime: AOTInductor runs a sequence past the dims it was
-compiled for without a word, so every feed is checked against the signature's ranges.
+compiled for without a word, so every feed is checked against the signature's ranges. Whether a
+prompt and its new tokens fit is :func:`context_misfit`, the one rule the decoder, the gate, the
+benchmark and ``kiln generate`` apply: the last new token is picked, never fed, so a prompt of
+``p`` tokens with ``n`` new tokens needs ``p + n - 1`` positions of the context.
 """
 
 from __future__ import annotations
@@ -35,6 +38,41 @@ class ContextError(ConfigError):
     """A prompt plus its new tokens do not fit the artifact's context."""
 
 
+def positions_needed(prompt_tokens: int, new_tokens: int) -> int:
+    """Positions a generation occupies: the prompt and every new token but the last (picked from
+    the last step's logits, never fed)."""
+    return prompt_tokens + max(new_tokens, 1) - 1
+
+
+def prompt_room(new_tokens: int, context: int) -> int:
+    """The longest prompt that fits ``context`` with ``new_tokens`` (0 or less: none does)."""
+    return context - positions_needed(0, new_tokens)
+
+
+def context_misfit(prompt_tokens: int, new_tokens: int, context: int) -> str | None:
+    """The context rule: ``None`` when a prompt of ``prompt_tokens`` with ``new_tokens`` fits an
+    artifact's ``context``, else the one line every command says about it."""
+    needed = positions_needed(prompt_tokens, new_tokens)
+    if needed <= context:
+        return None
+    return (
+        f"a prompt of {_count(prompt_tokens, 'token')} with {_count(new_tokens, 'new token')} needs {needed} "
+        f"positions (the last new token is never fed) and this artifact's context is {context} "
+        "(dims.past.max + 1); shorten the prompt or lower the new tokens, or rebuild with a larger dims.past"
+    )
+
+
+def check_context(prompt_tokens: int, new_tokens: int, context: int) -> None:
+    """Raise :class:`ContextError` with :func:`context_misfit`'s line when the generation does not fit."""
+    misfit = context_misfit(prompt_tokens, new_tokens, context)
+    if misfit is not None:
+        raise ContextError(misfit)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class DecodeSession(abc.ABC):
     """One sequence being decoded: ``feed`` appends tokens and returns their next-token logits."""
 
@@ -55,11 +93,7 @@ class DecodeSession(abc.ABC):
         float32 logits."""
         if not ids:
             raise ValueError("feed needs at least one token")
-        if self.length + len(ids) > self.context:
-            raise ContextError(
-                f"{self.length + len(ids)} tokens do not fit this artifact's context of {self.context} "
-                "(dims.past.max + 1); shorten the prompt or lower the new tokens, or rebuild with a larger dims.past"
-            )
+        check_context(self.length + len(ids), 1, self.context)  # what is fed, for its next token
         chunks = []
         for start in range(0, len(ids), self.max_step):
             chunk = np.asarray(ids[start : start + self.max_step], dtype=np.int64)[None]
@@ -139,6 +173,7 @@ def generate(
 ) -> Iterator[int]:
     """Stream up to ``new_tokens`` token ids after ``prompt`` (the session is reset first). Each
     step's next-token logits are appended to ``logits_out`` when given."""
+    check_context(len(prompt), new_tokens, session.context)
     session.reset()
     rng = np.random.default_rng(sampling.seed)
     logits = session.feed(list(prompt))[-1]
@@ -155,6 +190,7 @@ def generate(
 def forced(session: DecodeSession, prompt: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
     """Teacher forcing: the next-token logits at every step when ``tokens`` are fed one at a time
     after the prompt (the decode path, not one long prefill): ``[len(tokens), vocab]``."""
+    check_context(len(prompt), len(tokens), session.context)
     session.reset()
     rows = [session.feed(list(prompt))[-1]]
     for token in tokens[:-1]:

@@ -16,6 +16,7 @@ import numpy as np
 from kiln.bench.flops import ProgramWeights
 from kiln.bench.stats import percentile, summarize
 from kiln.config import BenchSettings
+from kiln.decoding import context_misfit
 from kiln.manifest import Manifest
 from kiln.results import Bandwidth, FailedCell, GenerationFigures, MeasuredCell, PromptFigures, Roofline
 from kiln.spec import NUMPY_DTYPES, CacheSpec
@@ -33,15 +34,11 @@ def fitting_prompts(manifest: Manifest | None, settings: BenchSettings) -> tuple
     context = manifest.signature.context_length()
     fit, notes = [], []
     for length in settings.prompt_tokens:
-        # The last new token is picked, never fed: a generation holds prompt + new - 1 tokens.
-        needed = length + settings.new_tokens - 1
-        if needed <= context:
+        misfit = context_misfit(length, settings.new_tokens, context)
+        if misfit is None:
             fit.append(length)
         else:
-            notes.append(
-                f"prompt of {length} tokens left out: with {settings.new_tokens} new tokens it needs {needed} "
-                f"positions and the artifact's context is {context} (dims.past.max + 1)"
-            )
+            notes.append(f"prompt of {length} tokens left out: {misfit}")
     return fit, notes
 
 

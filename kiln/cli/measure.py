@@ -303,7 +303,7 @@ def generate(
     """Stream text from a built causal-LM artifact, through the decoding loop every target shares."""
     import time
 
-    from kiln.decoding import Sampling, Tokenizer, session_for, stream_text
+    from kiln.decoding import Sampling, Tokenizer, check_context, session_for, stream_text
     from kiln.decoding import generate as decode
     from kiln.manifest import Manifest
     from kiln.targets import get_target
@@ -320,11 +320,7 @@ def generate(
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ConfigError("the prompt encodes to no tokens; give some text")
-    if len(ids) + max_new_tokens > sig.context_length():
-        raise ConfigError(
-            f"the prompt ({len(ids)} tokens) and --max-new-tokens {max_new_tokens} exceed this artifact's context "
-            f"of {sig.context_length()} tokens; shorten one, or rebuild with a larger [model].dims.past"
-        )
+    check_context(len(ids), max_new_tokens, sig.context_length())
     impl = get_target(manifest.target, need_run=True)
     runner = impl.load(Artifact.from_manifest(artifact, manifest), RunOptions(threads=threads))
     sampling = Sampling(temperature=temperature, top_k=top_k, seed=seed)

@@ -10,7 +10,8 @@ What goes in, from the cases the gate itself ran:
   at its max;
 - any other precision: the seeded cases at the dims' min, opt and max, and a couple of real
   samples when the build has data;
-- a causal LM: the gate's prompts (ids), eager's greedy tokens and eager's teacher-forced logits.
+- a causal LM: the gate's prompts (ids), eager's greedy tokens and eager's teacher-forced logits,
+  and the held-out text (ids) with eager's perplexity on it.
 
 Each case is screened at build time: only cases this artifact passes *individually* under the
 gate's tolerance are kept. A subset can fail a fraction the full set passed (one flipped row out
@@ -21,7 +22,8 @@ run here (no runtime, no simulation) still gets a golden set from eager, unscree
 Capped at :data:`MAX_CASES` cases and :data:`MAX_BYTES` (always at least one case), one case at
 each dim's max first where the cap allows (a runtime that planned memory for the example's shape
 fails there), then the kinds in turn. ``verify --run`` applies :class:`GoldenRecord`'s tolerance:
-the gate's own.
+the gate's own, judged as the gate judged it: a causal LM through :mod:`kiln.gate.verdict`, so
+where the golden set holds all the gate's prompts, verify's figures are the gate's.
 """
 
 from __future__ import annotations
@@ -35,19 +37,21 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from kiln.config import Tolerance
-from kiln.decoding import forced, generate, session_for
+from kiln.decoding import session_for
 from kiln.errors import ConfigError
-from kiln.manifest import GenerationResult, GoldenRecord, PromptFigures
+from kiln.gate.verdict import EagerGeneration, GenerationCase, Heldout, measure, prompt_passes
+from kiln.manifest import GenerationResult, GoldenRecord, ParityResult
 from kiln.parity import ParityReport
 from kiln.spec import Arrays, Signature, batch_dim
 from kiln.targets.base import Runner
 
 GOLDEN = "golden"
 INDEX, INPUTS, EXPECTED = "index.json", "inputs.npz", "expected.npz"
-GOLDEN_SCHEMA = "kiln.gate.golden/1"
+GOLDEN_SCHEMA = "kiln.gate.golden/2"  # 2: a causal LM's held-out text
 MAX_CASES = 8
 MAX_BYTES = 2 * 2**20
 REAL_SAMPLES = 2  # real cases offered beside the seeded ones (per kind)
+HELDOUT_IDS, HELDOUT_PERPLEXITY = "heldout/ids", "heldout/perplexity"  # a causal LM's held-out text
 
 Infer = Callable[[Arrays], Arrays]
 
@@ -64,20 +68,6 @@ class Candidate:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (*self.inputs.values(), *self.expected.values()))
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt of a causal LM's gate: ids, eager's greedy tokens, eager's teacher-forced logits."""
-
-    label: str
-    ids: list[int]
-    tokens: list[int]
-    logits: np.ndarray  # [len(tokens), vocab]
-
-    @property
-    def nbytes(self) -> int:
-        return 8 * (len(self.ids) + len(self.tokens)) + self.logits.nbytes
 
 
 @dataclass(frozen=True)
@@ -215,25 +205,28 @@ def write_cases(
 
 
 def write_prompts(
-    folder: Path, prompts: Sequence[Prompt], figures: GenerationResult | None, gate: GateSetup
+    folder: Path, eager: EagerGeneration, figures: GenerationResult | None, gate: GateSetup
 ) -> GoldenRecord:
     """A causal LM's golden set: the gate's prompts that passed one by one (``figures``: the
-    gate's per-prompt figures; ``None`` when it did not run), within the caps."""
+    gate's per-prompt figures; ``None`` when it did not run), within the caps, and the held-out
+    text with eager's perplexity on it."""
+    prompts = eager.cases
     per_prompt = figures.per_prompt if figures is not None else None
     if per_prompt is not None and len(per_prompt) == len(prompts):
-        kept = [p for p, f in zip(prompts, per_prompt, strict=True) if _prompt_passes(f, gate.tolerance)]
+        kept = [p for p, f in zip(prompts, per_prompt, strict=True) if prompt_passes(f, gate.tolerance)]
     else:
         kept = []
     pool = kept or list(prompts)
-    chosen: list[Prompt] = []
-    total = 0
+    chosen: list[GenerationCase] = []
+    total = 8 * len(eager.heldout.ids)
     for prompt in pool:
         if len(chosen) < MAX_CASES and total + prompt.nbytes <= MAX_BYTES:
             chosen.append(prompt)
             total += prompt.nbytes
     chosen = chosen or [min(pool, key=lambda p: p.nbytes)]
     inputs = {f"case{i}/prompt_ids": np.asarray(p.ids, np.int64) for i, p in enumerate(chosen)}
-    expected: Arrays = {}
+    inputs[HELDOUT_IDS] = np.asarray(eager.heldout.ids, np.int64)
+    expected: Arrays = {HELDOUT_PERPLEXITY: np.asarray(eager.heldout.perplexity, np.float64)}
     for i, p in enumerate(chosen):
         expected[f"case{i}/tokens"] = np.asarray(p.tokens, np.int64)
         expected[f"case{i}/logits"] = np.asarray(p.logits, np.float32)
@@ -247,14 +240,6 @@ def write_prompts(
         for i, p in enumerate(chosen)
     ]
     return _write(folder, GoldenIndex(generative=True, cases=entries), inputs, expected, gate, bool(kept))
-
-
-def _prompt_passes(f: PromptFigures, t: Tolerance) -> bool:
-    return (
-        (not t.exact_tokens or f.first_divergence is None)
-        and (t.min_top1 is None or f.forced_top1 >= t.min_top1)
-        and (t.min_cosine is None or f.min_cosine >= t.min_cosine)
-    )
 
 
 def _write(
@@ -293,58 +278,65 @@ class GoldenSet:
                 inputs, expected = {k: a[k] for k in a.files}, {k: b[k] for k in b.files}
         except (OSError, ValueError) as err:
             raise ConfigError(f"{out} is missing or unreadable ({err}); rebuild the artifact with kiln build") from err
+        if index.schema_id != GOLDEN_SCHEMA:
+            raise ConfigError(
+                f"{out / INDEX} is {index.schema_id!r} and this kiln reads {GOLDEN_SCHEMA!r}; "
+                "rebuild the artifact with this kiln"
+            )
         return cls(index, inputs, expected)
+
+    def eager_generation(self) -> EagerGeneration:
+        """A causal LM's cases and held-out text, as the gate held them."""
+        cases = []
+        for case in self.index.cases:
+            tokens, logits = self.expected[f"{case.name}/tokens"], self.expected[f"{case.name}/logits"]
+            if tokens.ndim != 1 or logits.ndim != 2 or len(tokens) != len(logits) or not len(tokens):
+                raise ConfigError(
+                    f"golden {case.name}: {len(tokens)} tokens and logits of shape {list(logits.shape)} do not "
+                    "match; the golden set was changed, rebuild the artifact with kiln build"
+                )
+            ids = self.inputs[f"{case.name}/prompt_ids"].tolist()
+            cases.append(GenerationCase(case.name, case.label, ids, tokens.tolist(), logits))
+        heldout = Heldout(self.inputs[HELDOUT_IDS].tolist(), float(self.expected[HELDOUT_PERPLEXITY]))
+        return EagerGeneration(cases, heldout)
 
     def arrays(self, store: dict[str, np.ndarray], case: str) -> Arrays:
         prefix = f"{case}/"
         return {k.removeprefix(prefix): v for k, v in store.items() if k.startswith(prefix)}
 
 
-def check(folder: Path, sig: Signature, record: GoldenRecord, runner: Runner) -> list[str]:
-    """Run the golden set on ``runner`` and apply the gate's tolerance: the breaches, one line
-    each, naming the case (empty: the artifact reproduces what the gate accepted)."""
+@dataclass(frozen=True)
+class Replay:
+    """The golden set replayed on an artifact: the breaches, one line each naming the case (empty:
+    it reproduces what the gate accepted), and a causal LM's figures (the gate's kind)."""
+
+    breaches: list[str]
+    generation: GenerationResult | None = None
+    parity: ParityResult | None = None  # a fixed graph: over all the cases, as the gate measures
+
+
+def check(folder: Path, sig: Signature, record: GoldenRecord, runner: Runner) -> Replay:
+    """Run the golden set on ``runner`` and judge it under the gate's tolerance: a causal LM by
+    :func:`kiln.gate.verdict.measure`, as the gate; a fixed graph by the gate's
+    :class:`~kiln.parity.ParityReport`, each case on its own (a breach names its case; every case
+    passed on its own at build time) and over all of them for the figures."""
     golden = GoldenSet.read(folder)
     gate = GateSetup(record.tolerance, record.primary, tuple(record.classifiers))
     if golden.index.generative:
-        return _check_prompts(golden, sig, gate.tolerance, runner)
+        session = session_for(runner, sig)
+        try:
+            result = measure(session, golden.eager_generation(), gate.tolerance, "golden")
+        finally:
+            session.close()
+        return Replay(list(result.breaches), result)
     breaches = []
+    overall = ParityReport(gate.tolerance, primary=gate.primary, classifiers=gate.classifiers)
     for case in golden.index.cases:
         candidate = Candidate(
             case.kind, case.label, golden.arrays(golden.inputs, case.name), golden.arrays(golden.expected, case.name)
         )
-        for breach in case_breaches(runner.infer(candidate.inputs), candidate, gate):
+        got = runner.infer(candidate.inputs)
+        overall.add_case(got, candidate.expected, candidate.inputs)
+        for breach in case_breaches(got, candidate, gate):
             breaches.append(f"golden {case.name} ({case.label}): {breach}")
-    return breaches
-
-
-def _check_prompts(golden: GoldenSet, sig: Signature, t: Tolerance, runner: Runner) -> list[str]:
-    breaches = []
-    session = session_for(runner, sig)
-    try:
-        for case in golden.index.cases:
-            ids = golden.inputs[f"{case.name}/prompt_ids"].tolist()
-            want = golden.expected[f"{case.name}/tokens"].tolist()
-            eager_logits = golden.expected[f"{case.name}/logits"]
-            tokens = list(generate(session, ids, len(want)))
-            logits = forced(session, ids, want)
-            where = f"golden {case.name} ({case.label})"
-            if t.exact_tokens and tokens != want:
-                step = next((i for i, (a, b) in enumerate(zip(tokens, want, strict=False)) if a != b), len(tokens))
-                breaches.append(f"{where}: greedy tokens differ from eager's from step {step}")
-            top1 = float((logits.argmax(axis=1) == eager_logits.argmax(axis=1)).mean())
-            if t.min_top1 is not None and top1 < t.min_top1:
-                breaches.append(f"{where}: next-token agreement {top1:.3f} < {t.min_top1}")
-            cosine = min(_cosine(a, b) for a, b in zip(logits, eager_logits, strict=True))
-            if t.min_cosine is not None and cosine < t.min_cosine:
-                breaches.append(f"{where}: logits cosine {cosine:.6f} < {t.min_cosine}")
-    finally:
-        session.close()
-    return breaches
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    if not np.isfinite(a64).all():
-        return 0.0
-    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
-    return float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64))
+    return Replay(breaches, parity=overall.result("golden"))

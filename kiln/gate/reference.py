@@ -17,8 +17,18 @@ import numpy as np
 from kiln.capture.exporters import ExportBundle
 from kiln.config import KilnConfig, Tolerance
 from kiln.data import CalibrationSet, EvaluationSet, load_calibration, load_evaluation
-from kiln.decoding import ContextError, DecodeSession, Tokenizer, forced, generate, perplexity, session_for
-from kiln.manifest import EvaluationResult, Gate, GenerationResult, PromptFigures
+from kiln.decoding import (
+    ContextError,
+    Tokenizer,
+    context_misfit,
+    forced,
+    generate,
+    perplexity,
+    prompt_room,
+    session_for,
+)
+from kiln.gate.verdict import EagerGeneration, GenerationCase, Heldout, measure
+from kiln.manifest import EvaluationResult, Gate
 from kiln.metrics import evaluate, metric_drop
 from kiln.parity import ParityReport
 from kiln.spec import Arrays, Signature, parity_points, random_inputs
@@ -127,11 +137,9 @@ class Reference:
             return calibration + evaluation
         return seeded + calibration[:real_samples] + evaluation[:1]
 
-    def golden_prompts(self) -> list[tuple[str, list[int], list[int], np.ndarray]]:
-        """A causal LM's gate prompts: ``(label, prompt ids, eager's greedy tokens, eager's
-        teacher-forced logits)``."""
-        gen = self.generation()
-        return list(zip(gen.labels, gen.prompts, gen.tokens, gen.logits, strict=True))
+    def golden_prompts(self) -> EagerGeneration:
+        """A causal LM's gate prompts with eager's answers, and the held-out text."""
+        return self.generation().eager
 
     def metric(self) -> float | None:
         evalset = self.data.evaluation
@@ -141,7 +149,7 @@ class Reference:
 
     def generation(self) -> GenerationReference:
         if self._generation is None:
-            self._generation = GenerationReference(self.config, self.bundle, self.runner())
+            self._generation = GenerationReference.compute(self.config, self.bundle, self.runner())
         return self._generation
 
     def check(self, runner: Runner, tolerance: Tolerance, real_data: bool) -> Gate:
@@ -206,133 +214,44 @@ therefore decodes, token by token, and scores held-out text, rather than compari
 
 
 class GenerationReference:
-    """Eager's greedy tokens, per-step logits and held-out perplexity, computed once per build;
-    every artifact of a causal LM is decoded the same way and compared with them."""
+    """Eager's greedy tokens, teacher-forced logits and held-out perplexity, computed once per
+    build; every artifact of a causal LM is judged against them by :mod:`kiln.gate.verdict`."""
 
-    def __init__(self, config: KilnConfig, bundle: ExportBundle, eager: Runner) -> None:
-        self.sig = bundle.signature
-        spec = config.generation
-        self.new_tokens = spec.new_tokens
+    def __init__(self, sig: Signature, eager: EagerGeneration) -> None:
+        self.sig, self.eager = sig, eager
+
+    @classmethod
+    def compute(cls, config: KilnConfig, bundle: ExportBundle, eager: Runner) -> GenerationReference:
+        """Decode the gate's prompts and score the held-out text on the eager model."""
+        sig, spec = bundle.signature, config.generation
         tokenizer = Tokenizer(bundle.tokenizer_dir) if bundle.tokenizer_dir is not None else None
-        context = self.sig.context_length()
-        if self.new_tokens >= context:
-            raise ContextError(
-                f"[generation].new_tokens = {self.new_tokens} does not fit the context of {context} tokens "
-                "(dims.past.max + 1); lower it or raise dims.past.max"
-            )
-        assert self.sig.cache is not None
-        vocab = self.sig.cache.vocab_size
-        self.labels, self.prompts = _prompts(config, tokenizer, context - self.new_tokens, vocab)
-        self.heldout = _heldout(config, tokenizer, vocab)[: min(spec.heldout_tokens, 4 * context)]
-        session = session_for(eager, self.sig)
-        self.tokens = [list(generate(session, p, self.new_tokens)) for p in self.prompts]
-        self.logits = [forced(session, p, t) for p, t in zip(self.prompts, self.tokens, strict=True)]
-        self.perplexity = perplexity(session, self.heldout)
+        context = sig.context_length()
+        misfit = context_misfit(1, spec.new_tokens, context)  # not even a one-token prompt fits
+        if misfit is not None:
+            raise ContextError(f"[generation].new_tokens = {spec.new_tokens}: {misfit}")
+        room = prompt_room(spec.new_tokens, context)
+        assert sig.cache is not None
+        vocab = sig.cache.vocab_size
+        labels, prompts = _prompts(config, tokenizer, room, vocab)
+        heldout = _heldout(config, tokenizer, vocab)[: min(spec.heldout_tokens, 4 * context)]
+        session = session_for(eager, sig)
+        try:
+            cases = []
+            for i, (label, ids) in enumerate(zip(labels, prompts, strict=True)):
+                tokens = list(generate(session, ids, spec.new_tokens))
+                cases.append(GenerationCase(f"prompt {i}", label, ids, tokens, forced(session, ids, tokens)))
+            return cls(sig, EagerGeneration(cases, Heldout(heldout, perplexity(session, heldout))))
+        finally:
+            session.close()
 
     def check(self, runner: Runner, tolerance: Tolerance) -> Gate:
+        """The generation verdict on one artifact (:func:`kiln.gate.verdict.measure`)."""
         session = session_for(runner, self.sig)
         try:
-            result = self._figures(session, tolerance)
+            result = measure(session, self.eager, tolerance, "generation")
         finally:
             session.close()
         return Gate(passed=result.passed, generation=result, breaches=list(result.breaches))
-
-    def _figures(self, session: DecodeSession, tolerance: Tolerance) -> GenerationResult:
-        per_prompt, cosines, agree, forced_hits, steps = [], [], 0, 0, 0
-        for label, prompt, eager_tokens, eager_logits in zip(
-            self.labels, self.prompts, self.tokens, self.logits, strict=True
-        ):
-            tokens = list(generate(session, prompt, self.new_tokens))
-            logits = forced(session, prompt, eager_tokens)
-            cos = [_cosine(a, b) for a, b in zip(logits, eager_logits, strict=True)]
-            hits = int((logits.argmax(axis=1) == eager_logits.argmax(axis=1)).sum())
-            diverge = next((i for i, (a, b) in enumerate(zip(tokens, eager_tokens, strict=False)) if a != b), None)
-            if diverge is None and len(tokens) != len(eager_tokens):
-                diverge = min(len(tokens), len(eager_tokens))
-            agree += sum(a == b for a, b in zip(tokens, eager_tokens, strict=False))
-            forced_hits, steps = forced_hits + hits, steps + len(eager_tokens)
-            cosines.append(cos)
-            per_prompt.append(
-                PromptFigures(
-                    prompt=label,
-                    prompt_ids=list(prompt),
-                    eager_tokens=eager_tokens,
-                    tokens=tokens,
-                    first_divergence=diverge,
-                    forced_top1=hits / len(eager_tokens),
-                    min_cosine=min(cos),
-                )
-            )
-        ppl = perplexity(session, self.heldout)
-        increase = ppl / self.perplexity - 1 if self.perplexity > 0 else 0.0
-        width = max(len(c) for c in cosines)
-        step_cosine = [float(np.mean([c[i] for c in cosines if i < len(c)])) for i in range(width)]
-        divergences = [p.first_divergence for p in per_prompt if p.first_divergence is not None]
-        flat = [c for row in cosines for c in row]
-        figures = {
-            "exact": not divergences,
-            "forced_top1": forced_hits / steps,
-            "min_cosine": min(flat),
-            "perplexity_increase": increase,
-        }
-        breaches, worst = _judge(figures, tolerance, min(divergences) if divergences else None)
-        return GenerationResult(
-            passed=not breaches,
-            tolerance=tolerance,
-            prompts=len(self.prompts),
-            new_tokens=self.new_tokens,
-            exact=not divergences,
-            token_agreement=agree / steps,
-            first_divergence=min(divergences) if divergences else None,
-            forced_top1=forced_hits / steps,
-            min_cosine=min(flat),
-            mean_cosine=float(np.mean(flat)),
-            step_cosine=step_cosine,
-            heldout_tokens=len(self.heldout),
-            perplexity_eager=self.perplexity,
-            perplexity=ppl,
-            perplexity_increase=increase,
-            breaches=breaches,
-            worst=worst,
-            per_prompt=per_prompt,
-        )
-
-
-def _judge(figures: dict[str, Any], t: Tolerance, diverge: int | None) -> tuple[list[str], str]:
-    """Breaches of the generation tolerances, and the figure closest to its limit."""
-    breaches = []
-    if t.exact_tokens and not figures["exact"]:
-        breaches.append(
-            f"generation: greedy tokens differ from eager's from step {diverge} "
-            "(exact_tokens = false lets a precision diverge)"
-        )
-    if t.min_top1 is not None and figures["forced_top1"] < t.min_top1:
-        breaches.append(
-            f"generation: next-token agreement {figures['forced_top1']:.3f} < {t.min_top1} "
-            f"(min_top1 = {figures['forced_top1']:.3f} would pass)"
-        )
-    if t.min_cosine is not None and figures["min_cosine"] < t.min_cosine:
-        breaches.append(
-            f"generation: logits cosine {figures['min_cosine']:.6f} < {t.min_cosine} "
-            f"(min_cosine = {figures['min_cosine']:.6f} would pass)"
-        )
-    inc = figures["perplexity_increase"]
-    if t.max_perplexity_increase is not None and inc > t.max_perplexity_increase:
-        breaches.append(
-            f"generation: perplexity {inc:+.2%} vs eager, over {t.max_perplexity_increase:.2%} "
-            f"(max_perplexity_increase = {inc:.4f} would pass)"
-        )
-    tokens = "tokens exact" if figures["exact"] else f"tokens diverge at {diverge}"
-    worst = f"{tokens}, ppl {inc:+.2%}, cos {figures['min_cosine']:.5f}"
-    return breaches, worst
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
-    if not np.isfinite(a64).all():
-        return 0.0
-    return float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64))
 
 
 def _read_lines(config: KilnConfig, ref: str) -> list[str]:
@@ -360,7 +279,7 @@ def _prompts(
                 "to a tokenizer folder (tokenizer.json)"
             )
         rng = np.random.default_rng(0)
-        ids = [rng.integers(0, vocab, 8).tolist() for _ in range(3)]
+        ids = [rng.integers(0, vocab, 8).tolist()[-room:] for _ in range(3)]
         return [f"seeded ids {i}" for i in range(len(ids))], ids
     texts = texts or list(PROMPTS)
     return [t[:60] for t in texts], [tokenizer.encode(t)[-room:] for t in texts]

@@ -277,8 +277,7 @@ def _golden(
     sig = reference.bundle.signature
     setup = golden.GateSetup(tp.tolerance, reference.primary, tuple(reference.config.model.class_outputs))
     if sig.generative:
-        prompts = [golden.Prompt(*p) for p in reference.golden_prompts()]
-        return golden.write_prompts(artifact.path, prompts, gate.generation, setup)
+        return golden.write_prompts(artifact.path, reference.golden_prompts(), gate.generation, setup)
     cases = [golden.Candidate(*c) for c in reference.golden_cases(real_data=tp.precision.calibrates)]
     return golden.write_cases(artifact.path, sig, cases, setup, runner, reference.runner().infer)
 

@@ -214,4 +214,4 @@ def run_golden(folder: Path, manifest: Manifest, threads: int | None = None) -> 
     assert manifest.golden is not None
     artifact = Artifact.from_manifest(folder, manifest)
     with implementation(manifest.target).load(artifact, RunOptions(threads=threads)) as runner:
-        return golden.check(folder, manifest.signature, manifest.golden, runner)
+        return golden.check(folder, manifest.signature, manifest.golden, runner).breaches

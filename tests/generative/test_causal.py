@@ -71,7 +71,7 @@ def test_the_session_chunks_the_prefill_and_carries_the_cache() -> None:
 def test_the_session_refuses_what_does_not_fit_the_context() -> None:
     sig = _signature(past_max=7)  # context 8
     session = ExplicitCache(CountingRunner(sig), sig)
-    with pytest.raises(ContextError, match="do not fit this artifact's context of 8"):
+    with pytest.raises(ContextError, match=r"needs 10 positions .* this artifact's context is 8"):
         list(generate(session, [1, 2, 3, 4, 5, 6], 5))
 
 
