@@ -14,13 +14,22 @@ import pytest
 
 from kiln.config import parse_config
 from kiln.errors import ConfigError, MissingDependencyError, UnavailableError, UnknownTargetError
-from kiln.targets import CAPABILITIES, MARKERS, REGISTRY, Package, availability, check_config, check_target
+from kiln.targets import (
+    CAPABILITIES,
+    MARKERS,
+    REGISTRY,
+    Package,
+    availability,
+    check_config,
+    check_target,
+    toolchain_modules,
+)
 from kiln.targets.base import Target, TargetOptions
 from tests.conftest import CNN
 
 PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
-TOOLCHAINS = ("torch", "onnxruntime", "openvino", "nncf", "coremltools", "tensorrt", "torchao", "executorch")
+TOOLCHAINS = toolchain_modules()
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

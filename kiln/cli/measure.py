@@ -306,7 +306,7 @@ def generate(
     from kiln.decoding import Sampling, Tokenizer, session_for, stream_text
     from kiln.decoding import generate as decode
     from kiln.manifest import Manifest
-    from kiln.targets import get_target
+    from kiln.targets import loader
     from kiln.targets.base import Artifact, RunOptions
 
     manifest = Manifest.read(artifact)
@@ -325,7 +325,7 @@ def generate(
             f"the prompt ({len(ids)} tokens) and --max-new-tokens {max_new_tokens} exceed this artifact's context "
             f"of {sig.context_length()} tokens; shorten one, or rebuild with a larger [model].dims.past"
         )
-    impl = get_target(manifest.target, need_run=True)
+    impl = loader(manifest)
     runner = impl.load(Artifact.from_manifest(artifact, manifest), RunOptions(threads=threads))
     sampling = Sampling(temperature=temperature, top_k=top_k, seed=seed)
     with runner:
