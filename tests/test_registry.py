@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.config import parse_config
+from kiln.config import TargetConfig, parse_config
 from kiln.errors import ConfigError, MissingDependencyError, UnavailableError, UnknownTargetError
 from kiln.targets import (
     CAPABILITIES,
@@ -20,11 +20,13 @@ from kiln.targets import (
     REGISTRY,
     Package,
     availability,
+    available_here,
     check_config,
     check_target,
     toolchain_modules,
 )
 from kiln.targets.base import Target, TargetOptions
+from kiln.targets.shipping import DEFAULT_RULE, Serving
 from tests.conftest import CNN
 
 PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
@@ -170,5 +172,60 @@ def test_a_precision_that_builds_only_on_macos_is_refused_elsewhere(monkeypatch:
         assert not w8a8.build and "macOS" in w8a8.reason and not w8a8.missing_package
         with pytest.raises(UnavailableError, match="coreml:w8a8"):
             w8a8.require("coreml:w8a8")
+    finally:
+        availability.cache_clear()
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_row_says_how_its_artifacts_ship(name: str) -> None:
+    spec = REGISTRY[name]
+    assert spec.runtime is not DEFAULT_RULE, f"{name}: declare which runtime versions load its artifacts"
+    assert spec.runtime.package is None or spec.runtime.package in {p.module for p in spec.packages}
+    served = spec.serving
+    assert isinstance(served, Serving) or served.startswith("a"), f"{name}: a Serving, or why no server loads it"
+
+
+# "Can it run here": one answer, available_here, that every command asks.
+
+
+def test_available_here_narrows_the_row_by_what_the_options_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    availability.cache_clear()
+    monkeypatch.setattr(Package, "installed", property(lambda self: True))
+    try:
+        xnnpack = available_here(TargetConfig(name="executorch"))
+        assert xnnpack.build and xnnpack.run and xnnpack.reason == ""
+        vulkan = available_here(TargetConfig(name="executorch", options={"delegate": "vulkan"}))
+        assert vulkan.build and not vulkan.run and "Vulkan GPU" in vulkan.reason
+        vulkan.require("executorch")  # it builds
+        with pytest.raises(UnavailableError, match="Vulkan GPU") as err:
+            vulkan.require("executorch", run=True)
+        assert not isinstance(err.value, MissingDependencyError)
+    finally:
+        availability.cache_clear()
+
+
+def test_a_built_artifact_runs_without_the_packages_only_its_precision_builds_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    availability.cache_clear()
+    monkeypatch.setattr(Package, "installed", property(lambda self: self.module != "nncf"))
+    try:
+        here = available_here(TargetConfig(name="openvino", precision="int8-weights"))
+        assert not here.build and here.run and "kiln[openvino]" in here.reason and here.missing_package
+        here.require("openvino", run=True)
+        with pytest.raises(MissingDependencyError, match="nncf"):
+            here.require("openvino")
+    finally:
+        availability.cache_clear()
+
+
+def test_without_the_runtime_nothing_builds_or_runs_and_the_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    availability.cache_clear()
+    monkeypatch.setattr(Package, "installed", property(lambda self: self.module != "openvino"))
+    try:
+        here = available_here(TargetConfig(name="openvino"))
+        assert not here.build and not here.run
+        with pytest.raises(MissingDependencyError, match=r"kiln\[openvino\]"):
+            here.require("openvino", run=True)
     finally:
         availability.cache_clear()

@@ -133,9 +133,13 @@ def serving(target: str) -> Serving | str:
 def loads() -> str:
     """Which targets each server loads, in words, from the registry."""
     rows = [(name, s) for name, spec in REGISTRY.items() if isinstance(s := spec.serving, Serving)]
-    triton = ", ".join(f"{name} ({s.model_file})" for name, s in rows)
-    ovms = ", ".join(name for name, s in rows if s.ovms)
-    return f"Triton loads {triton}; OVMS loads {ovms}"
+    triton = [f"{s.what} ({name})" for name, s in rows]
+    ovms = [s.what for _, s in rows if s.ovms]
+    return f"Triton loads {_words(triton)}; OVMS loads {_words(ovms)}"
+
+
+def _words(items: list[str]) -> str:
+    return " and ".join(filter(None, (", ".join(items[:-1]), items[-1]))) if items else "nothing"
 
 
 def refusal(manifest: Manifest, allow_ungated: bool = False) -> str | None:

@@ -229,7 +229,7 @@ REGISTRY: dict[str, TargetSpec] = {
             runtime=RuntimeRule(
                 "newer-same-major", "ONNX Runtime runs every opset it shipped with, and later releases only add opsets"
             ),
-            serving=Serving("onnxruntime", "model.onnx", "onnx", ovms=True),
+            serving=Serving("onnxruntime", "ONNX", "model.onnx", "onnx", ovms=True),
         ),
         TargetSpec(
             "openvino",
@@ -258,6 +258,7 @@ REGISTRY: dict[str, TargetSpec] = {
             ),
             serving=Serving(
                 "openvino",
+                "OpenVINO IR",
                 "model.xml",
                 "ir",
                 ovms=True,
@@ -322,7 +323,9 @@ REGISTRY: dict[str, TargetSpec] = {
                 "kernels were chosen for one GPU model",
                 gpu_bound=True,
             ),
-            serving=Serving("tensorrt", "model.plan", "source-onnx", platform="tensorrt_plan", gpu=True),
+            serving=Serving(
+                "tensorrt", "TensorRT plans", "model.plan", "source-onnx", platform="tensorrt_plan", gpu=True
+            ),
         ),
         TargetSpec(
             "executorch",

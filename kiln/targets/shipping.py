@@ -36,6 +36,7 @@ class Serving:
     """
 
     backend: str  # Triton's backend name
+    what: str  # the format in words: "ONNX", "OpenVINO IR"
     model_file: str  # the file Triton and OVMS load from the version folder
     io_from: Literal["onnx", "ir", "source-onnx"]
     platform: str | None = None  # Triton's platform string, where the backend wants one
