@@ -229,3 +229,25 @@ def test_without_the_runtime_nothing_builds_or_runs_and_the_extra_is_named(monke
             here.require("openvino", run=True)
     finally:
         availability.cache_clear()
+
+
+def test_the_plan_validates_each_target_s_options_once_and_asks_available_here(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import kiln.targets as registry
+    from kiln.pipeline.planning import plan
+
+    calls: list[str] = []
+    validate = registry.target_options
+
+    def counted(target: TargetConfig) -> TargetOptions:
+        calls.append(target.key)
+        return validate(target)
+
+    monkeypatch.setattr(registry, "target_options", counted)
+    rows = [{"name": "onnxruntime", "precision": "int8"}, {"name": "executorch", "options": {"delegate": "vulkan"}}]
+    config = parse_config({**CNN, "target": rows}, tmp_path)
+    planned = plan(config, tmp_path / "build")
+    assert sorted(calls) == sorted(planned.targets)  # once each: kiln bench reads the plan's answer
+    for key, tp in planned.targets.items():
+        assert tp.available == available_here(tp.target, tp.options), key

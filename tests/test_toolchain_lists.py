@@ -63,7 +63,15 @@ def test_kiln_quiets_exactly_the_toolchains_loggers(monkeypatch: pytest.MonkeyPa
             logging.getLogger(name).setLevel(level)
 
 
-def test_a_fingerprint_records_every_installed_toolchain_and_the_export_stage_s() -> None:
+def test_the_export_stage_s_toolchains_are_the_registry_s() -> None:
+    from kiln.fleet.resources import EXPORT_PACKAGES, packages
+
     assert set(CORE) - {"numpy"} <= set(toolchain_dists()), "kiln.versions.CORE names a toolchain the registry lacks"
+    assert set(EXPORT_PACKAGES) <= set(toolchain_modules())
+    assert {p.dists[0] for p in CAPTURE if p.module in EXPORT_PACKAGES} == set(CORE) - {"numpy"}
+    assert set(packages()) <= set(toolchain_modules())
+
+
+def test_a_fingerprint_records_every_installed_toolchain() -> None:
     recorded = hardware.fingerprint(toolchain_dists()).toolchain
     assert set(recorded) == set(versions((*CORE, *toolchain_dists())))

@@ -46,8 +46,9 @@ its backend parameters the target's :meth:`~kiln.targets.base.Target.triton_para
 Refused (``ConfigError``, exit 2): artifacts no backend of either server loads (a row whose
 ``serving`` says why: eager, AOTInductor, Core ML, ExecuTorch), stateful OpenVINO IR (a causal
 LM's cache lives in the IR's state: it needs a sequence batcher), an artifact that failed its gate,
-and one whose gate did not run unless ``allow_ungated``. Every model is written under a temporary folder beside ``out`` and
-renamed into place only once all of them are complete; a model of the same name is replaced whole.
+and one whose gate did not run unless ``allow_ungated``. Every model is written under a temporary
+folder beside ``out`` and renamed into place only once all of them are complete; a model of the
+same name is replaced whole.
 """
 
 from __future__ import annotations
@@ -130,6 +131,14 @@ def serving(target: str) -> Serving | str:
     return spec.serving if spec is not None else f"a {target} artifact, a target this kiln does not know"
 
 
+def served(manifest: Manifest) -> Serving:
+    """The row's :class:`Serving` of an artifact :func:`refusal` let through."""
+    how = serving(manifest.target)
+    if isinstance(how, str):
+        raise RuntimeError(f"kiln bug: {manifest.key} ({how}) reached the repository writer past refusal()")
+    return how
+
+
 def loads() -> str:
     """Which targets each server loads, in words, from the registry."""
     rows = [(name, s) for name, spec in REGISTRY.items() if isinstance(s := spec.serving, Serving)]
@@ -149,11 +158,11 @@ def refusal(manifest: Manifest, allow_ungated: bool = False) -> str | None:
         return f"{manifest.key} failed its gate ({', '.join(manifest.gate.breaches) or manifest.gate.reason}); fix it first"
     if manifest.gate.passed is None and not allow_ungated:
         return f"{manifest.key}'s gate did not run ({manifest.gate.reason}); pass --allow-ungated to serve it anyway"
-    served = serving(manifest.target)
-    if isinstance(served, str):
-        return f"{manifest.key} is {served}; {loads()}: build one of those targets, or serve this one with kiln serve"
-    if served.stateful_refusal is not None and manifest.execution.get("stateful"):
-        return f"{manifest.key} is {served.stateful_refusal}"
+    how = serving(manifest.target)
+    if isinstance(how, str):
+        return f"{manifest.key} is {how}; {loads()}: build one of those targets, or serve this one with kiln serve"
+    if how.stateful_refusal is not None and manifest.execution.get("stateful"):
+        return f"{manifest.key} is {how.stateful_refusal}"
     return None
 
 
@@ -217,18 +226,15 @@ def describe(folder: Path, manifest: Manifest) -> Described:
     """The artifact's I/O, read from the file the server loads (or, for a TensorRT engine, from
     the ONNX it was built from: an engine is readable only with TensorRT on its GPU)."""
     main = folder / manifest.main_file
-    served = serving(manifest.target)
-    assert isinstance(served, Serving), "refusal() turned away what no server loads"
-    if served.io_from == "onnx":
+    how = served(manifest)
+    if how.io_from == "onnx":
         inputs, outputs, external = describe_onnx(main)
-        files = {served.model_file: manifest.main_file} | {name: name for name in external}
+        files = {how.model_file: manifest.main_file} | {name: name for name in external}
         return Described(inputs, outputs, files)
-    if served.io_from == "ir":
+    if how.io_from == "ir":
         inputs, outputs = describe_ir(main)
-        weights = str(Path(served.model_file).with_suffix(".bin"))
-        return Described(
-            inputs, outputs, {served.model_file: manifest.main_file, weights: main.with_suffix(".bin").name}
-        )
+        weights = str(Path(how.model_file).with_suffix(".bin"))
+        return Described(inputs, outputs, {how.model_file: manifest.main_file, weights: main.with_suffix(".bin").name})
     plan = read_json(folder / "plan.json") or {}
     onnx_path = folder / plan["onnx"] if plan.get("onnx") else folder.parent / manifest.export_dir / "model.onnx"
     if not onnx_path.is_file():
@@ -237,7 +243,7 @@ def describe(folder: Path, manifest: Manifest) -> Described:
             "are unknown; rebuild it with kiln build"
         )
     inputs, outputs, _ = describe_onnx(onnx_path)
-    return Described(inputs, outputs, {served.model_file: manifest.main_file})
+    return Described(inputs, outputs, {how.model_file: manifest.main_file})
 
 
 def measured(folder: Path, manifest: Manifest) -> Measured:
@@ -277,8 +283,8 @@ def batch_size(manifest: Manifest, described: Described) -> int:
     return sig.dims[name].max
 
 
-def preferred_sizes(served: Serving, max_batch: int, batches: tuple[int, ...]) -> list[int]:
-    if served.pads_batches:
+def preferred_sizes(how: Serving, max_batch: int, batches: tuple[int, ...]) -> list[int]:
+    if how.pads_batches:
         return [max_batch]  # the backend pads every batch to max_batch_size anyway
     sizes = {b for b in batches if 1 < b <= max_batch}
     if not sizes:
@@ -300,14 +306,13 @@ def _model_config_pb2() -> Any:
 def triton_config(name: str, manifest: Manifest, described: Described, run: Measured, queue_delay_us: int) -> Any:
     """The ``ModelConfig`` message for one artifact."""
     pb = _model_config_pb2()
-    served = serving(manifest.target)
-    assert isinstance(served, Serving), "refusal() turned away what no server loads"
+    how = served(manifest)
     max_batch = batch_size(manifest, described)
     config = pb.ModelConfig(
-        name=name, backend=served.backend, max_batch_size=max_batch, default_model_filename=served.model_file
+        name=name, backend=how.backend, max_batch_size=max_batch, default_model_filename=how.model_file
     )
-    if served.platform is not None:
-        config.platform = served.platform
+    if how.platform is not None:
+        config.platform = how.platform
     config.version_policy.latest.num_versions = 1
     for tensors, add in ((described.inputs, config.input.add), (described.outputs, config.output.add)):
         for tensor in tensors:
@@ -323,9 +328,9 @@ def triton_config(name: str, manifest: Manifest, described: Described, run: Meas
             else:
                 raise ConfigError(f"{name}: {tensor.name} is a scalar, which Triton cannot serve without a batch dim")
     if max_batch:
-        config.dynamic_batching.preferred_batch_size.extend(preferred_sizes(served, max_batch, run.batches))
+        config.dynamic_batching.preferred_batch_size.extend(preferred_sizes(how, max_batch, run.batches))
         config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
-    kind = pb.ModelInstanceGroup.KIND_GPU if served.gpu else pb.ModelInstanceGroup.KIND_CPU
+    kind = pb.ModelInstanceGroup.KIND_GPU if how.gpu else pb.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=1, kind=kind)
     for key, value in backend_parameters(manifest, described, run, max_batch).items():
         config.parameters[key].string_value = value
@@ -335,7 +340,7 @@ def triton_config(name: str, manifest: Manifest, described: Described, run: Meas
 def backend_parameters(manifest: Manifest, described: Described, run: Measured, max_batch: int) -> dict[str, str]:
     """The backend's ``parameters``: kiln's measured settings, in the keys the target's backend reads."""
     skip = 1 if max_batch else 0
-    served = ServedRun(
+    run_as = ServedRun(
         precision=manifest.precision,
         mode=run.mode,
         threads=run.threads,
@@ -343,7 +348,7 @@ def backend_parameters(manifest: Manifest, described: Described, run: Measured, 
         max_batch=max_batch,
         dynamic_dims=any(d is None for t in described.inputs for d in t.shape[skip:]),
     )
-    return implementation(manifest.target).triton_parameters(served)
+    return implementation(manifest.target).triton_parameters(run_as)
 
 
 def config_text(config: Any, manifest: Manifest, run: Measured) -> str:
@@ -392,9 +397,9 @@ def _write_model(folder: Path, dest: Path, name: str, manifest: Manifest, queue_
     config = triton_config(name, manifest, described, run, queue_delay_us)
     version = dest / VERSION
     version.mkdir(parents=True)
-    for served, stored in described.files.items():
-        (version / served).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / stored, version / served)
+    for loaded, stored in described.files.items():
+        (version / loaded).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / stored, version / loaded)
     (dest / "config.pbtxt").write_text(config_text(config, manifest, run))
     shutil.copyfile(folder / MANIFEST, dest / MANIFEST)
     return ovms_entry(name, manifest, run)
@@ -437,8 +442,8 @@ def write_model_repository(
         ovms: dict[str, dict[str, Any]] = {}
         for (folder, manifest), name in zip(manifests, names, strict=True):
             entry = _write_model(folder, staging / name, name, manifest, queue_delay_us)
-            served = serving(manifest.target)
-            if isinstance(served, Serving) and served.ovms:
+            how = serving(manifest.target)
+            if isinstance(how, Serving) and how.ovms:
                 ovms[name] = entry
         ovms_config = merged_ovms_config(out / OVMS_CONFIG, ovms)
         out.mkdir(exist_ok=True)

@@ -431,7 +431,7 @@ def available_here(target: TargetConfig, options: TargetOptions | None = None) -
         return replace(built, run=runs.run)
     if not runs.run:
         return runs
-    blocker = implementation(target.name).run_blocker(options or target_options(target))
+    blocker = implementation(target.name).run_blocker(options if options is not None else target_options(target))
     return Availability(True, False, blocker) if blocker else runs
 
 
