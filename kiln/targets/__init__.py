@@ -383,7 +383,7 @@ class Availability:
     build: bool
     run: bool
     reason: str  # empty when both are available
-    missing_package: bool = False  # a pip package blocks it (exit 5, names the extra)
+    missing_package: bool = False  # only pip packages block it (exit 5, names the extra)
 
     def error(self, name: str, run: bool = False) -> UnavailableError | None:
         """The precise exit-5 error when the target cannot build (``run``: its artifact cannot
@@ -408,9 +408,11 @@ def availability(name: str, precision: str | None = None) -> Availability:
     packages = spec.packages_for(precision) if precision else spec.packages
     build_needs = spec.build_needs + (spec.precision(precision).build_needs if precision else ())
     missing = [p.install_hint for p in packages if not p.installed]
-    build_missing = missing + [CAPABILITIES[n][1] for n in dict.fromkeys(build_needs) if not CAPABILITIES[n][0]()]
-    if build_missing:
-        return Availability(False, False, "needs " + " and ".join(build_missing), missing_package=bool(missing))
+    hardware = [CAPABILITIES[n][1] for n in dict.fromkeys(build_needs) if not CAPABILITIES[n][0]()]
+    if missing or hardware:
+        # A package is what blocks it only where the hardware is there: else installing it is no fix.
+        only_packages = bool(missing) and not hardware
+        return Availability(False, False, "needs " + " and ".join(missing + hardware), missing_package=only_packages)
     run_missing = [CAPABILITIES[need][1] for need in spec.run_needs if not CAPABILITIES[need][0]()]
     if run_missing:
         return Availability(True, False, "convert and compress: yes; run: needs " + " and ".join(run_missing))
