@@ -63,6 +63,14 @@ def test_kiln_quiets_exactly_the_toolchains_loggers(monkeypatch: pytest.MonkeyPa
             logging.getLogger(name).setLevel(level)
 
 
+def test_the_targets_own_quiet_lists_name_the_registry_s_toolchains() -> None:
+    from kiln.targets import coreml
+    from kiln.targets.executorch import lower
+
+    assert set(coreml.NOISY) <= set(toolchain_modules())
+    assert set(lower.NOISY) - {"root"} <= set(toolchain_modules())
+
+
 def test_the_export_stage_s_toolchains_are_the_registry_s() -> None:
     from kiln.fleet.resources import EXPORT_PACKAGES, packages
 
