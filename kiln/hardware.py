@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.results import Fingerprint
-from kiln.versions import CORE, SOURCES, versions
+from kiln.versions import CORE, versions
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
@@ -64,9 +64,9 @@ def _gpus() -> list[dict[str, str]]:
 
 
 def fingerprint(toolchains: Sequence[str]) -> Fingerprint:
-    """CPU model and flags, cores, memory, GPUs, OS, Python and the version of kiln's core packages,
-    its model sources' and each of ``toolchains`` (distribution names). ``kiln.targets.fingerprint``
-    passes every registered target's toolchain."""
+    """CPU model and flags, cores, memory, GPUs, OS, Python and the version of kiln's core packages
+    and of each of ``toolchains`` (distribution names). ``kiln.targets.fingerprint`` passes the
+    registry's (``kiln.targets.toolchain_dists``)."""
     cpu = _cpuinfo()
     flags = set(cpu.get("flags", "").split())
     fp: dict[str, Any] = {
@@ -79,7 +79,7 @@ def fingerprint(toolchains: Sequence[str]) -> Fingerprint:
         "gpus": _gpus(),
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
-        "toolchain": versions((*CORE, *toolchains, *SOURCES)),
+        "toolchain": versions(tuple(dict.fromkeys((*CORE, *toolchains)))),
     }
     fp["id"] = fingerprint_id(fp)
     return Fingerprint.model_validate(fp)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+# What every export stage is built with (its cache key); the toolchains are the registry's
+# (``kiln.targets.toolchains``; tests/test_toolchain_lists.py keeps this a part of them).
 CORE = ("torch", "onnx", "onnxscript", "numpy")
-# Distributions of the sources and passes that are not targets (each target's are in its registry row).
-SOURCES = ("transformers", "torch-pruning")
 
 
 def versions(dists: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -6,17 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-TOOLCHAINS = [
-    "torch",
-    "onnx",
-    "onnxscript",
-    "onnxruntime",
-    "openvino",
-    "nncf",
-    "coremltools",
-    "tensorrt",
-    "transformers",
-]
+from kiln.targets import toolchain_modules
+
+TOOLCHAINS = list(toolchain_modules())
 
 
 def test_importing_the_cli_imports_no_toolchain() -> None:

@@ -12,15 +12,26 @@ from pathlib import Path
 
 import pytest
 
-from kiln.config import parse_config
+from kiln.config import TargetConfig, parse_config
 from kiln.errors import ConfigError, MissingDependencyError, UnavailableError, UnknownTargetError
-from kiln.targets import CAPABILITIES, MARKERS, REGISTRY, Package, availability, check_config, check_target
+from kiln.targets import (
+    CAPABILITIES,
+    MARKERS,
+    REGISTRY,
+    Package,
+    availability,
+    available_here,
+    check_config,
+    check_target,
+    toolchain_modules,
+)
 from kiln.targets.base import Target, TargetOptions
+from kiln.targets.shipping import DEFAULT_RULE, Serving
 from tests.conftest import CNN
 
 PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
-TOOLCHAINS = ("torch", "onnxruntime", "openvino", "nncf", "coremltools", "tensorrt", "torchao", "executorch")
+TOOLCHAINS = toolchain_modules()
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
@@ -163,3 +174,80 @@ def test_a_precision_that_builds_only_on_macos_is_refused_elsewhere(monkeypatch:
             w8a8.require("coreml:w8a8")
     finally:
         availability.cache_clear()
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_row_says_how_its_artifacts_ship(name: str) -> None:
+    spec = REGISTRY[name]
+    assert spec.runtime is not DEFAULT_RULE, f"{name}: declare which runtime versions load its artifacts"
+    assert spec.runtime.package is None or spec.runtime.package in {p.module for p in spec.packages}
+    served = spec.serving
+    assert isinstance(served, Serving) or served.startswith("a"), f"{name}: a Serving, or why no server loads it"
+
+
+# "Can it run here": one answer, available_here, that every command asks.
+
+
+def test_available_here_narrows_the_row_by_what_the_options_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    availability.cache_clear()
+    monkeypatch.setattr(Package, "installed", property(lambda self: True))
+    try:
+        xnnpack = available_here(TargetConfig(name="executorch"))
+        assert xnnpack.build and xnnpack.run and xnnpack.reason == ""
+        vulkan = available_here(TargetConfig(name="executorch", options={"delegate": "vulkan"}))
+        assert vulkan.build and not vulkan.run and "Vulkan GPU" in vulkan.reason
+        vulkan.require("executorch")  # it builds
+        with pytest.raises(UnavailableError, match="Vulkan GPU") as err:
+            vulkan.require("executorch", run=True)
+        assert not isinstance(err.value, MissingDependencyError)
+    finally:
+        availability.cache_clear()
+
+
+def test_a_built_artifact_runs_without_the_packages_only_its_precision_builds_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    availability.cache_clear()
+    monkeypatch.setattr(Package, "installed", property(lambda self: self.module != "nncf"))
+    try:
+        here = available_here(TargetConfig(name="openvino", precision="int8-weights"))
+        assert not here.build and here.run and "kiln[openvino]" in here.reason and here.missing_package
+        here.require("openvino", run=True)
+        with pytest.raises(MissingDependencyError, match="nncf"):
+            here.require("openvino")
+    finally:
+        availability.cache_clear()
+
+
+def test_without_the_runtime_nothing_builds_or_runs_and_the_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    availability.cache_clear()
+    monkeypatch.setattr(Package, "installed", property(lambda self: self.module != "openvino"))
+    try:
+        here = available_here(TargetConfig(name="openvino"))
+        assert not here.build and not here.run
+        with pytest.raises(MissingDependencyError, match=r"kiln\[openvino\]"):
+            here.require("openvino", run=True)
+    finally:
+        availability.cache_clear()
+
+
+def test_the_plan_validates_each_target_s_options_once_and_asks_available_here(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import kiln.targets as registry
+    from kiln.pipeline.planning import plan
+
+    calls: list[str] = []
+    validate = registry.target_options
+
+    def counted(target: TargetConfig) -> TargetOptions:
+        calls.append(target.key)
+        return validate(target)
+
+    monkeypatch.setattr(registry, "target_options", counted)
+    rows = [{"name": "onnxruntime", "precision": "int8"}, {"name": "executorch", "options": {"delegate": "vulkan"}}]
+    config = parse_config({**CNN, "target": rows}, tmp_path)
+    planned = plan(config, tmp_path / "build")
+    assert sorted(calls) == sorted(planned.targets)  # once each: kiln bench reads the plan's answer
+    for key, tp in planned.targets.items():
+        assert tp.available == available_here(tp.target, tp.options), key

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from kiln.capture.sources import source_kind
 from kiln.config import TargetConfig, load_config, parse_config
 from kiln.errors import UnknownTargetError
-from kiln.targets import availability, implementation, target_options
+from kiln.targets import availability, target_options
 from kiln.tune import pareto, search, session
 from kiln.tune.output import page, to_toml, write_config
 from kiln.tune.records import Candidate, Measurement
-from kiln.tune.space import AXES, axes, enumerate_space, option_variants
+from kiln.tune.space import enumerate_space, option_variants
 from tests.conftest import CNN
 from tests.conftest import write_config as write_toml
 
@@ -46,17 +46,6 @@ def _cand(cid: str, p50: float | None, drop: float | None = 0.0, size: int = 100
 
 
 # ---- the search space ----
-
-
-def test_space_searches_only_options_the_options_models_have() -> None:
-    for (name, precision), listed in AXES.items():
-        fields = implementation(name).options_model.model_fields
-        kept = [option for option, _ in axes(name, precision)]
-        assert kept == [o for o, values in listed if o in fields and values], (name, precision)
-    # Axes a toolchain's options model lacks today are dropped, never handed to a build.
-    assert "quant_format" not in [o for o, _ in axes("onnxruntime", "int8")]
-    assert "ignored_scope" not in [o for o, _ in axes("openvino", "int8")]
-    assert [o for o, _ in axes("onnxruntime", "int8")] == ["calibration_method", "per_channel"]
 
 
 def test_option_variants_change_one_setting_each_and_validate() -> None:

@@ -17,6 +17,7 @@ from kiln.manifest import Manifest
 from kiln.results import Gates, Results
 from kiln.spec import Signature, batch_dim
 from kiln.store import MANIFEST
+from kiln.targets import BASELINE
 
 
 @dataclass(frozen=True)
@@ -39,20 +40,20 @@ def plans_from_config(config: KilnConfig, out: Path, progress: Progress) -> tupl
     """Build (or find up to date) every target plus the eager baseline; one plan per target."""
     from kiln.capture.sources import source_kind
     from kiln.pipeline.build import build
-    from kiln.targets import run_blocked
 
     # An ONNX source has no PyTorch program for eager to run (its parity reference is ONNX
     # Runtime on the source file): its cells get no speed-up against eager.
     onnx = source_kind(config.model.source) == "onnx"
-    if not onnx and not any(t.name == "eager" for t in config.target):
-        config = config.model_copy(update={"target": [TargetConfig(name="eager"), *config.target]})
+    if not onnx and not any(t.name == BASELINE for t in config.target):
+        config = config.model_copy(update={"target": [TargetConfig(name=BASELINE), *config.target]})
     results = build(config, out, progress)
     model_dir = out / config.model.name
     plans = []
     for result in results:
         t = result.target
         plan = CellPlan(t.name, t.precision, t.key, model_dir / t.key, result.manifest)
-        blocked = run_blocked(t) if result.error is None else None
+        here = result.available
+        blocked = here.reason if result.error is None and here is not None and not here.run else None
         if isinstance(result.error, UnavailableError) or blocked:
             plan.skipped = blocked or str(result.error)
         elif result.error is not None:
@@ -63,7 +64,7 @@ def plans_from_config(config: KilnConfig, out: Path, progress: Progress) -> tupl
 
 def _wanted(manifest: Manifest, selectors: tuple[str, ...]) -> bool:
     return (
-        manifest.target == "eager"
+        manifest.target == BASELINE
         or not selectors
         or any(
             manifest.target == s.partition(":")[0] and s.partition(":")[2] in ("", manifest.precision)
@@ -74,7 +75,7 @@ def _wanted(manifest: Manifest, selectors: tuple[str, ...]) -> bool:
 
 def plans_from_folder(model_dir: Path, selectors: tuple[str, ...]) -> list[CellPlan]:
     """Every built artifact in ``build/<model>/`` (those matching ``--target`` if given)."""
-    from kiln.targets import run_blocked
+    from kiln.targets import available_here, built_with
 
     plans = []
     for folder in sorted(p for p in model_dir.iterdir() if p.is_dir() and (p / MANIFEST).is_file()):
@@ -82,15 +83,15 @@ def plans_from_folder(model_dir: Path, selectors: tuple[str, ...]) -> list[CellP
         if not _wanted(manifest, selectors):
             continue
         plan = CellPlan(manifest.target, manifest.precision, folder.name, folder, manifest)
-        target = TargetConfig(name=manifest.target, precision=manifest.precision, options=manifest.options)
-        plan.skipped = run_blocked(target)
+        here = available_here(built_with(manifest))
+        plan.skipped = None if here.run else here.reason
         plans.append(plan)
-    if not any(p.target == "eager" for p in plans):
+    if not any(p.target == BASELINE for p in plans):
         raise ConfigError(
             f"{model_dir} has no eager artifact to compare with; run kiln build with an eager target "
             "(or bench the kiln.toml, which builds it)"
         )
-    return sorted(plans, key=lambda p: p.target != "eager")
+    return sorted(plans, key=lambda p: p.target != BASELINE)
 
 
 def _signature(plans: list[CellPlan]) -> Signature:

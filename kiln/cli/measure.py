@@ -306,7 +306,7 @@ def generate(
     from kiln.decoding import Sampling, Tokenizer, check_context, session_for, stream_text
     from kiln.decoding import generate as decode
     from kiln.manifest import Manifest
-    from kiln.targets import get_target
+    from kiln.targets import loader
     from kiln.targets.base import Artifact, RunOptions
 
     manifest = Manifest.read(artifact)
@@ -321,7 +321,7 @@ def generate(
     if not ids:
         raise ConfigError("the prompt encodes to no tokens; give some text")
     check_context(len(ids), max_new_tokens, sig.context_length())
-    impl = get_target(manifest.target, need_run=True)
+    impl = loader(manifest)
     runner = impl.load(Artifact.from_manifest(artifact, manifest), RunOptions(threads=threads))
     sampling = Sampling(temperature=temperature, top_k=top_k, seed=seed)
     with runner:

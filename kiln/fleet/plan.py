@@ -32,6 +32,7 @@ from kiln.fleet.suite import Suite
 from kiln.pipeline.build import BuildPlan, distilled_key, one_target, per_adapter
 from kiln.pipeline.build import plan as build_plan
 from kiln.store import cache_key
+from kiln.targets import BASELINE
 
 Stage = Literal["export", "build", "bench"]
 
@@ -148,7 +149,7 @@ def _plan_model(
         plan.skipped[f"{name}:bench"] = (None, unmet(bench_request("any"), nodes) or "no kiln node")
     for kind, members in sorted(by_kind.items()):
         benched = [k for k in runnable if any(serves(run_request(bp.targets[k].target.name), node) for node in members)]
-        benched.sort(key=lambda k: bp.targets[k].target.name != "eager")
+        benched.sort(key=lambda k: bp.targets[k].target.name != BASELINE)
         if not benched:
             continue
         task = Task(

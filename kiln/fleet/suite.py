@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kiln.config import BenchSettings, KilnConfig, TargetConfig, load_config, with_targets
 from kiln.errors import ConfigError
+from kiln.targets import BASELINE
 
 
 class ModelEntry(BaseModel):
@@ -67,9 +68,9 @@ def with_eager(config: KilnConfig) -> KilnConfig:
     """Every benchmark compares with eager, as ``kiln bench`` does (an ONNX source has none)."""
     from kiln.capture.sources import source_kind
 
-    if source_kind(config.model.source) == "onnx" or any(t.name == "eager" for t in config.target):
+    if source_kind(config.model.source) == "onnx" or any(t.name == BASELINE for t in config.target):
         return config
-    return config.model_copy(update={"target": [TargetConfig(name="eager"), *config.target]})
+    return config.model_copy(update={"target": [TargetConfig(name=BASELINE), *config.target]})
 
 
 def load_suite(path: Path, only: tuple[str, ...] = ()) -> Suite:

@@ -52,6 +52,7 @@ from kiln.store import (
     up_to_date,
 )
 from kiln.targets import (
+    Availability,
     qat_applies,
 )
 from kiln.versions import CORE, versions
@@ -85,6 +86,7 @@ class TargetResult:
     manifest: Manifest | None = None
     error: KilnError | None = None
     seconds: float = 0.0
+    available: Availability | None = None  # the plan's answer to "can it run here"
 
     @property
     def exit_code(self) -> int:
@@ -116,7 +118,7 @@ def _build_model(config: KilnConfig, out_root: Path, progress: Progress) -> list
         stale = [tp for key, tp in p.targets.items() if key not in results]
         if stale:
             _build_stale(p, stale, results, progress)
-        return [results[t.key] for t in p.config.target]
+        return [replace(results[t.key], available=p.targets[t.key].available) for t in p.config.target]
 
 
 def _up_to_date(folder: Path, key: str) -> Manifest | None:

@@ -7,7 +7,7 @@ one model per adapter, an ensemble's members beside it, one target alone.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +27,9 @@ from kiln.targets import (
     Availability,
     Precision,
     TargetSpec,
-    availability,
+    available_here,
     check_config,
     qat_applies,
-    target_options,
     tolerance_for,
 )
 from kiln.versions import CORE, versions
@@ -74,7 +73,7 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
     source bytes, config, data files, toolchain versions. An ensemble's members get their own
     rows here (:func:`with_members`), so every caller plans, builds and benches them alike."""
     config = with_members(config)
-    check_config(config, source_kind(config.model.source))
+    checked = check_config(config, source_kind(config.model.source))
     tokenizer = tokenizer_dir(config)
     tokenizer_files = sorted(p for p in tokenizer.glob("*") if p.is_file()) if tokenizer else []
     data_files = [
@@ -115,7 +114,7 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
                 **_qat_inputs(config, target),
             }
         )
-        options = target_options(target)
+        options = checked[target.key]
         targets[target.key] = TargetPlan(
             target,
             spec,
@@ -124,7 +123,7 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
             tolerance_for(target),
             key,
             stage,
-            _availability(target, options),
+            available_here(target, options),
         )
     return BuildPlan(config, out_root / config.model.name, export_key, targets, variant_keys)
 
@@ -158,16 +157,6 @@ def _qat_inputs(config: KilnConfig, target: TargetConfig) -> dict[str, Any]:
         "qat": config.recovery.model_dump(mode="json"),
         "qat_data": hash_files(_recovery_files(config), config.root),
     }
-
-
-def _availability(target: TargetConfig, options: TargetOptions) -> Availability:
-    """The registry's availability, narrowed by what the target says its options need to run
-    (a delegate that only another device runs: built here, then gated by simulation or not run)."""
-    from kiln.targets import implementation
-
-    avail = availability(target.name, target.precision)
-    blocker = implementation(target.name).run_blocker(options) if avail.run else None
-    return replace(avail, run=False, reason=blocker) if blocker else avail
 
 
 def tokenizer_dir(config: KilnConfig) -> Path | None:

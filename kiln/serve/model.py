@@ -22,7 +22,7 @@ from kiln.manifest import Manifest
 from kiln.serve.protocol import V2_BY_SPEC, ModelIO, v2_datatype
 from kiln.spec import Arrays, Signature, batch_dim, random_inputs
 from kiln.store import MANIFEST
-from kiln.targets import get_target
+from kiln.targets import loader
 from kiln.targets.base import Artifact, Runner, RunOptions
 
 VERSION = "1"  # one artifact, one version: what clients and tritonclient ask for by default
@@ -110,7 +110,7 @@ def load_model(folder: Path, name: str | None, threads: int | None) -> ServedMod
     and probe it."""
     manifest = Manifest.read(folder)
     sig = manifest.signature
-    impl = get_target(manifest.target, need_run=True)
+    impl = loader(manifest)
     runner = impl.load(Artifact.from_manifest(folder, manifest), RunOptions(threads=threads))
     try:
         small, larger = _probe(runner, sig)

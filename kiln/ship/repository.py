@@ -39,11 +39,16 @@ does not round-trip is a kiln bug. What goes in it, and why:
 - a dynamic non-batch dim in an openvino model sets ``RESHAPE_IO_LAYERS``: the backend compares a
   config's -1 against the IR's bounded range (``1..16``) as a mismatch.
 
-Refused (``ConfigError``, exit 2): artifacts no backend of either server loads (eager, AOTInductor,
-Core ML, ExecuTorch), stateful OpenVINO IR (a causal LM's cache lives in the IR's state: it needs
-a sequence batcher), an artifact that failed its gate, and one whose gate did not run unless
-``allow_ungated``. Every model is written under a temporary folder beside ``out`` and
-renamed into place only once all of them are complete; a model of the same name is replaced whole.
+What each target's artifact is to a server is its registry row's ``serving``
+(:class:`kiln.targets.shipping.Serving`: backend, file, platform, instance kind, OVMS or not) and
+its backend parameters the target's :meth:`~kiln.targets.base.Target.triton_parameters`.
+
+Refused (``ConfigError``, exit 2): artifacts no backend of either server loads (a row whose
+``serving`` says why: eager, AOTInductor, Core ML, ExecuTorch), stateful OpenVINO IR (a causal
+LM's cache lives in the IR's state: it needs a sequence batcher), an artifact that failed its gate,
+and one whose gate did not run unless ``allow_ungated``. Every model is written under a temporary
+folder beside ``out`` and renamed into place only once all of them are complete; a model of the
+same name is replaced whole.
 """
 
 from __future__ import annotations
@@ -60,28 +65,14 @@ from kiln.manifest import Manifest
 from kiln.results import MeasuredCell, Results
 from kiln.spec import batch_dim
 from kiln.store import MANIFEST, read_json, sha256_file, write_json
+from kiln.targets import REGISTRY, implementation
+from kiln.targets.base import ServedRun
+from kiln.targets.shipping import Serving
 
 VERSION = "1"  # the one version folder each model gets
 OVMS_CONFIG = "config.json"
 DEFAULT_QUEUE_DELAY_US = 500  # half a millisecond: a batch forms without doubling a small model's latency
 
-# target -> (Triton backend, the file Triton and OVMS load from the version folder)
-BACKENDS = {
-    "onnxruntime": ("onnxruntime", "model.onnx"),
-    "openvino": ("openvino", "model.xml"),
-    "tensorrt": ("tensorrt", "model.plan"),
-}
-OVMS_LOADS = ("onnxruntime", "openvino")  # OVMS reads ONNX and IR, never a TensorRT plan
-LOADS = (
-    "Triton loads ONNX (onnxruntime), OpenVINO IR (openvino) and TensorRT plans (tensorrt); "
-    "OVMS loads ONNX and OpenVINO IR"
-)
-WHY_NOT = {
-    "eager": "a PyTorch program that only kiln's eager runner executes",
-    "aoti": "an AOTInductor .pt2 package that no Triton or OVMS backend loads",
-    "coreml": "a Core ML package, which runs on Apple devices only",
-    "executorch": "an ExecuTorch .pte program for on-device runtimes",
-}
 # One row per dtype: numpy's name, ONNX's TensorProto name, OpenVINO's element type, Triton's type.
 DTYPES = (
     ("bool", "BOOL", "boolean", "TYPE_BOOL"),
@@ -134,6 +125,32 @@ class Measured:
     source: str  # where the figures come from, written into config.pbtxt's header
 
 
+def serving(target: str) -> Serving | str:
+    """How a server loads this target's artifacts (its registry row), or why none does."""
+    spec = REGISTRY.get(target)
+    return spec.serving if spec is not None else f"a {target} artifact, a target this kiln does not know"
+
+
+def served(manifest: Manifest) -> Serving:
+    """The row's :class:`Serving` of an artifact :func:`refusal` let through."""
+    how = serving(manifest.target)
+    if isinstance(how, str):
+        raise RuntimeError(f"kiln bug: {manifest.key} ({how}) reached the repository writer past refusal()")
+    return how
+
+
+def loads() -> str:
+    """Which targets each server loads, in words, from the registry."""
+    rows = [(name, s) for name, spec in REGISTRY.items() if isinstance(s := spec.serving, Serving)]
+    triton = [f"{s.what} ({name})" for name, s in rows]
+    ovms = [s.what for _, s in rows if s.ovms]
+    return f"Triton loads {_words(triton)}; OVMS loads {_words(ovms)}"
+
+
+def _words(items: list[str]) -> str:
+    return " and ".join(filter(None, (", ".join(items[:-1]), items[-1]))) if items else "nothing"
+
+
 def refusal(manifest: Manifest, allow_ungated: bool = False) -> str | None:
     """Why this artifact does not go into a repository (no server loads it, or it did not pass
     its gate), or ``None`` when it does."""
@@ -141,15 +158,12 @@ def refusal(manifest: Manifest, allow_ungated: bool = False) -> str | None:
         return f"{manifest.key} failed its gate ({', '.join(manifest.gate.breaches) or manifest.gate.reason}); fix it first"
     if manifest.gate.passed is None and not allow_ungated:
         return f"{manifest.key}'s gate did not run ({manifest.gate.reason}); pass --allow-ungated to serve it anyway"
-    if manifest.target == "openvino" and manifest.execution.get("stateful"):
-        return (
-            f"{manifest.key} is a stateful OpenVINO IR (a causal LM's KV cache lives in the IR's state and "
-            "needs a sequence batcher); ship the onnxruntime artifact, whose step graph takes the cache as inputs"
-        )
-    if manifest.target in BACKENDS:
-        return None
-    what = WHY_NOT.get(manifest.target, f"a {manifest.target} artifact")
-    return f"{manifest.key} is {what}; {LOADS}: build one of those targets, or serve this one with kiln serve"
+    how = serving(manifest.target)
+    if isinstance(how, str):
+        return f"{manifest.key} is {how}; {loads()}: build one of those targets, or serve this one with kiln serve"
+    if how.stateful_refusal is not None and manifest.execution.get("stateful"):
+        return f"{manifest.key} is {how.stateful_refusal}"
+    return None
 
 
 def model_name(manifest: Manifest) -> str:
@@ -212,12 +226,15 @@ def describe(folder: Path, manifest: Manifest) -> Described:
     """The artifact's I/O, read from the file the server loads (or, for a TensorRT engine, from
     the ONNX it was built from: an engine is readable only with TensorRT on its GPU)."""
     main = folder / manifest.main_file
-    if manifest.target == "onnxruntime":
+    how = served(manifest)
+    if how.io_from == "onnx":
         inputs, outputs, external = describe_onnx(main)
-        return Described(inputs, outputs, {"model.onnx": manifest.main_file} | {name: name for name in external})
-    if manifest.target == "openvino":
+        files = {how.model_file: manifest.main_file} | {name: name for name in external}
+        return Described(inputs, outputs, files)
+    if how.io_from == "ir":
         inputs, outputs = describe_ir(main)
-        return Described(inputs, outputs, {"model.xml": manifest.main_file, "model.bin": main.with_suffix(".bin").name})
+        weights = str(Path(how.model_file).with_suffix(".bin"))
+        return Described(inputs, outputs, {how.model_file: manifest.main_file, weights: main.with_suffix(".bin").name})
     plan = read_json(folder / "plan.json") or {}
     onnx_path = folder / plan["onnx"] if plan.get("onnx") else folder.parent / manifest.export_dir / "model.onnx"
     if not onnx_path.is_file():
@@ -226,7 +243,7 @@ def describe(folder: Path, manifest: Manifest) -> Described:
             "are unknown; rebuild it with kiln build"
         )
     inputs, outputs, _ = describe_onnx(onnx_path)
-    return Described(inputs, outputs, {"model.plan": manifest.main_file})
+    return Described(inputs, outputs, {how.model_file: manifest.main_file})
 
 
 def measured(folder: Path, manifest: Manifest) -> Measured:
@@ -266,8 +283,8 @@ def batch_size(manifest: Manifest, described: Described) -> int:
     return sig.dims[name].max
 
 
-def preferred_sizes(target: str, max_batch: int, batches: tuple[int, ...]) -> list[int]:
-    if target == "openvino":
+def preferred_sizes(how: Serving, max_batch: int, batches: tuple[int, ...]) -> list[int]:
+    if how.pads_batches:
         return [max_batch]  # the backend pads every batch to max_batch_size anyway
     sizes = {b for b in batches if 1 < b <= max_batch}
     if not sizes:
@@ -289,11 +306,13 @@ def _model_config_pb2() -> Any:
 def triton_config(name: str, manifest: Manifest, described: Described, run: Measured, queue_delay_us: int) -> Any:
     """The ``ModelConfig`` message for one artifact."""
     pb = _model_config_pb2()
-    backend, filename = BACKENDS[manifest.target]
+    how = served(manifest)
     max_batch = batch_size(manifest, described)
-    config = pb.ModelConfig(name=name, backend=backend, max_batch_size=max_batch, default_model_filename=filename)
-    if manifest.target == "tensorrt":
-        config.platform = "tensorrt_plan"
+    config = pb.ModelConfig(
+        name=name, backend=how.backend, max_batch_size=max_batch, default_model_filename=how.model_file
+    )
+    if how.platform is not None:
+        config.platform = how.platform
     config.version_policy.latest.num_versions = 1
     for tensors, add in ((described.inputs, config.input.add), (described.outputs, config.output.add)):
         for tensor in tensors:
@@ -309,10 +328,9 @@ def triton_config(name: str, manifest: Manifest, described: Described, run: Meas
             else:
                 raise ConfigError(f"{name}: {tensor.name} is a scalar, which Triton cannot serve without a batch dim")
     if max_batch:
-        config.dynamic_batching.preferred_batch_size.extend(preferred_sizes(manifest.target, max_batch, run.batches))
+        config.dynamic_batching.preferred_batch_size.extend(preferred_sizes(how, max_batch, run.batches))
         config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
-    gpu = manifest.target == "tensorrt"
-    kind = pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
+    kind = pb.ModelInstanceGroup.KIND_GPU if how.gpu else pb.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=1, kind=kind)
     for key, value in backend_parameters(manifest, described, run, max_batch).items():
         config.parameters[key].string_value = value
@@ -320,27 +338,17 @@ def triton_config(name: str, manifest: Manifest, described: Described, run: Meas
 
 
 def backend_parameters(manifest: Manifest, described: Described, run: Measured, max_batch: int) -> dict[str, str]:
-    """The backend's ``parameters``: kiln's measured thread settings, in each backend's keys."""
-    if manifest.target == "onnxruntime":
-        return {
-            "intra_op_thread_count": str(run.threads or 0),  # 0: ONNX Runtime's default (physical cores)
-            "inter_op_thread_count": "1",
-            "execution_mode": "0",  # sequential, as kiln's runner
-        }
-    if manifest.target != "openvino":
-        return {}
-    params = {"PERFORMANCE_HINT": run.mode.upper()}
-    if run.threads:
-        params["INFERENCE_NUM_THREADS"] = str(run.threads)
-    params["NUM_STREAMS"] = str(run.streams or 1) if run.mode == "latency" else str(run.streams or "AUTO")
-    if manifest.precision == "bf16":
-        params["HINT_BF16"] = "YES"
-    if max_batch:
-        params["ENABLE_BATCH_PADDING"] = "YES"
+    """The backend's ``parameters``: kiln's measured settings, in the keys the target's backend reads."""
     skip = 1 if max_batch else 0
-    if any(d is None for t in described.inputs for d in t.shape[skip:]):
-        params["RESHAPE_IO_LAYERS"] = "YES"
-    return params
+    run_as = ServedRun(
+        precision=manifest.precision,
+        mode=run.mode,
+        threads=run.threads,
+        streams=run.streams,
+        max_batch=max_batch,
+        dynamic_dims=any(d is None for t in described.inputs for d in t.shape[skip:]),
+    )
+    return implementation(manifest.target).triton_parameters(run_as)
 
 
 def config_text(config: Any, manifest: Manifest, run: Measured) -> str:
@@ -389,9 +397,9 @@ def _write_model(folder: Path, dest: Path, name: str, manifest: Manifest, queue_
     config = triton_config(name, manifest, described, run, queue_delay_us)
     version = dest / VERSION
     version.mkdir(parents=True)
-    for served, stored in described.files.items():
-        (version / served).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / stored, version / served)
+    for loaded, stored in described.files.items():
+        (version / loaded).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / stored, version / loaded)
     (dest / "config.pbtxt").write_text(config_text(config, manifest, run))
     shutil.copyfile(folder / MANIFEST, dest / MANIFEST)
     return ovms_entry(name, manifest, run)
@@ -434,7 +442,8 @@ def write_model_repository(
         ovms: dict[str, dict[str, Any]] = {}
         for (folder, manifest), name in zip(manifests, names, strict=True):
             entry = _write_model(folder, staging / name, name, manifest, queue_delay_us)
-            if manifest.target in OVMS_LOADS:
+            how = serving(manifest.target)
+            if isinstance(how, Serving) and how.ovms:
                 ovms[name] = entry
         ovms_config = merged_ovms_config(out / OVMS_CONFIG, ovms)
         out.mkdir(exist_ok=True)

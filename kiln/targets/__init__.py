@@ -6,8 +6,13 @@ Each :class:`TargetSpec` row names the module that implements the target, what i
 into cache keys and manifests), the pip extra that installs them, the hardware it needs to build
 and to run, the loggers to quiet and the imports to block, and one :class:`Precision` row per
 precision: its default parity tolerances, whether (and on how many samples) it calibrates, and
-the packages it needs beyond the target's. Adding a target is one module plus one row here plus
-one extra in ``pyproject.toml`` (see CONTRIBUTING.md).
+the packages it needs beyond the target's; which runtime versions load its artifacts and how a
+model server loads them (:mod:`kiln.targets.shipping`). Its options model declares the quantizer
+settings ``kiln tune`` searches. Adding a target is one module plus one row here plus one extra in
+``pyproject.toml`` (see CONTRIBUTING.md). No module outside ``kiln/targets/`` asks which target it
+holds (tests/test_target_names.py): it reads the row.
+
+"Can it run here" has one answer, :func:`available_here`, that every command asks.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import platform
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Literal
 
@@ -29,8 +34,10 @@ from pydantic import ValidationError
 from kiln import hardware
 from kiln.config import KilnConfig, TargetConfig, Tolerance
 from kiln.errors import ConfigError, MissingDependencyError, UnavailableError, UnknownTargetError
+from kiln.targets.shipping import DEFAULT_RULE, RuntimeRule, Serving
 
 if TYPE_CHECKING:
+    from kiln.manifest import Manifest
     from kiln.results import Fingerprint
     from kiln.targets.base import Target, TargetOptions
 
@@ -39,12 +46,14 @@ Consumes = Literal["program", "onnx"]
 
 @dataclass(frozen=True)
 class Package:
-    """A Python package a target imports: its import name, the distributions that provide it
-    (the first one installed is the version recorded), and the pip extra that installs it."""
+    """A Python package kiln imports: its import name, the distributions that provide it (the
+    first one installed is the version recorded), the pip extra that installs it, and its loggers
+    that talk about their own internals per op or per pass (quieted unless ``--verbose``)."""
 
     module: str
     dists: tuple[str, ...]
     extra: str | None = None
+    loggers: tuple[str, ...] = ()
 
     @property
     def installed(self) -> bool:
@@ -56,15 +65,25 @@ class Package:
         return f"the Python package {self.module!r} ({how})"
 
 
-TORCH = Package("torch", ("torch",))
+TORCH = Package("torch", ("torch",), loggers=("torch", "torch.utils._pytree"))
 ONNXRUNTIME = Package("onnxruntime", ("onnxruntime",), "onnxruntime")
 OPENVINO = Package("openvino", ("openvino",), "openvino")
-NNCF = Package("nncf", ("nncf",), "openvino")
-TORCHAO = Package("torchao", ("torchao",), "aoti-int8")
-COREMLTOOLS = Package("coremltools", ("coremltools",), "coreml")
+NNCF = Package("nncf", ("nncf",), "openvino", loggers=("nncf",))
+TORCHAO = Package("torchao", ("torchao",), "aoti-int8", loggers=("torchao",))
+COREMLTOOLS = Package("coremltools", ("coremltools",), "coreml", loggers=("coremltools",))
 TENSORRT = Package("tensorrt", ("tensorrt-cu12", "tensorrt-cu13", "tensorrt"), "tensorrt")
-EXECUTORCH = Package("executorch", ("executorch",), "executorch")
-EXECUTORCH_TORCHAO = Package("torchao", ("torchao",), "executorch")  # kiln[executorch] installs it too
+EXECUTORCH = Package("executorch", ("executorch",), "executorch", loggers=("executorch",))
+# kiln[executorch] installs torchao too
+EXECUTORCH_TORCHAO = Package("torchao", ("torchao",), "executorch", loggers=("torchao",))
+
+# What capture uses whatever the target: torch.export, the ONNX exporter, hf: sources, pruning.
+CAPTURE = (
+    TORCH,
+    Package("onnx", ("onnx",)),
+    Package("onnxscript", ("onnxscript",), loggers=("onnxscript",)),
+    Package("transformers", ("transformers",), "hf", loggers=("transformers",)),
+    Package("torch_pruning", ("torch-pruning",), "prune"),
+)
 
 # Default parity tolerances by numeric format (``None`` figures are not gated).
 # A causal LM's generation gate reads min_cosine (per-step logits), min_top1 (teacher-forced next
@@ -126,7 +145,10 @@ class TargetSpec:
     packages: tuple[Package, ...] = ()
     build_needs: tuple[str, ...] = ()
     run_needs: tuple[str, ...] = ()
-    quiet_loggers: tuple[str, ...] = ()  # toolchain loggers that talk per op or per pass
+    # Which runtime versions load its artifacts (kiln verify), and how a model server loads them
+    # (kiln package --repository), or, as a phrase, why no server does.
+    runtime: RuntimeRule = DEFAULT_RULE
+    serving: Serving | str = "an artifact no Triton or OVMS backend loads"
     blocked_imports: tuple[str, ...] = ()  # optional modules kiln makes fail to import (telemetry)
     # Precisions known not to conform yet, with why: the conformance suite expects them to fail
     # (strict xfail), so a fix shows up as an unexpected pass to be removed from here.
@@ -165,6 +187,11 @@ REGISTRY: dict[str, TargetSpec] = {
             "program",
             (Precision("fp32", FP32),),
             packages=(TORCH,),
+            runtime=RuntimeRule(
+                "newer-same-major",
+                "a saved torch.export program carries its serialization version and later torch releases read it",
+            ),
+            serving="a PyTorch program that only kiln's eager runner executes",
         ),
         TargetSpec(
             "aoti",
@@ -179,7 +206,12 @@ REGISTRY: dict[str, TargetSpec] = {
             ),
             packages=(TORCH,),
             build_needs=("cxx",),
-            quiet_loggers=("torch", "torch.utils._pytree", "torchao"),
+            runtime=RuntimeRule(
+                "exact",
+                "an AOTInductor package is C++ compiled against the libtorch headers and ABI of the torch that "
+                "built it; another release can fail to load it or crash in it",
+            ),
+            serving="an AOTInductor .pt2 package that no Triton or OVMS backend loads",
         ),
         TargetSpec(
             "onnxruntime",
@@ -194,6 +226,10 @@ REGISTRY: dict[str, TargetSpec] = {
                 Precision("int4", INT4),
             ),
             packages=(ONNXRUNTIME,),
+            runtime=RuntimeRule(
+                "newer-same-major", "ONNX Runtime runs every opset it shipped with, and later releases only add opsets"
+            ),
+            serving=Serving("onnxruntime", "ONNX", "model.onnx", "onnx", ovms=True),
         ),
         TargetSpec(
             "openvino",
@@ -215,7 +251,23 @@ REGISTRY: dict[str, TargetSpec] = {
                     "refused for causal LMs: OpenVINO 2026.4.1 dies with SIGFPE compiling the stateful IR at bf16",
                 ),
             ),
-            quiet_loggers=("nncf",),
+            runtime=RuntimeRule(
+                "newer-same-major",
+                "OpenVINO reads IR written by its own or an earlier release of the same year's line; an older "
+                "runtime may not know an operator set",
+            ),
+            serving=Serving(
+                "openvino",
+                "OpenVINO IR",
+                "model.xml",
+                "ir",
+                ovms=True,
+                pads_batches=True,
+                stateful_refusal=(
+                    "a stateful OpenVINO IR (a causal LM's KV cache lives in the IR's state and needs a sequence "
+                    "batcher); ship the onnxruntime artifact, whose step graph takes the cache as inputs"
+                ),
+            ),
             # OpenVINO and NNCF send usage data through this optional package and fall back to a
             # silent stub when it cannot be imported: a build tool does not phone home.
             blocked_imports=("openvino_telemetry",),
@@ -245,7 +297,10 @@ REGISTRY: dict[str, TargetSpec] = {
             ),
             build_needs=("coreml-converter",),
             run_needs=("macos",),
-            quiet_loggers=("coremltools",),
+            runtime=RuntimeRule(
+                "newer-same-major", "coremltools reads model specifications of its own and earlier versions"
+            ),
+            serving="a Core ML package, which runs on Apple devices only",
         ),
         TargetSpec(
             "tensorrt",
@@ -262,6 +317,15 @@ REGISTRY: dict[str, TargetSpec] = {
             packages=(TENSORRT,),
             build_needs=("cuda",),
             run_needs=("cuda",),
+            runtime=RuntimeRule(
+                "exact",
+                "a serialized TensorRT engine deserializes only in the TensorRT version that built it, and its "
+                "kernels were chosen for one GPU model",
+                gpu_bound=True,
+            ),
+            serving=Serving(
+                "tensorrt", "TensorRT plans", "model.plan", "source-onnx", platform="tensorrt_plan", gpu=True
+            ),
         ),
         TargetSpec(
             "executorch",
@@ -279,13 +343,18 @@ REGISTRY: dict[str, TargetSpec] = {
                 (p, "refused for causal LMs: the KV-cache step graph aborts the ExecuTorch 1.5.1 runtime (SIGABRT)")
                 for p in ("fp32", "int8-dynamic", "int4-dynamic")
             ),
-            quiet_loggers=("executorch", "torchao"),
+            runtime=RuntimeRule(
+                "same-minor",
+                "the .pte program's flatbuffer schema and kernel registry change between minor releases",
+                package="executorch",
+            ),
+            serving="an ExecuTorch .pte program for on-device runtimes",
         ),
     )
 }
 
-# Loggers that talk about their own internals whatever the target (exporters, hf sources).
-COMMON_QUIET = ("torch", "torch.utils._pytree", "onnxscript", "transformers")
+# The target every artifact is compared with: bench measures it first, tune ranks against it.
+BASELINE = "eager"
 
 
 def _has_cuda() -> bool:
@@ -308,16 +377,20 @@ MARKERS = {"cuda": "gpu", "macos": "macos"}
 
 @dataclass(frozen=True)
 class Availability:
+    """Can it build here, can it run here, and if not, why: the package to install (``kiln[extra]``)
+    or the hardware it needs, in words (``an NVIDIA GPU with its driver``)."""
+
     build: bool
     run: bool
     reason: str  # empty when both are available
-    missing_package: bool = False  # the build is blocked by a pip package (exit 5, names the extra)
+    missing_package: bool = False  # only pip packages block it (exit 5, names the extra)
 
     def error(self, name: str, run: bool = False) -> UnavailableError | None:
-        """The precise exit-5 error when the target cannot build (or run) here, else ``None``."""
-        if self.build and (self.run or not run):
+        """The precise exit-5 error when the target cannot build (``run``: its artifact cannot
+        run) here, else ``None``."""
+        if self.run if run else self.build:
             return None
-        kind = MissingDependencyError if self.missing_package and not self.build else UnavailableError
+        kind = MissingDependencyError if self.missing_package else UnavailableError
         return kind(f"target {name!r} is unavailable here: {self.reason}")
 
     def require(self, name: str, run: bool = False) -> None:
@@ -327,18 +400,41 @@ class Availability:
 
 @cache
 def availability(name: str, precision: str | None = None) -> Availability:
-    """Whether a target (at a precision) can build and run here, and if not, what would make it so."""
+    """The registry row's part of :func:`available_here`: whether this machine has the packages
+    and hardware the row names for a target (at a precision). A listing of the registry (``kiln
+    targets``, test markers) asks this; a command about one configured target asks
+    :func:`available_here`."""
     spec = REGISTRY[name]
     packages = spec.packages_for(precision) if precision else spec.packages
     build_needs = spec.build_needs + (spec.precision(precision).build_needs if precision else ())
     missing = [p.install_hint for p in packages if not p.installed]
-    build_missing = missing + [CAPABILITIES[n][1] for n in dict.fromkeys(build_needs) if not CAPABILITIES[n][0]()]
-    if build_missing:
-        return Availability(False, False, "needs " + " and ".join(build_missing), missing_package=bool(missing))
+    hardware = [CAPABILITIES[n][1] for n in dict.fromkeys(build_needs) if not CAPABILITIES[n][0]()]
+    if missing or hardware:
+        # A package is what blocks it only where the hardware is there: else installing it is no fix.
+        only_packages = bool(missing) and not hardware
+        return Availability(False, False, "needs " + " and ".join(missing + hardware), missing_package=only_packages)
     run_missing = [CAPABILITIES[need][1] for need in spec.run_needs if not CAPABILITIES[need][0]()]
     if run_missing:
         return Availability(True, False, "convert and compress: yes; run: needs " + " and ".join(run_missing))
     return Availability(True, True, "")
+
+
+def available_here(target: TargetConfig, options: TargetOptions | None = None) -> Availability:
+    """Can it run here: the one answer every command asks (build plan, bench, tune, verify,
+    serve, generate). Whether this target x precision x options builds here, whether an artifact
+    of it runs here, and if not, why. The row's packages and hardware first, then what the target
+    says its options need to run beyond them (a delegate only another device runs:
+    :meth:`Target.run_blocker`). Running a built artifact needs the target's packages, not what
+    its precision needed to build (nncf, torchao). ``options``: the target's options, validated
+    already (else they are validated here)."""
+    built = availability(target.name, target.precision)
+    runs = availability(target.name)
+    if not built.build:
+        return replace(built, run=runs.run)
+    if not runs.run:
+        return runs
+    blocker = implementation(target.name).run_blocker(options if options is not None else target_options(target))
+    return Availability(True, False, blocker) if blocker else runs
 
 
 def check_target(name: str, precision: str) -> TargetSpec:
@@ -357,21 +453,16 @@ def implementation(name: str) -> Target:
     return importlib.import_module(REGISTRY[name].module).TARGET
 
 
-def get_target(name: str, need_run: bool = False) -> Target:
-    """Import and instantiate a target, or say exactly what is missing (exit 5)."""
-    availability(name).require(name, run=need_run)
-    return implementation(name)
+def built_with(manifest: Manifest) -> TargetConfig:
+    """The target x precision x options an artifact was built with, as its manifest records them."""
+    return TargetConfig(name=manifest.target, precision=manifest.precision, options=manifest.options)
 
 
-def run_blocked(target: TargetConfig) -> str | None:
-    """Why an artifact of this target, precision and options cannot run here, or ``None``: the
-    registry row's availability, then what the target says its options need beyond it (a
-    delegate only another device runs: :meth:`Target.run_blocker`). Running a built artifact
-    needs the target's packages, not what its precision needed to build (nncf, torchao)."""
-    avail = availability(target.name)
-    if not avail.run:
-        return avail.reason
-    return implementation(target.name).run_blocker(target_options(target))
+def loader(manifest: Manifest) -> Target:
+    """The implementation that loads this artifact, once :func:`available_here` says it runs here
+    (else exit 5 with its reason)."""
+    available_here(built_with(manifest)).require(manifest.key, run=True)
+    return implementation(manifest.target)
 
 
 def target_options(target: TargetConfig) -> TargetOptions:
@@ -392,9 +483,11 @@ def target_options(target: TargetConfig) -> TargetOptions:
         raise ConfigError(f"{where}: {key + ': ' if key else ''}{message}; fix it and run again") from err
 
 
-def check_config(config: KilnConfig, source_kind: str) -> None:
+def check_config(config: KilnConfig, source_kind: str) -> dict[str, TargetOptions]:
     """Every target x precision is known, fits the source, has its data, and its options are
-    valid: all before any export starts (what is *installed* is checked per target, in the plan)."""
+    valid: all before any export starts (what is *installed* is checked per target, in the plan).
+    Returns each target's validated options, by target key."""
+    checked: dict[str, TargetOptions] = {}
     for target in config.target:
         spec = check_target(target.name, target.precision)
         precision = spec.precision(target.precision)
@@ -427,13 +520,14 @@ def check_config(config: KilnConfig, source_kind: str) -> None:
                 "add [calibration] source = 'data.npz' | 'folder/' | 'file.py:fn' (kiln never calibrates "
                 "on random inputs), or pick a weight-only or dynamic precision"
             )
-        target_options(target)
+        checked[target.key] = target_options(target)
     if config.recovery is not None and config.recovery.qat and source_kind == "onnx":
         raise ConfigError(
             f"[recovery] qat = true trains the PyTorch model, and {config.model.source!r} is an ONNX file; "
             "use a Python, .pt2 or hf: source, or set qat = false"
         )
     _check_qat(config)
+    return checked
 
 
 def qat_applies(config: KilnConfig, target: TargetConfig) -> bool:
@@ -473,23 +567,40 @@ def tolerance_for(target: TargetConfig) -> Tolerance:
     return base.model_copy(update=target.tolerance.model_dump(exclude_unset=True))
 
 
-def toolchain_dists() -> tuple[str, ...]:
-    """Every distribution any target records: what ``kiln doctor`` lists."""
-    seen: dict[str, None] = {}
+def toolchains() -> tuple[Package, ...]:
+    """Every toolchain kiln imports: capture's, then each target's and each precision's, once
+    per import name. The lists of toolchains elsewhere (the import contracts in pyproject.toml,
+    tests/test_imports.py) are this one (tests/test_toolchain_lists.py)."""
+    every = [*CAPTURE]
     for spec in REGISTRY.values():
-        for p in spec.precisions:
-            seen.update(dict.fromkeys(spec.dists(p.name)))
-    return tuple(seen)
+        every += [*spec.packages, *(p for precision in spec.precisions for p in precision.needs)]
+    first: dict[str, Package] = {}
+    for package in every:
+        first.setdefault(package.module, package)
+    return tuple(first.values())
+
+
+def toolchain_modules() -> tuple[str, ...]:
+    """Import names of every toolchain: what ``kiln --help`` and the registry must not import."""
+    return tuple(p.module for p in toolchains())
+
+
+def toolchain_dists() -> tuple[str, ...]:
+    """Every distribution a toolchain is installed as: what ``kiln doctor`` lists and every
+    hardware fingerprint records."""
+    return tuple(dict.fromkeys(d for p in toolchains() for d in p.dists))
+
+
+def quiet_loggers() -> tuple[str, ...]:
+    """Every toolchain's loggers that talk about their own internals per op or per pass."""
+    return tuple(dict.fromkeys(name for p in toolchains() for name in p.loggers))
 
 
 def quiet_toolchains() -> None:
-    """Quiet every target's chatty loggers and block the imports rows ask to block. Toolchains
+    """Quiet every toolchain's chatty loggers and block the imports rows ask to block. Toolchains
     warn about their own internals on every call; a user can act on none of it (``--verbose``
     keeps it all)."""
-    for spec in REGISTRY.values():
-        for name in spec.quiet_loggers:
-            logging.getLogger(name).setLevel(logging.ERROR)
-    for name in COMMON_QUIET:
+    for name in quiet_loggers():
         logging.getLogger(name).setLevel(logging.ERROR)
     from kiln.targets import base
 
@@ -505,5 +616,5 @@ def block_imports() -> None:
 
 
 def fingerprint() -> Fingerprint:
-    """This machine's fingerprint, with the version of every registered target's toolchain."""
+    """This machine's fingerprint, with the version of every toolchain."""
     return hardware.fingerprint(toolchain_dists())

@@ -36,14 +36,14 @@ from __future__ import annotations
 import zipfile
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ValidationInfo, field_validator
 
 from kiln.errors import TargetBuildError
 from kiln.manifest import Execution, QatReport
 from kiln.targets import QAT_X86
-from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target, TargetOptions
+from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, SearchSpace, Target, TargetOptions
 from kiln.targets.eager import TorchRunner
 
 MAIN = "model.pt2"
@@ -62,6 +62,10 @@ PASSTHROUGH = ("view", "reshape", "slice", "to", "_to_copy", "contiguous", "clon
 
 
 class AOTIOptions(TargetOptions):
+    search_space: ClassVar[SearchSpace] = {
+        "int8": (("fuse_int8", (True,)),),
+        "int4-weights": (("group_size", (32, 64)),),
+    }
     # Fuse int8 q/dq pairs into oneDNN kernels; None: only when every dim is static (see above).
     fuse_int8: bool | None = None
     # int4-weights: groups along the input width K (what the CPU int4 packing takes); None: per

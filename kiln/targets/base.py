@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from kiln.quant.qat import QatSetup
 
 
+# Per precision, the options ``kiln tune`` tries: (option, the values other than the default).
+SearchSpace = Mapping[str, tuple[tuple[str, tuple[Any, ...]], ...]]
+
+
 class TargetOptions(BaseModel):
     """A target's ``options`` table, typed: an unknown key or a bad value is one line naming it,
     before any work. ``None`` means "the toolchain's (or kiln's measured) default". Validators
@@ -51,6 +55,9 @@ class TargetOptions(BaseModel):
 
     # strict: a TOML value of the wrong type ("yes", 64.0) is refused, never coerced.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # The quantizer settings worth trying, declared beside the options they search (as Olive's
+    # passes declare theirs); tests/targets/test_search_space.py checks each names a field.
+    search_space: ClassVar[SearchSpace] = {}
 
 
 class NoOptions(TargetOptions):
@@ -64,6 +71,18 @@ class RunOptions:
     threads: int | None = None
     mode: str = "latency"  # latency | throughput
     requests: int = 1  # requests in flight in throughput mode
+
+
+@dataclass(frozen=True)
+class ServedRun:
+    """How a model server is to run an artifact, as kiln measured it (``kiln package --repository``)."""
+
+    precision: str
+    mode: str  # latency | throughput
+    threads: int | None  # None: the runtime's default
+    streams: int | None
+    max_batch: int  # 0: the model does not batch
+    dynamic_dims: bool  # an input has a dynamic dim beyond the batch
 
 
 @dataclass(frozen=True)
@@ -186,6 +205,11 @@ class Target(abc.ABC):
         the availability reason; ``None``: nothing blocks it. The build plan consults it, so such
         an artifact is gated by :meth:`simulated_runner` (or built, not run) instead of loaded."""
         return None
+
+    def triton_parameters(self, run: ServedRun) -> dict[str, str]:
+        """The ``parameters`` of this target's Triton backend that run it as kiln measured it
+        (thread settings in the backend's own keys); empty: the backend's defaults."""
+        return {}
 
     def prepare(self, ctx: CompileContext) -> None:
         """Work that needs no toolchain, done even where the target cannot build (e.g. the Q/DQ

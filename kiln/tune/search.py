@@ -35,16 +35,21 @@ from kiln.config import GatesConfig, KilnConfig, load_config
 from kiln.errors import ConfigError
 from kiln.pipeline.build import per_adapter
 from kiln.store import write_json
+from kiln.targets import BASELINE, REGISTRY
 from kiln.tune import pareto
 from kiln.tune.records import Candidate, Status, TuneResults
 from kiln.tune.session import Progress, Session, TuneSettings, build_one, measure, setting_id
-from kiln.tune.space import FLOAT, Variant, enumerate_space, option_variants, request_counts, thread_counts
+from kiln.tune.space import Variant, enumerate_space, option_variants, request_counts, thread_counts
 
 TUNE_JSON, TUNE_HTML = "tune.json", "tune.html"
 
 
 def _measured(s: Session, ids: list[str]) -> list[str]:
     return [a for a in ids if s.artifacts[a].status == "measured"]
+
+
+def _quantized(target: str, precision: str) -> bool:
+    return REGISTRY[target].precision(precision).quantized
 
 
 def _best(s: Session, cands: list[Candidate]) -> float:
@@ -63,7 +68,7 @@ def _stage_float(s: Session, variants: list[Variant]) -> None:
 
 def _stage_precisions(s: Session, variants: list[Variant]) -> None:
     obj, factor = s.settings.objective, s.settings.keep_within
-    fp32 = {c.target: c for c in s.artifacts.values() if c.precision == "fp32" and c.target != "eager"}
+    fp32 = {c.target: c for c in s.artifacts.values() if c.precision == "fp32" and c.target != BASELINE}
     best = _best(s, list(fp32.values()))
     order = sorted(fp32.values(), key=lambda c: pareto.cost(c, obj))
     kept = [c.target for c in order if c.status == "measured" and pareto.within(pareto.cost(c, obj), best, factor, obj)]
@@ -119,7 +124,7 @@ def _stage_options(s: Session) -> None:
     """Quantizer settings of the quantized artifacts worth it: fast enough, or rejected (another
     calibration method or preset may pass the gate)."""
     obj, factor = s.settings.objective, s.settings.keep_within
-    quantized = [c for c in list(s.artifacts.values()) if c.precision not in FLOAT and c.stage == "precisions"]
+    quantized = [c for c in list(s.artifacts.values()) if _quantized(c.target, c.precision) and c.stage == "precisions"]
     best = _best(s, list(s.artifacts.values()))
     built = []
     for base in sorted(quantized, key=lambda c: pareto.cost(c, obj)):

@@ -1,10 +1,8 @@
 """The search space, from the registry: which target x precision can be built, gated and timed
-here for this config, and which quantizer settings each toolchain's options model offers.
+here for this config, and which quantizer settings each target's options model declares
+(:attr:`~kiln.targets.base.TargetOptions.search_space`, beside the options it searches).
 
-Nothing here imports a toolchain. An option axis names a field of the target's own
-:class:`~kiln.targets.base.TargetOptions` model; an axis whose field the model does not have
-(another toolchain version, a renamed option) is dropped, never handed to a build, so the search
-only ever tries options that exist. Variants change one setting at a time from the base options
+Nothing here imports a toolchain. Variants change one setting at a time from the base options
 (the config's own ``options`` for that target x precision, else the defaults): the full product
 grows past any budget, and each setting is seen alone.
 """
@@ -16,33 +14,8 @@ from typing import Any
 
 from kiln.config import KilnConfig, TargetConfig
 from kiln.errors import ConfigError
-from kiln.targets import REGISTRY, availability, implementation, target_options
+from kiln.targets import BASELINE, REGISTRY, available_here, implementation, target_options
 from kiln.tune.records import Skipped
-
-FLOAT = ("fp32", "fp16", "bf16")
-# The quantizer settings worth trying, per target x precision: (option, values other than the
-# default). The registry's options models are the authority; see the module docstring.
-AXES: dict[tuple[str, str], tuple[tuple[str, tuple[Any, ...]], ...]] = {
-    ("onnxruntime", "int8"): (
-        ("calibration_method", ("entropy", "percentile")),
-        ("per_channel", (False,)),
-        ("quant_format", ("qoperator",)),  # not in ORTOptions today: dropped by the check
-    ),
-    ("onnxruntime", "int8-dynamic"): (("per_channel", (True,)),),
-    ("onnxruntime", "int4"): (("block_size", (32, 64)), ("accuracy_level", (0,))),
-    ("openvino", "int8"): (
-        ("preset", ("performance", "mixed")),
-        ("fast_bias_correction", (False,)),
-        ("range_estimator", ("nncf",)),
-        ("ignored_scope", ()),  # not in OpenVINOOptions today: dropped by the check
-    ),
-    ("openvino", "int8-weights"): (("mode", ("int8_sym",)),),
-    ("openvino", "int4"): (("group_size", (128, -1)), ("mode", ("int4_asym",))),
-    ("aoti", "int8"): (("fuse_int8", (True,)),),
-    ("aoti", "int4-weights"): (("group_size", (32, 64)),),
-    ("executorch", "int8"): (("per_channel", (False,)),),
-    ("executorch", "int4-dynamic"): (("group_size", (64, 128)),),
-}
 
 
 @dataclass(frozen=True)
@@ -71,10 +44,11 @@ def _base(config: KilnConfig, name: str, precision: str) -> TargetConfig:
     return TargetConfig(name=name, precision=precision)
 
 
-def _why_not(config: KilnConfig, name: str, precision: str, source_kind: str) -> str | None:
+def _why_not(config: KilnConfig, target: TargetConfig, source_kind: str) -> str | None:
+    name, precision = target.name, target.precision
     spec = REGISTRY[name]
     row = spec.precision(precision)
-    avail = availability(name, precision)
+    avail = available_here(target)
     if not avail.build:
         return f"cannot build here: {avail.reason}"
     if not avail.run:
@@ -114,27 +88,27 @@ def enumerate_space(
     rest with why not. A target searched at any precision is also built at fp32 (stage 1 ranks
     the runtimes by it)."""
     check_selectors(selectors)
-    kept: list[Variant] = [Variant(TargetConfig(name="eager"), "float")]
+    kept: list[Variant] = [Variant(TargetConfig(name=BASELINE), "float")]
     skipped: list[Skipped] = []
     for name, spec in REGISTRY.items():
-        if name == "eager" or (selectors and not any(s.partition(":")[0] == name for s in selectors)):
+        if name == BASELINE or (selectors and not any(s.partition(":")[0] == name for s in selectors)):
             continue
         for row in spec.precisions:
             if row.name != "fp32" and not _selected(name, row.name, selectors):
                 continue
-            why = _why_not(config, name, row.name, source_kind)
+            base = _base(config, name, row.name)
+            why = _why_not(config, base, source_kind)
             if why is not None:
                 skipped.append(Skipped(target=name, precision=row.name, reason=why))
                 continue
             stage = "float" if row.name == "fp32" else "precisions"
-            kept.append(Variant(_base(config, name, row.name), stage))
+            kept.append(Variant(base, stage))
     return kept, skipped
 
 
 def axes(name: str, precision: str) -> list[tuple[str, tuple[Any, ...]]]:
-    """The option axes of a target x precision that its options model has."""
-    fields = implementation(name).options_model.model_fields
-    return [(option, values) for option, values in AXES.get((name, precision), ()) if option in fields and values]
+    """The option axes its options model declares for a target x precision."""
+    return list(implementation(name).options_model.search_space.get(precision, ()))
 
 
 def option_variants(base: TargetConfig) -> list[Variant]:

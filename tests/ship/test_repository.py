@@ -12,8 +12,9 @@ import pytest
 
 from kiln.errors import ConfigError
 from kiln.manifest import Manifest
-from kiln.ship.repository import measured, preferred_sizes, refusal, write_model_repository
+from kiln.ship.repository import loads, measured, preferred_sizes, refusal, serving, write_model_repository
 from kiln.store import sha256_file
+from kiln.targets.shipping import Serving
 from tests.bench.synthetic import cell, synthetic_results
 from tests.conftest import skip_unless, write_config
 
@@ -228,10 +229,19 @@ def test_thread_settings_and_batch_sizes_come_from_the_benchmark(digits_build: P
 
 
 def test_preferred_sizes_stay_within_the_max() -> None:
-    assert preferred_sizes("onnxruntime", 6, ()) == [2, 4, 6]
-    assert preferred_sizes("onnxruntime", 16, (1, 32)) == [2, 4, 8, 16]
-    assert preferred_sizes("tensorrt", 16, (1, 4, 32)) == [4, 16]
-    assert preferred_sizes("openvino", 16, (4,)) == [16]
+    ort, trt, ov = (serving(name) for name in ("onnxruntime", "tensorrt", "openvino"))
+    assert isinstance(ort, Serving) and isinstance(trt, Serving) and isinstance(ov, Serving)
+    assert preferred_sizes(ort, 6, ()) == [2, 4, 6]
+    assert preferred_sizes(ort, 16, (1, 32)) == [2, 4, 8, 16]
+    assert preferred_sizes(trt, 16, (1, 4, 32)) == [4, 16]
+    assert preferred_sizes(ov, 16, (4,)) == [16]  # the backend pads every batch to the max
+
+
+def test_the_servers_loads_are_the_registry_s_in_words() -> None:
+    assert loads() == (
+        "Triton loads ONNX (onnxruntime), OpenVINO IR (openvino) and TensorRT plans (tensorrt); "
+        "OVMS loads ONNX and OpenVINO IR"
+    )
 
 
 def _fake(digits_build: Path, folder: Path, **update: Any) -> Path:

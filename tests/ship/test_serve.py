@@ -118,11 +118,12 @@ def run(server: Server, x: np.ndarray, binary: bool = True, name: str = "x", dat
 
 def runner_outputs(folder: Path, x: np.ndarray) -> Arrays:
     """The artifact's own Runner, loaded here through the registry, on the same input."""
-    from kiln.targets import get_target
+    from kiln.manifest import Manifest
+    from kiln.targets import loader
     from kiln.targets.base import Artifact, RunOptions
 
     artifact = Artifact.from_manifest(folder)
-    with get_target(artifact.target, need_run=True).load(artifact, RunOptions(threads=1)) as runner:
+    with loader(Manifest.read(folder)).load(artifact, RunOptions(threads=1)) as runner:
         return runner.infer({"x": x})
 
 

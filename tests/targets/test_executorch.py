@@ -237,9 +237,9 @@ def test_vulkan_delegate_is_lowered_and_built_not_run_with_the_reason(tmp_path: 
     assert not gate.ran and "Vulkan" in gate.reason
     # kiln bench skips it with the same reason instead of loading it (an error cell).
     from kiln.config import TargetConfig
-    from kiln.targets import run_blocked
+    from kiln.targets import available_here
 
-    blocked = run_blocked(TargetConfig(name="executorch", precision="fp32", options={"delegate": "vulkan"}))
-    assert blocked is not None and "Vulkan" in blocked
-    assert run_blocked(TargetConfig(name="executorch", precision="fp32")) is None
+    vulkan = available_here(TargetConfig(name="executorch", precision="fp32", options={"delegate": "vulkan"}))
+    assert vulkan.build and not vulkan.run and "Vulkan" in vulkan.reason
+    assert available_here(TargetConfig(name="executorch", precision="fp32")).run
     assert (tmp_path / "build" / "norms" / "executorch-fp32" / "model.pte").is_file()

@@ -58,6 +58,7 @@ import numpy as np
 from kiln.errors import ConfigError, TargetBuildError, UnavailableError
 from kiln.manifest import Execution
 from kiln.spec import Arrays, Signature
+from kiln.targets import COREMLTOOLS, TORCH, TORCHAO
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
 from kiln.targets.coreml import stateful
 from kiln.targets.coreml.compress import (
@@ -74,7 +75,8 @@ from kiln.tensors import named_outputs, set_threads
 MAIN = "model.mlpackage"
 IO_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int32}
 log = logging.getLogger("kiln.coreml")
-NOISY = ("coremltools", "torch", "torchao")  # loggers that talk per op, per pass or at import
+# The toolchains whose loggers (all of each tree) talk per op, per pass or at import here.
+NOISY = tuple(p.module for p in (COREMLTOOLS, TORCH, TORCHAO))
 
 
 @contextlib.contextmanager

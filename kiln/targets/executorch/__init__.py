@@ -113,13 +113,13 @@ class ExecuTorchTarget(Target):
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         from kiln.targets.executorch.runner import PteRunner
 
-        delegate = artifact.info.get("delegate", "xnnpack")
-        backends = (BACKENDS[delegate],) if delegate in BACKENDS else ()
-        return PteRunner(artifact.main, artifact.signature, options, backends)
+        return PteRunner(artifact.main, artifact.signature, options)
 
     def run_blocker(self, options: TargetOptions) -> str | None:
+        """XNNPACK is in every ExecuTorch runtime; Core ML's backend only in Apple builds (asked of
+        the runtime there), Vulkan's in none that pip installs."""
         assert isinstance(options, ExecuTorchOptions)
-        if options.delegate == "coreml" and platform.system() != "Darwin":
+        if options.delegate == "coreml" and (platform.system() != "Darwin" or not _registered(BACKENDS["coreml"])):
             return (
                 "lowered: yes; run: needs macOS or iOS (ExecuTorch's Core ML backend; this runtime has none), "
                 "so the gate runs the Core ML simulation"
@@ -221,6 +221,14 @@ def _flag_portable(delegation: Any, info: Execution) -> None:
         warnings.warn(message, PortableFallbackWarning, stacklevel=2)
     else:
         info.notes.append(f"{share}; on portable kernels: {counts}")
+
+
+def _registered(backend: str) -> bool:
+    """Whether this ExecuTorch runtime has a delegate's backend (imports the runtime)."""
+    from kiln.targets.executorch.runner import runtime
+
+    rt, _ = runtime()
+    return bool(rt.backend_registry.is_available(backend))
 
 
 TARGET = ExecuTorchTarget()

@@ -14,12 +14,14 @@ from typing import Any
 
 from kiln.errors import TargetBuildError
 from kiln.spec import Signature, random_inputs
+from kiln.targets import COREMLTOOLS, EXECUTORCH, TORCH, TORCHAO
 from kiln.targets.base import CompileContext
 from kiln.targets.executorch.options import ExecuTorchOptions
 
 INSTALL = "pip install 'kiln[executorch]' -c constraints.txt"
 XNNPACK_QUANTIZER = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer"
-NOISY = ("executorch", "coremltools", "torchao", "torch", "root")
+# The toolchains whose loggers (all of each tree) talk while lowering, and loggers named "root*".
+NOISY = (*(p.module for p in (EXECUTORCH, COREMLTOOLS, TORCHAO, TORCH)), "root")
 COREML_UNITS = {"all": "ALL", "cpu_only": "CPU_ONLY", "cpu_and_gpu": "CPU_AND_GPU", "cpu_and_ne": "CPU_AND_NE"}
 
 

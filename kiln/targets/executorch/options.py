@@ -3,11 +3,11 @@ checked against the delegate and the precision before any export."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from kiln.targets.base import TargetOptions
+from kiln.targets.base import SearchSpace, TargetOptions
 
 # Delegates whose partitioner imports and lowers on Linux with the pip wheel alone (executorch
 # 1.5.1, measured): XNNPACK (runs here), Core ML (runs on Apple devices), Vulkan (runs on a GPU
@@ -25,6 +25,11 @@ QUANTIZED = ("int8", "int8-dynamic", "int4-dynamic")
 
 class ExecuTorchOptions(TargetOptions):
     """Lowering settings; ``None`` takes ExecuTorch's default."""
+
+    search_space: ClassVar[SearchSpace] = {
+        "int8": (("per_channel", (False,)),),
+        "int4-dynamic": (("group_size", (64, 128)),),
+    }
 
     delegate: Delegate = "xnnpack"
     # Memory planning: "greedy" (ExecuTorch's default, reuses storage) or "naive" (one buffer per

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import ConfigError, UnavailableError
+from kiln.errors import ConfigError
 from kiln.spec import Arrays, Signature
 from kiln.targets.base import Runner, RunOptions
 from kiln.tensors import named_outputs, set_threads, to_tensors
@@ -78,15 +78,9 @@ def check_inputs(sig: Signature, inputs: Arrays) -> None:
 class PteRunner(Runner):
     """One loaded ``forward`` method, reused across calls; outputs keyed by the signature."""
 
-    def __init__(self, path: Path, sig: Signature, options: RunOptions, backends: tuple[str, ...]) -> None:
+    def __init__(self, path: Path, sig: Signature, options: RunOptions) -> None:
+        """Whether its delegate runs here was asked before (:func:`kiln.targets.available_here`)."""
         rt, _ = runtime()
-        missing = [name for name in backends if not rt.backend_registry.is_available(name)]
-        if missing:
-            have = ", ".join(rt.backend_registry.registered_backend_names) or "none"
-            raise UnavailableError(
-                f"executorch: {path.name} is delegated to {', '.join(missing)}, which this ExecuTorch runtime does "
-                f"not have (it has {have}); run it on the device the delegate targets"
-            )
         self.sig = sig
         self.threads = set_runtime_threads(options.threads)
         with native_stderr_silenced():

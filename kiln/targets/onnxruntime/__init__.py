@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.spec import Arrays, Signature
-from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
+from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, ServedRun, Target
 from kiln.targets.onnxruntime.options import ORTOptions
 from kiln.tensors import named_outputs
 
@@ -96,6 +96,13 @@ class ORTTarget(Target):
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         return ORTRunner(artifact.main, artifact.signature, options, artifact.info.execution_precision or "fp32")
+
+    def triton_parameters(self, run: ServedRun) -> dict[str, str]:
+        return {
+            "intra_op_thread_count": str(run.threads or 0),  # 0: ONNX Runtime's default (physical cores)
+            "inter_op_thread_count": "1",
+            "execution_mode": "0",  # sequential, as kiln's runner
+        }
 
 
 def qat_qdq(ctx: CompileContext, dest: Path, symmetric: bool, reduce_range: bool = False) -> tuple[Any, Any]:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from kiln.quant.ort import CHUNK
-from kiln.targets.base import TargetOptions
+from kiln.targets.base import SearchSpace, TargetOptions
 
 INT4_ONLY = ("block_size", "symmetric", "accuracy_level", "lm_head", "embeddings")
 
 
 class ORTOptions(TargetOptions):
     """ONNX Runtime's quantizer settings (``int8``, ``int8-dynamic``, ``int4``); ``fp32``/``fp16`` read none."""
+
+    search_space: ClassVar[SearchSpace] = {
+        "int8": (("calibration_method", ("entropy", "percentile")), ("per_channel", (False,))),
+        "int8-dynamic": (("per_channel", (True,)),),
+        "int4": (("block_size", (32, 64)), ("accuracy_level", (0,))),
+    }
 
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # int8 (static)
     percentile: float = Field(99.999, ge=90.0, le=100.0)  # with calibration_method = "percentile"

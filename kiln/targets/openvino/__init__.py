@@ -36,7 +36,7 @@ from kiln.decoding import DecodeSession
 from kiln.errors import TargetBuildError
 from kiln.spec import Arrays, Signature
 from kiln.targets import block_imports
-from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target
+from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, ServedRun, Target
 from kiln.targets.openvino.options import OpenVINOOptions
 from kiln.targets.openvino.stateful import (
     StatefulSession,
@@ -255,6 +255,22 @@ class OpenVINOTarget(Target):
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         return OVRunner(artifact, options)
+
+    def triton_parameters(self, run: ServedRun) -> dict[str, str]:
+        """Triton's openvino backend compiles at a static batch of ``max_batch_size`` and fails
+        smaller batches unless it pads them; a dynamic non-batch dim needs ``RESHAPE_IO_LAYERS``
+        (the backend reads a config's -1 against the IR's bounded range as a mismatch)."""
+        params = {"PERFORMANCE_HINT": run.mode.upper()}
+        if run.threads:
+            params["INFERENCE_NUM_THREADS"] = str(run.threads)
+        params["NUM_STREAMS"] = str(run.streams or 1) if run.mode == "latency" else str(run.streams or "AUTO")
+        if run.precision == "bf16":
+            params["HINT_BF16"] = "YES"
+        if run.max_batch:
+            params["ENABLE_BATCH_PADDING"] = "YES"
+        if run.dynamic_dims:
+            params["RESHAPE_IO_LAYERS"] = "YES"
+        return params
 
 
 TARGET = OpenVINOTarget()

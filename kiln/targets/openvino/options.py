@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from kiln.targets.base import TargetOptions
+from kiln.targets.base import SearchSpace, TargetOptions
 
 MODES = {"int8-weights": ("int8_asym", "int8_sym"), "int4": ("int4_sym", "int4_asym")}
 # What a causal LM gets when int4's group size and mode are not given: optimum-intel's default for
@@ -31,6 +31,16 @@ class OpenVINOOptions(TargetOptions):
     """NNCF's settings: ``int8`` (``nncf.quantize``) and the weight-only ``int8-weights`` /
     ``int4`` (``nncf.compress_weights``); the float precisions read none. ``None``: detected or
     NNCF's choice for the graph."""
+
+    search_space: ClassVar[SearchSpace] = {
+        "int8": (
+            ("preset", ("performance", "mixed")),
+            ("fast_bias_correction", (False,)),
+            ("range_estimator", ("nncf",)),
+        ),
+        "int8-weights": (("mode", ("int8_sym",)),),
+        "int4": (("group_size", (128, -1)), ("mode", ("int4_asym",))),
+    }
 
     # int8
     model_type: Literal["transformer", "none"] | None = None  # None: transformer when attention is found
