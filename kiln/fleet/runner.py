@@ -26,7 +26,7 @@ from typing import Any
 from kiln.errors import error_line
 from kiln.fleet.errors import ClusterError
 from kiln.fleet.plan import FleetPlan, Task, make_plan
-from kiln.fleet.report import FleetResults, merge
+from kiln.fleet.report import FleetResults, FleetSession, merge
 from kiln.fleet.resources import here, serves
 from kiln.fleet.store import Store
 from kiln.fleet.suite import load_suite
@@ -127,7 +127,7 @@ def run_fleet(options: FleetOptions, progress: Progress = lambda _: None) -> Fle
     finally:
         if owned:
             _ray().shutdown()
-    fleet = merge(suite, store, options.address, plan, outcomes, nodes, time.perf_counter() - started)
+    fleet = merge(suite, store, plan, outcomes, FleetSession(options.address, nodes, time.perf_counter() - started))
     fleet.write(options.out, store)
     return fleet
 
