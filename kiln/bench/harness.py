@@ -8,6 +8,9 @@ thus times eager and every artifact within moments of each other, which gives on
 round; after the configured rounds, cells whose speed-up interval is still wide get more rounds
 with eager (:mod:`kiln.bench.rounds`). A worker that fails to load, answers an error or dies
 becomes an error cell; the run goes on.
+
+:func:`_schedule` is the round scheduler, :class:`_Workers` the worker lifecycle (start, round,
+renew, stop) and ``_Workers.fail`` the one failure path.
 """
 
 from __future__ import annotations
