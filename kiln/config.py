@@ -8,6 +8,7 @@ key, before any work starts. Pure schema: nothing here imports a toolchain, nor 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -442,20 +443,53 @@ def load_config(path: Path) -> KilnConfig:
     return parse_config(data, path.resolve().parent, where=str(path))
 
 
-def with_targets(config: KilnConfig, selectors: list[str]) -> KilnConfig:
-    """Override the config's targets with CLI selectors ``NAME[:PRECISION]``.
+SELECTOR_FORM = "NAME[:PRECISION[:PRUNE-SLUG]]"
 
-    A selector that names a configured target keeps its options; a new one gets defaults.
+
+@dataclass(frozen=True)
+class Selector:
+    """A ``--target`` selector: a target, at one precision or any (``None``), and one pruned
+    variant or any (``None``; the dense artifact and its pruned variants alike)."""
+
+    name: str
+    precision: str | None = None
+    slug: str | None = None
+
+    def matches(self, name: str, precision: str, slug: str | None = None) -> bool:
+        """Whether it selects the artifact (or config row) of that target, precision and prune slug."""
+        return self.name == name and self.precision in (None, precision) and (self.slug is None or self.slug == slug)
+
+
+def parse_selector(text: str) -> Selector:
+    """``NAME[:PRECISION[:PRUNE-SLUG]]`` (``onnxruntime``, ``openvino:int8``); every command's
+    ``--target`` and a suite's ``targets`` are read here."""
+    name, *rest = text.split(":")
+    if not name.strip() or len(rest) > 2 or any(part != part.strip() for part in (name, *rest)):
+        raise ConfigError(f"target selector {text!r} is not {SELECTOR_FORM}; write e.g. onnxruntime or openvino:int8")
+    precision, slug = (*rest, "", "")[:2]
+    return Selector(name, precision or None, slug or None)
+
+
+def with_targets(config: KilnConfig, selectors: list[str]) -> KilnConfig:
+    """Override the config's targets with CLI selectors ``NAME[:PRECISION[:PRUNE-SLUG]]``.
+
+    A selector that names configured targets keeps their options; a new one gets defaults (one
+    with a prune slug must name a configured pruned variant).
     """
     if not selectors:
         return config
     chosen: list[TargetConfig] = []
-    for selector in selectors:
-        name, _, precision = selector.partition(":")
-        matches = [t for t in config.target if t.name == name and (not precision or t.precision == precision)]
+    for text in selectors:
+        selector = parse_selector(text)
+        matches = [t for t in config.target if selector.matches(t.name, t.precision, t.prune.slug if t.prune else None)]
         if matches:
             chosen.extend(t for t in matches if t not in chosen)
             continue
-        if (new := TargetConfig(name=name, precision=precision or "fp32")) not in chosen:
+        if selector.slug is not None:
+            raise ConfigError(
+                f"--target {text} names no pruned variant of the config; add a [[target]] with that "
+                "[target.prune], or drop the slug"
+            )
+        if (new := TargetConfig(name=selector.name, precision=selector.precision or "fp32")) not in chosen:
             chosen.append(new)
     return config.model_copy(update={"target": chosen})

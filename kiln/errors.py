@@ -90,3 +90,13 @@ class IntegrityError(KilnError):
 class CompatibilityError(UnavailableError):
     """The artifact does not run on this machine's runtime version or hardware; the message says
     what to install or where to run it."""
+
+
+def error_line(err: BaseException, limit: int = 300, typed: bool = True) -> str:
+    """How kiln quotes another library's error (or warning) inside its own one-line message: the
+    first line of its message cut at ``limit`` characters, after its type name (``"ValueError: bad
+    shape"``) unless ``typed`` is false; the type name alone when the message is empty."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    return f"{type(err).__name__}: {lines[0][:limit]}" if typed else lines[0][:limit]

@@ -8,6 +8,9 @@ thus times eager and every artifact within moments of each other, which gives on
 round; after the configured rounds, cells whose speed-up interval is still wide get more rounds
 with eager (:mod:`kiln.bench.rounds`). A worker that fails to load, answers an error or dies
 becomes an error cell; the run goes on.
+
+:func:`_schedule` is the round scheduler, :class:`_Workers` the worker lifecycle (start, round,
+renew, stop) and ``_Workers.fail`` the one failure path.
 """
 
 from __future__ import annotations
@@ -133,85 +136,137 @@ def run_cells(
     """
     if settings.threads is None or settings.requests is None:
         raise ValueError("run_cells needs resolved settings (BenchSettings.resolve): threads and requests set")
-    cells: list[MeasuredCell | FailedCell] = []
-    first, later = _commands(settings)
     launch = replace(launch, env={**malloc_environment(settings.malloc), **launch.env})
+    cells: list[MeasuredCell | FailedCell] = []
     for batch in settings.batches:
-        live: dict[str, _Timings] = {}
-        specs: dict[str, CellSpec] = {}
-        done: dict[str, MeasuredCell | FailedCell] = {}
-        for plan in plans:
-            if plan.skipped or plan.error:
-                status = "skipped" if plan.skipped else "error"
-                done[plan.key] = _failed(plan, batch, settings, status, plan.skipped or plan.error or "")
-                continue
-            prompts, notes = fitting_prompts(plan.manifest, settings)
-            if prompts == []:
-                done[plan.key] = _failed(plan, batch, settings, "skipped", "; ".join(notes))
-                continue
-            progress(f"batch {batch}: loading {plan.key}")
-            specs[plan.key] = _spec(plan, batch, settings, prompts)
-            try:
-                live[plan.key] = _Timings(WorkerProcess(specs[plan.key], launch), notes=notes)
-            except WorkerFailed as err:
-                done[plan.key] = _failed(plan, batch, settings, "error", str(err))
-        by_key = {plan.key: plan for plan in plans}
-        items = batch * (settings.requests if settings.mode == "throughput" else 1)
+        workers = _Workers(plans, batch, settings, launch, progress)
         try:
-            r, dropped, active, started, life_from = 0, 0, list(live), time.monotonic(), 0
-            per_life, reloading = math.ceil(settings.rounds / settings.processes), 0.0
-            while active:
-                if settings.processes > 1 and r - life_from >= per_life:
-                    life_from, stopped = r, time.monotonic()
-                    for key in active:
-                        progress(f"batch {batch}: round {r + 1}: a fresh process for {key}")
-                        try:
-                            _renew(live[key], specs[key], launch)
-                        except WorkerFailed as err:
-                            done[key] = _failed(by_key[key], batch, settings, "error", str(err))
-                            live.pop(key).worker.close()
-                    active = [key for key in active if key in live]
-                    reloading += time.monotonic() - stopped  # max_seconds budgets rounds, not loading
-                answers: dict[str, RoundAnswer] = {}
-                before = snapshot()
-                for key in active if r % 2 == 0 else reversed(active):
-                    progress(f"batch {batch}: round {r + 1}/{_of(r, settings)}: {key}")
-                    timings = live[key]
-                    try:
-                        answers[key] = timings.worker.round(first if timings.fresh else later)
-                        timings.fresh = False
-                    except WorkerFailed as err:
-                        done[key] = _failed(by_key[key], batch, settings, "error", str(err))
-                        timings.worker.close()
-                        del live[key]
-                stolen = steal_between(before, snapshot())
-                if too_stolen(stolen, dropped, settings):
-                    assert stolen is not None
-                    dropped += 1
-                    progress(f"batch {batch}: round {r + 1} dropped: the hypervisor took {stolen:.1%} (steal)")
-                    for key, answer in answers.items():
-                        live[key].warmup_iters += answer.warmup_iters
-                        live[key].dropped += 1
-                else:
-                    for key, answer in answers.items():
-                        _add(live[key], answer, items, settings)
-                        live[key].steal.append(stolen)
-                    r += 1
-                spent = time.monotonic() - started - reloading
-                active = continuing({k: t.figures for k, t in live.items()}, r, settings, spent)
-            for key, timings in live.items():
-                try:
-                    peak_rss = max(timings.peak_rss, timings.worker.stop().peak_rss_bytes)
-                except WorkerFailed as err:
-                    done[key] = _failed(by_key[key], batch, settings, "error", str(err))
-                    continue
-                done[key] = _measured(by_key[key], batch, settings, timings, peak_rss)
-            _add_intervals(done, live, settings)
+            for plan in plans:
+                workers.start(plan)
+            _schedule(workers)
+            workers.stop()
         finally:
-            for timings in live.values():
-                timings.worker.close()
-        cells.extend(done[plan.key] for plan in plans)
+            workers.close()
+        cells.extend(workers.done[plan.key] for plan in plans)
     return cells
+
+
+def _schedule(workers: _Workers) -> None:
+    """The round scheduler: each round asks every active cell in turn for its share of the timed
+    work (odd rounds in reverse order), drops a round the hypervisor stole from, and starts fresh
+    processes every ``rounds / processes`` rounds, until :func:`continuing` says the intervals
+    are narrow enough or the budget is spent."""
+    settings, batch, progress = workers.settings, workers.batch, workers.progress
+    items = batch * (settings.requests if settings.mode == "throughput" else 1)
+    r, dropped, active, started, life_from = 0, 0, list(workers.live), time.monotonic(), 0
+    per_life, reloading = math.ceil(settings.rounds / settings.processes), 0.0
+    while active:
+        if settings.processes > 1 and r - life_from >= per_life:
+            life_from, stopped = r, time.monotonic()
+            active = workers.renew(active, r)
+            reloading += time.monotonic() - stopped  # max_seconds budgets rounds, not loading
+        answers: dict[str, RoundAnswer] = {}
+        before = snapshot()
+        for key in active if r % 2 == 0 else reversed(active):
+            progress(f"batch {batch}: round {r + 1}/{_of(r, settings)}: {key}")
+            if (answer := workers.round(key)) is not None:
+                answers[key] = answer
+        stolen = steal_between(before, snapshot())
+        if too_stolen(stolen, dropped, settings):
+            assert stolen is not None
+            dropped += 1
+            progress(f"batch {batch}: round {r + 1} dropped: the hypervisor took {stolen:.1%} (steal)")
+            for key, answer in answers.items():
+                workers.live[key].warmup_iters += answer.warmup_iters
+                workers.live[key].dropped += 1
+        else:
+            for key, answer in answers.items():
+                _add(workers.live[key], answer, items, settings)
+                workers.live[key].steal.append(stolen)
+            r += 1
+        spent = time.monotonic() - started - reloading
+        active = continuing({k: t.figures for k, t in workers.live.items()}, r, settings, spent)
+
+
+class _Workers:
+    """The worker lifecycle of one batch size: each cell's worker started, asked for rounds,
+    renewed, stopped and closed; ``done`` collects the cells as they end, in any way."""
+
+    def __init__(
+        self, plans: list[CellPlan], batch: int, settings: BenchSettings, launch: Launch, progress: Progress
+    ) -> None:
+        self.plans = {plan.key: plan for plan in plans}
+        self.batch, self.settings, self.launch, self.progress = batch, settings, launch, progress
+        self.first, self.later = _commands(settings)
+        self.live: dict[str, _Timings] = {}
+        self.specs: dict[str, CellSpec] = {}
+        self.done: dict[str, MeasuredCell | FailedCell] = {}
+
+    def start(self, plan: CellPlan) -> None:
+        """Start the plan's worker, or record why it has none (skipped, not built, no prompt fits)."""
+        if plan.skipped or plan.error:
+            status = "skipped" if plan.skipped else "error"
+            self.done[plan.key] = _failed(plan, self.batch, self.settings, status, plan.skipped or plan.error or "")
+            return
+        prompts, notes = fitting_prompts(plan.manifest, self.settings)
+        if prompts == []:
+            self.done[plan.key] = _failed(plan, self.batch, self.settings, "skipped", "; ".join(notes))
+            return
+        self.progress(f"batch {self.batch}: loading {plan.key}")
+        self.specs[plan.key] = _spec(plan, self.batch, self.settings, prompts)
+        try:
+            self.live[plan.key] = _Timings(WorkerProcess(self.specs[plan.key], self.launch), notes=notes)
+        except WorkerFailed as err:
+            self.fail(plan.key, err)
+
+    def round(self, key: str) -> RoundAnswer | None:
+        """One round's answer from the cell's worker (a fresh one warms up in full); ``None`` when it failed."""
+        timings = self.live[key]
+        try:
+            answer = timings.worker.round(self.first if timings.fresh else self.later)
+        except WorkerFailed as err:
+            self.fail(key, err)
+            return None
+        timings.fresh = False
+        return answer
+
+    def renew(self, keys: list[str], r: int) -> list[str]:
+        """A fresh process for each of ``keys``, one after the other; what they timed stays.
+        Returns the keys whose new worker started."""
+        for key in keys:
+            self.progress(f"batch {self.batch}: round {r + 1}: a fresh process for {key}")
+            timings = self.live[key]
+            try:
+                timings.peak_rss = max(timings.peak_rss, timings.worker.stop().peak_rss_bytes)
+                timings.worker.close()
+                timings.worker = WorkerProcess(self.specs[key], self.launch)
+            except WorkerFailed as err:
+                self.fail(key, err)
+                continue
+            timings.fresh, timings.lives = True, timings.lives + 1
+        return [key for key in keys if key in self.live]
+
+    def stop(self) -> None:
+        """Stop every live worker: its cell is measured, then the speed-up intervals are added."""
+        for key, timings in list(self.live.items()):
+            try:
+                peak_rss = max(timings.peak_rss, timings.worker.stop().peak_rss_bytes)
+            except WorkerFailed as err:
+                self.fail(key, err)
+                continue
+            self.done[key] = _measured(self.plans[key], self.batch, self.settings, timings, peak_rss)
+        _add_intervals(self.done, self.live, self.settings)
+
+    def fail(self, key: str, err: WorkerFailed) -> None:
+        """The failure path: a worker that failed to start, answered an error or died makes its
+        cell an error cell and leaves the rounds; the run goes on."""
+        self.done[key] = _failed(self.plans[key], self.batch, self.settings, "error", str(err))
+        if (timings := self.live.pop(key, None)) is not None:
+            timings.worker.close()
+
+    def close(self) -> None:
+        for timings in self.live.values():
+            timings.worker.close()
 
 
 def _of(done: int, settings: BenchSettings) -> str:
@@ -276,11 +331,3 @@ def _measured(plan: CellPlan, batch: int, settings: BenchSettings, timings: _Tim
         processes=timings.lives,
         page_faults_per_run=round(sum(timings.faults) / len(timings.seconds), 1) if timings.faults else None,
     )
-
-
-def _renew(timings: _Timings, spec: CellSpec, launch: Launch) -> None:
-    """Stop a cell's worker and start a fresh one for its next rounds; what it timed stays."""
-    timings.peak_rss = max(timings.peak_rss, timings.worker.stop().peak_rss_bytes)
-    timings.worker.close()
-    timings.worker = WorkerProcess(spec, launch)
-    timings.fresh, timings.lives = True, timings.lives + 1

@@ -11,7 +11,7 @@ from kiln import __version__
 from kiln.bench.flops import ProgramWeights
 from kiln.bench.harness import CellPlan, Progress, run_cells
 from kiln.bench.process import DEFAULT_LAUNCH, Launch
-from kiln.config import BenchSettings, KilnConfig, TargetConfig
+from kiln.config import BenchSettings, KilnConfig, TargetConfig, parse_selector
 from kiln.errors import ConfigError, UnavailableError
 from kiln.manifest import Manifest
 from kiln.results import Gates, Results
@@ -66,10 +66,7 @@ def _wanted(manifest: Manifest, selectors: tuple[str, ...]) -> bool:
     return (
         manifest.target == BASELINE
         or not selectors
-        or any(
-            manifest.target == s.partition(":")[0] and s.partition(":")[2] in ("", manifest.precision)
-            for s in selectors
-        )
+        or any(parse_selector(s).matches(manifest.target, manifest.precision, manifest.slug) for s in selectors)
     )
 
 

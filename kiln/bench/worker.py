@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 
 from kiln.bench.protocol import COMMAND, CellSpec, Done, ErrorAnswer, Ready, RoundAnswer, RoundCommand
+from kiln.errors import error_line
 from kiln.results import RuntimeInfo, Threading
 from kiln.spec import Arrays
 from kiln.targets.base import Runner
@@ -269,8 +270,7 @@ def serve(inp: TextIO, out: TextIO) -> int:
         return 0
     except Exception as err:
         traceback.print_exc(file=sys.stderr)
-        first = str(err).strip().splitlines()[0][:400] if str(err).strip() else ""
-        _answer(out, ErrorAnswer(error=f"{type(err).__name__}: {first}"))
+        _answer(out, ErrorAnswer(error=error_line(err, 400)))
         return 1
 
 

@@ -17,7 +17,7 @@ from kiln.callables import load_callable, resolve_path
 from kiln.capture.causal import is_causal_lm
 from kiln.capture.loaded import LoadedModel, SourceKind
 from kiln.config import ENSEMBLE, DimSpec, InputSpec, ModelConfig
-from kiln.errors import SourceError
+from kiln.errors import SourceError, error_line
 from kiln.spec import Signature
 
 WEIGHT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".npz", ".npy", ".json", ".txt", ".model"}
@@ -143,9 +143,8 @@ def accepts(module: Any, sig: Signature, what: str) -> None:
         with torch.no_grad():
             module(*to_tensors(sig, random_inputs(sig, "opt", 0)))
     except Exception as err:  # user code: any failure means the inputs do not fit
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise SourceError(
-            f"{what} does not accept the inputs {_inputs_line(sig)} ({type(err).__name__}: {first}); "
+            f"{what} does not accept the inputs {_inputs_line(sig)} ({error_line(err, 200)}); "
             "it must take the same inputs as the model it is combined with"
         ) from err
 

@@ -76,47 +76,51 @@ def _bench_key(bp: BuildPlan, benched: list[str], settings: BenchSettings, kind:
     )
 
 
+@dataclass(frozen=True)
+class _Planning:
+    """What every model's tasks are planned against: the suite, the store, the live nodes (and
+    them by hardware kind), whether to bench again what the store has, and the build scratch."""
+
+    suite: Suite
+    store: Store
+    nodes: list[Mapping[str, float]]
+    by_kind: dict[str, list[Mapping[str, float]]]
+    rebench: bool
+    scratch: Path
+
+
 def make_plan(
     suite: Suite, store: Store, nodes: list[Mapping[str, float]], rebench: bool = False, scratch: Path | None = None
 ) -> FleetPlan:
     """Every task of the suite, split into what to run, what the store has, and what no live
     node can serve."""
     plan = FleetPlan({}, {}, {})
-    by_kind = kinds(nodes)
+    planning = _Planning(suite, store, nodes, kinds(nodes), rebench, scratch or Path("build"))
     for config_path, suite_config in suite.configs:
         for config in per_adapter(suite_config):
-            _plan_model(plan, suite, store, nodes, by_kind, config, config_path, rebench, scratch or Path("build"))
+            _plan_model(plan, planning, config, config_path)
     return plan
 
 
-def _place(plan: FleetPlan, task: Task, store: Store, nodes: list[Mapping[str, float]], fresh: bool) -> None:
+def _place(plan: FleetPlan, task: Task, planning: _Planning, fresh: bool) -> None:
     blocked = [d for d in task.after if d in plan.skipped]
     if blocked:
         plan.skipped[task.id] = (task, f"waits for {blocked[0]}, which cannot run: {plan.skipped[blocked[0]][1]}")
-    elif fresh and store.ref(task.key) is not None:
+    elif fresh and planning.store.ref(task.key) is not None:
         plan.done[task.id] = task
-    elif (why := unmet(task.request, nodes)) is not None:
+    elif (why := unmet(task.request, planning.nodes)) is not None:
         plan.skipped[task.id] = (task, why)
     else:
         plan.tasks[task.id] = task
 
 
-def _plan_model(
-    plan: FleetPlan,
-    suite: Suite,
-    store: Store,
-    nodes: list[Mapping[str, float]],
-    by_kind: dict[str, list[Mapping[str, float]]],
-    config: KilnConfig,
-    config_path: Path,
-    rebench: bool,
-    scratch: Path,
-) -> None:
+def _plan_model(plan: FleetPlan, planning: _Planning, config: KilnConfig, config_path: Path) -> None:
+    nodes = planning.nodes
     name = config.model.name
-    bp = build_plan(config, scratch)
+    bp = build_plan(config, planning.scratch)
     exports = {"export": bp.export_key} | {f"export-{slug}": key for slug, key in bp.variant_keys.items()}
     export = Task(f"{name}:export", "export", name, bp.export_key, export_request(), config)
-    _place(plan, export, store, nodes, fresh=True)
+    _place(plan, export, planning, fresh=True)
     builds: dict[str, Task] = {}
     for tkey, tp in bp.targets.items():
         narrowed = one_target(config, tp.target)
@@ -137,17 +141,17 @@ def _plan_model(
             target=tkey,
             fetch=fetch,
         )
-        _place(plan, task, store, nodes, fresh=True)
+        _place(plan, task, planning, fresh=True)
         builds[tkey] = task
-    settings = suite.bench_settings(config)
+    settings = planning.suite.bench_settings(config)
     runnable = [k for k in bp.targets if f"{name}:{k}" not in plan.skipped]
     for tkey in runnable:
         request = run_request(bp.targets[tkey].target.name)
         if not any(serves(request, node) for node in nodes):
             plan.skipped[f"{name}:{tkey}@bench"] = (builds[tkey], f"cannot be benchmarked: {unmet(request, nodes)}")
-    if not by_kind:
+    if not planning.by_kind:
         plan.skipped[f"{name}:bench"] = (None, unmet(bench_request("any"), nodes) or "no kiln node")
-    for kind, members in sorted(by_kind.items()):
+    for kind, members in sorted(planning.by_kind.items()):
         benched = [k for k in runnable if any(serves(run_request(bp.targets[k].target.name), node) for node in members)]
         benched.sort(key=lambda k: bp.targets[k].target.name != BASELINE)
         if not benched:
@@ -166,4 +170,4 @@ def _plan_model(
             settings=settings,
             config_path=str(config_path),
         )
-        _place(plan, task, store, nodes, fresh=not rebench)
+        _place(plan, task, planning, fresh=not planning.rebench)

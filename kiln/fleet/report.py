@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,14 +104,18 @@ def _record(task: Task, status: str, reason: str | None = None) -> StageRecord:
     )
 
 
+@dataclass(frozen=True)
+class FleetSession:
+    """Where and how long a plan ran: the cluster's address, its live nodes' Ray resources when
+    the plan was made, and the wall seconds of the whole run."""
+
+    address: str
+    nodes: list[Mapping[str, float]]
+    seconds: float
+
+
 def merge(
-    suite: Suite,
-    store: Store,
-    address: str,
-    plan: FleetPlan,
-    outcomes: dict[str, Outcome],
-    nodes: list[Mapping[str, float]],
-    seconds: float,
+    suite: Suite, store: Store, plan: FleetPlan, outcomes: dict[str, Outcome], session: FleetSession
 ) -> FleetResults:
     """The plan and what came back: every task's record and every run's results."""
     stages: list[StageRecord] = []
@@ -142,9 +147,9 @@ def merge(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         suite=str(suite.path),
         store=store.url,
-        address=address,
-        seconds=round(seconds, 2),
-        nodes=[dict(n) for n in nodes],
+        address=session.address,
+        seconds=round(session.seconds, 2),
+        nodes=[dict(n) for n in session.nodes],
         stages=stages,
         runs=sorted(runs, key=lambda r: (r.model, r.kind)),
     )

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.errors import error_line
 from kiln.fleet.errors import ClusterError
 from kiln.fleet.plan import FleetPlan, Task, make_plan
-from kiln.fleet.report import FleetResults, merge
+from kiln.fleet.report import FleetResults, FleetSession, merge
 from kiln.fleet.resources import here, serves
 from kiln.fleet.store import Store
 from kiln.fleet.suite import load_suite
@@ -85,7 +86,7 @@ def connect(options: FleetOptions) -> bool:
         ray.init(address=options.address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(
-            f"no Ray cluster at --address {options.address} ({str(err).splitlines()[0][:160]}); start one with "
+            f"no Ray cluster at --address {options.address} ({error_line(err, 160, typed=False)}); start one with "
             "ray start --head and kiln node --address HEAD, or pass --address local"
         ) from err
     return True
@@ -126,7 +127,7 @@ def run_fleet(options: FleetOptions, progress: Progress = lambda _: None) -> Fle
     finally:
         if owned:
             _ray().shutdown()
-    fleet = merge(suite, store, options.address, plan, outcomes, nodes, time.perf_counter() - started)
+    fleet = merge(suite, store, plan, outcomes, FleetSession(options.address, nodes, time.perf_counter() - started))
     fleet.write(options.out, store)
     return fleet
 
@@ -191,8 +192,7 @@ class _Watch:
             return Outcome(id=tid, status="skipped", reason="cancelled")
         except RayError as err:
             # The worker died more often than --retries allows, or a dependency did.
-            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            return Outcome(id=tid, status="failed", reason=f"{type(err).__name__}: {first}", exit_code=1)
+            return Outcome(id=tid, status="failed", reason=error_line(err), exit_code=1)
 
     def _record(self, tid: str, outcome: Outcome) -> None:
         if tid in self.outcomes:

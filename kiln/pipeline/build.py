@@ -165,20 +165,16 @@ def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, Targe
 def _export(
     p: BuildPlan, loaded: LoadedModel, progress: Progress, distillation: DistillReport | None = None
 ) -> ExportBundle:
-    from kiln.capture.exporters import export_model
+    from kiln.capture.exporters import StageModel, export_stage
 
-    folder = p.model_dir / "export"
-    if up_to_date(folder, p.export_key, META) is not None:
-        return ExportBundle.open(folder)
-    tokenizer = tokenizer_dir(p.config)
-    if tokenizer is not None and loaded.tokenizer is None:
-        loaded = replace(loaded, tokenizer=tokenizer)
-    progress("capturing with torch.export and lowering to ONNX")
-    with atomic_dir(folder) as tmp:
-        bundle = export_model(
-            loaded, tmp, p.config.export.opset, p.config.export.strict, p.export_key, distillation=distillation
-        )
-    return bundle.moved(folder)
+    def model() -> StageModel:
+        tokenizer = tokenizer_dir(p.config)
+        progress("capturing with torch.export and lowering to ONNX")
+        if tokenizer is not None and loaded.tokenizer is None:
+            return StageModel(replace(loaded, tokenizer=tokenizer), distillation=distillation)
+        return StageModel(loaded, distillation=distillation)
+
+    return export_stage(p.model_dir / "export", p.export_key, p.config.export, model)
 
 
 def _context(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from kiln.capture.exporters import META, ExportBundle
+from kiln.capture.exporters import ExportBundle, StageModel, export_stage
 from kiln.capture.loaded import LoadedModel
 from kiln.config import KilnConfig, TargetConfig
 from kiln.manifest import (
@@ -39,15 +39,14 @@ def pruned_variant(
     """
     import copy
 
-    from kiln.capture.exporters import export_model
     from kiln.gate.reference import Reference
     from kiln.train.prune import PruneContext, prune_model
 
     assert target.prune is not None
-    config, slug = p.config, target.prune.slug
-    folder, key = p.model_dir / f"export-{slug}", p.variant_keys[slug]
+    config, prune, slug = p.config, target.prune, target.prune.slug
     sig = dense.bundle.signature
-    if up_to_date(folder, key, META) is None:
+
+    def model() -> StageModel:
         progress(f"pruning: {slug}")
         teacher = None
         if config.recovery is not None and config.recovery.teacher is not None:
@@ -63,20 +62,12 @@ def pruned_variant(
             progress=progress,
             teacher=teacher,
         )
-        pruned, report = prune_model(copy.deepcopy(loaded.module), target.prune, ctx)
+        pruned, report = prune_model(copy.deepcopy(loaded.module), prune, ctx)
         variant = LoadedModel(loaded.kind, sig, module=pruned.eval(), example=loaded.example)
         progress(f"capturing the pruned model ({slug})")
-        with atomic_dir(folder) as tmp:
-            export_model(
-                variant,
-                tmp,
-                config.export.opset,
-                config.export.strict,
-                key,
-                prune=report,
-                distillation=dense.bundle.distillation,
-            )
-    bundle = ExportBundle.open(folder)
+        return StageModel(variant, prune=report, distillation=dense.bundle.distillation)
+
+    bundle = export_stage(p.model_dir / f"export-{slug}", p.variant_keys[slug], config.export, model)
     return bundle, Reference(config, bundle, bundle.program().module(), dense.data, baseline=dense)
 
 
@@ -85,19 +76,19 @@ def member_variant(
 ) -> tuple[ExportBundle, Reference]:
     """One ensemble member alone: its own export stage (``export-member-<name>/``) and its own
     eager reference, so its gate and metric drop are measured against the member itself."""
-    from kiln.capture.exporters import export_model
     from kiln.gate.reference import Reference
 
     assert target.member is not None and p.config.model.ensemble is not None
-    variant = f"member-{target.member}"
-    folder, key = p.model_dir / f"export-{variant}", p.variant_keys[variant]
-    if up_to_date(folder, key, META) is None:
-        index = p.config.model.ensemble.member_names().index(target.member)
+    name, ensemble = target.member, p.config.model.ensemble
+
+    def model() -> StageModel:
+        index = ensemble.member_names().index(name)
         member = LoadedModel(loaded.kind, loaded.signature, module=loaded.module.members[index], example=loaded.example)
-        progress(f"capturing ensemble member {target.member}")
-        with atomic_dir(folder) as tmp:
-            export_model(member, tmp, p.config.export.opset, p.config.export.strict, key)
-    bundle = ExportBundle.open(folder)
+        progress(f"capturing ensemble member {name}")
+        return StageModel(member)
+
+    variant = f"member-{name}"
+    bundle = export_stage(p.model_dir / f"export-{variant}", p.variant_keys[variant], p.config.export, model)
     return bundle, Reference(p.config, bundle, bundle.program().module(), dense.data)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kiln.errors import MissingDependencyError, TargetBuildError
+from kiln.errors import MissingDependencyError, TargetBuildError, error_line
 from kiln.spec import Arrays, Signature
 
 FLOW = "torchao.quantization.pt2e.quantize_pt2e"
@@ -57,9 +57,8 @@ def quantize(program: Any, sig: Signature, samples: list[Arrays], quantizer: Any
                 prepared(*to_tensors(sig, sample))
         converted = flow.convert_pt2e(prepared)
     except Exception as err:  # torchao raises plain Python errors from deep inside the graph passes
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise TargetBuildError(
-            f"PT2E quantization failed: {type(err).__name__}: {first}; "
+            f"PT2E quantization failed: {error_line(err)}; "
             "build onnxruntime:int8 or openvino:int8 instead; --verbose shows the trace"
         ) from err
     return capture(converted, example_inputs(sig, None), sig, strict=False)

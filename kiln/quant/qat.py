@@ -29,7 +29,7 @@ from typing import Any
 
 from kiln.config import RecoveryConfig
 from kiln.data import CalibrationSet
-from kiln.errors import DataError, TargetBuildError
+from kiln.errors import DataError, TargetBuildError, error_line
 from kiln.manifest import QatReport
 from kiln.quant.pt2e import FLOW, load_torchao
 from kiln.spec import Signature
@@ -102,9 +102,9 @@ def fit(
     except (RuntimeError, ValueError) as err:  # a guard of the captured graph: a batch outside the dims
         if "shape" not in str(err) and "guard" not in str(err).lower():
             raise
-        first = str(err).strip().splitlines()[0][:200]
+        why = error_line(err, 200, typed=False)
         raise DataError(
-            f"quantization-aware training: a recovery batch does not fit the model's dims ({first}); "
+            f"quantization-aware training: a recovery batch does not fit the model's dims ({why}); "
             "yield batches within [model].dims (at most each dim's max rows)"
         ) from err
 
@@ -167,9 +167,8 @@ def pt2e_qat(
 
 
 def _failed(err: Exception) -> TargetBuildError:
-    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return TargetBuildError(
-        f"quantization-aware training failed: {type(err).__name__}: {first}; "
+        f"quantization-aware training failed: {error_line(err)}; "
         "set [recovery] qat = false to quantize after training instead; --verbose shows the trace"
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from kiln.config import parse_selector
 from kiln.errors import ConfigError
 from kiln.manifest import Manifest
 from kiln.store import MANIFEST
@@ -44,12 +45,6 @@ def artifact_folders(model_dir: Path, targets: Sequence[str] = ()) -> list[Path]
 
 
 def _matches(folder: Path, manifest: Manifest, selector: str) -> bool:
-    if selector == folder.name:
-        return True
-    name, _, rest = selector.partition(":")
-    precision, _, slug = rest.partition(":")
-    return (
-        name == manifest.target
-        and precision in ("", manifest.precision)
-        and (not slug or slug == (manifest.slug or ""))
+    return selector == folder.name or parse_selector(selector).matches(
+        manifest.target, manifest.precision, manifest.slug
     )

@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ValidationInfo, field_validator
 
-from kiln.errors import TargetBuildError
+from kiln.errors import TargetBuildError, error_line
 from kiln.manifest import Execution, QatReport
 from kiln.targets import QAT_X86
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, SearchSpace, Target, TargetOptions
@@ -118,7 +118,7 @@ class AOTITarget(Target):
                 torch._inductor.aoti_compile_and_package(program, package_path=str(ctx.out_dir / MAIN))
         except Exception as err:
             raise TargetBuildError(
-                f"AOTInductor compile failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}; "
+                f"AOTInductor compile failed: {error_line(err)}; "
                 "check that g++ works, or build another target; --verbose shows the trace"
             ) from err
         if ctx.precision == "int8":
@@ -307,8 +307,7 @@ def weight_only(program: Any, precision: str, options: AOTIOptions) -> tuple[Any
             owners = {n.args[1].target.rsplit(".", 1)[0] for n in nodes}
             ao.quantize_(gm, config, filter_fn=lambda _m, fqn, owners=owners: fqn in owners)
     except Exception as err:  # torchao raises plain assertions from its packing code
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise TargetBuildError(f"torchao weight-only quantization failed: {type(err).__name__}: {first}") from err
+        raise TargetBuildError(f"torchao weight-only quantization failed: {error_line(err)}") from err
     counts = {f"{b} g{g}" if g else b: len(n) for (b, g), n in chosen.items()}
     done = sum(len(n) for (b, _), n in chosen.items() if b == body)
     reasons = "; ".join(sorted(set(left.values())))

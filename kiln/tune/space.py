@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.config import KilnConfig, TargetConfig
+from kiln.config import KilnConfig, TargetConfig, parse_selector
 from kiln.errors import ConfigError
 from kiln.targets import BASELINE, REGISTRY, available_here, implementation, target_options
 from kiln.tune.records import Skipped
@@ -66,9 +66,7 @@ def _why_not(config: KilnConfig, target: TargetConfig, source_kind: str) -> str 
 
 
 def _selected(name: str, precision: str, selectors: tuple[str, ...]) -> bool:
-    return not selectors or any(
-        s.partition(":")[0] == name and s.partition(":")[2] in ("", precision) for s in selectors
-    )
+    return not selectors or any(parse_selector(s).matches(name, precision) for s in selectors)
 
 
 def check_selectors(selectors: tuple[str, ...]) -> None:
@@ -76,8 +74,8 @@ def check_selectors(selectors: tuple[str, ...]) -> None:
     from kiln.targets import check_target
 
     for selector in selectors:
-        name, _, precision = selector.partition(":")
-        check_target(name, precision or "fp32")
+        parsed = parse_selector(selector)
+        check_target(parsed.name, parsed.precision or "fp32")
 
 
 def enumerate_space(
@@ -91,7 +89,7 @@ def enumerate_space(
     kept: list[Variant] = [Variant(TargetConfig(name=BASELINE), "float")]
     skipped: list[Skipped] = []
     for name, spec in REGISTRY.items():
-        if name == BASELINE or (selectors and not any(s.partition(":")[0] == name for s in selectors)):
+        if name == BASELINE or (selectors and not any(parse_selector(s).name == name for s in selectors)):
             continue
         for row in spec.precisions:
             if row.name != "fp32" and not _selected(name, row.name, selectors):

@@ -10,7 +10,7 @@ import pytest
 
 from kiln.errors import ConfigError
 from kiln.fleet.plan import make_plan
-from kiln.fleet.report import merge
+from kiln.fleet.report import FleetSession, merge
 from kiln.fleet.resources import here
 from kiln.fleet.store import Store
 from kiln.fleet.suite import load_suite
@@ -53,7 +53,7 @@ def test_an_entrys_targets_and_settings_apply_and_a_missing_requirement_skips(tm
     # The fleet reports the skipped entry as a stage, with the same reason make bench prints.
     store = Store(tmp_path / "store")
     plan = make_plan(suite, store, [{"CPU": 2.0, **here(None)}])
-    fleet = merge(suite, store, "local", plan, {}, [], 0.0)
+    fleet = merge(suite, store, plan, {}, FleetSession("local", [], 0.0))
     skipped = [s for s in fleet.stages if s.status == "skipped" and s.reason and "train it first" in s.reason]
     assert [s.id for s in skipped] == ["cnn:export"]
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kiln.capture.loaded import LoadedModel
+from kiln.config import ExportConfig
 from kiln.errors import ExportError
 from kiln.manifest import DistillReport, PruneReport
 from kiln.spec import Signature
+from kiln.store import atomic_dir, up_to_date
 
 PROGRAM = "program.pt2"
 ONNX = "model.onnx"
@@ -102,15 +105,28 @@ class ExportBundle:
         )
 
 
-def export_model(
-    loaded: LoadedModel,
-    out_dir: Path,
-    opset: int,
-    strict: bool,
-    key: str,
-    prune: PruneReport | None = None,
-    distillation: DistillReport | None = None,
-) -> ExportBundle:
+@dataclass(frozen=True)
+class StageModel:
+    """The model an export stage captures, with what was done to it first (the stage records it)."""
+
+    loaded: LoadedModel
+    prune: PruneReport | None = None  # a pruned variant's
+    distillation: DistillReport | None = None  # [recovery].teacher distilled into it
+
+
+def export_stage(folder: Path, key: str, export: ExportConfig, model: Callable[[], StageModel]) -> ExportBundle:
+    """The export stage in ``folder`` (``export/``, ``export-<prune slug>/``, ``export-member-<name>/``),
+    whose cache key is ``key``: opened when it is up to date, else ``model()`` (made only then) is
+    exported into it, whole or not at all."""
+    if up_to_date(folder, key, META) is not None:
+        return ExportBundle.open(folder)
+    subject = model()
+    with atomic_dir(folder) as tmp:
+        bundle = export_model(subject, tmp, export, key)
+    return bundle.moved(folder)
+
+
+def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: str) -> ExportBundle:
     """Capture and lower into ``out_dir`` (a fresh folder); ``key`` is the stage's cache key."""
     import torch
 
@@ -118,6 +134,7 @@ def export_model(
     from kiln.capture.exporters.torch_export import capture, example_inputs
     from kiln.tensors import flatten_outputs
 
+    loaded, prune, distillation, opset = subject.loaded, subject.prune, subject.distillation, export.opset
     sig = loaded.signature
     meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key}
     if prune is not None:
@@ -146,7 +163,7 @@ def export_model(
             )
         names = list(sig.outputs)
     sig = Signature(sig.inputs, sig.dims, tuple(names), sig.cache)
-    program = loaded.program if loaded.program is not None else capture(loaded.module, args, sig, strict)
+    program = loaded.program if loaded.program is not None else capture(loaded.module, args, sig, export.strict)
     torch.export.save(program, str(out_dir / PROGRAM))
     onnx_error = None
     try:

@@ -6,7 +6,7 @@ import inspect
 import re
 from typing import Any
 
-from kiln.errors import ExportError
+from kiln.errors import ExportError, error_line
 from kiln.spec import Signature, random_inputs, torch_dynamic_shapes
 
 
@@ -32,10 +32,9 @@ def _unsupported_op(message: str) -> str | None:
 def describe_failure(stage: str, err: Exception, hint: str) -> ExportError:
     """One line: the stage, the operator when one is named, the first line of the cause, a hint."""
     message = str(err).strip()
-    first = message.splitlines()[0][:300] if message else type(err).__name__
     op = _unsupported_op(message)
     what = f" (operator {op})" if op else ""
-    return ExportError(f"{stage} failed{what}: {type(err).__name__}: {first}; {hint}")
+    return ExportError(f"{stage} failed{what}: {error_line(err)}; {hint}")
 
 
 def pinned_dims(message: str, sig: Signature) -> str | None:

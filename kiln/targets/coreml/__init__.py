@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.errors import ConfigError, TargetBuildError, UnavailableError
+from kiln.errors import ConfigError, TargetBuildError, UnavailableError, error_line
 from kiln.manifest import Execution
 from kiln.spec import Arrays, Signature
 from kiln.targets import COREMLTOOLS, TORCH, TORCHAO
@@ -96,7 +96,7 @@ def quiet(notes: list[str]) -> Iterator[None]:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
     for w in caught:
-        text = str(w.message).splitlines()[0][:200]
+        text = error_line(w.message, 200, typed=False)
         if not issubclass(w.category, DeprecationWarning | FutureWarning | ResourceWarning) and text not in notes:
             notes.append(text)
 
@@ -237,9 +237,8 @@ def convert(ctx: CompileContext, settings: Settings, notes: list[str]) -> Any:
     except (ConfigError, TargetBuildError):
         raise
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise TargetBuildError(
-            f"Core ML conversion failed: {type(err).__name__}: {first}; a newer coremltools may support the "
+            f"Core ML conversion failed: {error_line(err)}; a newer coremltools may support the "
             "operator, or make the failing dim static; --verbose shows the trace"
         ) from err
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from kiln.decoding import DecodeSession
-from kiln.errors import ConfigError, TargetBuildError
+from kiln.errors import ConfigError, TargetBuildError, error_line
 from kiln.spec import Arrays, Signature
 from kiln.targets.base import Runner
 
@@ -200,7 +200,7 @@ def export(step: Any, sig: Signature) -> Any:
         return torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
     except Exception as err:
         raise TargetBuildError(
-            f"coreml: capturing the stateful step failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}; "
+            f"coreml: capturing the stateful step failed: {error_line(err)}; "
             "choose kv_cache = 'explicit' for this model"
         ) from err
 

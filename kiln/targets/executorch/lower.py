@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from kiln.errors import TargetBuildError
+from kiln.errors import TargetBuildError, error_line
 from kiln.spec import Signature, random_inputs
 from kiln.targets import COREMLTOOLS, EXECUTORCH, TORCH, TORCHAO
 from kiln.targets.base import CompileContext
@@ -135,8 +135,7 @@ def quantize_dynamic(program: Any, precision: str, options: ExecuTorchOptions) -
         with quiet():
             ao.quantize_(gm, config, filter_fn=lambda _m, fqn: fqn in owners)
     except Exception as err:  # torchao raises plain assertions from its packing code
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise TargetBuildError(f"torchao dynamic quantization failed: {type(err).__name__}: {first}") from err
+        raise TargetBuildError(f"torchao dynamic quantization failed: {error_line(err)}") from err
     return gm, {
         "tool": "torchao.quantization.quantize_ (Int8DynamicActivationIntxWeightConfig)",
         "weights": f"int4 symmetric in groups of {group}" if precision == "int4-dynamic" else "int8 per channel",
@@ -225,8 +224,7 @@ def to_executorch(edge: Any, options: ExecuTorchOptions) -> Any:
 
 
 def _failure(stage: str, err: Exception) -> TargetBuildError:
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
     return TargetBuildError(
-        f"ExecuTorch: {stage} failed: {type(err).__name__}: {first}; try delegate = 'portable' or another "
+        f"ExecuTorch: {stage} failed: {error_line(err)}; try delegate = 'portable' or another "
         "target, or make the failing dim static; --verbose shows the trace"
     )

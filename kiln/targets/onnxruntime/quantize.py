@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import ConfigError, KilnWarning, TargetBuildError
+from kiln.errors import ConfigError, KilnWarning, TargetBuildError, error_line
 from kiln.quant import require_calibration
 from kiln.quant.ort import SampleReader, chunk_size, preprocess
 from kiln.quant.saturation import decide
@@ -53,9 +53,8 @@ def quantize(ctx: CompileContext, src: Path, dest: Path) -> dict[str, Any]:
     except (ConfigError, TargetBuildError):
         raise
     except Exception as err:  # ORT and onnx raise their own error types and plain ones alike
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise TargetBuildError(
-            f"ONNX Runtime quantization failed: {type(err).__name__}: {first}; "
+            f"ONNX Runtime quantization failed: {error_line(err)}; "
             "try other options (calibration_method, block_size) or another precision; --verbose shows the trace"
         ) from err
 

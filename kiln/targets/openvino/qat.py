@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import TargetBuildError
+from kiln.errors import TargetBuildError, error_line
 from kiln.manifest import QatReport
 from kiln.targets.base import CompileContext
 from kiln.targets.openvino.quantize import advanced, overflow_fix
@@ -84,8 +84,7 @@ def _check_stale_lock() -> None:
 
 
 def _failed(err: Exception) -> TargetBuildError:
-    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return TargetBuildError(
-        f"NNCF quantization-aware training failed: {type(err).__name__}: {first}; "
+        f"NNCF quantization-aware training failed: {error_line(err)}; "
         "set [recovery] qat = false for post-training int8; --verbose shows the trace"
     )

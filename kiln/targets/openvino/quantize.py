@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kiln.errors import ConfigError, TargetBuildError
+from kiln.errors import ConfigError, TargetBuildError, error_line
 from kiln.quant import require_calibration
 from kiln.targets.base import CompileContext
 from kiln.targets.openvino.options import OpenVINOOptions
@@ -80,9 +80,8 @@ def quantize(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     except (ConfigError, TargetBuildError):
         raise
     except Exception as err:  # NNCF raises its own and plain Python errors alike
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise TargetBuildError(
-            f"NNCF failed: {type(err).__name__}: {first}; "
+            f"NNCF failed: {error_line(err)}; "
             "try options.model_type, another preset, or another precision; --verbose shows the trace"
         ) from err
 
