@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from kiln.cli import options
 from kiln.cli.base import command, main
+from kiln.cli.options import attach
 
 # ---- the fleet: fleet, node (kiln/fleet/) ----
 
@@ -22,9 +24,7 @@ from kiln.cli.base import command, main
     help="local (an in-process cluster of this machine), auto (the running cluster), host:port or ray://host:port.",
 )
 @click.option("--store", help="The shared store: a folder, a shared filesystem path or an fsspec URL (s3://bucket/p).")
-@click.option(
-    "--out", "-o", type=click.Path(path_type=Path), default=Path("build/fleet"), show_default=True, help="Reports."
-)
+@attach(options.out(Path("build/fleet"), "Reports."))
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="CPUs of the in-process cluster (default: all).")
 @click.option("--only", multiple=True, metavar="MODEL", help="Only this model of the suite (repeatable).")
 @click.option("--rebench", is_flag=True, help="Measure again what the store has measured already.")
