@@ -1,7 +1,7 @@
 """kiln: fire a PyTorch model into verified, benchmarked artifacts for every runtime.
 
 The Python API (:mod:`kiln.api`) is exported here and imported on first use, so that
-``import kiln`` (and ``kiln --help``) stays instant: ``kiln.build``, ``kiln.bench``,
+``import kiln`` (and ``kiln --help``) stays instant: ``kiln.build``, ``kiln.benchmark``,
 ``kiln.load``, ``kiln.generate``, ``kiln.package``, ``kiln.verify`` and their settings and
 result types.
 """
@@ -28,7 +28,7 @@ _API = (
     "Runner",
     "TargetConfig",
     "VerifySettings",
-    "bench",
+    "benchmark",
     "build",
     "generate",
     "load",

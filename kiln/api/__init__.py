@@ -1,7 +1,8 @@
 """kiln's Python API: what the ``kiln`` commands do, as functions with typed results.
 
-``kiln.build(config)`` builds, gates and describes every target's artifact; ``kiln.bench(source)``
-measures them beside eager and writes the reports; ``kiln.load(folder)`` opens one artifact (a
+``kiln.build(config)`` builds, gates and describes every target's artifact;
+``kiln.benchmark(source)`` measures them beside eager and writes the reports (``kiln bench``; the
+name ``kiln.bench`` is the benchmark's package); ``kiln.load(folder)`` opens one artifact (a
 runner, or a causal LM's decode session); ``kiln.generate`` streams text from one;
 ``kiln.package`` and ``kiln.verify`` ship and check bundles. The ``kiln`` command line is a shell
 over these functions: it parses flags into the settings objects here and formats the results.
@@ -44,7 +45,7 @@ __all__ = [
     "Runner",
     "TargetConfig",
     "VerifySettings",
-    "bench",
+    "benchmark",
     "build",
     "generate",
     "load",
@@ -127,7 +128,7 @@ def build(
 
 @dataclass(frozen=True)
 class BenchResult:
-    """What :func:`bench` measured (``results.json``'s content) and the folder its reports are in."""
+    """What :func:`benchmark` measured (``results.json``'s content) and the folder its reports are in."""
 
     results: Results
     folder: Path
@@ -138,7 +139,7 @@ class BenchResult:
         return self.folder / "results.json", self.folder / "report.md", self.folder / "report.html"
 
 
-def bench(source: Path | str, run: BenchRun | None = None, progress: Progress = _quiet) -> BenchResult:
+def benchmark(source: Path | str, run: BenchRun | None = None, progress: Progress = _quiet) -> BenchResult:
     """Measure every artifact of a model beside eager with one harness, as ``kiln bench`` does,
     and write ``results.json``, ``report.md`` and ``report.html``.
 

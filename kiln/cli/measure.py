@@ -108,11 +108,11 @@ _BENCH_RUN = Group(
 def bench(source: Path, run: BenchRun) -> None:
     """Measure every artifact of a model beside eager, with one harness; write results.json,
     report.md and report.html. Builds missing or stale artifacts first."""
-    from kiln.api import bench as run_bench
+    from kiln.api import benchmark
     from kiln.report.console import print_results
 
     with _console().status("starting") as status:
-        done = run_bench(source, run, progress=lambda msg: status.update(msg))
+        done = benchmark(source, run, progress=lambda msg: status.update(msg))
     print_results(done.results)
     click.echo("reports: " + ", ".join(str(path) for path in done.reports))
 
