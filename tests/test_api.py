@@ -175,7 +175,6 @@ def test_a_model_build_folder_is_not_an_artifact(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"build folder with 2 artifacts; open one of them, e\.g\. .*eager-fp32"):
         artifact_manifest(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match=r"holds no manifest\.json"):
-        artifact_manifest(tmp_path / "empty")
-    with pytest.raises(ConfigError, match="is not an artifact folder"):
-        artifact_manifest(tmp_path / "nowhere")
+    for nothing in (tmp_path / "empty", tmp_path / "nowhere"):
+        with pytest.raises(ConfigError, match=r"is not an artifact folder \(no manifest\.json in it\)"):
+            artifact_manifest(nothing)

@@ -27,18 +27,18 @@ def artifact_manifest(folder: Path, verb: str = "open") -> Manifest:
     """The manifest of ``build/<model>/<target-dir>``; a model's build folder or a folder without
     a manifest is one ``ConfigError`` line naming what to give instead (``verb``: what the
     command does with one, for that line)."""
-    if not folder.is_dir():
-        raise ConfigError(
-            f"{folder} is not an artifact folder; give build/<model>/<target-dir> (what kiln build wrote)"
-        )
-    if not (folder / MANIFEST).is_file():
+    if folder.is_dir() and not (folder / MANIFEST).is_file():
         inside = sorted(p.name for p in folder.iterdir() if (p / MANIFEST).is_file())
         if inside:
             raise ConfigError(
                 f"{folder} is a model's build folder with {len(inside)} artifacts; {verb} one of them, "
                 f"e.g. {folder / inside[0]} (choose from: {', '.join(inside)})"
             )
-        raise ConfigError(f"{folder} holds no {MANIFEST}; give build/<model>/<target-dir> (what kiln build wrote)")
+    if not (folder / MANIFEST).is_file():
+        raise ConfigError(
+            f"{folder} is not an artifact folder (no {MANIFEST} in it); give build/<model>/<target-dir>, "
+            "what kiln build wrote"
+        )
     return Manifest.read(folder)
 
 
