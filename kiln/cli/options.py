@@ -22,8 +22,8 @@ T = TypeVar("T")
 Command = Callable[..., Any]
 
 
-def attach(*options: click.Option) -> Callable[[Command], Command]:
-    """Add options to a command, listed in ``--help`` in the order given (as a stack of
+def attach(*options: click.Parameter) -> Callable[[Command], Command]:
+    """Add options (or arguments) to a command, listed in ``--help`` in the order given (as a stack of
     ``@click.option`` lines would be)."""
 
     def decorate(fn: Command) -> Command:
@@ -65,13 +65,13 @@ def sizes(value: str | None, flag: str) -> list[int] | None:
 
 
 class Group(Generic[T]):
-    """Options a command receives as one typed value: ``collect`` is called with the parsed
+    """Options (and arguments) a command receives as one typed value: ``collect`` is called with the parsed
     flags (by their parameter names) and its result is passed to the command as ``into``.
 
     Apply it below :func:`kiln.cli.base.command`, so that a value ``collect`` refuses is one
     error line like any other."""
 
-    def __init__(self, into: str, options: Sequence[click.Option], collect: Callable[..., T]) -> None:
+    def __init__(self, into: str, options: Sequence[click.Parameter], collect: Callable[..., T]) -> None:
         self.into = into
         self.options = tuple(options)
         self.collect = collect

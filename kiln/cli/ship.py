@@ -15,6 +15,7 @@ from kiln.cli.options import Group, attach
 
 if TYPE_CHECKING:
     from kiln.api import PackageSettings, VerifySettings
+    from kiln.serve.server import ServeSettings
 
 # ---- shipping: package, verify, keygen (kiln/ship/) ----
 
@@ -132,59 +133,62 @@ def keygen(out: Path | None, force: bool) -> None:
 # ---- serving: serve (kiln/serve/) ----
 
 
+def _serve_settings(**flags: Any) -> ServeSettings:
+    from kiln.serve.server import ServeSettings
+
+    return ServeSettings(**flags, verbose=os.environ.get("KILN_VERBOSE") == "1")
+
+
+_SERVE_SETTINGS = Group(
+    "settings",
+    [
+        click.Option(
+            ["--host"], default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface)."
+        ),
+        click.Option(
+            ["--port"], type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port."
+        ),
+        click.Option(
+            ["--max-batch"], type=click.IntRange(min=1), help="Most rows per batch (default: the batch dim's max)."
+        ),
+        click.Option(
+            ["--max-delay-ms"],
+            type=click.FloatRange(min=0),
+            default=2.0,
+            show_default=True,
+            help="How long the oldest request waits for others to share its batch; 0 turns batching off.",
+        ),
+        options.threads("Runtime threads (default: the runtime's own)."),
+        click.Option(["--name"], help="Model name in the URLs (default: the manifest's model)."),
+        click.Option(
+            ["--max-queue"],
+            type=click.IntRange(min=1),
+            default=256,
+            show_default=True,
+            help="Waiting requests before 503.",
+        ),
+        click.Option(
+            ["--max-body-mb"],
+            type=click.FloatRange(min=0, min_open=True),
+            default=64.0,
+            show_default=True,
+            help="Largest request body (413 above it).",
+        ),
+        click.Option(
+            ["--pubkey"], type=click.Path(path_type=Path), help="Check a bundle's Ed25519 signature with this key."
+        ),
+    ],
+    _serve_settings,
+)
+
+
 @main.command()
 @click.argument("artifact", metavar="BUNDLE|build/<model>/<target-dir>", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--max-batch", type=click.IntRange(min=1), help="Most rows per batch (default: the batch dim's max).")
-@click.option(
-    "--max-delay-ms",
-    type=click.FloatRange(min=0),
-    default=2.0,
-    show_default=True,
-    help="How long the oldest request waits for others to share its batch; 0 turns batching off.",
-)
-@attach(options.threads("Runtime threads (default: the runtime's own)."))
-@click.option("--name", help="Model name in the URLs (default: the manifest's model).")
-@click.option(
-    "--max-queue", type=click.IntRange(min=1), default=256, show_default=True, help="Waiting requests before 503."
-)
-@click.option(
-    "--max-body-mb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=64.0,
-    show_default=True,
-    help="Largest request body (413 above it).",
-)
-@click.option("--pubkey", type=click.Path(path_type=Path), help="Check a bundle's Ed25519 signature with this key.")
 @command
-def serve(
-    artifact: Path,
-    host: str,
-    port: int,
-    max_batch: int | None,
-    max_delay_ms: float,
-    threads: int | None,
-    name: str | None,
-    max_queue: int,
-    max_body_mb: float,
-    pubkey: Path | None,
-) -> None:
+@_SERVE_SETTINGS
+def serve(artifact: Path, settings: ServeSettings) -> None:
     """Serve an artifact over the Open Inference Protocol (KServe v2 REST, as Triton and OVMS speak
     it), with dynamic batching and Prometheus metrics at /metrics."""
-    from kiln.serve.server import ServeSettings
     from kiln.serve.server import serve as run_server
 
-    settings = ServeSettings(
-        host=host,
-        port=port,
-        max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
-        threads=threads,
-        name=name,
-        max_queue=max_queue,
-        max_body_mb=max_body_mb,
-        pubkey=pubkey,
-        verbose=os.environ.get("KILN_VERBOSE") == "1",
-    )
     run_server(artifact, settings, say=lambda line: click.echo(line, err=True))
