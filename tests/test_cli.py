@@ -172,3 +172,55 @@ def test_a_precision_whose_package_is_missing_is_refused_before_export(
     assert isinstance(result.error, MissingDependencyError) and result.exit_code == 5
     assert "kiln[aoti-int8]" in str(result.error)
     assert sorted(p.name for p in (tmp_path / "b" / "cnn").iterdir()) == [".lock"]  # no export, no .prepared
+
+
+def _passed(monkeypatch: pytest.MonkeyPatch, module: str, name: str, *args: str) -> tuple[object, ...]:
+    """What ``kiln <args>`` passed to ``module.name`` (replaced, so nothing runs)."""
+    import importlib
+
+    from kiln.errors import ConfigError
+
+    seen: list[tuple[object, ...]] = []
+
+    def fake(*call: object, **_: object) -> None:
+        seen.append(call)
+        raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr(importlib.import_module(module), name, fake)
+    code, out = run(*args)
+    assert code == 2 and "stopped by the test" in out, out
+    return seen[0]
+
+
+def test_option_groups_hand_each_command_one_settings_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shared options (--out, --threads, --target) and each command's own reach its typed
+    settings with the values given, defaults elsewhere, and --verbose still works beside them."""
+    from kiln.api import GenerateSettings
+    from kiln.fleet.runner import FleetOptions
+    from kiln.serve.server import ServeSettings
+    from kiln.tune.session import TuneSettings
+
+    monkeypatch.setenv("KILN_VERBOSE", "0")  # -v sets it for the process; restored after the test
+    (fleet,) = _passed(monkeypatch, "kiln.fleet.runner", "run_fleet", "fleet", "suite.toml", "-o", "r", "--only", "m")
+    assert fleet == FleetOptions(suite=Path("suite.toml"), out=Path("r"), only=("m",))
+    _, tune = _passed(
+        monkeypatch,
+        "kiln.tune.search",
+        "tune",
+        "tune",
+        "k.toml",
+        "--threads",
+        "1,2",
+        "-t",
+        "onnxruntime",
+        "--batch",
+        "4",
+    )
+    assert tune == TuneSettings(threads=(1, 2), targets=("onnxruntime",), batch=4)
+    _, _, generate = _passed(monkeypatch, "kiln.api", "generate", "generate", str(tmp_path), "-p", "hi", "-n", "3")
+    assert generate == GenerateSettings(max_new_tokens=3)
+    path, settings = _passed(
+        monkeypatch, "kiln.serve.server", "serve", "serve", str(tmp_path), "--threads", "2", "--max-queue", "9", "-v"
+    )
+    assert path == tmp_path
+    assert settings == ServeSettings(threads=2, max_queue=9, verbose=True)

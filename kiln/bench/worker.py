@@ -118,20 +118,21 @@ class LoadedCell:
     """A loaded runner and its prepared inputs."""
 
     def __init__(self, spec: CellSpec) -> None:
-        from kiln.targets import REGISTRY, implementation
-        from kiln.targets.base import Artifact, RunOptions
+        from kiln.targets import REGISTRY
+        from kiln.targets.base import RunOptions
+        from kiln.targets.opening import artifact_manifest, open_runner
 
         self.spec = spec
         self.rss_before = _rss_bytes()
-        artifact = Artifact.from_manifest(Path(spec.artifact))
-        self.signature = artifact.signature
+        manifest = artifact_manifest(Path(spec.artifact))
+        self.signature = manifest.signature
         start = time.perf_counter()
-        for package in REGISTRY[artifact.target].packages_for(artifact.precision):
+        for package in REGISTRY[manifest.target].packages_for(manifest.precision):
             importlib.import_module(package.module)
         self.import_s = time.perf_counter() - start
         options = RunOptions(threads=spec.threads, mode=spec.mode, requests=spec.requests)
         start = time.perf_counter()
-        self.runner: Runner = implementation(artifact.target).load(artifact, options)
+        self.runner: Runner = open_runner(Path(spec.artifact), options, manifest)
         self.load_s = time.perf_counter() - start
         self.first_ms = self.first()
 

@@ -107,9 +107,8 @@ def _interrupted() -> NoReturn:
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--verbose`` and turn a ``KilnError`` into one line and its exit code."""
+    """Add ``--verbose`` (listed last) and turn a ``KilnError`` into one line and its exit code."""
 
-    @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and toolchain output.")
     @functools.wraps(fn)
     def wrapper(*args: Any, verbose: bool, **kwargs: Any) -> Any:
         warnings.formatwarning = _one_line_warning
@@ -138,6 +137,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             restore()
             logging.disable(disabled)
 
+    verbose = click.Option(["--verbose", "-v"], is_flag=True, help="Show tracebacks and toolchain output.")
+    wrapper.__dict__["__click_params__"] = [verbose, *fn.__dict__.get("__click_params__", [])]
     return wrapper
 
 
@@ -198,15 +199,3 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True)
-
-
-def _batches(value: str | None, flag: str = "--batch") -> list[int] | None:
-    if not value:
-        return None
-    try:
-        batches = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        batches = []
-    if not batches or min(batches) < 1:
-        raise ConfigError(f"{flag} {value!r}: expected positive sizes separated by commas, e.g. 1,8,32")
-    return batches

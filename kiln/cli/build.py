@@ -8,54 +8,37 @@ from typing import Any
 
 import click
 
+from kiln.cli import options
 from kiln.cli.base import _console, command, main
+from kiln.cli.options import attach
 from kiln.errors import ConfigError
 
 
 @main.command()
 @click.argument("config_path", metavar="CONFIG.toml", type=click.Path(path_type=Path))
-@click.option(
-    "--target",
-    "-t",
-    "targets",
-    multiple=True,
-    metavar="NAME[:PRECISION]",
-    help="Build only these targets (repeatable); overrides [[target]] in the config.",
-)
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(path_type=Path),
-    default=Path("build"),
-    show_default=True,
-    help="Build folder; artifacts go to OUT/<model>/<target>-<precision>/.",
+@attach(
+    options.targets("Build only these targets (repeatable); overrides [[target]] in the config."),
+    options.out(Path("build"), "Build folder; artifacts go to OUT/<model>/<target>-<precision>/."),
 )
 @command
 def build(config_path: Path, targets: tuple[str, ...], out: Path) -> None:
     """Export the model once and build, check and describe every target's artifact."""
-    from kiln.config import load_config, with_targets
-    from kiln.pipeline.build import build as run_build
+    from kiln.api import build as run_build
     from kiln.pipeline.summary import print_summary
 
-    config = with_targets(load_config(config_path), list(targets))
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out or remove the file")
-    if not config.target:
-        raise ConfigError(f"{config_path}: no [[target]] to build; add one or pass --target NAME[:PRECISION]")
     console = _console()
     with console.status("starting") as status:
-        results = run_build(config, out, progress=lambda msg: status.update(msg))
-    print_summary(config, results, out)
-    failures = [r for r in results if r.exit_code]
-    for result in failures:
+        done = run_build(config_path, out, targets, progress=lambda msg: status.update(msg))
+    print_summary(done.config, list(done.targets), done.out)
+    for result in done.failures:
         if result.error is not None:
             click.echo(f"kiln: error: {result.target.key}: {result.error}", err=True)
         else:
             assert result.manifest is not None
             for breach in result.manifest.gate.breaches:
                 click.echo(f"kiln: gate: {result.target.key}: {breach}", err=True)
-    if failures:
-        sys.exit(failures[0].exit_code)
+    if done.failures:
+        sys.exit(done.exit_code)
 
 
 @main.command()
@@ -74,7 +57,7 @@ def build(config_path: Path, targets: tuple[str, ...], out: Path) -> None:
 )
 @click.option("--opset", type=int, default=20, show_default=True)
 @click.option("--strict/--no-strict", default=False, show_default=True, help="torch.export strict mode.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Build folder (default build/<name>).")
+@attach(options.out(None, "Build folder (default build/<name>)."))
 @command
 def export(
     source: str, inputs: tuple[str, ...], dims: tuple[str, ...], opset: int, strict: bool, out: Path | None

@@ -5,66 +5,71 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from kiln.cli import options
 from kiln.cli.base import command, main
+from kiln.cli.options import Group
+
+if TYPE_CHECKING:
+    from kiln.fleet.runner import FleetOptions
 
 # ---- the fleet: fleet, node (kiln/fleet/) ----
 
 
+def _fleet_options(**flags: Any) -> FleetOptions:
+    from kiln.fleet.runner import FleetOptions
+
+    return FleetOptions(**flags, verbose=os.environ.get("KILN_VERBOSE") == "1")
+
+
+_FLEET_OPTIONS = Group(
+    "fleet_options",
+    [
+        click.Argument(["suite"], metavar="SUITE.toml", type=click.Path(path_type=Path)),
+        click.Option(
+            ["--address"],
+            default="local",
+            show_default=True,
+            help="local (an in-process cluster of this machine), auto (the running cluster), "
+            "host:port or ray://host:port.",
+        ),
+        click.Option(
+            ["--store"], help="The shared store: a folder, a shared filesystem path or an fsspec URL (s3://bucket/p)."
+        ),
+        options.out(Path("build/fleet"), "Reports."),
+        click.Option(
+            ["--jobs", "-j"], type=click.IntRange(min=1), help="CPUs of the in-process cluster (default: all)."
+        ),
+        click.Option(["--only"], multiple=True, metavar="MODEL", help="Only this model of the suite (repeatable)."),
+        click.Option(["--rebench"], is_flag=True, help="Measure again what the store has measured already."),
+        click.Option(
+            ["--retries"], type=click.IntRange(min=0), default=2, show_default=True, help="Re-runs of a dead worker."
+        ),
+        click.Option(
+            ["--pending-timeout"],
+            type=click.FloatRange(min=1),
+            default=600.0,
+            show_default=True,
+            help="Seconds a ready task may wait for a node before it is reported skipped.",
+        ),
+    ],
+    _fleet_options,
+)
+
+
 @main.command()
-@click.argument("suite", metavar="SUITE.toml", type=click.Path(path_type=Path))
-@click.option(
-    "--address",
-    default="local",
-    show_default=True,
-    help="local (an in-process cluster of this machine), auto (the running cluster), host:port or ray://host:port.",
-)
-@click.option("--store", help="The shared store: a folder, a shared filesystem path or an fsspec URL (s3://bucket/p).")
-@click.option(
-    "--out", "-o", type=click.Path(path_type=Path), default=Path("build/fleet"), show_default=True, help="Reports."
-)
-@click.option("--jobs", "-j", type=click.IntRange(min=1), help="CPUs of the in-process cluster (default: all).")
-@click.option("--only", multiple=True, metavar="MODEL", help="Only this model of the suite (repeatable).")
-@click.option("--rebench", is_flag=True, help="Measure again what the store has measured already.")
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Re-runs of a dead worker.")
-@click.option(
-    "--pending-timeout",
-    type=click.FloatRange(min=1),
-    default=600.0,
-    show_default=True,
-    help="Seconds a ready task may wait for a node before it is reported skipped.",
-)
 @command
-def fleet(
-    suite: Path,
-    address: str,
-    store: str | None,
-    out: Path,
-    jobs: int | None,
-    only: tuple[str, ...],
-    rebench: bool,
-    retries: int,
-    pending_timeout: float,
-) -> None:
+@_FLEET_OPTIONS
+def fleet(fleet_options: FleetOptions) -> None:
     """Build and benchmark a suite's models x targets as Ray tasks, on every kind of hardware in the
     cluster, through one content-addressed store; write OUT/results.json and OUT/report.md."""
-    from kiln.fleet.runner import FleetOptions, run_fleet
+    from kiln.fleet.runner import run_fleet
 
-    options = FleetOptions(
-        suite=suite,
-        address=address,
-        store=store,
-        out=out,
-        jobs=jobs,
-        only=only,
-        rebench=rebench,
-        retries=retries,
-        pending_timeout=pending_timeout,
-        verbose=os.environ.get("KILN_VERBOSE") == "1",
-    )
-    done = run_fleet(options, progress=lambda line: click.echo(f"kiln: {line}", err=True))
+    out = fleet_options.out
+    done = run_fleet(fleet_options, progress=lambda line: click.echo(f"kiln: {line}", err=True))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(done.counts().items()))
     click.echo(f"fleet: {counts}; {len(done.runs)} runs on {len(done.fingerprints())} hardware kinds")
     click.echo(f"reports: {out / 'results.json'}, {out / 'report.md'}")

@@ -22,8 +22,8 @@ from kiln.manifest import Manifest
 from kiln.serve.protocol import V2_BY_SPEC, ModelIO, v2_datatype
 from kiln.spec import Arrays, Signature, batch_dim, random_inputs
 from kiln.store import MANIFEST
-from kiln.targets import loader
-from kiln.targets.base import Artifact, Runner, RunOptions
+from kiln.targets.base import Runner, RunOptions
+from kiln.targets.opening import artifact_manifest, open_runner
 
 VERSION = "1"  # one artifact, one version: what clients and tritonclient ask for by default
 
@@ -41,15 +41,9 @@ def artifact_folder(path: Path, scratch: Path, pubkey: Path | None) -> Path:
         return extract_verified(path, scratch, pubkey)
     if pubkey is not None:
         raise ConfigError(f"--pubkey checks a bundle's signature and {path} is not a bundle; drop --pubkey")
-    if path.is_dir() and (path / MANIFEST).is_file():
-        return path
     if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if (p / MANIFEST).is_file())
-        if inside:
-            raise ConfigError(
-                f"{path} is a model's build folder with {len(inside)} artifacts; serve one of them, "
-                f"e.g. {path / inside[0]} (choose from: {', '.join(inside)})"
-            )
+        artifact_manifest(path, "serve")  # a model's build folder: one line naming its artifacts
+        return path
     raise ConfigError(
         f"{path} is neither a kiln bundle (.tar.gz from kiln package) nor an artifact folder with a "
         f"{MANIFEST}; give build/<model>/<target-dir> or a bundle"
@@ -108,10 +102,9 @@ class ServedModel:
 def load_model(folder: Path, name: str | None, threads: int | None) -> ServedModel:
     """Load the artifact's runner (exit 5 with the registry's reason where it cannot run here)
     and probe it."""
-    manifest = Manifest.read(folder)
+    manifest = artifact_manifest(folder)
     sig = manifest.signature
-    impl = loader(manifest)
-    runner = impl.load(Artifact.from_manifest(folder, manifest), RunOptions(threads=threads))
+    runner = open_runner(folder, RunOptions(threads=threads), manifest)
     try:
         small, larger = _probe(runner, sig)
     except Exception as err:

@@ -208,10 +208,9 @@ def verify(
 def run_golden(folder: Path, manifest: Manifest, threads: int | None = None) -> list[str]:
     """Load the artifact with its runtime and replay its golden set: the breaches, one line each."""
     from kiln.gate import golden
-    from kiln.targets import implementation
-    from kiln.targets.base import Artifact, RunOptions
+    from kiln.targets.base import RunOptions
+    from kiln.targets.opening import open_runner
 
     assert manifest.golden is not None
-    artifact = Artifact.from_manifest(folder, manifest)
-    with implementation(manifest.target).load(artifact, RunOptions(threads=threads)) as runner:
+    with open_runner(folder, RunOptions(threads=threads), manifest) as runner:
         return golden.check(folder, manifest.signature, manifest.golden, runner).breaches

@@ -1,0 +1,342 @@
+"""kiln's Python API: what the ``kiln`` commands do, as functions with typed results.
+
+``kiln.build(config)`` builds, gates and describes every target's artifact;
+``kiln.benchmark(source)`` measures them beside eager and writes the reports (``kiln bench``; the
+name ``kiln.bench`` is the benchmark's package); ``kiln.load(folder)`` opens one artifact (a
+runner, or a causal LM's decode session); ``kiln.generate`` streams text from one;
+``kiln.package`` and ``kiln.verify`` ship and check bundles. The ``kiln`` command line is a shell
+over these functions: it parses flags into the settings objects here and formats the results.
+
+A user's mistake is one :class:`kiln.errors.KilnError` (its ``exit_code`` is the command's). A
+failed target does not raise from :func:`build`: it is in :attr:`BuildResult.failures`, as a
+golden breach is in :attr:`~kiln.ship.verify.Verified.breaches`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kiln.bench.run import BenchRun
+from kiln.config import BenchSettings, KilnConfig, TargetConfig
+from kiln.errors import ConfigError
+from kiln.pipeline.build import TargetResult
+from kiln.results import Results
+from kiln.ship.bundle import Packaged
+from kiln.ship.verify import Verified
+from kiln.targets.base import Runner, RunOptions
+from kiln.targets.opening import ArtifactSession
+
+__all__ = [
+    "ArtifactSession",
+    "BenchResult",
+    "BenchRun",
+    "BenchSettings",
+    "BuildResult",
+    "GenerateSettings",
+    "Generation",
+    "KilnConfig",
+    "PackageResult",
+    "PackageSettings",
+    "Runner",
+    "TargetConfig",
+    "VerifySettings",
+    "benchmark",
+    "build",
+    "generate",
+    "load",
+    "package",
+    "verify",
+]
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """Progress nobody reads."""
+
+
+# ---- build ----
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What :func:`build` did: the config it built (its targets as chosen), the build folder, and
+    one :class:`~kiln.pipeline.build.TargetResult` per target, in the config's order."""
+
+    config: KilnConfig
+    out: Path
+    targets: tuple[TargetResult, ...]
+
+    @property
+    def failures(self) -> tuple[TargetResult, ...]:
+        """The targets that failed to build, or built and failed their gate."""
+        return tuple(r for r in self.targets if r.exit_code)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every target built and passed its gate, else the first failure's exit code."""
+        return self.failures[0].exit_code if self.failures else 0
+
+    def artifact(self, key: str) -> Path:
+        """The folder of the artifact built for ``key`` (a target's folder name, such as
+        ``onnxruntime-fp32``); one ``ConfigError`` line when no such artifact was built."""
+        for result in self.targets:
+            if result.target.key == key and result.manifest is not None:
+                return self.out / result.manifest.model / key
+        built = ", ".join(r.target.key for r in self.targets if r.manifest is not None) or "none"
+        raise ConfigError(f"no artifact {key!r} was built (built: {built})")
+
+
+def build(
+    config: KilnConfig | Mapping[str, Any] | Path | str,
+    out: Path | str = "build",
+    targets: Sequence[str] = (),
+    progress: Progress = _quiet,
+) -> BuildResult:
+    """Export the model once, then build, gate and describe every target's artifact into
+    ``out/<model>/<target>-<precision>/``, as ``kiln build`` does; an up-to-date artifact is kept.
+
+    ``config``: a ``kiln.toml`` path, a :class:`~kiln.config.KilnConfig`, or the mapping a
+    ``kiln.toml`` holds (its relative paths resolve against the working folder); ``targets``:
+    ``NAME[:PRECISION]`` selectors that replace its ``[[target]]`` list; ``progress`` is told
+    each step. A target's failure (build, gate) is in the result, not raised."""
+    from kiln.config import load_config, parse_config, with_targets
+    from kiln.pipeline.build import build as build_all
+
+    if isinstance(config, KilnConfig):
+        loaded, where = config, "the config"
+    elif isinstance(config, Mapping):
+        loaded, where = parse_config(dict(config), Path.cwd(), where="the config"), "the config"
+    else:
+        loaded, where = load_config(Path(config)), str(config)
+    chosen = with_targets(loaded, list(targets))
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file, not a folder; choose another --out or remove the file")
+    if not chosen.target:
+        raise ConfigError(f"{where}: no [[target]] to build; add one or pass --target NAME[:PRECISION]")
+    return BuildResult(chosen, folder, tuple(build_all(chosen, folder, progress)))
+
+
+# ---- bench ----
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What :func:`benchmark` measured (``results.json``'s content) and the folder its reports are in."""
+
+    results: Results
+    folder: Path
+
+    @property
+    def reports(self) -> tuple[Path, Path, Path]:
+        """``results.json``, ``report.md`` and ``report.html``."""
+        return self.folder / "results.json", self.folder / "report.md", self.folder / "report.html"
+
+
+def benchmark(source: Path | str, run: BenchRun | None = None, progress: Progress = _quiet) -> BenchResult:
+    """Measure every artifact of a model beside eager with one harness, as ``kiln bench`` does,
+    and write ``results.json``, ``report.md`` and ``report.html``.
+
+    ``source``: a ``kiln.toml`` (missing or stale artifacts are built first) or a ``build/<model>``
+    folder. ``run``: which targets, where, and :class:`~kiln.config.BenchSettings` overrides of
+    the config's ``[bench]`` (only the fields set explicitly override)."""
+    from kiln.bench.run import bench as measure
+
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; pass a kiln.toml or a build/<model> folder")
+    results, folder = measure(path, run or BenchRun(), progress)
+    return BenchResult(results, folder)
+
+
+# ---- load and generate ----
+
+
+def load(artifact: Path | str, threads: int | None = None) -> Runner | ArtifactSession:
+    """Open a built artifact (``build/<model>/<target-dir>``) with its runtime: a
+    :class:`~kiln.targets.base.Runner` for a fixed graph (``infer`` takes and returns numpy dicts
+    keyed by the signature's names), or for a causal LM an
+    :class:`~kiln.targets.opening.ArtifactSession` to decode with. Close it (or use ``with``)
+    when done. Exit 5 where the artifact cannot run on this machine."""
+    from kiln.targets.opening import open_artifact
+
+    return open_artifact(Path(artifact), RunOptions(threads=threads))
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """How :func:`generate` decodes: greedy unless ``temperature`` > 0 (then top-k sampling)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    seed: int | None = None  # the sampler's, for a repeatable sample
+    threads: int | None = None  # runtime threads when generate opens the artifact
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A continuation and how fast it came: the first token's latency, then tokens per second."""
+
+    target: str
+    precision: str
+    prompt: str
+    text: str  # the continuation, without the prompt
+    tokens: tuple[int, ...] = field(repr=False)
+    first_token_s: float
+    tokens_per_s: float
+
+
+def generate(
+    artifact: Path | str | ArtifactSession,
+    prompt: str,
+    settings: GenerateSettings | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> Generation:
+    """Continue ``prompt`` with a causal LM's artifact (a folder, or a session :func:`load`
+    opened), through the decoding loop every target shares; ``on_text`` gets the text as it grows.
+    A prompt that does not fit the artifact's context is one ``ConfigError`` line."""
+    from kiln.targets.opening import open_session
+
+    chosen = settings or GenerateSettings()
+    if isinstance(artifact, ArtifactSession):
+        return _generate(artifact, prompt, chosen, on_text)
+    with open_session(Path(artifact), RunOptions(threads=chosen.threads)) as session:
+        return _generate(session, prompt, chosen, on_text)
+
+
+def _generate(
+    session: ArtifactSession, prompt: str, settings: GenerateSettings, on_text: Callable[[str], None] | None
+) -> Generation:
+    from kiln.decoding import Sampling, Tokenizer, check_context, stream_text
+    from kiln.decoding import generate as decode
+
+    tokenizer = Tokenizer(session.folder / "tokenizer")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ConfigError("the prompt encodes to no tokens; give some text")
+    check_context(len(ids), settings.max_new_tokens, session.sig.context_length())
+    sampling = Sampling(temperature=settings.temperature, top_k=settings.top_k, seed=settings.seed)
+    tokens: list[int] = []
+    stamps: list[float] = []
+    start = time.perf_counter()
+
+    def timed() -> Iterator[int]:
+        for token in decode(session, ids, settings.max_new_tokens, sampling, eos=tokenizer.eos):
+            stamps.append(time.perf_counter() - start)
+            tokens.append(token)
+            yield token
+
+    pieces = []
+    for piece in stream_text(tokenizer, timed()):
+        pieces.append(piece)
+        if on_text is not None:
+            on_text(piece)
+    count, first = len(stamps), stamps[0] if stamps else 0.0
+    rate = (count - 1) / (stamps[-1] - first) if count > 1 and stamps[-1] > first else 0.0
+    m = session.manifest
+    return Generation(m.target, m.precision, prompt, "".join(pieces), tuple(tokens), first, rate)
+
+
+# ---- package and verify ----
+
+
+@dataclass(frozen=True)
+class PackageSettings:
+    """What :func:`package` ships and how: ``targets`` are ``NAME[:PRECISION[:PRUNE]]``
+    selectors (none: every built artifact); ``sign`` an Ed25519 private key (PEM, bundles only)."""
+
+    targets: tuple[str, ...] = ()
+    out: Path = Path("dist")
+    format: Literal["bundle", "model-repository"] = "bundle"
+    sign: Path | None = None
+    allow_ungated: bool = False  # also ship artifacts whose gate did not run here
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    """What :func:`package` wrote: a bundle per artifact, or a model repository's model folders;
+    and the artifacts a model repository skipped (with why), when no target was named."""
+
+    bundles: tuple[Packaged, ...] = ()
+    models: tuple[Path, ...] = ()
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+
+def package(source: Path | str, settings: PackageSettings | None = None) -> PackageResult:
+    """Write a reproducible release bundle per artifact of ``source`` (``build/<model>`` or one
+    artifact folder): its files, ``manifest.json``, ``golden/``, ``MODEL_CARD.md`` and
+    ``SHA256SUMS`` (and a signature); or, with ``format="model-repository"``, a Triton / OpenVINO
+    Model Server model repository."""
+    from kiln.ship.select import artifact_folders
+
+    chosen = settings or PackageSettings()
+    folders = artifact_folders(Path(source), chosen.targets)
+    if chosen.format == "model-repository":
+        return _model_repository(Path(source), folders, chosen)
+    from kiln.ship.bundle import PackageOptions
+    from kiln.ship.bundle import package as write_bundle
+
+    options = PackageOptions(out=chosen.out, sign=chosen.sign, allow_ungated=chosen.allow_ungated)
+    return PackageResult(bundles=tuple(write_bundle(folder, options) for folder in folders))
+
+
+def _model_repository(source: Path, folders: list[Path], settings: PackageSettings) -> PackageResult:
+    from kiln.manifest import Manifest
+    from kiln.ship.repository import refusal, write_model_repository
+
+    if settings.sign is not None:
+        raise ConfigError("--sign applies to bundles; a model repository is a folder (sign a bundle of it)")
+    skipped: list[tuple[Path, str]] = []
+    if not settings.targets:
+        # Every built artifact by default: those these servers cannot load are skipped, named; an
+        # explicit target that they cannot load is refused (exit 2).
+        kept = []
+        for folder in folders:
+            why = refusal(Manifest.read(folder), settings.allow_ungated)
+            if why is None:
+                kept.append(folder)
+            else:
+                skipped.append((folder, why))
+        if not kept:
+            raise ConfigError(
+                f"{source}: no artifact a Triton or OVMS model repository can hold; build onnxruntime or openvino"
+            )
+        folders = kept
+    written = write_model_repository(folders, settings.out, allow_ungated=settings.allow_ungated)
+    return PackageResult(models=tuple(written), skipped=tuple(skipped))
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """What :func:`verify` checks beyond integrity and "runs here": ``run`` replays the golden
+    set; ``pubkey`` requires the bundle's signature; ``extract`` keeps the verified artifact there
+    (else a bundle is checked in a temporary folder, removed before :func:`verify` returns)."""
+
+    run: bool = False
+    pubkey: Path | None = None
+    extract: Path | None = None
+    threads: int | None = None  # runtime threads for ``run``
+
+
+def verify(bundle: Path | str, settings: VerifySettings | None = None) -> Verified:
+    """On the machine that will run it: a bundle's signature, safe extraction and checksums (or an
+    artifact folder's files), its manifest, runtime and hardware, and with ``run`` the golden set.
+    A failed check raises its ``KilnError`` (exit 7 integrity, 5 cannot run here); golden breaches
+    are returned in :attr:`~kiln.ship.verify.Verified.breaches`."""
+    from kiln.ship.verify import verify as check
+
+    chosen = settings or VerifySettings()
+    path = Path(bundle)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; pass a bundle kiln package wrote, or an artifact folder")
+    if chosen.extract is not None:
+        return check(path, chosen.extract, run=chosen.run, pubkey=chosen.pubkey, threads=chosen.threads)
+    with tempfile.TemporaryDirectory(prefix="kiln-verify-") as scratch:
+        return check(path, Path(scratch), run=chosen.run, pubkey=chosen.pubkey, threads=chosen.threads)
