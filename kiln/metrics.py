@@ -17,6 +17,7 @@ import numpy as np
 from kiln.callables import load_callable
 from kiln.data import EvaluationSet
 from kiln.errors import DataError
+from kiln.parity import row_cosines
 from kiln.spec import Arrays
 
 LOWER_IS_BETTER = {"mse"}
@@ -28,9 +29,7 @@ def _top1(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def _cosine(pred: np.ndarray, target: np.ndarray) -> float:
-    a, b = pred.reshape(len(pred), -1).astype(np.float64), target.reshape(len(target), -1).astype(np.float64)
-    cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-    return float(cos.mean())
+    return float(row_cosines(pred.reshape(len(pred), -1), target.reshape(len(target), -1)).mean())
 
 
 def _mse(pred: np.ndarray, target: np.ndarray) -> float:

@@ -85,16 +85,24 @@ class Figures:
         return OutputFigures(max_abs=self.max_abs, max_rel=self.max_rel, cosine=self.cosine, top1=self.top1)
 
 
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    rows_a = a.reshape(a.shape[0], -1) if a.ndim >= 2 else a.reshape(1, -1)
-    rows_b = b.reshape(rows_a.shape)
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each row (the first dim; a 1-D array is one row) of ``a`` with the
+    same row of ``b``, in float64: the one cosine the gate, the golden set and the task metric use.
+    Two all-zero rows agree perfectly, one zero row against a non-zero one does not, and a row of
+    ``a`` with a non-finite value scores 0."""
+    rows_a = (a.reshape(a.shape[0], -1) if a.ndim >= 2 else a.reshape(1, -1)).astype(np.float64)
+    rows_b = b.reshape(rows_a.shape).astype(np.float64)
+    finite = np.isfinite(rows_a).all(-1)
+    rows_a = np.where(finite[:, None], rows_a, 0.0)
     dot = (rows_a * rows_b).sum(-1)
     norm = np.linalg.norm(rows_a, axis=-1) * np.linalg.norm(rows_b, axis=-1)
-    # Two all-zero rows agree perfectly; one zero row against a non-zero one does not.
-    cos = np.where(
-        norm > 0, dot / np.where(norm > 0, norm, 1), np.where(np.abs(rows_a - rows_b).max(-1) == 0, 1.0, 0.0)
-    )
-    cos = np.nan_to_num(cos, nan=0.0)
+    same = np.abs(rows_a - rows_b).max(-1, initial=0.0) == 0
+    cos = np.where(norm > 0, dot / np.where(norm > 0, norm, 1), np.where(same, 1.0, 0.0))
+    return np.where(finite, np.nan_to_num(cos, nan=0.0), 0.0)
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    cos = row_cosines(a, b)
     return float(cos.min()) if cos.size else 1.0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from kiln.config import Tolerance
 from kiln.decoding import DecodeSession, forced, generate, perplexity
 from kiln.manifest import GenerationResult, PromptFigures
+from kiln.parity import row_cosines
 
 
 @dataclass(frozen=True)
@@ -170,9 +171,5 @@ def first_divergence(tokens: Sequence[int], eager: Sequence[int]) -> int | None:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine of two logits rows in float64; 0 when the artifact's are not finite."""
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    if not np.isfinite(a64).all():
-        return 0.0
-    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
-    return float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64))
+    """Cosine of two logits rows (:func:`kiln.parity.row_cosines`); 0 when the artifact's are not finite."""
+    return float(row_cosines(a.reshape(1, -1), b.reshape(1, -1))[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kiln.config import TargetConfig, Tolerance
 from kiln.parity import ParityReport
@@ -112,3 +113,18 @@ def test_non_finite_outputs_are_named_and_no_infinite_tolerance_is_suggested() -
     (breach,) = report.breaches()
     assert "2 non-finite values (inf or nan) of 6" in breach and "another target or precision" in breach
     assert "would pass" not in breach and "= inf" not in breach
+
+
+def test_one_row_cosine_serves_parity_the_metric_and_the_generation_verdict() -> None:
+    from kiln.gate.verdict import cosine
+    from kiln.metrics import BUILTIN
+    from kiln.parity import row_cosines
+
+    a = np.array([[1.0, 0.0], [0.0, 0.0], [np.inf, 1.0], [0.0, 0.0]])
+    b = np.array([[1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    cos = row_cosines(a, b)
+    # Agreeing zero rows are 1, a zero row against another is 0, a non-finite row scores 0.
+    assert np.allclose(cos, [np.sqrt(0.5), 1.0, 0.0, 0.0])
+    assert BUILTIN["cosine"](a[:2], b[:2]) == pytest.approx((np.sqrt(0.5) + 1.0) / 2)
+    assert cosine(a[0], b[0]) == pytest.approx(np.sqrt(0.5))
+    assert cosine(a[2], b[2]) == 0.0
