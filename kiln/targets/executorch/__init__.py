@@ -39,7 +39,7 @@ import platform
 import warnings
 from typing import Any
 
-from kiln.errors import KilnWarning, TargetBuildError
+from kiln.errors import KilnWarning, TargetBuildError, UnavailableError
 from kiln.manifest import Execution
 from kiln.spec import Signature
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target, TargetOptions
@@ -113,6 +113,15 @@ class ExecuTorchTarget(Target):
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         from kiln.targets.executorch.runner import PteRunner
 
+        # A .pte whose delegate's backend this runtime lacks fails in load_method with a bare error
+        # code ("0x:20"); name the backend instead, for callers that did not ask available_here.
+        delegate = (artifact.info.get("delegation") or {}).get("delegate", "xnnpack")
+        backend = BACKENDS.get(delegate)
+        if backend is not None and not _registered(backend):
+            raise UnavailableError(
+                f"executorch: {artifact.main.name} is lowered to {backend}, which this ExecuTorch runtime does not "
+                f"have; run it on a device whose runtime registers {backend} (macOS/iOS for Core ML)"
+            )
         return PteRunner(artifact.main, artifact.signature, options)
 
     def run_blocker(self, options: TargetOptions) -> str | None:
