@@ -27,9 +27,9 @@ TEST_JOBS ?= 2
 test: $(STAMP) chromium
 	$(PY) -m pytest -n $(TEST_JOBS) --durations=15
 
-# The inner loop: everything but the tests that build real artifacts or train (under 3 minutes).
+# The inner loop: everything but the tests that build real artifacts or train (under 2 minutes).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_JOBS) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kiln tests examples benchmarks

@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# One child pytest collects the TensorRT and Core ML tests (about 14 s): the full suite's, not the inner loop's.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parents[1]
 TENSORRT = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "targets").glob("test_tensorrt*.py"))
 COREML = ["tests/targets/test_coreml.py"]

@@ -141,6 +141,7 @@ def test_crash_does_not_stop_the_other_cells(tmp_path: Path, tiny_results: tuple
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc tunables need glibc (Linux)")
+@pytest.mark.slow  # three bench workers per setting
 @pytest.mark.parametrize("malloc", ["system", "steady"])
 def test_malloc_setting_reaches_every_worker_and_faults_are_counted(
     tmp_path: Path, tiny_results: tuple[Results, Path], monkeypatch: pytest.MonkeyPatch, malloc: str

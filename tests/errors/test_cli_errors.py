@@ -208,7 +208,15 @@ def assert_nothing_complete(folder: Path) -> None:
         assert not [p for p in folder.rglob(name) if ".venv" not in p.parts], f"a {name} was left behind"
 
 
-@pytest.mark.parametrize(("files", "args", "code"), [pytest.param(f, a, c, id=i) for i, f, a, c in CASES])
+# The cases that run the user's model code (a factory, a program, calibration through capture) take
+# seconds each in their own process: the full suite's, not the inner loop's.
+CAPTURING = ("factory-", "forward-", "pt2-", "calibration-shape", "calibration-dtype", "capture-")
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "code"),
+    [pytest.param(f, a, c, id=i, marks=[pytest.mark.slow] if i.startswith(CAPTURING) else []) for i, f, a, c in CASES],
+)
 def test_bad_input_is_one_line_and_its_exit_code(tmp_path: Path, files: dict, args: list | None, code: int) -> None:
     _write(tmp_path, files)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in (args or ["build", "{tmp}/kiln.toml"])]

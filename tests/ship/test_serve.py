@@ -328,6 +328,7 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "build" / "sentinel" / "eager-fp32"
 
 
+@pytest.mark.slow  # builds its own model, then serves it
 def test_runtime_failure_is_500_for_that_request_only(sentinel: Path, tmp_path: Path) -> None:
     server = start(sentinel, "--max-delay-ms", "1000", log=tmp_path / "err")
     ok, bad = np.ones((1, 4), np.float32), np.full((1, 4), 666.0, np.float32)

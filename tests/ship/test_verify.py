@@ -324,6 +324,7 @@ def lm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return package(folder / "build" / "lm" / "onnxruntime-fp32", PackageOptions(out=folder / "dist")).bundle
 
 
+@pytest.mark.slow  # builds and packages a causal LM
 def test_a_causal_lm_golden_set_round_trips_and_catches_changed_logits(lm_bundle: Path, tmp_path: Path) -> None:
     done = verify(lm_bundle, tmp_path / "ok", run=True)
     golden = done.manifest.golden

@@ -102,6 +102,7 @@ def test_openvino_qat_goes_through_nncf(tmp_path: Path) -> None:
     assert result.manifest.execution.execution_precision.startswith("int8")
 
 
+@pytest.mark.slow  # trains, then exports Q/DQ ONNX
 def test_tensorrt_qat_prepares_a_symmetric_qdq_onnx_here(tmp_path: Path) -> None:
     """TensorRT needs a GPU to build; the Q/DQ ONNX its engine would be built from is made here."""
     pytest.importorskip("torchao")
