@@ -77,7 +77,10 @@ def _options(name: str, precision: str, **values: Any) -> Any:
         ("onnxruntime", "int4", {"block_size": 512}, "block_size: must be a power of two from 16 to 256"),
         ("onnxruntime", "int4", {"accuracy_level": 5}, "accuracy_level: Input should be 0, 1, 2, 3 or 4"),
         ("onnxruntime", "int4", {"lm_head": "int2"}, "lm_head: Input should be 'int4', 'int8' or 'fp32'"),
-        ("onnxruntime", "int8-dynamic", {"block_size": 64}, "block_size: applies to onnxruntime:int4 only"),
+        ("onnxruntime", "int8", {"block_size": 64}, "block_size: applies to MatMulNBits"),
+        ("onnxruntime", "int8-dynamic", {"lm_head": "fp32"}, "lm_head: applies to onnxruntime:int4 only"),
+        ("onnxruntime", "int4", {"activations": "none"}, "activations: applies to onnxruntime:int8-dynamic only"),
+        ("onnxruntime", "int8-dynamic", {"activations": "static"}, "activations: Input should be 'dynamic' or 'none'"),
         ("aoti", "int4-weights", {"group_size": 256}, "group_size: Input should be 32, 64 or 128"),
         ("aoti", "int8-weights", {"group_size": 64}, "group_size: applies to aoti:int4-weights only"),
         ("aoti", "int8-weights", {"lm_head": "int4"}, "lm_head: 'int4' needs aoti:int4-weights"),
@@ -227,12 +230,24 @@ def test_onnxruntime_int4_records_what_became_matmulnbits_and_what_stayed_float(
 
 @pytest.mark.target(stage="run")
 @pytest.mark.parametrize(("target", "precision"), [("onnxruntime", "int8-dynamic")])
-def test_onnxruntime_int8_dynamic_records_its_head_and_embeddings(
+def test_onnxruntime_int8_dynamic_on_a_causal_lm_is_weight_only_matmulnbits(
     built: dict[str, Any], target: str, precision: str
 ) -> None:
-    q = _manifest(built, target, precision).execution.get("quantization")
-    assert (q["lm_head"], q["embeddings"]) == ("int8", "fp32")
-    assert q["attention_detected"] and q["op_types"] == ["MatMul", "Gemm", "Conv"]
+    execution = _manifest(built, target, precision).execution
+    q = execution.get("quantization")
+    # every weighted MatMul, the head included, 8-bit; activations float (no MatMulInteger)
+    assert q["matmul_nbits"] == {"int8": 15} and q["lm_head"]["policy"] == "int8"
+    assert q["embeddings"].startswith("fp32") and q["left_float"] == {}
+    assert execution.execution_precision == "int8 weights, int8 compute"
+    assert execution.notes[0].startswith("int8: 15 MatMul(s) as int8 MatMulNBits (block 128), lm head int8")
+
+
+def test_int8_dynamic_activations_default_follows_the_model_and_can_be_asked_for() -> None:
+    default = _options("onnxruntime", "int8-dynamic")
+    assert default.weight_only_int8(generative=True) and not default.weight_only_int8(generative=False)
+    asked = _options("onnxruntime", "int8-dynamic", activations="dynamic")
+    assert not asked.weight_only_int8(generative=True)
+    assert _options("onnxruntime", "int8-dynamic", activations="none").weight_only_int8(generative=False)
 
 
 @pytest.mark.target(stage="run")

@@ -1,4 +1,4 @@
-"""Weight-only int4 for ONNX Runtime: ``MatMulNBits`` (and, when asked, ``GatherBlockQuantized``).
+"""Weight-only int4 (and int8) for ONNX Runtime: ``MatMulNBits`` (and, when asked, ``GatherBlockQuantized``).
 
 Toolchain: onnxruntime 1.31, ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer``
 with its default round-to-nearest block quantizer in QOperator form: the ``com.microsoft``
@@ -15,6 +15,10 @@ Policy (options in :class:`~kiln.targets.onnxruntime.options.ORTOptions`), recor
   on the stdlib's sources: teacher-forced top-1 0.986 with an int8 head, 0.944 with an int4 one;
   on a 21 M-parameter Llama (vocabulary 8192) the int8 head decodes at 98 % of the int4 head's
   speed, an fp32 head at 29 %. ``lm_head = "int4"`` or ``"fp32"`` are the alternatives.
+- ``int8-dynamic`` on a causal LM is weight-only too (``activations = "none"``, the default
+  there): every weighted MatMul, the head included, 8-bit MatMulNBits; activations stay float.
+  Per-tensor dynamic activation quantization (``quantize_dynamic``) broke SmolLM2-135M
+  (perplexity +52.7 %); 8-bit MatMulNBits is what ONNX Runtime GenAI's model builder uses.
 - Embedding tables (``Gather`` on an initializer) stay fp32 by default: a lookup has no compute
   to save; ``embeddings = "int4"`` stores them as ``GatherBlockQuantized`` (size only; ORT then
   raises the opset to 21, which int4 tensors need).
@@ -181,8 +185,10 @@ def _run(module: Any, model: Any, options: ORTOptions, bits: int, exclude: list[
     return quantizer.model.model
 
 
-def int4(ctx: CompileContext, src: Path, dest: Path) -> dict[str, Any]:
-    """Write the int4 MatMulNBits version of ``src`` to ``dest``; returns manifest info."""
+def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[str, Any]:
+    """Write the ``bits`` (4 or 8) MatMulNBits version of ``src`` to ``dest``; returns manifest
+    info. At 8 bits every MatMul with a stored weight, the head included, is 8-bit and the
+    embeddings stay fp32 (``lm_head`` and ``embeddings`` are int4's)."""
     import onnx
 
     options: ORTOptions = ctx.options
@@ -192,13 +198,16 @@ def int4(ctx: CompileContext, src: Path, dest: Path) -> dict[str, Any]:
     before = _inventory(model.graph)
     heads = lm_heads(model.graph)
     others = [name for name in before if name not in heads]
-    ops = ("MatMul", "Gather") if options.embeddings == "int4" else ("MatMul",)
     with _quiet_import() as module:
-        model = _run(module, model, options, 4, heads if options.lm_head != "int4" else [], ops)
-        if options.lm_head == "int8" and heads:
-            model = _run(module, model, options, 8, others, ("MatMul",))
+        if bits == 8:
+            model = _run(module, model, options, 8, [], ("MatMul",))
+        else:
+            ops = ("MatMul", "Gather") if options.embeddings == "int4" else ("MatMul",)
+            model = _run(module, model, options, 4, heads if options.lm_head != "int4" else [], ops)
+            if options.lm_head == "int8" and heads:
+                model = _run(module, model, options, 8, others, ("MatMul",))
     onnx.save(model, str(dest))
-    record = {**_record(model.graph, before, heads, options), **prepared}
+    record = {**_record(model.graph, before, heads, options, bits), **prepared}
     if not record["matmul_nbits"]:
         return {
             "execution_precision": "fp32 (no MatMul had a stored 2-D weight to quantize)",
@@ -209,13 +218,13 @@ def int4(ctx: CompileContext, src: Path, dest: Path) -> dict[str, Any]:
             ],
         }
     return {
-        "execution_precision": f"int4 weights, {COMPUTE[options.accuracy_level]} compute",
+        "execution_precision": f"int{bits} weights, {COMPUTE[options.accuracy_level]} compute",
         "quantization": record,
-        "notes": [_note(record, options)],
+        "notes": [_note(record, options, bits)],
     }
 
 
-def _record(graph: Any, before: dict[str, Any], heads: list[str], options: ORTOptions) -> dict[str, Any]:
+def _record(graph: Any, before: dict[str, Any], heads: list[str], options: ORTOptions, bits: int) -> dict[str, Any]:
     """What became what: MatMulNBits by bits, what was left float and why, the head and embeddings."""
     nbits: dict[str, int] = {}
     for node in graph.node:
@@ -235,11 +244,12 @@ def _record(graph: Any, before: dict[str, Any], heads: list[str], options: ORTOp
     return {
         "tool": f"{QUANTIZER}.MatMulNBitsQuantizer (RTN, QOperator)",
         "format": "MatMulNBits (com.microsoft)",
-        "weights": f"int4 {'symmetric' if options.symmetric else 'asymmetric'}, blocks of {options.block_size} along K",
+        "weights": f"int{bits} {'symmetric' if options.symmetric else 'asymmetric'}, "
+        f"blocks of {options.block_size} along K",
         "accuracy_level": options.accuracy_level,
         "compute": COMPUTE[options.accuracy_level],
         "matmul_nbits": nbits,
-        "lm_head": {"policy": options.lm_head, "nodes": heads},
+        "lm_head": {"policy": options.lm_head if bits == 4 else "int8", "nodes": heads},
         "embeddings": "int4 GatherBlockQuantized" if gathers else "fp32 (Gather kept float: a lookup)",
         "left_float": left,
         "padded_last_block": padded,
@@ -260,12 +270,14 @@ def _why_float(name: str, weight: Any, heads: list[str], options: ORTOptions, gr
     return "not quantized by ORT (see --verbose)"
 
 
-def _note(record: dict[str, Any], options: ORTOptions) -> str:
+def _note(record: dict[str, Any], options: ORTOptions, bits: int) -> str:
     nbits = record["matmul_nbits"]
-    int4_count, int8_count = nbits.get("int4", 0), nbits.get("int8", 0)
-    parts = [f"int4: {int4_count} MatMul(s) as int4 MatMulNBits (block {options.block_size})"]
+    int8_count = nbits.get("int8", 0)
+    count = nbits.get(f"int{bits}", 0)
+    parts = [f"int{bits}: {count} MatMul(s) as int{bits} MatMulNBits (block {options.block_size})"]
     if record["lm_head"]["nodes"]:
-        parts.append(f"lm head {options.lm_head}" + (" MatMulNBits" if int8_count else ""))
+        head = record["lm_head"]["policy"]
+        parts.append(f"lm head {head}" + (" MatMulNBits" if int8_count and head != "fp32" else ""))
     parts.append(f"embeddings {'int4' if record['embeddings'].startswith('int4') else 'fp32'}")
     if record["left_float"]:
         parts.append(
@@ -273,6 +285,6 @@ def _note(record: dict[str, Any], options: ORTOptions) -> str:
         )
     if record["padded_last_block"]:
         parts.append(f"{len(record['padded_last_block'])} with K not a multiple of the block (last block padded)")
-    if options.lm_head == "int8" and options.accuracy_level < 4 and int8_count:
+    if record["lm_head"]["policy"] == "int8" and options.accuracy_level < 4 and int8_count:
         parts.append("int8 MatMulNBits below accuracy level 4 was measured ~7x slower than fp32")
     return ", ".join(parts)

@@ -40,10 +40,13 @@ def quantize(ctx: CompileContext, src: Path, dest: Path) -> dict[str, Any]:
     try:
         if precision == "fp16":
             return _fp16(ctx, src, dest)
-        if precision == "int4":
-            from kiln.targets.onnxruntime.nbits import int4
+        options: ORTOptions = ctx.options
+        if precision == "int4" or (
+            precision == "int8-dynamic" and options.weight_only_int8(ctx.export.signature.generative)
+        ):
+            from kiln.targets.onnxruntime.nbits import weight_only
 
-            return int4(ctx, src, dest)
+            return weight_only(ctx, src, dest, 4 if precision == "int4" else 8)
         with tempfile.TemporaryDirectory() as tmp:
             pre = Path(tmp) / "pre.onnx"
             preprocess(src, pre)
