@@ -81,6 +81,8 @@ def _options(name: str, precision: str, **values: Any) -> Any:
         ("onnxruntime", "int8-dynamic", {"lm_head": "fp32"}, "lm_head: applies to onnxruntime:int4 only"),
         ("onnxruntime", "int4", {"activations": "none"}, "activations: applies to onnxruntime:int8-dynamic only"),
         ("onnxruntime", "int8-dynamic", {"activations": "static"}, "activations: Input should be 'dynamic' or 'none'"),
+        ("onnxruntime", "int8-dynamic", {"algorithm": "hqq"}, "algorithm: applies to onnxruntime:int4 only"),
+        ("onnxruntime", "int4", {"algorithm": "hqq", "embeddings": "int4"}, "'hqq' writes float zero points"),
         ("aoti", "int4-weights", {"group_size": 256}, "group_size: Input should be 32, 64 or 128"),
         ("aoti", "int8-weights", {"group_size": 64}, "group_size: applies to aoti:int4-weights only"),
         ("aoti", "int8-weights", {"lm_head": "int4"}, "lm_head: 'int4' needs aoti:int4-weights"),
@@ -157,6 +159,28 @@ def test_gemm_and_a_transposed_tied_weight_become_quantizable_matmuls_with_the_s
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Add", "MatMul"]  # the Transpose is gone
     assert _inventory(model.graph) == {"gemm": [16, 32], "head": [32, 24]}
     np.testing.assert_allclose(_run(model, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.target("onnxruntime", stage="prepare")
+@pytest.mark.parametrize("algorithm", ["rtn", "hqq"])
+def test_each_int4_algorithm_writes_one_matmulnbits_close_to_the_float_product(algorithm: str) -> None:
+    from onnx import helper, numpy_helper
+
+    from kiln.targets.onnxruntime.nbits import _quiet_import
+    from kiln.targets.onnxruntime.nbits import _run as quantize
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 64)).astype(np.float32)
+    model = _graph([helper.make_node("MatMul", ["x", "w"], ["logits"], name="mm")], {"w": w}, 256, 64)
+    x = rng.standard_normal((4, 256)).astype(np.float32)
+    with _quiet_import() as module:
+        done = quantize(module, model, _options("onnxruntime", "int4", algorithm=algorithm), 4, [], ("MatMul",))
+    assert [n.op_type for n in done.graph.node] == ["MatMulNBits"]
+    zero_points = [i for i in done.graph.initializer if i.name.endswith("zero_points")]
+    # HQQ fits float zero points (asymmetric); RTN's default here is symmetric, no zero points
+    assert [numpy_helper.to_array(z).dtype.kind for z in zero_points] == (["f"] if algorithm == "hqq" else [])
+    error = np.abs(_run(done, x) - x @ w).mean() / np.abs(x @ w).mean()
+    assert error < 0.15, error
 
 
 @pytest.mark.target("onnxruntime", stage="prepare")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,7 @@ def _transposed(graph: Any, inits: dict[str, Any], name: str) -> str:
 
 
 def _run(module: Any, model: Any, options: ORTOptions, bits: int, exclude: list[str], ops: tuple[str, ...]) -> Any:
+    hqq = options.algorithm == "hqq" and bits == 4
     quantizer = module.MatMulNBitsQuantizer(
         model,
         bits=bits,
@@ -180,8 +182,13 @@ def _run(module: Any, model: Any, options: ORTOptions, bits: int, exclude: list[
         accuracy_level=options.accuracy_level or None,
         nodes_to_exclude=exclude,
         op_types_to_quantize=ops,
+        algo_config=module.HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=4, op_types_to_quantize=ops)
+        if hqq
+        else None,
     )
-    quantizer.process()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # HQQ's torch.from_numpy
+        quantizer.process()
     return quantizer.model.model
 
 
@@ -218,7 +225,7 @@ def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[s
             ],
         }
     return {
-        "execution_precision": f"int{bits} weights, {COMPUTE[options.accuracy_level]} compute",
+        "execution_precision": f"int{bits} weights, {record['compute']} compute",
         "quantization": record,
         "notes": [_note(record, options, bits)],
     }
@@ -226,6 +233,7 @@ def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[s
 
 def _record(graph: Any, before: dict[str, Any], heads: list[str], options: ORTOptions, bits: int) -> dict[str, Any]:
     """What became what: MatMulNBits by bits, what was left float and why, the head and embeddings."""
+    hqq = options.algorithm == "hqq" and bits == 4
     nbits: dict[str, int] = {}
     for node in graph.node:
         if node.op_type == "MatMulNBits":
@@ -242,12 +250,12 @@ def _record(graph: Any, before: dict[str, Any], heads: list[str], options: ORTOp
             padded.append(f"{name} (K={weight[-2]})")
     gathers = sum(n.op_type == "GatherBlockQuantized" for n in graph.node)
     return {
-        "tool": f"{QUANTIZER}.MatMulNBitsQuantizer (RTN, QOperator)",
+        "tool": f"{QUANTIZER}.MatMulNBitsQuantizer ({'HQQ' if hqq else 'RTN'}, QOperator)",
         "format": "MatMulNBits (com.microsoft)",
-        "weights": f"int{bits} {'symmetric' if options.symmetric else 'asymmetric'}, "
+        "weights": f"int{bits} {'symmetric' if options.symmetric and not hqq else 'asymmetric'}, "
         f"blocks of {options.block_size} along K",
-        "accuracy_level": options.accuracy_level,
-        "compute": COMPUTE[options.accuracy_level],
+        "accuracy_level": 0 if hqq else options.accuracy_level,
+        "compute": COMPUTE[0 if hqq else options.accuracy_level],
         "matmul_nbits": nbits,
         "lm_head": {"policy": options.lm_head if bits == 4 else "int8", "nodes": heads},
         "embeddings": "int4 GatherBlockQuantized" if gathers else "fp32 (Gather kept float: a lookup)",

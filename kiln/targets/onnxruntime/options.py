@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kiln.quant.ort import CHUNK
 from kiln.targets.base import SearchSpace, TargetOptions
 
 # Weight-only MatMulNBits settings: int4, and int8-dynamic when its activations stay float.
 NBITS_ONLY = ("block_size", "symmetric", "accuracy_level")
-INT4_ONLY = ("lm_head", "embeddings")
+INT4_ONLY = ("lm_head", "embeddings", "algorithm")
 
 
 class ORTOptions(TargetOptions):
@@ -53,6 +53,10 @@ class ORTOptions(TargetOptions):
     lm_head: Literal["int4", "int8", "fp32"] = "int8"
     # Gather embedding tables: fp32 (a lookup: no compute to save) or int4 GatherBlockQuantized.
     embeddings: Literal["fp32", "int4"] = "fp32"
+    # How int4 blocks are fitted: "rtn" (round to nearest, ORT's default quantizer) or "hqq"
+    # (half-quadratic optimization of scales and float zero points, data-free; ORT's HQQ quantizer,
+    # asymmetric: `symmetric` does not apply; MatMulNBits then computes in fp32).
+    algorithm: Literal["rtn", "hqq"] = "rtn"
 
     @field_validator("block_size")
     @classmethod
@@ -84,6 +88,12 @@ class ORTOptions(TargetOptions):
         if precision is not None and precision != "int8-dynamic":
             raise ValueError(f"applies to onnxruntime:int8-dynamic only, not {precision}; remove it")
         return value
+
+    @model_validator(mode="after")
+    def _hqq_takes_no_int4_embeddings(self) -> ORTOptions:
+        if self.algorithm == "hqq" and self.embeddings == "int4":
+            raise ValueError("algorithm 'hqq' writes float zero points, which int4 embeddings cannot take; drop one")
+        return self
 
     def weight_only_int8(self, generative: bool) -> bool:
         """Whether int8-dynamic keeps activations float (8-bit MatMulNBits weights)."""
