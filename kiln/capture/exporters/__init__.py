@@ -35,6 +35,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "added_tokens.json",
     "generation_config.json",
+    "chat_template.jinja",
 )
 
 
