@@ -254,3 +254,24 @@ def test_kiln_generate_chat_without_a_template_is_one_line_exit_2(bos_folder: Pa
     with pytest.raises(ConfigError, match="a system message is part of a chat"):
         api_generate(artifact, "hi", GenerateSettings(system="Be brief."))
 
+
+@pytest.mark.slow
+def test_gemma2_builds_on_eager_attention_through_hf(tmp_path: Path) -> None:
+    from kiln.config import load_config
+    from kiln.pipeline.build import build
+    from tests.conftest import write_config
+
+    models.tiny_gemma2_folder(tmp_path / "gemma2")
+    config = {
+        "model": {"name": "lm", "source": "hf:gemma2"},
+        "generation": {"new_tokens": 8, "heldout_tokens": 64},
+        "target": [{"name": "eager"}, {"name": "onnxruntime"}],
+    }
+    results = build(load_config(write_config(tmp_path, config)), tmp_path / "build")
+
+    assert [r.status for r in results] == ["built", "built"], [r.error for r in results]
+    for result in results:
+        manifest = result.manifest
+        assert manifest is not None and manifest.gate.passed, manifest.gate.breaches if manifest else None
+        assert manifest.gate.generation is not None and manifest.gate.generation.exact
+        assert "attention: eager (transformers refuses sdpa for Gemma2ForCausalLM)" in manifest.execution.notes

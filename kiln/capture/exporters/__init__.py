@@ -59,6 +59,7 @@ class ExportBundle:
     onnx_error: str | None = None
     prune: PruneReport | None = None  # what pruning did, for pruned variants
     distillation: DistillReport | None = None  # what distilling [recovery].teacher into it did
+    notes: tuple[str, ...] = ()  # what the capture chose that the artifact should say (its manifest's notes)
     _program: Any = field(default=None, repr=False)
 
     @property
@@ -103,6 +104,7 @@ class ExportBundle:
             onnx_error=meta.get("onnx_error"),
             prune=PruneReport.model_validate(meta["prune"]) if meta.get("prune") else None,
             distillation=DistillReport.model_validate(meta["distillation"]) if meta.get("distillation") else None,
+            notes=tuple(meta.get("notes", ())),
         )
 
 
@@ -137,7 +139,7 @@ def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: 
 
     loaded, prune, distillation, opset = subject.loaded, subject.prune, subject.distillation, export.opset
     sig = loaded.signature
-    meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key}
+    meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key, "notes": list(loaded.notes)}
     if prune is not None:
         meta["prune"] = prune.model_dump(mode="json")
     if distillation is not None:
@@ -145,7 +147,7 @@ def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: 
     if loaded.kind == "onnx":
         assert loaded.onnx_path is not None
         shutil.copyfile(loaded.onnx_path, out_dir / ONNX)
-        bundle = ExportBundle(out_dir, sig, loaded.kind, prune=prune, distillation=distillation)
+        bundle = ExportBundle(out_dir, sig, loaded.kind, prune=prune, distillation=distillation, notes=loaded.notes)
         meta["signature"] = sig.to_dict()
         (out_dir / META).write_text(json.dumps(meta, indent=2))
         return bundle
@@ -176,4 +178,6 @@ def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: 
         copy_tokenizer(loaded.tokenizer, out_dir / TOKENIZER)
     meta.update(signature=sig.to_dict(), opset=opset, onnx_error=onnx_error)
     (out_dir / META).write_text(json.dumps(meta, indent=2))
-    return ExportBundle(out_dir, sig, loaded.kind, opset, onnx_error, prune, distillation, _program=program)
+    return ExportBundle(
+        out_dir, sig, loaded.kind, opset, onnx_error, prune, distillation, loaded.notes, _program=program
+    )
