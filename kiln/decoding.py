@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import json
 import math
+import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -355,6 +356,8 @@ def _chat_environment() -> Any:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError as err:
         raise ConfigError("chat templates need jinja2 (torch brings it); pip install 'jinja2>=3.1.6'") from err
+    if tuple(int(n) for n in re.findall(r"\d+", jinja2.__version__)[:3]) < (3, 1, 6):  # sandbox escapes before
+        raise ConfigError(f"chat templates need jinja2 3.1.6 or later (this is {jinja2.__version__}); upgrade it")
 
     class Generation(Extension):
         tags = frozenset({"generation"})
