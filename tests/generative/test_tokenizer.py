@@ -256,12 +256,14 @@ def test_kiln_generate_chat_without_a_template_is_one_line_exit_2(bos_folder: Pa
 
 
 @pytest.mark.slow
-def test_gemma2_builds_on_eager_attention_through_hf(tmp_path: Path) -> None:
+def test_gemma2_builds_on_eager_attention_through_hf_and_chats(tmp_path: Path) -> None:
+    from kiln.api import GenerateSettings
+    from kiln.api import generate as api_generate
     from kiln.config import load_config
     from kiln.pipeline.build import build
     from tests.conftest import write_config
 
-    models.tiny_gemma2_folder(tmp_path / "gemma2")
+    source = _with_template(models.tiny_gemma2_folder(tmp_path / "gemma2"), tmp_path / "gemma2")
     config = {
         "model": {"name": "lm", "source": "hf:gemma2"},
         "generation": {"new_tokens": 8, "heldout_tokens": 64},
@@ -275,3 +277,11 @@ def test_gemma2_builds_on_eager_attention_through_hf(tmp_path: Path) -> None:
         assert manifest is not None and manifest.gate.passed, manifest.gate.breaches if manifest else None
         assert manifest.gate.generation is not None and manifest.gate.generation.exact
         assert "attention: eager (transformers refuses sdpa for Gemma2ForCausalLM)" in manifest.execution.notes
+    artifact = tmp_path / "build" / "lm" / "onnxruntime-fp32"  # its tokenizer carries the chat template
+    assert Tokenizer(artifact / "tokenizer").encode_chat(MESSAGES) == _transformers_chat(source)[1]
+    done = api_generate(artifact, "def main():", GenerateSettings(max_new_tokens=4, chat=True, system="Be brief."))
+    assert 1 <= len(done.tokens) <= 4 and done.prompt == "def main():"
+    chat = [*KILN, "generate", str(artifact), "-p", "def main():", "-n", "4", "--chat", "--system", "Be brief."]
+    run = subprocess.run(chat, capture_output=True, text=True)
+    assert run.returncode == 0 and "onnxruntime:fp32" in run.stderr, run.stderr
+    assert run.stdout == done.text + "\n"  # the reply alone (greedy: the same as the API's)
