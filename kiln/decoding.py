@@ -234,6 +234,8 @@ class Tokenizer:
     nothing once a ``tokenizer.json`` is there. ``decode`` drops special tokens and cleans up
     spaces where the config asks (never for BPE, as transformers). ``eos_ids`` are every id to
     stop on: the tokenizer's EOS and ``generation_config.json``'s ``eos_token_id`` (one or a list).
+    Where the config names a model class whose pipeline transformers rebuilds (``LlamaTokenizer``),
+    an older ``tokenizer.json`` can differ from it at the edges until transformers re-saves it.
     """
 
     def __init__(self, folder: Path) -> None:

@@ -13,9 +13,10 @@ import pytest
 from kiln.decoding import ExplicitCache, Tokenizer, generate
 from kiln.errors import ConfigError
 from tests.generative import models
+from tests.generative.test_causal import CountingRunner, _signature
 
 KILN = [sys.executable, "-m", "kiln.cli"]
-TEXTS = ["def main():", "The quick brown fox, isn't it?", "  two spaces\nand a line", "naïve café ✓", ""]
+TEXTS = ["def main():", "The quick brown fox, isn't it?", "  two spaces\nand a line", " naïve café ✓", ""]
 # A Llama-2-like template: the BOS is the template's, a system message folds into the first turn.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -113,6 +114,32 @@ def test_a_wordpiece_tokenizer_cleans_up_spaces_as_transformers(tmp_path: Path) 
     assert Tokenizer(tmp_path).decode(Tokenizer(tmp_path).encode("the, and, of.")) == "the, and, of."
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="transformers 5 rebuilds a model class's normalizer, pre-tokenizer and decoder (here LlamaTokenizer's "
+    "Metaspace) and keeps only tokenizer.json's vocabulary and post-processor; kiln reads tokenizer.json whole "
+    "(re-saving the folder with transformers 5 makes them agree)",
+)
+def test_a_model_class_tokenizer_with_another_pipeline_in_its_json_matches_transformers(
+    tmp_path: Path,
+) -> None:
+    from tokenizers import Tokenizer as Fast
+    from tokenizers import decoders, normalizers, processors, trainers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Fast(BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator([models.TEXT], trainer=trainers.BpeTrainer(vocab_size=600, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "LlamaTokenizer"}))
+    _assert_like_transformers(tmp_path)
+
+
 def _with_template(source: Path, folder: Path) -> Path:
     from transformers import AutoTokenizer
 
@@ -161,37 +188,6 @@ def test_a_chat_without_a_template_or_with_a_refused_role_is_one_config_error(bo
         Tokenizer(folder).apply_chat([{"role": "tool", "content": "x"}])
 
 
-class Counting:
-    """A step graph in numpy whose logits favour (last token + 1) mod 10."""
-
-    def __init__(self, sig) -> None:
-        self.sig = sig
-
-    def infer(self, inputs):
-        import numpy as np
-
-        ids, cache = inputs["input_ids"], self.sig.cache
-        logits = np.zeros((1, ids.shape[1], cache.vocab_size), dtype=np.float32)
-        logits[0, np.arange(ids.shape[1]), (ids[0] + 1) % cache.vocab_size] = 5.0
-        shape = (1, cache.kv_heads, ids.shape[1], cache.head_dim)
-        grown = {q: np.concatenate([inputs[p], np.zeros(shape, np.float32)], 2) for p, q in _pairs(cache)}
-        return {"logits": logits, **grown}
-
-
-def _pairs(cache):
-    return zip(cache.past_names, cache.present_names, strict=True)
-
-
-def _step_signature():
-    from kiln.capture.causal import step_signature
-    from kiln.config import ModelConfig
-    from kiln.spec import CacheSpec
-
-    cache = CacheSpec(layers=1, kv_heads=1, head_dim=2, vocab_size=10, max_positions=64)
-    dims = {"sequence": {"min": 1, "max": 4}, "past": {"min": 0, "max": 31}}
-    return step_signature(cache, ModelConfig(name="m", source="x.py:f", dims=dims))
-
-
 @pytest.mark.parametrize(
     ("listed", "eos_ids", "tokens"),
     [(5, (1, 5), [3, 4, 5]), ([7, 1], (1, 7), [3, 4, 5, 6, 7]), (None, (1,), [3, 4, 5, 6, 7, 8, 9, 0, 1])],
@@ -203,9 +199,9 @@ def test_generation_config_eos_ids_all_stop_decoding(
         (tmp_path / name).write_bytes((bos_folder / name).read_bytes())
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": listed}))
     tokenizer = Tokenizer(tmp_path)
-    sig = _step_signature()
+    sig = _signature()
 
-    decoded = list(generate(ExplicitCache(Counting(sig), sig), [2], 12, eos=tokenizer.eos_ids))
+    decoded = list(generate(ExplicitCache(CountingRunner(sig), sig), [2], 12, eos=tokenizer.eos_ids))
 
     assert tokenizer.eos_ids == eos_ids  # the tokenizer's </s> (1) first
     assert decoded == tokens
@@ -229,7 +225,7 @@ def _fake_artifact(folder: Path, tokenizer: Path) -> Path:
         "precision": "fp32",
         "options": {},
         "main_file": "model.onnx",
-        "signature": _step_signature(),
+        "signature": _signature(),
         "toolchain": {},
         "execution": Execution(),
         "gate": Gate(passed=True),
