@@ -272,7 +272,7 @@ _GENERATE_SETTINGS = Group(
 
 @main.command()
 @click.argument("artifact", metavar="build/<model>/<target-dir>", type=click.Path(path_type=Path, exists=True))
-@click.option("--prompt", "-p", required=True, help="The text to continue.")
+@click.option("--prompt", "-p", required=True, help="The text to continue (with --chat, the user's message).")
 @command
 @_GENERATE_SETTINGS
 def generate(artifact: Path, prompt: str, settings: GenerateSettings) -> None:
