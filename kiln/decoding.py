@@ -235,7 +235,8 @@ class Tokenizer:
     spaces where the config asks (never for BPE, as transformers). ``eos_ids`` are every id to
     stop on: the tokenizer's EOS and ``generation_config.json``'s ``eos_token_id`` (one or a list).
     Where the config names a model class whose pipeline transformers rebuilds (``LlamaTokenizer``),
-    an older ``tokenizer.json`` can differ from it at the edges until transformers re-saves it.
+    an older ``tokenizer.json`` can differ from it at the edges: the export re-saves it
+    (:func:`kiln.capture.exporters.copy_tokenizer`).
     """
 
     def __init__(self, folder: Path) -> None:

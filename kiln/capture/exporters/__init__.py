@@ -41,13 +41,42 @@ TOKENIZER_FILES = (
 
 def copy_tokenizer(source: Path, dest: Path) -> None:
     """A causal LM's tokenizer travels with its export and every artifact: ``kiln generate`` and
-    the gate read text, and a device gets everything it needs in one folder."""
+    the gate read text, and a device gets everything it needs in one folder. Where transformers
+    rebuilds the tokenizer on load (a model class such as ``LlamaTokenizer`` keeps only the
+    vocabulary and post-processor of ``tokenizer.json``; a folder without one is converted), it
+    re-saves it there, so that the ``tokenizer.json`` a device reads is the pipeline transformers runs."""
     files = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
     if not files:
         raise ExportError(f"{source} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
     dest.mkdir(parents=True, exist_ok=True)
     for path in files:
         shutil.copyfile(path, dest / path.name)
+    if _rebuilt_on_load(dest):
+        _save_as_transformers(source, dest)
+
+
+# The classes that load tokenizer.json as it is; any other rebuilds its own pipeline around its vocabulary.
+AS_SAVED = (None, "TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _rebuilt_on_load(folder: Path) -> bool:
+    config = folder / "tokenizer_config.json"
+    named = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
+    return not (folder / "tokenizer.json").is_file() or named not in AS_SAVED
+
+
+def _save_as_transformers(source: Path, dest: Path) -> None:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:  # the files as given: kiln's Tokenizer reads tokenizer.json whole
+        return
+    try:
+        AutoTokenizer.from_pretrained(dest).save_pretrained(dest)
+    except Exception as err:
+        raise ExportError(
+            f"{source}: transformers could not load and re-save the tokenizer ({type(err).__name__}: {err}); "
+            "save it with a transformers 5 fast tokenizer's save_pretrained"
+        ) from err
 
 
 @dataclass(frozen=True)
