@@ -19,8 +19,11 @@ from __future__ import annotations
 import abc
 import json
 import math
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -168,11 +171,11 @@ def generate(
     prompt: Sequence[int],
     new_tokens: int,
     sampling: Sampling = Sampling(),
-    eos: int | None = None,
+    eos: Collection[int] = (),
     logits_out: list[np.ndarray] | None = None,
 ) -> Iterator[int]:
-    """Stream up to ``new_tokens`` token ids after ``prompt`` (the session is reset first). Each
-    step's next-token logits are appended to ``logits_out`` when given."""
+    """Stream up to ``new_tokens`` token ids after ``prompt`` (the session is reset first), stopping
+    after any id of ``eos``. Each step's next-token logits are appended to ``logits_out`` when given."""
     check_context(len(prompt), new_tokens, session.context)
     session.reset()
     rng = np.random.default_rng(sampling.seed)
@@ -182,7 +185,7 @@ def generate(
             logits_out.append(logits)
         token = pick(logits, sampling, rng)
         yield token
-        if token == eos or step + 1 == new_tokens:
+        if token in eos or step + 1 == new_tokens:
             return
         logits = session.feed([token])[-1]
 
@@ -218,35 +221,170 @@ def perplexity(session: DecodeSession, ids: Sequence[int]) -> float:
     return math.exp(nll / count) if count else float("nan")
 
 
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
 class Tokenizer:
-    """Text to ids and back with the ``tokenizers`` library alone (what a device has), from the
-    ``tokenizer.json`` an artifact carries."""
+    """Text to ids and back as ``transformers.AutoTokenizer`` does for the same folder, with the
+    ``tokenizers`` library alone (what a device has), from the ``tokenizer.json`` an artifact carries.
+
+    ``encode`` adds what the tokenizer's post-processor adds (a BOS, as Llama's and Gemma's do);
+    like transformers 5, ``add_bos_token``/``add_eos_token`` in ``tokenizer_config.json`` change
+    nothing once a ``tokenizer.json`` is there. ``decode`` drops special tokens and cleans up
+    spaces where the config asks (never for BPE, as transformers). ``eos_ids`` are every id to
+    stop on: the tokenizer's EOS and ``generation_config.json``'s ``eos_token_id`` (one or a list).
+    Where the config names a model class whose pipeline transformers rebuilds (``LlamaTokenizer``),
+    an older ``tokenizer.json`` can differ from it at the edges: the export re-saves it
+    (:func:`kiln.capture.exporters.copy_tokenizer`).
+    """
 
     def __init__(self, folder: Path) -> None:
         try:
+            from tokenizers import AddedToken
             from tokenizers import Tokenizer as Fast
         except ImportError as err:
             raise ConfigError("decoding text needs tokenizers; pip install 'kiln[hf]' -c constraints.txt") from err
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise ConfigError(f"{folder} has no tokenizer.json; save the tokenizer with save_pretrained (a fast one)")
+        self.folder = folder
         self._tok = Fast.from_file(str(path))
-        config = folder / "tokenizer_config.json"
-        settings = json.loads(config.read_text()) if config.is_file() else {}
-        self.add_bos = bool(settings.get("add_bos_token", False))
-        self.bos = self._id(settings.get("bos_token"))
-        self.eos = self._id(settings.get("eos_token"))
+        self._tok.no_truncation()  # transformers' call neither truncates nor pads unless asked
+        self._tok.no_padding()
+        self._settings = _read_json(folder / "tokenizer_config.json")
+        self.specials = _named_specials(self._settings)  # what a chat template sees as bos_token, ...
+        added = {t.content for t in self._tok.get_added_tokens_decoder().values()}
+        missing = [t for t in (*self.specials.values(), *_extra_specials(self._settings)) if t not in added]
+        if missing:  # transformers adds the special tokens its config names and tokenizer.json lacks
+            self._tok.add_special_tokens(
+                [AddedToken(t, special=True, normalized=False) for t in dict.fromkeys(missing)]
+            )
+        self._cleanup = bool(self._settings.get("clean_up_tokenization_spaces", False)) and (
+            type(self._tok.model).__name__ != "BPE"
+            or bool(self._settings.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"))
+        )
+        eos = self._tok.token_to_id(self.specials["eos_token"]) if "eos_token" in self.specials else None
+        stop = _read_json(folder / "generation_config.json").get("eos_token_id")
+        listed = stop if isinstance(stop, list) else [stop]
+        self.eos_ids: tuple[int, ...] = tuple(
+            dict.fromkeys(i for i in (eos, *listed) if isinstance(i, int) and not isinstance(i, bool))
+        )
 
-    def _id(self, token: Any) -> int | None:
-        text = token.get("content") if isinstance(token, dict) else token
-        return self._tok.token_to_id(text) if isinstance(text, str) else None
-
-    def encode(self, text: str) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=False).ids
-        return [self.bos, *ids] if self.add_bos and self.bos is not None else ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """``text``'s ids, with the post-processor's special tokens unless ``add_special_tokens`` is off
+        (a chat template's text carries its own)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=True)
+        text = self._tok.decode(list(ids), skip_special_tokens=True)
+        return _clean_up_spaces(text) if self._cleanup else text
+
+    def apply_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        """``messages`` (``{"role", "content"}``) rendered with the folder's chat template as
+        transformers' ``apply_chat_template`` renders them; a folder without one is a ``ConfigError``."""
+        template = self._chat_template()
+        env = _chat_environment()
+        chat = [{key: value for key, value in m.items() if value is not None} for m in messages]
+        from jinja2 import TemplateError
+
+        try:
+            return env.from_string(template).render(
+                messages=chat, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **self.specials
+            )
+        except TemplateError as err:
+            raise ConfigError(f"{self.folder}: the chat template refused the messages ({err})") from err
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """The chat's ids as ``apply_chat_template(tokenize=True)`` gives them: the rendered text
+        without the post-processor's tokens (the template writes its own BOS)."""
+        return self.encode(self.apply_chat(messages, add_generation_prompt), add_special_tokens=False)
+
+    def _chat_template(self) -> str:
+        file = self.folder / CHAT_TEMPLATE_FILE
+        if file.is_file():  # transformers reads it before the config's entry
+            return file.read_text(encoding="utf-8")
+        given = self._settings.get("chat_template")
+        if isinstance(given, list):  # named templates: the default one
+            given = {t.get("name"): t.get("template") for t in given if isinstance(t, dict)}.get("default")
+        if not isinstance(given, str):
+            raise ConfigError(
+                f"{self.folder} has no chat template; a chat needs a chat (instruct) model's tokenizer, with "
+                f"{CHAT_TEMPLATE_FILE} or a default chat_template in tokenizer_config.json (without --chat, "
+                "the prompt is continued as plain text)"
+            )
+        return given
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _content(token: Any) -> str | None:
+    text = token.get("content") if isinstance(token, dict) else token
+    return text if isinstance(text, str) else None
+
+
+def _named_specials(settings: Mapping[str, Any]) -> dict[str, str]:
+    """The config's named special tokens (``bos_token`` ... and a model's own ``*_token`` names)."""
+    named = {k: v for k, v in settings.items() if k in SPECIAL_TOKENS or k.endswith("_token")}
+    for key in ("extra_special_tokens", "model_specific_special_tokens"):
+        more = settings.get(key)
+        named.update(more if isinstance(more, dict) else {})
+    return {k: text for k, v in named.items() if (text := _content(v)) is not None}
+
+
+def _extra_specials(settings: Mapping[str, Any]) -> list[str]:
+    extra = settings.get("extra_special_tokens", settings.get("additional_special_tokens"))
+    tokens = extra.values() if isinstance(extra, dict) else extra if isinstance(extra, list) else []
+    return [text for t in tokens if (text := _content(t)) is not None]
+
+
+def _clean_up_spaces(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: no space before punctuation and English contractions."""
+    for spaced in (" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're"):
+        text = text.replace(spaced, spaced.strip())
+    return text
+
+
+@lru_cache(maxsize=1)
+def _chat_environment() -> Any:
+    """Jinja as transformers renders chat templates: sandboxed, trim_blocks and lstrip_blocks,
+    ``raise_exception``, ``strftime_now``, a ``tojson`` that keeps non-ASCII, loop controls, and
+    ``{% generation %}`` blocks (an assistant-mask marker) rendered as their body."""
+    try:
+        import jinja2
+        from jinja2.ext import Extension, loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as err:
+        raise ConfigError("chat templates need jinja2 (torch brings it); pip install 'jinja2>=3.1.6'") from err
+    if tuple(int(n) for n in re.findall(r"\d+", jinja2.__version__)[:3]) < (3, 1, 6):  # sandbox escapes before
+        raise ConfigError(f"chat templates need jinja2 3.1.6 or later (this is {jinja2.__version__}); upgrade it")
+
+    class Generation(Extension):
+        tags = frozenset({"generation"})
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(
+        x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+    ) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(format: str) -> str:
+        return datetime.now().strftime(format)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    return env
 
 
 def stream_text(tokenizer: Tokenizer, tokens: Iterator[int]) -> Iterator[str]:

@@ -23,11 +23,13 @@ from typing import Any, Literal
 
 from kiln.bench.run import BenchRun
 from kiln.config import BenchSettings, KilnConfig, TargetConfig
+from kiln.decoding import Tokenizer, check_context
 from kiln.errors import ConfigError
 from kiln.pipeline.build import TargetResult
 from kiln.results import Results
 from kiln.ship.bundle import Packaged
 from kiln.ship.verify import Verified
+from kiln.spec import Signature
 from kiln.targets.base import Runner, RunOptions
 from kiln.targets.opening import ArtifactSession
 
@@ -178,6 +180,8 @@ class GenerateSettings:
     top_k: int | None = None
     seed: int | None = None  # the sampler's, for a repeatable sample
     threads: int | None = None  # runtime threads when generate opens the artifact
+    chat: bool = False  # the prompt as a user message through the tokenizer's chat template
+    system: str | None = None  # a system message before it (with chat)
 
 
 @dataclass(frozen=True)
@@ -201,34 +205,61 @@ def generate(
 ) -> Generation:
     """Continue ``prompt`` with a causal LM's artifact (a folder, or a session :func:`load`
     opened), through the decoding loop every target shares; ``on_text`` gets the text as it grows.
-    A prompt that does not fit the artifact's context is one ``ConfigError`` line."""
-    from kiln.targets.opening import open_session
+    With ``chat``, the prompt is a user message (after ``system``'s) rendered by the tokenizer's
+    chat template, and the reply is what follows. Decoding stops at any of the tokenizer's EOS ids.
+    A prompt that does not fit the artifact's context, or a chat with a tokenizer that has no
+    template, is one ``ConfigError`` line (before the runtime loads the model)."""
+    from kiln.targets.opening import artifact_tokenizer, decodable, open_session
 
     chosen = settings or GenerateSettings()
     if isinstance(artifact, ArtifactSession):
-        return _generate(artifact, prompt, chosen, on_text)
-    with open_session(Path(artifact), RunOptions(threads=chosen.threads)) as session:
-        return _generate(session, prompt, chosen, on_text)
+        asked = _prompt(artifact_tokenizer(artifact.folder), prompt, chosen, artifact.sig)
+        return _generate(artifact, asked, chosen, on_text)
+    folder = Path(artifact)
+    manifest = decodable(folder)
+    # A prompt that is refused is refused before the runtime loads the model.
+    asked = _prompt(artifact_tokenizer(folder), prompt, chosen, manifest.signature)
+    with open_session(folder, RunOptions(threads=chosen.threads), manifest) as session:
+        return _generate(session, asked, chosen, on_text)
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    tokenizer: Tokenizer
+    text: str  # as the user gave it
+    ids: list[int]
+
+
+def _prompt(tokenizer: Tokenizer, prompt: str, settings: GenerateSettings, sig: Signature) -> _Prompt:
+    """The prompt's ids (its text as transformers encodes it, or its chat as the template renders
+    it), once they and the new tokens are known to fit the artifact's context."""
+    if settings.system is not None and not settings.chat:
+        raise ConfigError("a system message is part of a chat; pass chat=True (--chat) with it, or drop it")
+    if settings.chat:
+        system = [{"role": "system", "content": settings.system}] if settings.system is not None else []
+        ids = tokenizer.encode_chat([*system, {"role": "user", "content": prompt}])
+    else:
+        ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ConfigError("the prompt encodes to no tokens; give some text")
+    check_context(len(ids), settings.max_new_tokens, sig.context_length())
+    return _Prompt(tokenizer, prompt, ids)
 
 
 def _generate(
-    session: ArtifactSession, prompt: str, settings: GenerateSettings, on_text: Callable[[str], None] | None
+    session: ArtifactSession, asked: _Prompt, settings: GenerateSettings, on_text: Callable[[str], None] | None
 ) -> Generation:
-    from kiln.decoding import Sampling, Tokenizer, check_context, stream_text
+    from kiln.decoding import Sampling, stream_text
     from kiln.decoding import generate as decode
 
-    tokenizer = Tokenizer(session.folder / "tokenizer")
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise ConfigError("the prompt encodes to no tokens; give some text")
-    check_context(len(ids), settings.max_new_tokens, session.sig.context_length())
+    tokenizer, ids = asked.tokenizer, asked.ids
     sampling = Sampling(temperature=settings.temperature, top_k=settings.top_k, seed=settings.seed)
     tokens: list[int] = []
     stamps: list[float] = []
     start = time.perf_counter()
 
     def timed() -> Iterator[int]:
-        for token in decode(session, ids, settings.max_new_tokens, sampling, eos=tokenizer.eos):
+        for token in decode(session, ids, settings.max_new_tokens, sampling, eos=tokenizer.eos_ids):
             stamps.append(time.perf_counter() - start)
             tokens.append(token)
             yield token
@@ -241,7 +272,7 @@ def _generate(
     count, first = len(stamps), stamps[0] if stamps else 0.0
     rate = (count - 1) / (stamps[-1] - first) if count > 1 and stamps[-1] > first else 0.0
     m = session.manifest
-    return Generation(m.target, m.precision, prompt, "".join(pieces), tuple(tokens), first, rate)
+    return Generation(m.target, m.precision, asked.text, "".join(pieces), tuple(tokens), first, rate)
 
 
 # ---- package and verify ----

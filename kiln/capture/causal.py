@@ -13,6 +13,7 @@ zero-sized constant in the graph, which OpenVINO rejects.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -179,12 +180,22 @@ def causal_loaded(module: Any, model: ModelConfig, kind: Any, tokenizer_dir: Pat
 
 
 def load_causal_lm(folder: Path, model: ModelConfig, config: Any, tokenizer: Any) -> LoadedModel:
-    """An ``hf:`` folder whose architecture maps to a causal LM head (``text-generation``)."""
+    """An ``hf:`` folder whose architecture maps to a causal LM head (``text-generation``), on
+    sdpa attention, or on eager attention where transformers refuses sdpa for the architecture
+    (Gemma2's logit softcapping): every artifact's manifest then notes it."""
     import transformers
 
+    load = transformers.AutoModelForCausalLM.from_pretrained
+    notes: tuple[str, ...] = ()
     try:
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
+        try:
+            hf_model = load(folder, attn_implementation="sdpa")
+        except ValueError as err:
+            if "scaled_dot_product_attention" not in str(err):  # transformers' words for refusing sdpa
+                raise
+            hf_model = load(folder, attn_implementation="eager")
+            notes = (f"attention: eager (transformers refuses sdpa for {type(hf_model).__name__})",)
     except Exception as err:
         raise SourceError(f"hf:{folder} failed to load as a causal LM ({type(err).__name__}: {err})") from err
     del config, tokenizer  # the folder is the tokenizer's too; its files travel with the export
-    return causal_loaded(hf_model, model, "hf", folder)
+    return replace(causal_loaded(hf_model, model, "hf", folder), notes=notes)

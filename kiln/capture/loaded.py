@@ -20,3 +20,4 @@ class LoadedModel:
     program: Any = None  # ExportedProgram for a .pt2 source
     onnx_path: Path | None = None
     tokenizer: Path | None = None  # a folder holding the tokenizer of a causal LM, when known
+    notes: tuple[str, ...] = ()  # what loading chose that every artifact's manifest should say

@@ -261,6 +261,10 @@ _GENERATE_SETTINGS = Group(
         ),
         click.Option(["--seed"], type=int, help="Seed of the sampler, for a repeatable sample."),
         options.threads("Runtime threads (default: the runtime's own)."),
+        click.Option(
+            ["--chat"], is_flag=True, help="Send the prompt as a user message through the tokenizer's chat template."
+        ),
+        click.Option(["--system"], metavar="TEXT", help="A system message before the prompt (with --chat)."),
     ],
     _generate_settings,
 )
@@ -268,24 +272,26 @@ _GENERATE_SETTINGS = Group(
 
 @main.command()
 @click.argument("artifact", metavar="build/<model>/<target-dir>", type=click.Path(path_type=Path, exists=True))
-@click.option("--prompt", "-p", required=True, help="The text to continue.")
+@click.option("--prompt", "-p", required=True, help="The text to continue (with --chat, the user's message).")
 @command
 @_GENERATE_SETTINGS
 def generate(artifact: Path, prompt: str, settings: GenerateSettings) -> None:
-    """Stream text from a built causal-LM artifact, through the decoding loop every target shares."""
+    """Stream text from a built causal-LM artifact, through the decoding loop every target shares
+    (with --chat, the reply to the prompt as a user message)."""
     from kiln.api import generate as continue_text
 
     shown: list[str] = []
+    lead = "" if settings.chat else prompt  # a reply is shown alone; a continuation after its prompt
 
     def show(piece: str) -> None:
         if not shown:  # the prompt once decoding has begun, so that an error line comes alone
-            click.echo(prompt, nl=False)
+            click.echo(lead, nl=False)
         shown.append(piece)
         click.echo(piece, nl=False)
         sys.stdout.flush()
 
     done = continue_text(artifact, prompt, settings, on_text=show)
-    click.echo("" if shown else prompt)
+    click.echo("" if shown else lead)
     click.echo(
         f"kiln: {done.target}:{done.precision}: {len(done.tokens)} tokens, the first after "
         f"{1000 * done.first_token_s:.0f} ms, then {done.tokens_per_s:.1f} tokens/s",

@@ -313,7 +313,8 @@ def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> M
         main_file=artifact.main_file,
         signature=bundle.signature,
         toolchain=versions((*CORE, *tp.spec.dists(target.precision))),
-        execution=artifact.info,
+        # What the capture chose (an attention fallback) heads the artifact's own notes.
+        execution=artifact.info.model_copy(update={"notes": [*bundle.notes, *artifact.info.notes]}),
         calibration=calibration,
         gate=gate,
         prune=bundle.prune,

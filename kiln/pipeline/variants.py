@@ -63,7 +63,7 @@ def pruned_variant(
             teacher=teacher,
         )
         pruned, report = prune_model(copy.deepcopy(loaded.module), prune, ctx)
-        variant = LoadedModel(loaded.kind, sig, module=pruned.eval(), example=loaded.example)
+        variant = LoadedModel(loaded.kind, sig, module=pruned.eval(), example=loaded.example, notes=loaded.notes)
         progress(f"capturing the pruned model ({slug})")
         return StageModel(variant, prune=report, distillation=dense.bundle.distillation)
 
@@ -83,7 +83,13 @@ def member_variant(
 
     def model() -> StageModel:
         index = ensemble.member_names().index(name)
-        member = LoadedModel(loaded.kind, loaded.signature, module=loaded.module.members[index], example=loaded.example)
+        member = LoadedModel(
+            loaded.kind,
+            loaded.signature,
+            module=loaded.module.members[index],
+            example=loaded.example,
+            notes=loaded.notes,
+        )
         progress(f"capturing ensemble member {name}")
         return StageModel(member)
 

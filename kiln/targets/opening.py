@@ -5,7 +5,8 @@
 none, is one line saying what to give); :func:`open_runner` checks that the artifact can run here
 (the registry row's run needs, then what its options need beyond them: exit 5 with the reason) and
 loads it through its target; :func:`open_session` opens a causal LM's step graph as a decode
-session that owns its runner; :func:`open_artifact` gives whichever the artifact is.
+session that owns its runner; :func:`open_artifact` gives whichever the artifact is; :func:`artifact_tokenizer` reads the
+tokenizer a causal LM's artifact carries.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.decoding import DecodeSession, session_for
+from kiln.decoding import DecodeSession, Tokenizer, session_for
 from kiln.errors import ConfigError
 from kiln.manifest import Manifest
 from kiln.store import MANIFEST
@@ -39,6 +40,13 @@ def artifact_manifest(folder: Path, verb: str = "open") -> Manifest:
             "what kiln build wrote"
         )
     return Manifest.read(folder)
+
+
+def artifact_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer a causal LM's artifact carries (its ``tokenizer/`` folder, as the build copied it)."""
+    from kiln.capture.exporters import TOKENIZER
+
+    return Tokenizer(folder / TOKENIZER)
 
 
 def open_runner(folder: Path, options: RunOptions | None = None, manifest: Manifest | None = None) -> Runner:
@@ -79,14 +87,20 @@ class ArtifactSession(DecodeSession):
         self.close()
 
 
-def open_session(folder: Path, options: RunOptions | None = None, manifest: Manifest | None = None) -> ArtifactSession:
-    """A causal LM's artifact as a decode session; any other artifact is one ``ConfigError`` line."""
+def decodable(folder: Path, manifest: Manifest | None = None) -> Manifest:
+    """The manifest of a causal LM's artifact; any other artifact is one ``ConfigError`` line."""
     manifest = manifest if manifest is not None else artifact_manifest(folder)
     if not manifest.signature.generative:
         raise ConfigError(
             f"{folder} is a {manifest.model} artifact without a KV cache (not a text-generation model); "
             "decoding needs a causal LM built with task text-generation"
         )
+    return manifest
+
+
+def open_session(folder: Path, options: RunOptions | None = None, manifest: Manifest | None = None) -> ArtifactSession:
+    """A causal LM's artifact as a decode session (see :func:`decodable`)."""
+    manifest = decodable(folder, manifest)
     return ArtifactSession(folder, manifest, open_runner(folder, options, manifest))
 
 

@@ -177,6 +177,32 @@ def tiny_gpt2_folder(folder: Path, *, seed: int = 0) -> Path:
     return _save(model, tokenizer, folder)
 
 
+def tiny_gemma2_folder(folder: Path, *, seed: int = 0) -> Path:
+    """A random Gemma2ForCausalLM (hidden 64, 2 layers, 4 heads of 16, 2 key/value heads, a 32-token
+    sliding window on alternate layers, attention and final logit softcapping): transformers refuses
+    sdpa for it, so it loads on eager attention."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tokenizer = tiny_tokenizer(folder)
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=POSITIONS,
+        sliding_window=32,
+        initializer_range=INIT_RANGE,
+        **_special_ids(tokenizer),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Gemma2ForCausalLM(config).eval()
+    return _save(model, tokenizer, folder)
+
+
 def tiny_lora_adapter(model_folder: Path, adapter_folder: Path, *, seed: int = 0) -> Path:
     """A LoRA (r 8, alpha 16) on the Llama's q_proj/v_proj. ``init_lora_weights=False`` draws B at
     random instead of zeros, so the adapter changes the outputs without training."""

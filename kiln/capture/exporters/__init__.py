@@ -35,18 +35,48 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "added_tokens.json",
     "generation_config.json",
+    "chat_template.jinja",
 )
 
 
 def copy_tokenizer(source: Path, dest: Path) -> None:
     """A causal LM's tokenizer travels with its export and every artifact: ``kiln generate`` and
-    the gate read text, and a device gets everything it needs in one folder."""
+    the gate read text, and a device gets everything it needs in one folder. Where transformers
+    rebuilds the tokenizer on load (a model class such as ``LlamaTokenizer`` keeps only the
+    vocabulary and post-processor of ``tokenizer.json``; a folder without one is converted), it
+    re-saves it there, so that the ``tokenizer.json`` a device reads is the pipeline transformers runs."""
     files = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
     if not files:
         raise ExportError(f"{source} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
     dest.mkdir(parents=True, exist_ok=True)
     for path in files:
         shutil.copyfile(path, dest / path.name)
+    if _rebuilt_on_load(dest):
+        _save_as_transformers(source, dest)
+
+
+# The classes that load tokenizer.json as it is; any other rebuilds its own pipeline around its vocabulary.
+AS_SAVED = (None, "TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _rebuilt_on_load(folder: Path) -> bool:
+    config = folder / "tokenizer_config.json"
+    named = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
+    return not (folder / "tokenizer.json").is_file() or named not in AS_SAVED
+
+
+def _save_as_transformers(source: Path, dest: Path) -> None:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:  # the files as given: kiln's Tokenizer reads tokenizer.json whole
+        return
+    try:
+        AutoTokenizer.from_pretrained(dest).save_pretrained(dest)
+    except Exception as err:
+        raise ExportError(
+            f"{source}: transformers could not load and re-save the tokenizer ({type(err).__name__}: {err}); "
+            "save it with a transformers 5 fast tokenizer's save_pretrained"
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -58,6 +88,7 @@ class ExportBundle:
     onnx_error: str | None = None
     prune: PruneReport | None = None  # what pruning did, for pruned variants
     distillation: DistillReport | None = None  # what distilling [recovery].teacher into it did
+    notes: tuple[str, ...] = ()  # what the capture chose that the artifact should say (its manifest's notes)
     _program: Any = field(default=None, repr=False)
 
     @property
@@ -102,6 +133,7 @@ class ExportBundle:
             onnx_error=meta.get("onnx_error"),
             prune=PruneReport.model_validate(meta["prune"]) if meta.get("prune") else None,
             distillation=DistillReport.model_validate(meta["distillation"]) if meta.get("distillation") else None,
+            notes=tuple(meta.get("notes", ())),
         )
 
 
@@ -136,7 +168,7 @@ def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: 
 
     loaded, prune, distillation, opset = subject.loaded, subject.prune, subject.distillation, export.opset
     sig = loaded.signature
-    meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key}
+    meta: dict[str, Any] = {"kind": loaded.kind, "cache_key": key, "notes": list(loaded.notes)}
     if prune is not None:
         meta["prune"] = prune.model_dump(mode="json")
     if distillation is not None:
@@ -144,7 +176,7 @@ def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: 
     if loaded.kind == "onnx":
         assert loaded.onnx_path is not None
         shutil.copyfile(loaded.onnx_path, out_dir / ONNX)
-        bundle = ExportBundle(out_dir, sig, loaded.kind, prune=prune, distillation=distillation)
+        bundle = ExportBundle(out_dir, sig, loaded.kind, prune=prune, distillation=distillation, notes=loaded.notes)
         meta["signature"] = sig.to_dict()
         (out_dir / META).write_text(json.dumps(meta, indent=2))
         return bundle
@@ -175,4 +207,6 @@ def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: 
         copy_tokenizer(loaded.tokenizer, out_dir / TOKENIZER)
     meta.update(signature=sig.to_dict(), opset=opset, onnx_error=onnx_error)
     (out_dir / META).write_text(json.dumps(meta, indent=2))
-    return ExportBundle(out_dir, sig, loaded.kind, opset, onnx_error, prune, distillation, _program=program)
+    return ExportBundle(
+        out_dir, sig, loaded.kind, opset, onnx_error, prune, distillation, loaded.notes, _program=program
+    )
