@@ -33,7 +33,17 @@ INSTALL = "pip install 'kiln[hf]' -c constraints.txt"
 
 def gguf_record(path: Path) -> GgufRecord:
     """What the file holds: its architecture, quantization type, tensor types and sha256; one
-    ``SourceError`` line when it is missing, not a GGUF file, or ``gguf`` is not installed."""
+    ``SourceError`` line when it is missing, not a GGUF file, or ``gguf`` is not installed. Read
+    once per process for an unchanged file (the build asks for every artifact's manifest)."""
+    if not path.is_file():
+        raise SourceError(f"GGUF file {path} does not exist; check [model].source")
+    stat = path.stat()
+    return _record(path.resolve(), stat.st_size, stat.st_mtime_ns).model_copy(deep=True)
+
+
+@functools.cache
+def _record(path: Path, size: int, mtime_ns: int) -> GgufRecord:
+    del size, mtime_ns  # part of the cache key only: a rewritten file is read again
     reader = _reader(path)
     census = collections.Counter(t.tensor_type.name for t in reader.tensors)
     quantization = _file_type(reader) or _dominant(reader) or "F32"
@@ -46,7 +56,7 @@ def gguf_record(path: Path) -> GgufRecord:
             "the artifacts with the quantized model, not with the weights it was quantized from"
         )
     return GgufRecord(
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         architecture=_text(reader, "general.architecture") or "unknown",
         quantization=quantization,
         bits=bits,
@@ -55,21 +65,7 @@ def gguf_record(path: Path) -> GgufRecord:
     )
 
 
-def file_sha256(path: Path) -> str:
-    """The file's sha256, read once per process for an unchanged file (a GGUF is large)."""
-    stat = path.stat()
-    return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.cache
-def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    del size, mtime_ns  # part of the cache key only: a rewritten file is hashed again
-    return sha256_file(path)
-
-
 def _reader(path: Path) -> Any:
-    if not path.is_file():
-        raise SourceError(f"GGUF file {path} does not exist; check [model].source")
     try:
         import gguf
     except ImportError as err:
