@@ -52,8 +52,8 @@ def _record(path: Path, size: int, mtime_ns: int) -> GgufRecord:
         note = "the file holds fp32 weights: the fp32 reference is the file's own model"
     else:
         note = (
-            f"the fp32 reference is dequantized from this {bits}-bit file ({quantization}): the gates compare "
-            "the artifacts with the quantized model, not with the weights it was quantized from"
+            f"the fp32 reference is dequantized from a {bits}-bit file: the gates compare the artifacts "
+            "with the quantized model, not with the weights it was quantized from"
         )
     return GgufRecord(
         sha256=sha256_file(path),

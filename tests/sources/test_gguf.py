@@ -140,7 +140,7 @@ def test_the_record_reads_the_type_and_the_hash_from_the_file(tmp_path: Path, qt
     assert record.tensor_types == (
         {"F32": matrices + 1 + 2 * LAYERS} if qtype == "F32" else {qtype: matrices, "F32": 5}
     )
-    assert (f"dequantized from this {bits}-bit file" in record.note) == (bits < 32)
+    assert (f"dequantized from a {bits}-bit file" in record.note) == (bits < 32)
 
 
 @pytest.mark.parametrize("qtype", ["F32", "Q4_0"])
@@ -199,7 +199,7 @@ def test_a_4_bit_gguf_builds_and_its_artifact_generates_transformers_tokens(tmp_
         manifest = result.manifest
         assert manifest is not None and manifest.gate.passed, manifest.gate.breaches if manifest else None
         assert manifest.gguf == gguf_record(path) and manifest.gguf.quantization == "Q4_0"
-        assert "dequantized from this 4-bit file" in manifest.gguf.line
+        assert "dequantized from a 4-bit file" in manifest.gguf.line
     reference, tokenizer = _transformers(path)
     ids = tokenizer(PROMPT).input_ids
     artifact = Artifact.from_manifest(tmp_path / "build" / "lm" / "onnxruntime-fp32")
