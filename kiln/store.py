@@ -26,6 +26,12 @@ from typing import Any
 MANIFEST = "manifest.json"
 
 
+def cache_dir() -> Path:
+    """kiln's per-user cache (``$XDG_CACHE_HOME/kiln``, default ``~/.cache/kiln``): what is
+    measured once per machine and what is derived once per source file, keyed by content."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln"
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

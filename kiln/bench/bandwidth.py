@@ -13,9 +13,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kiln.bench.peak import cache_dir
 from kiln.results import Bandwidth, Fingerprint
-from kiln.store import write_json
+from kiln.store import cache_dir, write_json
 
 BANDWIDTH_SCHEMA = "kiln.bandwidth/2"  # bump when the method changes: cached figures are re-measured
 MIN_ARRAY_BYTES = 128 * 2**20

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.results import Fingerprint, MeasuredPeak, Peak, TheoreticalPeak
-from kiln.store import write_json
+from kiln.store import cache_dir, write_json
 
 PEAK_SCHEMA = "kiln.peak/4"  # bump when the method changes: cached figures are re-measured
 # One fully connected layer as inference runs it (a BERT-base FFN over 128 tokens): activations
@@ -35,10 +35,6 @@ PEAK_SCHEMA = "kiln.peak/4"  # bump when the method changes: cached figures are 
 # with the same libraries, and real models beat it, so it was no peak.
 M, K, N = 128, 768, 3072
 OPS = 2 * M * K * N
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln"
 
 
 def _best_rate(op: Any, seconds: float) -> float:

@@ -165,7 +165,8 @@ def _image_size(folder: Path, config: Any) -> tuple[int, int]:
     )
 
 
-def _transformers() -> Any:
+def offline_transformers() -> Any:
+    """transformers, set never to reach for a hub; one ``SourceError`` line when it is missing."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the folder is the model
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -187,7 +188,7 @@ def _from_pretrained(folder: Path, task: str) -> Any:
 
 def load_hf(folder: Path, model: ModelConfig) -> LoadedModel:
     """Load an ``hf:`` folder for its task: text encoders, image classifiers or causal LMs."""
-    transformers = _transformers()
+    transformers = offline_transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(folder)
     except Exception as err:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from kiln.spec import Signature
 
-SourceKind = Literal["python", "pt2", "hf", "onnx", "ensemble"]
+SourceKind = Literal["python", "pt2", "hf", "gguf", "onnx", "ensemble"]
 
 
 @dataclass(frozen=True)

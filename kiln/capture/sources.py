@@ -1,5 +1,5 @@
 """Model sources: a Python factory, a saved ``torch.export`` program, a local Hugging Face folder,
-or an ONNX file. Each loads into a :class:`LoadedModel`; each failure is one ``SourceError`` line.
+a GGUF file (a causal LM, :mod:`kiln.capture.gguf`) or an ONNX file. Each loads into a :class:`LoadedModel`; each failure is one ``SourceError`` line.
 
 :func:`source_files` lists the files whose content identifies a source, without importing torch,
 so that an up-to-date check stays fast.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ def source_kind(source: str) -> SourceKind:
         return "ensemble"
     if source.startswith("hf:"):
         return "hf"
+    if source.startswith("gguf:") or source.endswith(".gguf"):
+        return "gguf"
     if source.endswith(".pt2"):
         return "pt2"
     if source.endswith(".onnx"):
@@ -36,19 +39,30 @@ def source_kind(source: str) -> SourceKind:
         return "python"
     raise SourceError(
         f"model source {source!r} is not recognised; expected path/file.py:fn, package.module:fn, "
-        "model.pt2, model.onnx or hf:path/to/folder"
+        "model.pt2, model.onnx, hf:path/to/folder or gguf:path/model.gguf"
     )
 
 
 def hf_folder(source: str, root: Path) -> Path:
     """The folder of an ``hf:`` source: a path, or ``hf:pkg://package/sub/folder`` for a model
     folder shipped inside an installed Python package (found without importing it)."""
-    ref = source.removeprefix("hf:")
+    return _located(source, source.removeprefix("hf:"), root)
+
+
+def gguf_file(source: str, root: Path) -> Path:
+    """The file of a GGUF source: ``gguf:path``, a plain ``path.gguf``, or
+    ``gguf:pkg://package/sub/file.gguf`` inside an installed Python package."""
+    return _located(source, source.removeprefix("gguf:"), root)
+
+
+def _located(source: str, ref: str, root: Path) -> Path:
+    """A path relative to the config's folder, or ``pkg://package/sub`` inside an installed
+    package (found without importing it)."""
     if ref.startswith("pkg://"):
         package, _, sub = ref.removeprefix("pkg://").partition("/")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise SourceError(f"hf source {source!r}: package {package!r} is not installed; pip install it")
+            raise SourceError(f"model source {source!r}: package {package!r} is not installed; pip install it")
         return Path(next(iter(spec.submodule_search_locations))) / sub
     return resolve_path(root, ref)
 
@@ -69,8 +83,8 @@ def _model_files(model: ModelConfig, root: Path) -> list[Path]:
     if kind == "hf":
         folder = hf_folder(model.source, root)
         return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-    if kind in ("pt2", "onnx"):
-        path = resolve_path(root, model.source)
+    if kind in ("pt2", "onnx", "gguf"):
+        path = gguf_file(model.source, root) if kind == "gguf" else resolve_path(root, model.source)
         return [path] if path.is_file() else []
     module_part = model.source.rsplit(":", 1)[0]
     if module_part.endswith(".py"):
@@ -158,10 +172,12 @@ def load_source(model: ModelConfig, root: Path) -> LoadedModel:
     kind = source_kind(model.source)
     if kind == "ensemble":
         return _load_ensemble(model, root)
-    loader = {"python": _load_python, "pt2": _load_pt2, "hf": _load_hf, "onnx": _load_onnx}[kind]
+    loader = {"python": _load_python, "pt2": _load_pt2, "hf": _load_hf, "gguf": _load_gguf, "onnx": _load_onnx}[kind]
     if model.adapters:
-        if kind not in ("python", "hf"):
-            raise SourceError(f"[model].adapter needs a transformers model (hf: or a factory); the source is {kind}")
+        if kind not in ("python", "hf", "gguf"):
+            raise SourceError(
+                f"[model].adapter needs a transformers model (hf:, gguf: or a factory); the source is {kind}"
+            )
         for ref in model.adapters:
             if not resolve_path(root, ref).is_dir():
                 raise SourceError(
@@ -363,3 +379,16 @@ def _load_hf(model: ModelConfig, root: Path) -> LoadedModel:
     from kiln.capture.hf import load_hf
 
     return load_hf(folder, model)
+
+
+def _load_gguf(model: ModelConfig, root: Path) -> LoadedModel:
+    """A GGUF file dequantized to fp32 and saved once as a transformers folder (kiln's cache),
+    loaded from there as an ``hf:`` causal LM."""
+    from kiln.capture.gguf import gguf_record, hf_folder_of
+    from kiln.capture.hf import load_hf
+
+    path = gguf_file(model.source, root)
+    if model.task not in ("auto", "text-generation"):
+        raise SourceError(f"gguf source {path}: a GGUF file is a causal LM; set [model].task to text-generation")
+    folder = hf_folder_of(path, gguf_record(path))
+    return replace(load_hf(folder, model), kind="gguf")

@@ -192,6 +192,7 @@ def _quiet_toolchains() -> None:
     # transformers draws loading bars and logs per model; kiln reports its own progress.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # its GGUF reader draws a plain tqdm bar (read on tqdm's import)
     quiet_toolchains()
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from kiln import __version__
 from kiln.capture.exporters import META, TOKENIZER, ExportBundle
 from kiln.capture.loaded import LoadedModel
-from kiln.capture.sources import load_source
+from kiln.capture.sources import gguf_file, load_source, source_kind
 from kiln.config import KilnConfig, TargetConfig
 from kiln.errors import ConfigError, KilnError, ParityError
 from kiln.gate.golden import GOLDEN
@@ -30,6 +30,7 @@ from kiln.manifest import (
     DistillReport,
     FileEntry,
     Gate,
+    GgufRecord,
     GoldenRecord,
     Manifest,
 )
@@ -321,6 +322,7 @@ def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> M
         distillation=bundle.distillation,
         qat=artifact.qat,
         adapter=_adapter(config),
+        gguf=_gguf(config),
         ensemble=config.model.ensemble,
         member=target.member,
         export_dir=bundle.path.name,
@@ -339,6 +341,15 @@ def _adapter(config: KilnConfig) -> AdapterRecord | None:
         return None
     path = config.root / config.model.adapters[0]
     return AdapterRecord(path=config.model.adapters[0], sha256=adapter_digest(path))
+
+
+def _gguf(config: KilnConfig) -> GgufRecord | None:
+    """A GGUF source's facts: its quantization type, its sha256, what the reference is."""
+    from kiln.capture.gguf import gguf_record
+
+    if source_kind(config.model.source) != "gguf":
+        return None
+    return gguf_record(gguf_file(config.model.source, config.root))
 
 
 def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> Path:

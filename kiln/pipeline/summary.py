@@ -59,6 +59,10 @@ def print_summary(config: KilnConfig, results: list[TargetResult], out: Path) ->
             human_size(m.size_bytes) if m else "-",
             f"{m.build_seconds if m else r.seconds:.1f}",
         )
+    # What the source is, where a manifest records it: a GGUF's type and what the gates compare with.
+    source = next((r.manifest.gguf for r in results if r.manifest is not None and r.manifest.gguf), None)
+    if source is not None:
+        table.caption = f"source: {source.line}"
     wide_console().print(table)
 
 

@@ -164,6 +164,8 @@ def _provenance(m: Manifest) -> list[str]:
         )
     if m.adapter is not None:
         lines.append(f"- adapter merged: `{m.adapter.path}` (sha256 {m.adapter.sha256[:16]}…)")
+    if m.gguf is not None:
+        lines.append(f"- source: {m.gguf.line}")
     return ["## Provenance", "", *lines, ""] if lines else []
 
 

@@ -76,12 +76,13 @@ EXECUTORCH = Package("executorch", ("executorch",), "executorch", loggers=("exec
 # kiln[executorch] installs torchao too
 EXECUTORCH_TORCHAO = Package("torchao", ("torchao",), "executorch", loggers=("torchao",))
 
-# What capture uses whatever the target: torch.export, the ONNX exporter, hf: sources, pruning.
+# What capture uses whatever the target: torch.export, the ONNX exporter, hf: and gguf: sources, pruning.
 CAPTURE = (
     TORCH,
     Package("onnx", ("onnx",)),
     Package("onnxscript", ("onnxscript",), loggers=("onnxscript",)),
     Package("transformers", ("transformers",), "hf", loggers=("transformers",)),
+    Package("gguf", ("gguf",), "hf", loggers=("gguf",)),
     Package("torch_pruning", ("torch-pruning",), "prune"),
 )
 

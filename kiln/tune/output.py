@@ -165,10 +165,11 @@ def to_toml(sections: dict[str, Any], header: str = "") -> str:
 
 
 def _rebase(ref: str | None, old: Path, new: Path) -> str | None:
-    """A path in a config (``file.py:fn``, ``hf:./folder``, ``data.npz``) relative to a new folder."""
+    """A path in a config (``file.py:fn``, ``hf:./folder``, ``gguf:model.gguf``, ``data.npz``)
+    relative to a new folder."""
     if ref is None or old == new:
         return ref
-    prefix = "hf:" if ref.startswith("hf:") else ""
+    prefix = next((p for p in ("hf:", "gguf:") if ref.startswith(p)), "")
     body = ref.removeprefix(prefix)
     path, sep, rest = body.partition(":") if ".py:" in body else (body, "", "")
     if Path(path).is_absolute() or not (old / path).exists():

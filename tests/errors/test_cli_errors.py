@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,16 @@ def cnn(extra: str = "", target: str = ORT) -> dict[str, str]:
 def model(source: str, extra: str = "", target: str = ORT, inputs: str | None = None) -> dict[str, str]:
     spec = inputs or 'inputs = [{ name = "x", shape = ["batch", 4] }]\ndims = { batch = { min = 1, max = 4 } }'
     return {"kiln.toml": f'[model]\nname = "m"\nsource = "{source}"\n{spec}\n{extra}{target}'}
+
+
+def gguf(source: str) -> dict[str, str]:
+    return {"kiln.toml": f'[model]\nname = "m"\nsource = "{source}"\n' + ORT}
+
+
+def gguf_header(architecture: str) -> bytes:
+    """A GGUF file (version 3) with no tensors and one key: general.architecture."""
+    key, arch = b"general.architecture", architecture.encode()
+    return b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, len(key)) + key + struct.pack("<IQ", 8, len(arch)) + arch
 
 
 FACTORIES = {
@@ -136,6 +147,10 @@ CASES = [
     ("onnx-missing", {"kiln.toml": '[model]\nname = "m"\nsource = "m.onnx"\n' + ORT}, None, 2),
     ("onnx-corrupt", {"kiln.toml": '[model]\nname = "m"\nsource = "m.onnx"\n' + ORT, "m.onnx": "garbage"}, None, 2),
     ("hf-folder-without-config", {"kiln.toml": '[model]\nname = "m"\nsource = "hf:nothing"\n' + ORT}, None, 2),
+    ("gguf-missing", gguf("gguf:nowhere.gguf"), None, 2),
+    ("gguf-not-a-gguf-file", {**gguf("m.gguf"), "m.gguf": "not a GGUF file"}, None, 2),
+    ("gguf-package-not-installed", gguf("gguf:pkg://no_such_package/m.gguf"), None, 2),
+    ("gguf-architecture-transformers-cannot-load", {**gguf("m.gguf"), "m.gguf": gguf_header("rwkv6")}, None, 2),
     (
         "program-target-on-onnx-source",
         {"kiln.toml": '[model]\nname = "m"\nsource = "m.onnx"\n[[target]]\nname = "aoti"\n', "m.onnx": "x"},
@@ -186,6 +201,8 @@ def _write(folder: Path, files: dict[str, object]) -> None:
         if isinstance(content, tuple):  # an .npz: (input name, shape, dtype)
             key, shape, dtype = content
             np.savez(path, **{key: np.ones(shape, dtype=dtype)})
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
         else:
             path.write_text(str(content).replace("{tmp}", str(folder)))
 
@@ -210,7 +227,7 @@ def assert_nothing_complete(folder: Path) -> None:
 
 # The cases that run the user's model code (a factory, a program, calibration through capture) take
 # seconds each in their own process: the full suite's, not the inner loop's.
-CAPTURING = ("factory-", "forward-", "pt2-", "calibration-shape", "calibration-dtype", "capture-")
+CAPTURING = ("factory-", "forward-", "pt2-", "calibration-shape", "calibration-dtype", "capture-", "gguf-arch")
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ TOKENIZER_FILES = (
     "vocab.txt",
     "tokenizer.model",
     "added_tokens.json",
+    "chat_template.jinja",  # where transformers 5 saves a chat template
     "generation_config.json",
     "chat_template.jinja",
 )
