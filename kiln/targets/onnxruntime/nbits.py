@@ -189,7 +189,14 @@ def _run(module: Any, model: Any, options: ORTOptions, bits: int, exclude: list[
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # HQQ's torch.from_numpy
         quantizer.process()
-    return quantizer.model.model
+    model = quantizer.model.model
+    if hqq and options.accuracy_level:  # ORT's HQQ quantizer writes no accuracy_level: set it as asked
+        from onnx import helper
+
+        for node in model.graph.node:
+            if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+                node.attribute.append(helper.make_attribute("accuracy_level", options.accuracy_level))
+    return model
 
 
 def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[str, Any]:
@@ -254,8 +261,8 @@ def _record(graph: Any, before: dict[str, Any], heads: list[str], options: ORTOp
         "format": "MatMulNBits (com.microsoft)",
         "weights": f"int{bits} {'symmetric' if options.symmetric and not hqq else 'asymmetric'}, "
         f"blocks of {options.block_size} along K",
-        "accuracy_level": 0 if hqq else options.accuracy_level,
-        "compute": COMPUTE[0 if hqq else options.accuracy_level],
+        "accuracy_level": options.accuracy_level,
+        "compute": COMPUTE[options.accuracy_level],
         "matmul_nbits": nbits,
         "lm_head": {"policy": options.lm_head if bits == 4 else "int8", "nodes": heads},
         "embeddings": "int4 GatherBlockQuantized" if gathers else "fp32 (Gather kept float: a lookup)",
