@@ -90,6 +90,9 @@ class PromptFigures(_Record):
     first_divergence: int | None  # the first step where the free-running sequences differ
     forced_top1: float  # teacher-forced next-token agreement with eager
     min_cosine: float  # the worst per-step logits cosine (teacher forced)
+    # The largest teacher-forced logits difference, scaled to the row's rms and sqrt(2 ln vocab)
+    # (kiln.parity.scaled_rel); None in manifests written before it was measured.
+    scaled_rel: float | None = None
 
 
 class GenerationResult(_Record):
@@ -106,6 +109,7 @@ class GenerationResult(_Record):
     min_cosine: float
     mean_cosine: float
     step_cosine: list[float]  # per step, the mean over prompts (teacher forced)
+    scaled_rel: float | None = None  # the largest of the prompts' (teacher forced; see PromptFigures)
     heldout_tokens: int
     perplexity_eager: float
     perplexity: float

@@ -162,10 +162,14 @@ class Reference:
             gate = self.generation().check(runner, tolerance)
             if runner.decode_session(self.bundle.signature) is not None:
                 return gate  # the runtime keeps the cache: there is no step graph to feed
-            step = self._parity_gate(runner, tolerance, real_data=False)
-            # Seeded ids over a random cache give near-tie logits: the step figures gate a precision
-            # that must match eager exactly (fp32); for the others they are recorded, and what the
-            # model generates (teacher-forced, on real prompts) is the gate.
+            # Seeded ids over a random cache take the model where no prompt does: there a real
+            # model's fp32 rounding reads far above what it is on real prompts (SmolLM2-135M: logits
+            # max_rel 4.2e-4 and its last layers' cache 1.9e-4, where its teacher-forced logits sit
+            # at 3e-6 of their scale; docs/generative.md). So the step graph gates what a random cache
+            # does show, shapes, non-finite values and cosine, for a precision that must match eager
+            # exactly (fp32), with max_abs and max_rel recorded; how close the logits are is judged
+            # on real prompts, teacher-forced (kiln.gate.verdict). Other precisions: recorded only.
+            step = self._parity_gate(runner, tolerance.model_copy(update={"max_abs": None, "max_rel": None}), False)
             gated = step.breaches if tolerance.exact_tokens else []
             breaches = [*gated, *gate.breaches]
             return gate.model_copy(update={"passed": not breaches, "parity": step.parity, "breaches": breaches})

@@ -8,13 +8,18 @@ Figures, per prompt and over all of them (:class:`~kiln.manifest.GenerationResul
 - greedy tokens, free running: the first step where they leave eager's and the share that agree;
 - teacher-forced next-token agreement (top-1): eager's tokens fed one at a time, the artifact's
   argmax against eager's at every step;
-- the cosine of the teacher-forced logits at every step, against eager's;
+- the cosine of the teacher-forced logits at every step, against eager's (teacher forced, so a
+  step after a free-running divergence still compares the same context);
+- the largest difference of those logits, scaled to each row's magnitude and the vocabulary
+  (:func:`kiln.parity.scaled_rel`);
 - held-out perplexity, relative to eager's on the same tokens.
 
 The verdict: ``exact_tokens`` and ``min_cosine`` hold for every prompt (a breach names each
-prompt that fails them); ``min_top1`` and ``max_perplexity_increase`` hold over all prompts and
-the held-out text. A golden set keeps only prompts that pass on their own (:func:`prompt_passes`),
-so any subset of them passes over all too.
+prompt that fails them), and where tokens must be exact (fp32) so does ``max_rel``, on the scaled
+logits difference: an fp32 artifact whose weights or cache are slightly wrong can still pick
+eager's tokens on a few prompts, never with its logits at rounding distance. ``min_top1`` and
+``max_perplexity_increase`` hold over all prompts and the held-out text. A golden set keeps only
+prompts that pass on their own (:func:`prompt_passes`), so any subset of them passes over all too.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 from kiln.config import Tolerance
 from kiln.decoding import DecodeSession, forced, generate, perplexity
 from kiln.manifest import GenerationResult, PromptFigures
-from kiln.parity import row_cosines
+from kiln.parity import row_cosines, scaled_rel
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ def measure(session: DecodeSession, eager: EagerGeneration, tolerance: Tolerance
         logits = forced(session, case.ids, case.tokens)
         cos = [cosine(a, b) for a, b in zip(logits, case.logits, strict=True)]
         hit = int((logits.argmax(axis=1) == case.logits.argmax(axis=1)).sum())
+        scaled = scaled_rel(logits, case.logits) if logits.shape == case.logits.shape else float("inf")
         agree += sum(a == b for a, b in zip(tokens, case.tokens, strict=False))
         hits, steps = hits + hit, steps + len(case.tokens)
         cosines.append(cos)
@@ -83,6 +89,7 @@ def measure(session: DecodeSession, eager: EagerGeneration, tolerance: Tolerance
                 first_divergence=first_divergence(tokens, case.tokens),
                 forced_top1=hit / len(case.tokens),
                 min_cosine=min(cos),
+                scaled_rel=scaled,
             )
         )
     ppl = perplexity(session, eager.heldout.ids)
@@ -103,6 +110,7 @@ def measure(session: DecodeSession, eager: EagerGeneration, tolerance: Tolerance
         min_cosine=min(flat),
         mean_cosine=float(np.mean(flat)),
         step_cosine=[float(np.mean([c[i] for c in cosines if i < len(c)])) for i in range(width)],
+        scaled_rel=max(p.scaled_rel or 0.0 for p in per_prompt),
         heldout_tokens=len(eager.heldout.ids),
         perplexity_eager=eager_ppl,
         perplexity=ppl,
@@ -146,6 +154,10 @@ def prompt_breaches(p: PromptFigures, t: Tolerance) -> list[str]:
         breaches.append(
             f"logits cosine {p.min_cosine:.6f} < {t.min_cosine} (min_cosine = {p.min_cosine:.6f} would pass)"
         )
+    scaled = p.scaled_rel
+    if t.exact_tokens and t.max_rel is not None and scaled is not None and not scaled <= t.max_rel:
+        hint = f" (max_rel = {scaled:.3g} would pass)" if np.isfinite(scaled) else ""
+        breaches.append(f"teacher-forced logits scaled_rel {scaled:.3g} > tolerance {t.max_rel:.3g}{hint}")
     return breaches
 
 
