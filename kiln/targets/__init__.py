@@ -90,6 +90,10 @@ CAPTURE = (
 # A causal LM's generation gate reads min_cosine (per-step logits), min_top1 (teacher-forced next
 # tokens), exact_tokens and max_perplexity_increase (relative to eager's held-out perplexity).
 FP32 = Tolerance(max_rel=1e-4, min_cosine=0.99999, exact_tokens=True, max_perplexity_increase=0.001)
+# Core ML at fp32: a causal LM's KV cache is Core ML state, which is fp16 on every device, so fp32
+# logits carry the cache's fp16 rounding (tiny Llama, exact tokens: teacher-forced scaled_rel
+# 4.4e-4 and 6.8e-4); max_rel is ten times FP32's, the rest as FP32.
+COREML_FP32 = FP32.model_copy(update={"max_rel": 1e-3})
 FP16 = Tolerance(max_rel=3e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.01)
 BF16 = Tolerance(max_rel=5e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.02)
 INT8 = Tolerance(min_cosine=0.98, min_top1=0.95, max_perplexity_increase=0.05)
@@ -283,7 +287,7 @@ REGISTRY: dict[str, TargetSpec] = {
             "program",
             (
                 Precision("fp16", FP16),
-                Precision("fp32", FP32),
+                Precision("fp32", COREML_FP32),
                 Precision("int8", INT8),
                 Precision("int4", INT4),
                 Precision("palettize4", INT4),
