@@ -34,6 +34,34 @@ from pydantic import ValidationError
 from kiln import hardware
 from kiln.config import KilnConfig, TargetConfig, Tolerance
 from kiln.errors import ConfigError, MissingDependencyError, UnavailableError, UnknownTargetError
+from kiln.targets.rows import (
+    BF16,
+    CAPTURE,
+    COREML_FP32,
+    COREMLTOOLS,
+    EXECUTORCH,
+    EXECUTORCH_TORCHAO,
+    FP16,
+    FP32,
+    INT4,
+    INT8,
+    INT8_WEIGHTS,
+    NNCF,
+    NNCF_SAMPLES,
+    ONNXRUNTIME,
+    OPENVINO,
+    ORT_SAMPLES,
+    PT2E_SAMPLES,
+    QAT_NNCF,
+    QAT_QDQ,
+    QAT_QDQ_SYMMETRIC,
+    QAT_X86,
+    QAT_XNNPACK,
+    TENSORRT,
+    TORCH,
+    TORCHAO,
+    Package,
+)
 from kiln.targets.shipping import DEFAULT_RULE, RuntimeRule, Serving
 
 if TYPE_CHECKING:
@@ -42,80 +70,6 @@ if TYPE_CHECKING:
     from kiln.targets.base import Target, TargetOptions
 
 Consumes = Literal["program", "onnx"]
-
-
-@dataclass(frozen=True)
-class Package:
-    """A Python package kiln imports: its import name, the distributions that provide it (the
-    first one installed is the version recorded), the pip extra that installs it, and its loggers
-    that talk about their own internals per op or per pass (quieted unless ``--verbose``)."""
-
-    module: str
-    dists: tuple[str, ...]
-    extra: str | None = None
-    loggers: tuple[str, ...] = ()
-
-    @property
-    def installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
-
-    @property
-    def install_hint(self) -> str:
-        how = f"pip install 'kiln[{self.extra}]' -c constraints.txt" if self.extra else f"pip install {self.dists[0]}"
-        return f"the Python package {self.module!r} ({how})"
-
-
-TORCH = Package("torch", ("torch",), loggers=("torch", "torch.utils._pytree"))
-ONNXRUNTIME = Package("onnxruntime", ("onnxruntime",), "onnxruntime")
-OPENVINO = Package("openvino", ("openvino",), "openvino")
-NNCF = Package("nncf", ("nncf",), "openvino", loggers=("nncf",))
-TORCHAO = Package("torchao", ("torchao",), "aoti-int8", loggers=("torchao",))
-COREMLTOOLS = Package("coremltools", ("coremltools",), "coreml", loggers=("coremltools",))
-TENSORRT = Package("tensorrt", ("tensorrt-cu12", "tensorrt-cu13", "tensorrt"), "tensorrt")
-EXECUTORCH = Package("executorch", ("executorch",), "executorch", loggers=("executorch",))
-# kiln[executorch] installs torchao too
-EXECUTORCH_TORCHAO = Package("torchao", ("torchao",), "executorch", loggers=("torchao",))
-
-# What capture uses whatever the target: torch.export, the ONNX exporter, hf: and gguf: sources, pruning.
-CAPTURE = (
-    TORCH,
-    Package("onnx", ("onnx",)),
-    Package("onnxscript", ("onnxscript",), loggers=("onnxscript",)),
-    Package("transformers", ("transformers",), "hf", loggers=("transformers",)),
-    Package("gguf", ("gguf",), "hf", loggers=("gguf",)),
-    Package("torch_pruning", ("torch-pruning",), "prune"),
-)
-
-# Default parity tolerances by numeric format (``None`` figures are not gated).
-# A causal LM's generation gate reads min_cosine (per-step logits), min_top1 (teacher-forced next
-# tokens), exact_tokens and max_perplexity_increase (relative to eager's held-out perplexity).
-FP32 = Tolerance(max_rel=1e-4, min_cosine=0.99999, exact_tokens=True, max_perplexity_increase=0.001)
-# Core ML at fp32: a causal LM's KV cache is Core ML state, which is fp16 on every device, so fp32
-# logits carry the cache's fp16 rounding (tiny Llama, exact tokens: teacher-forced scaled_rel
-# 4.4e-4 and 6.8e-4); max_rel is ten times FP32's, the rest as FP32.
-COREML_FP32 = FP32.model_copy(update={"max_rel": 1e-3})
-FP16 = Tolerance(max_rel=3e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.01)
-BF16 = Tolerance(max_rel=5e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.02)
-INT8 = Tolerance(min_cosine=0.98, min_top1=0.95, max_perplexity_increase=0.05)
-# Weight-only int8 (activations stay float): cosine >= 0.99999 on a tiny attention block; on causal
-# LMs (docs/generative.md) teacher-forced top-1 0.958-1.000, per-step cosine 0.9868-0.999997 and
-# perplexity -0.18 %..+0.08 % (SmolLM2-135M: 0.961, 0.9868, -0.14 %), so the bars sit below the worst:
-# top-1 3 points, cosine 1.5x its distance from 1, perplexity 10x the largest change.
-INT8_WEIGHTS = Tolerance(min_cosine=0.98, min_top1=0.93, max_perplexity_increase=0.02)
-INT4 = Tolerance(min_cosine=0.95, min_top1=0.90, max_perplexity_increase=0.10)
-
-# Quantization-aware training paths ([recovery] qat = true), each the target's own quantizer with
-# fake quantization in the loop (see kiln.quant.qat).
-QAT_X86 = "PT2E prepare_qat_pt2e with X86InductorQuantizer (the quantizer aoti:int8 uses)"
-QAT_XNNPACK = "PT2E prepare_qat_pt2e with XNNPACKQuantizer (the quantizer executorch:int8 uses)"
-QAT_QDQ = "PT2E QAT (X86InductorQuantizer: uint8 activations, int8 per-channel weights), exported as a Q/DQ ONNX"
-QAT_QDQ_SYMMETRIC = "PT2E QAT with symmetric int8 activations (as TensorRT needs), exported as a Q/DQ ONNX"
-QAT_NNCF = "NNCF's PyTorch QAT (nncf.quantize on the module, fine-tuned, then ov.convert_model)"
-
-# How many calibration samples each quantizer's documentation asks for: ONNX Runtime's
-# calibrators and PyTorch's PT2E observers see stable ranges from about 100; NNCF's default
-# ``subset_size`` is 300.
-ORT_SAMPLES, PT2E_SAMPLES, NNCF_SAMPLES = 100, 100, 300
 
 
 @dataclass(frozen=True)
