@@ -398,3 +398,48 @@ def stream_text(tokenizer: Tokenizer, tokens: Iterator[int]) -> Iterator[str]:
             continue
         yield text[len(shown) :]
         shown = text
+
+
+# Text for data-aware weight compression (AWQ, scale estimation, sensitivity ranking) when a causal
+# LM's build gives none: plain English of several registers, a little code and a chat exchange,
+# written for kiln. It shares no sentence with the gate's held-out text (kiln.gate.reference), so an
+# artifact is never graded on the text it was calibrated on.
+CALIBRATION_TEXT = """The river rose slowly through the night, and by morning the lower fields were under a
+foot of brown water. Farmers moved their animals to the ridge, where the old stone barn still stood,
+and children carried sacks of grain up the muddy path two at a time. Nobody panicked; the valley had
+flooded before, and everyone knew the water would be gone within a week.
+
+A good recipe for bread needs only four things: flour, water, salt and yeast. Mix them, knead the
+dough until it is smooth and elastic, then let it rest somewhere warm until it has doubled in size.
+Shape the loaf, let it rise again, and bake it in a hot oven for about forty minutes. The crust
+should sound hollow when you tap the bottom.
+
+In 1869 the first transcontinental railroad in the United States was completed, joining the
+eastern network with the Pacific coast. Travel that had taken months by wagon now took about a
+week. Towns grew along the line, prices of goods fell, and the telegraph wires strung beside the
+tracks carried news across the country in minutes.
+
+Photosynthesis is the process by which green plants turn light into chemical energy. Chlorophyll
+in the leaves absorbs mostly red and blue light, and the plant uses that energy to combine carbon
+dioxide from the air with water from the soil, making glucose and releasing oxygen.
+
+def average(values):
+    \"\"\"Return the arithmetic mean of a non-empty list of numbers.\"\"\"
+    if not values:
+        raise ValueError("average() needs at least one value")
+    return sum(values) / len(values)
+
+for name, score in sorted(scores.items(), key=lambda item: item[1], reverse=True):
+    print(f"{name:>10}: {score:6.2f}")
+
+User: Can you suggest a name for a small coffee shop near the harbour?
+Assistant: How about "The Anchor Cup"? It hints at the harbour, sounds friendly, and is easy to
+remember. Other options are "Tide & Roast" or "Harbour Light Coffee".
+User: What is the difference between weather and climate?
+Assistant: Weather is what the atmosphere is doing over a short period, such as today's rain or
+tomorrow's wind. Climate is the average pattern of weather in a region over many years.
+
+The committee met on Tuesday to review the budget for the coming year. Most members agreed that the
+library needed new computers, but there was a long debate about whether to repair the roof first.
+In the end they voted to do both, paying for the roof from the reserve fund and spreading the cost
+of the computers over three years."""

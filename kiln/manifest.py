@@ -259,6 +259,26 @@ class FileEntry(_Record):
     bytes: int
 
 
+class SearchStep(_Record):
+    """One setting the accuracy-controlled search built and gated."""
+
+    settings: dict[str, Any]  # what it changed from the options as given ({} : the first build)
+    passed: bool | None
+    forced_top1: float | None = None  # a causal LM's teacher-forced agreement
+    perplexity_increase: float | None = None
+    size_bytes: int
+    seconds: float
+    worst: str  # the first breach, else the gated figure closest to its limit
+
+
+class SearchRecord(_Record):
+    """Why the first build was not kept, what was tried (smallest and fastest first) and what won."""
+
+    reason: str
+    tried: list[SearchStep]
+    chosen: int | None  # index into ``tried``; None when none passed (the last one is kept)
+
+
 class Manifest(_Record):
     """``<target>-<precision>[-<prune>]/manifest.json``: everything about one built artifact."""
 
@@ -288,6 +308,8 @@ class Manifest(_Record):
     member: str | None = Field(None, exclude_if=lambda v: v is None)
     export_dir: str = "export"  # export/, export-<prune slug>/ or export-member-<name>/: what FLOPs are counted on
     golden: GoldenRecord | None = None  # None: built before kiln wrote golden sets (schema 2)
+    # The accuracy-controlled search, when the first setting breached the gate: every setting tried.
+    search: SearchRecord | None = Field(None, exclude_if=lambda v: v is None)
     build_seconds: float
     files: list[FileEntry]
     size_bytes: int  # the files the runtime loads (golden/ excluded)

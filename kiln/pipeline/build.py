@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
 from kiln.capture.exporters import META, TOKENIZER, ExportBundle
@@ -33,6 +33,7 @@ from kiln.manifest import (
     GgufRecord,
     GoldenRecord,
     Manifest,
+    SearchRecord,
 )
 from kiln.pipeline.planning import (
     BuildPlan,
@@ -44,6 +45,7 @@ from kiln.pipeline.planning import (
     tokenizer_dir,
     with_members,
 )
+from kiln.pipeline.search import describe, fallbacks, search_note, search_step, with_options
 from kiln.pipeline.variants import distilled, member_variant, module_metric, pruned_variant
 from kiln.store import (
     BuildLock,
@@ -223,8 +225,6 @@ def _qat_setup(p: BuildPlan, tp: TargetPlan, reference: Reference, progress: Pro
 def _build_target(
     p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, reference: Reference, progress: Progress
 ) -> Manifest:
-    from kiln.targets.base import RunOptions
-
     impl = _implementation(tp)
     if not tp.available.build:
         # What needs no toolchain is still done and kept, for inspection, before exit 5.
@@ -232,23 +232,71 @@ def _build_target(
             impl.prepare(_context(p, tp, bundle, reference, tmp, progress))
         tp.available.require(tp.label)
     with atomic_dir(p.model_dir / tp.target.key) as tmp:
-        ctx = _context(p, tp, bundle, reference, tmp, progress)
-        start = time.perf_counter()
-        impl.prepare(ctx)
-        artifact = impl.compile(ctx)
-        seconds = time.perf_counter() - start
-        if bundle.tokenizer_dir is not None:  # a causal LM's artifact carries its tokenizer
-            shutil.copytree(bundle.tokenizer_dir, tmp / TOKENIZER, dirs_exist_ok=True)
-        options = RunOptions(threads=ctx.threads)
-        runner = impl.load(artifact, options) if tp.available.run else impl.simulated_runner(artifact, ctx)
-        if artifact.reference is not None:  # QAT retrained the model: parity is against what it made
-            from kiln.gate.reference import Reference
-
-            reference = Reference(p.config, bundle, artifact.reference, reference.data, baseline=reference)
-        gate, golden = _gate(tp, artifact, runner, reference, progress)
-        manifest = _manifest(p, tp, _Built(bundle, artifact, gate, seconds, tmp, golden), reference.data)
+        built = _attempt(p, tp, impl, bundle, reference, tmp, progress)
+        search = None
+        if built.gate.passed is False and (settings := fallbacks(tp, bundle, reference.data.calibration is not None)):
+            built, search = _search(p, tp, (impl, bundle, reference, tmp), built, settings, progress)
+        manifest = _manifest(p, tp, built, reference.data, search)
         manifest.write(tmp)
     return manifest
+
+
+def _attempt(
+    p: BuildPlan,
+    tp: TargetPlan,
+    impl: Target,
+    bundle: ExportBundle,
+    reference: Reference,
+    tmp: Path,
+    progress: Progress,
+) -> _Built:
+    """Compile into ``tmp``, load (or simulate) and gate: one artifact with its verdict."""
+    from kiln.targets.base import RunOptions
+
+    ctx = _context(p, tp, bundle, reference, tmp, progress)
+    start = time.perf_counter()
+    impl.prepare(ctx)
+    artifact = impl.compile(ctx)
+    seconds = time.perf_counter() - start
+    if bundle.tokenizer_dir is not None:  # a causal LM's artifact carries its tokenizer
+        shutil.copytree(bundle.tokenizer_dir, tmp / TOKENIZER, dirs_exist_ok=True)
+    options = RunOptions(threads=ctx.threads)
+    runner = impl.load(artifact, options) if tp.available.run else impl.simulated_runner(artifact, ctx)
+    if artifact.reference is not None:  # QAT retrained the model: parity is against what it made
+        from kiln.gate.reference import Reference
+
+        reference = Reference(p.config, bundle, artifact.reference, reference.data, baseline=reference)
+    gate, golden = _gate(tp, artifact, runner, reference, progress)
+    return _Built(bundle, artifact, gate, seconds, tmp, golden)
+
+
+def _search(
+    p: BuildPlan,
+    tp: TargetPlan,
+    where: tuple[Target, ExportBundle, Reference, Path],
+    first: _Built,
+    settings: list[dict[str, Any]],
+    progress: Progress,
+) -> tuple[_Built, SearchRecord]:
+    """The accuracy-controlled search: the target's fallback settings, in the order it gives them
+    (smallest and fastest first), each built and gated like the first, until one passes. The one
+    that passes is kept; when none does, the last (the most conservative) is, and the build fails
+    on its gate as it would have on the first."""
+    impl, bundle, reference, tmp = where
+    tried, built = [search_step({}, first.gate, tmp, first.seconds)], first
+    reason = f"{tp.label}: the first setting breached the gate ({first.gate.breaches[0]})"
+    for update in settings:
+        progress(f"{tp.label}: gate breached; trying {describe(update)}")
+        for child in tmp.iterdir():  # the folder is the attempt's own: start it empty
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        built = _attempt(p, with_options(tp, update), impl, bundle, reference, tmp, progress)
+        tried.append(search_step(update, built.gate, tmp, built.seconds))
+        if built.gate.passed is not False:
+            break
+    chosen = len(tried) - 1 if built.gate.passed is not False else None
+    record = SearchRecord(reason=reason, tried=tried, chosen=chosen)
+    built.artifact.info.notes.append(search_note(record))
+    return built, record
 
 
 def _gate(
@@ -293,7 +341,9 @@ class _Built:
     golden: GoldenRecord
 
 
-def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> Manifest:
+def _manifest(
+    p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData, search: SearchRecord | None = None
+) -> Manifest:
     config, target = p.config, tp.target
     bundle, artifact, gate = built.bundle, built.artifact, built.gate
     files = [FileEntry(**entry) for entry in file_entries(built.folder)]
@@ -327,6 +377,7 @@ def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData) -> M
         member=target.member,
         export_dir=bundle.path.name,
         golden=built.golden,
+        search=search,
         build_seconds=round(built.seconds, 3),
         files=files,
         # What the runtime loads: the golden set ships beside it and is not the artifact's size.

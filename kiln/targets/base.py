@@ -59,6 +59,21 @@ class TargetOptions(BaseModel):
     # passes declare theirs); tests/targets/test_search_space.py checks each names a field.
     search_space: ClassVar[SearchSpace] = {}
 
+    def fallbacks(self, precision: str, facts: ModelFacts) -> tuple[dict[str, Any], ...]:
+        """The settings a build tries, in order, when this one breaches its gate (kiln build's
+        accuracy-controlled search): each a partial update of these options, the smallest and
+        fastest first. A setting that changes an option the user gave is skipped. None by default."""
+        del precision, facts
+        return ()
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What an options model's fallbacks may depend on."""
+
+    generative: bool  # a causal LM with a KV cache
+    data: bool  # calibration data for data-aware settings: [calibration], or text through its tokenizer
+
 
 class NoOptions(TargetOptions):
     """A target with no options."""

@@ -33,8 +33,12 @@ TARGETS: list[dict[str, Any]] = [
 VARIANTS: dict[str, dict[str, Any]] = {
     # Data-aware int4 on text that is not the gate's held-out text.
     "openvino-int4-awq": {"awq": True, "scale_estimation": True, "dataset": "calibration.txt", "subset_size": 8},
-    "openvino-int4-strict": {"group_size_fallback": "error"},
+    "openvino-int4-strict": {"group_size": 128, "group_size_fallback": "error"},
+    # A gate no int4 build can pass: the search tries what the pinned group size leaves (AWQ and
+    # scale estimation on kiln's own text), keeps the last, and the build fails on its gate.
+    "openvino-int4-search": {"group_size": 64, "subset_size": 4},
 }
+IMPOSSIBLE = {"min_cosine": 0.999999, "exact_tokens": True}
 
 
 def _options(precision: str, **values: Any) -> Any:
@@ -60,7 +64,7 @@ def test_openvino_llm_options_errors_are_one_line_naming_the_key(precision: str,
 
 def test_openvino_int4_options_default_to_the_model_kind() -> None:
     opts = _options("int4")
-    # None: 128 / int4_asym for a causal LM (optimum-intel's LLM default), 64 / int4_sym otherwise.
+    # None: int4_asym in the largest group of 128/64/32 dividing a causal LM's widths, 64 / int4_sym otherwise.
     assert (opts.group_size, opts.mode, opts.ratio, opts.group_size_fallback) == (None, None, 1.0, "adjust")
     assert (opts.awq, opts.scale_estimation, opts.all_layers, opts.backup_mode) == (False, False, False, None)
     assert _options("int4", awq=True, dataset="text.txt").dataset == "text.txt"
@@ -127,7 +131,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     config = parse_config({"model": model, "generation": GENERATION, "target": TARGETS}, folder)
     results = {r.target.key: r for r in build(config, out)}
     for key, options in VARIANTS.items():
-        target = {"name": "openvino", "precision": "int4", "options": options, "tolerance": TINY_INT4}
+        tolerance = IMPOSSIBLE if key.endswith("-search") else TINY_INT4
+        target = {"name": "openvino", "precision": "int4", "options": options, "tolerance": tolerance}
         (results[key],) = build(
             parse_config({"model": model, "generation": GENERATION, "target": [target]}, folder), out
         )
@@ -200,18 +205,17 @@ def test_weight_compression_passes_the_generation_gate_with_its_figures(built: d
     if key == "openvino-int8-weights":
         assert set(record["bit_widths"]) == {"int8"} and gen.forced_top1 == 1.0
         return
-    assert (record["mode"], record["group_size"], record["backup_mode"]) == ("int4_asym", 128, "int8_asym")
-    # The embeddings and the head stay in the backup mode; the 64-wide layers get groups of 64.
+    # The group from the model: 64 divides every width (64 and 128), so no layer falls back.
+    assert (record["mode"], record["group_size"], record["backup_mode"]) == ("int4_asym", 64, "int8_asym")
+    # The embeddings and the head stay in the backup mode.
     assert record["embeddings_and_head"] == {
         "model.embed_tokens": "int8_asym, per-channel",
         "lm_head": "int8_asym, per-channel",
     }
-    assert len(record["fell_back"]) == 12
-    assert record["fell_back"]["model.layers.0.self_attn.q_proj"] == "int4_asym, group 64 (width 64)"
-    assert "model.layers.0.mlp.down_proj" not in record["fell_back"]  # 128 wide: one group of 128
-    assert record["distribution"]["int4_asym, group 128"]["layers"] == 2
+    assert record["fell_back"] == {}
+    assert record["distribution"]["int4_asym, group 64"]["layers"] == 14
     assert set(record["bit_widths"]) == {"int4", "int8"}
-    assert "12 layers: 12 got a smaller group" in manifest.execution.notes[0]
+    assert manifest.search is None  # it passed as first built
 
 
 @pytest.mark.slow
@@ -225,6 +229,24 @@ def test_data_aware_int4_records_its_dataset_and_figures(built: dict[str, Any]) 
     # without): the figures are recorded, the verdict is the gate's.
     gen = manifest.gate.generation
     assert gen is not None and gen.forced_top1 > 0.8 and gen.perplexity_increase < 0.3
+
+
+@pytest.mark.slow
+def test_a_breached_int4_build_tries_the_fallbacks_the_user_left_open(built: dict[str, Any]) -> None:
+    result = built["results"]["openvino-int4-search"]
+    manifest = _manifest(built, "openvino-int4-search")
+    search = manifest.search
+    assert result.status == "built" and manifest.gate.passed is False  # exit 1: the gate breached
+    assert search is not None and search.chosen is None
+    # group_size was given, so only the setting that leaves it alone was tried after the first.
+    assert [step.settings for step in search.tried] == [{}, {"awq": True, "scale_estimation": True}]
+    assert all(step.passed is False and step.forced_top1 is not None for step in search.tried)
+    assert search.tried[1].size_bytes == manifest.size_bytes  # the last one is what was kept
+    record = manifest.execution.get("quantization")
+    assert (record["awq"], record["group_size"]) == (True, 64)
+    assert record["dataset"].startswith("kiln's calibration text (kiln.decoding.CALIBRATION_TEXT): ")
+    assert manifest.options == {"group_size": 64, "subset_size": 4}  # as given
+    assert "none of the 1 fallback settings passed" in manifest.execution.notes[-1]
 
 
 @pytest.mark.slow

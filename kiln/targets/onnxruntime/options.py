@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kiln.quant.ort import CHUNK
-from kiln.targets.base import SearchSpace, TargetOptions
+from kiln.targets.base import ModelFacts, SearchSpace, TargetOptions
 
 # Weight-only MatMulNBits settings: int4, and int8-dynamic when its activations stay float.
 NBITS_ONLY = ("block_size", "symmetric", "accuracy_level")
-INT4_ONLY = ("lm_head", "embeddings", "algorithm")
+INT4_ONLY = ("lm_head", "embeddings", "algorithm", "fallback")
+# int4 of a causal LM, when the plain setting breaches the gate (kiln build's accuracy-controlled
+# search), in this order: smaller asymmetric blocks (still MLAS's int8 fast path), then HQQ's fitted
+# scales and float zero points in smaller and smaller blocks. On SmolLM2-135M: docs/generative.md.
+INT4_FALLBACKS: tuple[dict[str, Any], ...] = (
+    {"block_size": 32, "symmetric": False},
+    {"algorithm": "hqq", "block_size": 64},
+    {"algorithm": "hqq", "block_size": 32},
+)
 
 
 class ORTOptions(TargetOptions):
@@ -57,6 +65,15 @@ class ORTOptions(TargetOptions):
     # (half-quadratic optimization of scales and float zero points, data-free; ORT's HQQ quantizer,
     # asymmetric: `symmetric` does not apply; MatMulNBits then computes in fp32).
     algorithm: Literal["rtn", "hqq"] = "rtn"
+    # int4 of a causal LM: when the build breaches its gate, try INT4_FALLBACKS (the options given
+    # here are never changed) and keep the first that passes; false: keep the first build.
+    fallback: bool = True
+
+    def fallbacks(self, precision: str, facts: ModelFacts) -> tuple[dict[str, Any], ...]:
+        if precision != "int4" or not facts.generative or not self.fallback:
+            return ()
+        # HQQ's float zero points do not fit int4 embeddings (GatherBlockQuantized).
+        return tuple(s for s in INT4_FALLBACKS if not (s.get("algorithm") == "hqq" and self.embeddings == "int4"))
 
     @field_validator("block_size")
     @classmethod

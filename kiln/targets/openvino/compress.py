@@ -2,7 +2,7 @@
 
 - ``int8-weights``: every weight int8 (``options.mode``: ``int8_asym`` | ``int8_sym``), per channel.
 - ``int4``: ``options.mode`` (``int4_asym`` for a causal LM, else ``int4_sym``), ``group_size``
-  (128 for a causal LM, else 64), ``ratio`` (the share of ratio-defining layers at 4 bits; the
+  (a causal LM's: the largest of 128/64/32 dividing its layers' widths; else 64), ``ratio`` (the share of ratio-defining layers at 4 bits; the
   rest in ``backup_mode``, NNCF's int8_asym unless set), ``all_layers`` (the embeddings and the
   LM head too; by default they stay in the backup mode). ``group_size_fallback`` decides what
   happens to a layer whose input width the group size does not divide (NNCF 3.4 raises
@@ -12,8 +12,9 @@
 - Data-aware int4 (``awq``, ``scale_estimation``; and with data, ``ratio < 1`` ranks layers by
   their activations instead of their weights' error) needs data: ``options.dataset``, a text
   file tokenized with the model's tokenizer into prefill windows of the step graph (the longest
-  chunk it takes, empty cache), else ``[calibration]`` samples as given. The gate's held-out text
-  is never used: calibrating on it would grade the artifact on its own calibration data.
+  chunk it takes, empty cache), else ``[calibration]`` samples as given, else (a causal LM with a
+  tokenizer) kiln's own calibration text, ``kiln.decoding.CALIBRATION_TEXT``. The gate's held-out
+  text is never used: calibrating on it would grade the artifact on its own calibration data.
 
 What was done is read back from the compressed graph (:mod:`kiln.targets.openvino.weights`):
 the bit-width distribution by layers and weights, the embeddings' and head's format, and the
@@ -31,7 +32,7 @@ import numpy as np
 from kiln.errors import ConfigError, TargetBuildError
 from kiln.spec import Arrays
 from kiln.targets.base import CompileContext
-from kiln.targets.openvino.options import LLM_GROUP, LLM_MODE, OTHER_GROUP, OTHER_MODE, OpenVINOOptions
+from kiln.targets.openvino.options import LLM_GROUPS, LLM_MODE, OTHER_GROUP, OTHER_MODE, OpenVINOOptions
 from kiln.targets.openvino.weights import Layer, bit_widths, distribution, layers
 
 FOUR_BIT = ("i4", "u4", "nf4", "f4e2m1")
@@ -48,25 +49,30 @@ def weight_types(model: Any) -> dict[str, int]:
     return counts
 
 
-def text_samples(ctx: CompileContext, ref: str, limit: int) -> tuple[list[Arrays], str]:
-    """A text file as prefill windows of the step graph (empty cache)."""
-    from kiln.decoding import Tokenizer
+def text_samples(ctx: CompileContext, ref: str | None, limit: int) -> tuple[list[Arrays], str]:
+    """A text file (``None``: kiln's own calibration text) as prefill windows of the step graph
+    (empty cache)."""
+    from kiln.decoding import CALIBRATION_TEXT, Tokenizer
 
     sig = ctx.export.signature
     cache = sig.cache
     if cache is None:
         raise ConfigError("options.dataset is text, read for a causal LM only; give this model [calibration]")
-    path = Path(ref) if Path(ref).is_absolute() else ctx.root / ref
-    if not path.is_file():
-        raise ConfigError(f"options.dataset {path} does not exist; give a text file (relative to the config)")
     if ctx.export.tokenizer_dir is None:
         raise ConfigError("options.dataset is text and this model has no tokenizer; give [calibration] samples instead")
-    ids = Tokenizer(ctx.export.tokenizer_dir).encode(path.read_text())
+    if ref is None:
+        text, named = CALIBRATION_TEXT, "kiln's calibration text (kiln.decoding.CALIBRATION_TEXT)"
+    else:
+        path = Path(ref) if Path(ref).is_absolute() else ctx.root / ref
+        if not path.is_file():
+            raise ConfigError(f"options.dataset {path} does not exist; give a text file (relative to the config)")
+        text, named = path.read_text(), f"options.dataset {ref!r}"
+    ids = Tokenizer(ctx.export.tokenizer_dir).encode(text)
     width = min(sig.dims["sequence"].max, sig.context_length())
     windows = [ids[i : i + width] for i in range(0, len(ids), width)]
     windows = [w for w in windows if len(w) >= 2][:limit]
     if not windows:
-        raise ConfigError(f"options.dataset {path} has fewer than 2 tokens; give more text")
+        raise ConfigError(f"options.dataset {ref} has fewer than 2 tokens; give more text")
     empty = np.zeros((1, cache.kv_heads, 0, cache.head_dim), dtype=np.float32)
     samples = [
         {
@@ -77,11 +83,22 @@ def text_samples(ctx: CompileContext, ref: str, limit: int) -> tuple[list[Arrays
         for w in windows
     ]
     used = sum(len(w) for w in windows)
-    return samples, f"options.dataset {ref!r}: {used} tokens in {len(windows)} prefill windows of up to {width}"
+    return samples, f"{named}: {used} tokens in {len(windows)} prefill windows of up to {width}"
+
+
+def model_group(model: Any) -> int:
+    """A causal LM's int4 group size from its widths: the largest of LLM_GROUPS that divides the
+    input width of every ratio-defining layer (SmolLM2's 576 and 1536: 64), else the largest (and
+    the layers it does not divide fall back, as group_size_fallback says)."""
+    found = layers(model)
+    ends = set(_ends(found))
+    widths = {layer.width for layer in found if layer.name not in ends}
+    return next((g for g in LLM_GROUPS if all(w % g == 0 for w in widths)), LLM_GROUPS[0])
 
 
 def _data(ctx: CompileContext, options: OpenVINOOptions, names: list[str]) -> tuple[Any, str | None, int]:
-    """The NNCF dataset for data-aware compression, where it comes from, and its size."""
+    """The NNCF dataset for data-aware compression, where it comes from, and its size: the text
+    file asked for, else ``[calibration]``, else (a causal LM with a tokenizer) kiln's own text."""
     import nncf
 
     if options.dataset is not None:
@@ -89,6 +106,8 @@ def _data(ctx: CompileContext, options: OpenVINOOptions, names: list[str]) -> tu
     elif ctx.calibration is not None:
         samples = ctx.calibration.samples[: options.subset_size]
         source = f"[calibration] {ctx.calibration.source!r}: {len(samples)} samples"
+    elif ctx.export.signature.generative and ctx.export.tokenizer_dir is not None:
+        samples, source = text_samples(ctx, None, options.subset_size)
     else:
         return None, None, 0
     return nncf.Dataset([{n: s[n] for n in names} for s in samples]), source, len(samples)
@@ -107,15 +126,15 @@ def compress(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
         return compressed, {"execution_precision": "int8 weights, float compute", "quantization": info, "notes": []}
     llm = ctx.export.signature.generative
     mode = options.mode or (LLM_MODE if llm else OTHER_MODE)
-    group = options.group_size if options.group_size is not None else (LLM_GROUP if llm else OTHER_GROUP)
+    group = options.group_size if options.group_size is not None else (model_group(model) if llm else OTHER_GROUP)
     data_aware = options.awq or options.scale_estimation
     names = [i.get_any_name() for i in model.inputs]
     dataset, source, count = _data(ctx, options, names) if data_aware or options.ratio < 1 else (None, None, 0)
     if data_aware and dataset is None:
         asked = " and ".join(k for k in ("awq", "scale_estimation") if getattr(options, k))
         raise ConfigError(
-            f"options.{asked} needs data: set options.dataset = 'text.txt' (tokenized with the model's tokenizer) "
-            "or give [calibration]"
+            f"options.{asked} needs data and this model has no tokenizer for kiln's calibration text: "
+            "give [calibration] samples"
         )
     fallback = options.group_size_fallback
     args: dict[str, Any] = {

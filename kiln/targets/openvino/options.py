@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from kiln.targets.base import SearchSpace, TargetOptions
+from kiln.targets.base import ModelFacts, SearchSpace, TargetOptions
 
 MODES = {"int8-weights": ("int8_asym", "int8_sym"), "int4": ("int4_sym", "int4_asym")}
-# What a causal LM gets when int4's group size and mode are not given: optimum-intel's default for
-# an LLM (measured on a 94M Llama: 95 decode tok/s against 37 at fp32); other models keep kiln's
-# earlier defaults (int4_sym in groups of 64).
-LLM_GROUP, LLM_MODE = 128, "int4_asym"
+# What a causal LM gets when int4's group size and mode are not given: asymmetric, as optimum-intel
+# does for an LLM, in the largest of these groups that divides every layer's input width (128 is
+# optimum-intel's default; measured on a 94M Llama: 95 decode tok/s against 37 at fp32; SmolLM2's
+# 576-wide layers take 64: compress.model_group); other models keep kiln's earlier defaults (int4_sym
+# in groups of 64).
+LLM_GROUPS, LLM_MODE = (128, 64, 32), "int4_asym"
 OTHER_GROUP, OTHER_MODE = 64, "int4_sym"
 INT4_ONLY = (
     "group_size",
@@ -24,7 +26,21 @@ INT4_ONLY = (
     "subset_size",
     "backup_mode",
     "all_layers",
+    "fallback",
 )
+# int4 of a causal LM, when the plain setting breaches the gate (kiln build's accuracy-controlled
+# search), in this order: data-aware (AWQ and scale estimation on text: kiln's own unless
+# options.dataset or [calibration] gives some), then smaller groups, then a growing share of layers
+# kept in int8 (ranked by their activations on that text). On SmolLM2-135M: see docs/generative.md.
+DATA_AWARE = {"awq": True, "scale_estimation": True}
+INT4_FALLBACKS = (
+    DATA_AWARE,
+    {**DATA_AWARE, "group_size": 32},
+    {**DATA_AWARE, "group_size": 32, "ratio": 0.8},
+    {**DATA_AWARE, "group_size": 32, "ratio": 0.6},
+)
+# Without a tokenizer or [calibration] there is no data: smaller groups, then int8 by weight error.
+INT4_FALLBACKS_DATA_FREE = ({"group_size": 32}, {"group_size": 32, "ratio": 0.8}, {"group_size": 32, "ratio": 0.6})
 
 
 class OpenVINOOptions(TargetOptions):
@@ -54,7 +70,7 @@ class OpenVINOOptions(TargetOptions):
     overflow_fix: Literal["enable", "first_layer", "disable"] | None = None
     # int8-weights (None: int8_asym) and int4 (None: int4_asym for a causal LM, else int4_sym)
     mode: Literal["int8_asym", "int8_sym", "int4_sym", "int4_asym"] | None = None
-    # int4. group_size None: 128 for a causal LM, else 64; -1 is one group per output channel.
+    # int4. group_size None: from a causal LM's widths (compress.model_group), else 64; -1 is one group per output channel.
     group_size: int | None = Field(None, ge=-1, le=4096)
     ratio: float = Field(1.0, ge=0.0, le=1.0)  # the share of ratio-defining layers in int4, the rest backup_mode
     # Layers whose input width the group size does not divide: "adjust" gives them the largest
@@ -71,6 +87,14 @@ class OpenVINOOptions(TargetOptions):
     # The embeddings and the LM head: False keeps them in backup_mode (NNCF's default), True
     # compresses them to int4 with the rest.
     all_layers: bool = False
+    # int4 of a causal LM: when the build breaches its gate, try INT4_FALLBACKS (the options given
+    # here are never changed) and keep the first that passes; false: keep the first build.
+    fallback: bool = True
+
+    def fallbacks(self, precision: str, facts: ModelFacts) -> tuple[dict[str, Any], ...]:
+        if precision != "int4" or not facts.generative or not self.fallback:
+            return ()
+        return INT4_FALLBACKS if facts.data or self.dataset is not None else INT4_FALLBACKS_DATA_FREE
 
     @field_validator("mode")
     @classmethod
