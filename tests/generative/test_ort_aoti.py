@@ -9,6 +9,8 @@ Llama, where quantization figures mean something (random weights make int4 look 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -82,7 +84,6 @@ def _options(name: str, precision: str, **values: Any) -> Any:
         ("onnxruntime", "int4", {"activations": "none"}, "activations: applies to onnxruntime:int8-dynamic only"),
         ("onnxruntime", "int8-dynamic", {"activations": "static"}, "activations: Input should be 'dynamic' or 'none'"),
         ("onnxruntime", "int8-dynamic", {"algorithm": "hqq"}, "algorithm: applies to onnxruntime:int4 only"),
-        ("onnxruntime", "int4", {"algorithm": "hqq", "embeddings": "int4"}, "'hqq' writes float zero points"),
         ("aoti", "int4-weights", {"group_size": 256}, "group_size: Input should be 32, 64 or 128"),
         ("aoti", "int8-weights", {"group_size": 64}, "group_size: applies to aoti:int4-weights only"),
         ("aoti", "int8-weights", {"lm_head": "int4"}, "lm_head: 'int4' needs aoti:int4-weights"),
@@ -178,9 +179,50 @@ def test_each_int4_algorithm_writes_one_matmulnbits_close_to_the_float_product(a
     assert [n.op_type for n in done.graph.node] == ["MatMulNBits"]
     zero_points = [i for i in done.graph.initializer if i.name.endswith("zero_points")]
     # HQQ fits float zero points (asymmetric); RTN's default here is symmetric, no zero points
-    assert [numpy_helper.to_array(z).dtype.kind for z in zero_points] == (["f"] if algorithm == "hqq" else [])
+    kinds = {"rtn": [], "hqq": ["f"]}[algorithm]
+    assert [numpy_helper.to_array(z).dtype.kind for z in zero_points] == kinds
     error = np.abs(_run(done, x) - x @ w).mean() / np.abs(x @ w).mean()
     assert error < 0.15, error
+
+
+@pytest.mark.target("onnxruntime", stage="prepare")
+def test_hqq_layers_take_int4_embeddings_fitted_by_rtn(tmp_path: Path) -> None:
+    """HQQ's float zero points do not fit GatherBlockQuantized: the table gets RTN in a pass of its own."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from kiln.targets.onnxruntime.nbits import weight_only
+
+    rng = np.random.default_rng(0)
+    table, w = rng.standard_normal((512, 64)).astype(np.float32), rng.standard_normal((64, 64)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["h"], name="embed"),
+        helper.make_node("MatMul", ["h", "w"], ["y"], name="mm"),
+        helper.make_node("MatMul", ["y", "head"], ["logits"], name="lm_head"),
+    ]
+    head = rng.standard_normal((64, 512)).astype(np.float32)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 512])],
+        [onnx.numpy_helper.from_array(v, n) for n, v in {"table": table, "w": w, "head": head}.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.save(model, str(tmp_path / "src.onnx"))
+    options = _options("onnxruntime", "int4", algorithm="hqq", embeddings="int4", block_size=32)
+    ctx = SimpleNamespace(options=options, target=SimpleNamespace(key="onnxruntime-int4"))
+    info = weight_only(ctx, tmp_path / "src.onnx", tmp_path / "q.onnx", 4)  # type: ignore[arg-type]
+    done = onnx.load(str(tmp_path / "q.onnx"))
+    assert sorted(n.op_type for n in done.graph.node) == ["GatherBlockQuantized", "MatMulNBits", "MatMulNBits"]
+    assert info["quantization"]["embeddings"] == "int4 GatherBlockQuantized (RTN: HQQ fits MatMul weights only)"
+    import onnxruntime as ort
+
+    ids = np.array([3, 17, 400], dtype=np.int64)
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    want = table[ids] @ w @ head
+    assert np.abs(got - want).mean() / np.abs(want).mean() < 0.2
 
 
 @pytest.mark.target("onnxruntime", stage="prepare")

@@ -172,8 +172,18 @@ def _transposed(graph: Any, inits: dict[str, Any], name: str) -> str:
     return copy
 
 
+ALGORITHMS = {"rtn": "RTN", "hqq": "HQQ"}
+
+
+def _algo_config(module: Any, options: ORTOptions, bits: int, ops: tuple[str, ...]) -> Any:
+    """ORT's config for HQQ; ``None`` is its default round-to-nearest."""
+    if bits != 4 or options.algorithm == "rtn":
+        return None
+    return module.HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=4, op_types_to_quantize=ops)
+
+
 def _run(module: Any, model: Any, options: ORTOptions, bits: int, exclude: list[str], ops: tuple[str, ...]) -> Any:
-    hqq = options.algorithm == "hqq" and bits == 4
+    algo = _algo_config(module, options, bits, ops)
     quantizer = module.MatMulNBitsQuantizer(
         model,
         bits=bits,
@@ -182,15 +192,13 @@ def _run(module: Any, model: Any, options: ORTOptions, bits: int, exclude: list[
         accuracy_level=options.accuracy_level or None,
         nodes_to_exclude=exclude,
         op_types_to_quantize=ops,
-        algo_config=module.HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=4, op_types_to_quantize=ops)
-        if hqq
-        else None,
+        algo_config=algo,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # HQQ's torch.from_numpy
         quantizer.process()
     model = quantizer.model.model
-    if hqq and options.accuracy_level:  # ORT's HQQ quantizer writes no accuracy_level: set it as asked
+    if options.accuracy_level and algo is not None:  # ORT's HQQ quantizer writes none: set it as asked
         from onnx import helper
 
         for node in model.graph.node:
@@ -216,8 +224,11 @@ def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[s
         if bits == 8:
             model = _run(module, model, options, 8, [], ("MatMul",))
         else:
-            ops = ("MatMul", "Gather") if options.embeddings == "int4" else ("MatMul",)
+            fitted = options.algorithm != "rtn"  # HQQ fits MatMul weights only
+            ops = ("MatMul", "Gather") if options.embeddings == "int4" and not fitted else ("MatMul",)
             model = _run(module, model, options, 4, heads if options.lm_head != "int4" else [], ops)
+            if options.embeddings == "int4" and fitted:  # the table: RTN GatherBlockQuantized, a pass of its own
+                model = _run(module, model, options.model_copy(update={"algorithm": "rtn"}), 4, [], ("Gather",))
             if options.lm_head == "int8" and heads:
                 model = _run(module, model, options, 8, others, ("MatMul",))
     onnx.save(model, str(dest))
@@ -240,7 +251,7 @@ def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[s
 
 def _record(graph: Any, before: dict[str, Any], heads: list[str], options: ORTOptions, bits: int) -> dict[str, Any]:
     """What became what: MatMulNBits by bits, what was left float and why, the head and embeddings."""
-    hqq = options.algorithm == "hqq" and bits == 4
+    algorithm = ALGORITHMS[options.algorithm] if bits == 4 else "RTN"
     nbits: dict[str, int] = {}
     for node in graph.node:
         if node.op_type == "MatMulNBits":
@@ -257,15 +268,17 @@ def _record(graph: Any, before: dict[str, Any], heads: list[str], options: ORTOp
             padded.append(f"{name} (K={weight[-2]})")
     gathers = sum(n.op_type == "GatherBlockQuantized" for n in graph.node)
     return {
-        "tool": f"{QUANTIZER}.MatMulNBitsQuantizer ({'HQQ' if hqq else 'RTN'}, QOperator)",
+        "tool": f"{QUANTIZER}.MatMulNBitsQuantizer ({algorithm}, QOperator)",
         "format": "MatMulNBits (com.microsoft)",
-        "weights": f"int{bits} {'symmetric' if options.symmetric and not hqq else 'asymmetric'}, "
+        "weights": f"int{bits} {'symmetric' if options.symmetric and algorithm == 'RTN' else 'asymmetric'}, "
         f"blocks of {options.block_size} along K",
         "accuracy_level": options.accuracy_level,
         "compute": COMPUTE[options.accuracy_level],
         "matmul_nbits": nbits,
         "lm_head": {"policy": options.lm_head if bits == 4 else "int8", "nodes": heads},
-        "embeddings": "int4 GatherBlockQuantized" if gathers else "fp32 (Gather kept float: a lookup)",
+        "embeddings": f"int4 GatherBlockQuantized (RTN{'' if algorithm == 'RTN' else f': {algorithm} fits MatMul weights only'})"
+        if gathers
+        else "fp32 (Gather kept float: a lookup)",
         "left_float": left,
         "padded_last_block": padded,
         "activation_matmuls": sum(w is None for w in before.values()),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from kiln.quant.ort import CHUNK
 from kiln.targets.base import ModelFacts, SearchSpace, TargetOptions
@@ -63,7 +63,7 @@ class ORTOptions(TargetOptions):
     embeddings: Literal["fp32", "int4"] = "fp32"
     # How int4 blocks are fitted: "rtn" (round to nearest, ORT's default quantizer) or "hqq"
     # (half-quadratic optimization of scales and float zero points, data-free; ORT's HQQ quantizer,
-    # asymmetric: `symmetric` does not apply; MatMulNBits then computes in fp32).
+    # asymmetric: `symmetric` does not apply; int4 embeddings are still RTN: HQQ takes MatMuls only).
     algorithm: Literal["rtn", "hqq"] = "rtn"
     # int4 of a causal LM: when the build breaches its gate, try INT4_FALLBACKS (the options given
     # here are never changed) and keep the first that passes; false: keep the first build.
@@ -72,8 +72,7 @@ class ORTOptions(TargetOptions):
     def fallbacks(self, precision: str, facts: ModelFacts) -> tuple[dict[str, Any], ...]:
         if precision != "int4" or not facts.generative or not self.fallback:
             return ()
-        # HQQ's float zero points do not fit int4 embeddings (GatherBlockQuantized).
-        return tuple(s for s in INT4_FALLBACKS if not (s.get("algorithm") == "hqq" and self.embeddings == "int4"))
+        return INT4_FALLBACKS
 
     @field_validator("block_size")
     @classmethod
@@ -105,12 +104,6 @@ class ORTOptions(TargetOptions):
         if precision is not None and precision != "int8-dynamic":
             raise ValueError(f"applies to onnxruntime:int8-dynamic only, not {precision}; remove it")
         return value
-
-    @model_validator(mode="after")
-    def _hqq_takes_no_int4_embeddings(self) -> ORTOptions:
-        if self.algorithm == "hqq" and self.embeddings == "int4":
-            raise ValueError("algorithm 'hqq' writes float zero points, which int4 embeddings cannot take; drop one")
-        return self
 
     def weight_only_int8(self, generative: bool) -> bool:
         """Whether int8-dynamic keeps activations float (8-bit MatMulNBits weights)."""
