@@ -83,9 +83,11 @@ class Limits:
     max_head: int = 16 * 1024  # request line + headers (414 for the line alone, else 431)
 
 
-# A JSON string (escapes included), and every byte but brackets: what the depth scan removes.
+# A JSON string (escapes included), a string without escapes, and the bytes the depth scan drops.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_PLAIN_STRING = re.compile(rb'"[^"]*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_BRACKETS_OR_STRINGS = bytes(b for b in range(256) if b not in b'[]{}"\\')
 
 
 class RequestError(KilnError):
@@ -132,7 +134,12 @@ def json_depth(text: bytes | bytearray) -> int:
     """How deep the JSON in ``text`` nests (``[]`` is 1), without parsing it: strings are cut
     out, the brackets left are counted with a running sum. Malformed JSON gives some number, and
     ``json.loads`` then refuses it."""
-    brackets = _JSON_STRING.sub(b"", bytes(text)).translate(None, _NOT_BRACKETS)
+    text = bytes(text)
+    brackets = text.translate(None, _NOT_BRACKETS_OR_STRINGS)  # a v2 request: brackets and a few quotes
+    if b"\\" in brackets:  # escapes: cut the strings out of the whole text (a regex, ~4x slower)
+        brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
+    else:
+        brackets = _PLAIN_STRING.sub(b"", brackets).translate(None, _NOT_BRACKETS)
     if not brackets:
         return 0
     codes = np.frombuffer(brackets, np.uint8)
