@@ -175,6 +175,27 @@ _SERVE_SETTINGS = Group(
             help="Largest request body (413 above it).",
         ),
         click.Option(
+            ["--max-json-mb"],
+            type=click.FloatRange(min=0, min_open=True),
+            default=16.0,
+            show_default=True,
+            help="Largest JSON part of a request (413 above it; binary tensors do not count).",
+        ),
+        click.Option(
+            ["--max-json-depth"],
+            type=click.IntRange(min=4),
+            default=32,
+            show_default=True,
+            help="Deepest nesting of a request's JSON (400 past it).",
+        ),
+        click.Option(
+            ["--max-header-kb"],
+            type=click.FloatRange(min=1),
+            default=16.0,
+            show_default=True,
+            help="Largest request line + headers (414 for a long URL, 431 for headers).",
+        ),
+        click.Option(
             ["--pubkey"], type=click.Path(path_type=Path), help="Check a bundle's Ed25519 signature with this key."
         ),
     ],

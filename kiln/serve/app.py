@@ -3,18 +3,26 @@
 ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2`` (server metadata), ``/v2/models/<name>``
 (model metadata) and ``/v2/models/<name>/ready``, ``POST /v2/models/<name>/infer``; each model
 route also under ``/versions/<v>/``. ``GET /metrics`` is Prometheus' text format. Every error is
-``{"error": message}`` with its status, as the protocol defines and ``tritonclient`` reads.
+``{"error": message}`` with its status, as the protocol defines and ``tritonclient`` reads, and
+every response, whatever answered it (a route, the 404 handler, a bug's 500), is counted in
+``/metrics`` by an ASGI wrapper around the whole app. A bug in a route is a JSON 500 and one
+logged traceback; a client that goes away mid-upload is counted as 499 (nginx's "client closed
+request"), with one log line at info level (``--verbose``) and no traceback.
 
 The body is read with a cap (413 from ``Content-Length`` before reading, or while reading a
 chunked body, and on the decompressed size of a gzip/deflate body), decoded and checked on the
 event loop, and run on the batcher's worker thread, so the loop keeps accepting while a batch
-runs. A runtime failure is a 500 for its request only.
+runs. A runtime failure is a 500 for its request only. The limits on a request are
+:class:`~kiln.serve.protocol.Limits`; the request head's (414/431) is held by the HTTP layer
+(:mod:`kiln.serve.wire`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,42 +33,46 @@ from kiln import __version__
 from kiln.serve.batcher import Batcher
 from kiln.serve.metrics import ServerMetrics
 from kiln.serve.model import VERSION, ServedModel
-from kiln.serve.protocol import HEADER_LENGTH, RequestError, encode_response, parse_request, validate
+from kiln.serve.protocol import HEADER_LENGTH, Limits, RequestError, encode_response, parse_request, validate
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 EXTENSIONS = ["binary_tensor_data"]
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
+log = logging.getLogger("kiln.serve")
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_body: int  # bytes, after decompression
+@dataclass
+class Health:
+    """Set ready once the listening socket accepts (the server's startup), cleared when shutdown
+    begins: ``/v2/health/ready`` says exactly that."""
+
+    ready: bool = False
 
 
-def create_app(model: ServedModel, batcher: Batcher, metrics: ServerMetrics, limits: Limits) -> Starlette:
+def create_app(model: ServedModel, batcher: Batcher, metrics: ServerMetrics, limits: Limits, health: Health) -> ASGIApp:
     """The app; its lifespan's shutdown drains the batcher and closes the runner."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
-
-    state = {"ready": True}
 
     def error(status: int, message: str) -> Response:
         return JSONResponse({"error": message}, status_code=status)
 
-    def endpoint(name: str, fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
-            start = time.monotonic()
             try:
-                response = await fn(request)
+                return await fn(request)
             except RequestError as err:
-                response = error(err.status, str(err))
-            metrics.request(name, response.status_code, time.monotonic() - start)
-            return response
+                return error(err.status, str(err))
+            except ClientDisconnect:
+                log.info("kiln serve: %s %s: the client went away mid-request", request.method, request.url.path)
+                return error(CLIENT_GONE, "the client closed the connection before the request was read")
 
         return handler
 
@@ -75,7 +87,7 @@ def create_app(model: ServedModel, batcher: Batcher, metrics: ServerMetrics, lim
         return JSONResponse({"live": True})
 
     async def ready(request: Request) -> Response:
-        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+        return JSONResponse({"ready": health.ready}, status_code=200 if health.ready else 503)
 
     async def server_metadata(request: Request) -> Response:
         return JSONResponse({"name": "kiln", "version": __version__, "extensions": EXTENSIONS})
@@ -86,12 +98,12 @@ def create_app(model: ServedModel, batcher: Batcher, metrics: ServerMetrics, lim
 
     async def model_ready(request: Request) -> Response:
         served(request)
-        return JSONResponse({"name": model.name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+        return JSONResponse({"name": model.name, "ready": health.ready}, status_code=200 if health.ready else 503)
 
     async def infer(request: Request) -> Response:
         served(request)
         body = await read_body(request, limits.max_body)
-        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+        parsed = parse_request(body, request.headers.get(HEADER_LENGTH), limits)
         inputs = validate(parsed, model.io)
         future = batcher.submit(inputs)
         try:
@@ -112,27 +124,84 @@ def create_app(model: ServedModel, batcher: Batcher, metrics: ServerMetrics, lim
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         what = "no such route" if status == 404 else "method not allowed"
-        return error(status, f"{what}: {request.method} {request.url.path}; the v2 routes are under /v2")
+        return error(status, f"{what}: {request.method} {request.url.path[:200]}; the v2 routes are under /v2")
+
+    async def internal_error(request: Request, exc: Exception) -> Response:  # a bug: Counted logs it
+        return error(500, f"kiln serve failed on this request: {type(exc).__name__}; the server log has the traceback")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        state["ready"] = False
+        health.ready = False
         await asyncio.to_thread(batcher.close)
         model.close()
 
+    def route(path: str, name: str, fn: Callable[[Request], Awaitable[Response]], **kw: Any) -> Route:
+        return Route(path, endpoint(fn), name=name, **kw)  # the name labels its metrics
+
     routes = [
-        Route("/v2/health/live", endpoint("health_live", live)),
-        Route("/v2", endpoint("server", server_metadata)),
+        route("/v2/health/live", "health_live", live),
+        route("/v2", "server", server_metadata),
+        route("/v2/health/ready", "health_ready", ready),
     ]
-    routes.append(Route("/v2/health/ready", endpoint("health_ready", ready)))
     for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes.append(Route(base, endpoint("model_metadata", model_metadata)))
-        routes.append(Route(base + "/ready", endpoint("model_ready", model_ready)))
-        routes.append(Route(base + "/infer", endpoint("infer", infer), methods=["POST"]))
-    routes.append(Route("/metrics", endpoint("metrics", prometheus)))
-    handlers: dict[Any, Any] = {404: not_found, 405: not_found}
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+        routes.append(route(base, "model_metadata", model_metadata))
+        routes.append(route(base + "/ready", "model_ready", model_ready))
+        routes.append(route(base + "/infer", "infer", infer, methods=["POST"]))
+    routes.append(route("/metrics", "metrics", prometheus))
+    handlers: dict[Any, Any] = {404: not_found, 405: not_found, Exception: internal_error}
+    return Counted(Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan), metrics, limits.max_head)
+
+
+class Counted:
+    """Counts every HTTP response by its route's name ("other" when no route matched) and status.
+    Starlette answers a route's unexpected exception with the app's JSON 500, then re-raises it
+    for the server to log; it is logged here (once, with its traceback) and goes no further.
+
+    A request head over ``max_head`` that h11 read whole (it holds only an *incomplete* head to
+    the limit, so a head that arrives in one read gets through) is refused here, as
+    :mod:`kiln.serve.wire` refuses the rest: 414 for the request line, 431 for the headers."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, max_head: int) -> None:
+        self.app, self.metrics, self.max_head = app, metrics, max_head
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.monotonic(), 500
+        refused = self.refusal(scope)
+        if refused is not None:
+            status, message = refused
+            body = json.dumps({"error": message}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            self.metrics.request("http", status, time.monotonic() - start)
+            return
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            log.exception("kiln serve: %s %s failed (a bug in kiln serve)", scope["method"], scope["path"][:200])
+        finally:
+            name = getattr(scope.get("route"), "name", None) or "other"
+            self.metrics.request(name, status, time.monotonic() - start)
+
+    def refusal(self, scope: Scope) -> tuple[int, str] | None:
+        from kiln.serve.wire import refusal
+
+        line = len(scope["method"]) + len(scope.get("raw_path", b"")) + len(scope["query_string"]) + 12
+        size = line + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        if size <= self.max_head:
+            return None
+        return refusal(line, size, self.max_head)
 
 
 async def read_body(request: Request, limit: int) -> bytearray:

@@ -20,7 +20,19 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 # Why a request failed, by HTTP status.
-REASONS = {400: "bad_request", 404: "not_found", 413: "too_large", 415: "bad_encoding", 503: "unavailable"}
+REASONS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    414: "url_too_long",
+    415: "bad_encoding",
+    422: "not_json_encodable",
+    431: "headers_too_large",
+    499: "client_gone",
+    500: "runtime",
+    503: "unavailable",
+}
 
 
 class ServerMetrics:
@@ -68,7 +80,7 @@ class ServerMetrics:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
         if status >= 400:
-            self.failures.labels(endpoint, REASONS.get(status, "runtime" if status == 500 else str(status))).inc()
+            self.failures.labels(endpoint, REASONS.get(status, str(status))).inc()
 
     # BatchObserver
     def queued(self, depth: int) -> None:

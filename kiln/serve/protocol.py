@@ -16,12 +16,21 @@ What ``tritonclient.http`` sends and expects (read from its ``_utils.py``, ``_in
 
 BYTES (string) tensors are refused: no kiln signature has a string input (token ids are INT64).
 Nothing here imports the web stack, so all of it is testable with plain bytes.
+
+The decoder answers every body with a request or a :class:`RequestError` (4xx), never another
+exception: the JSON part is held to :class:`Limits` (its size, and its nesting depth, counted on
+the bytes before ``json.loads`` builds anything, so a body nested 100,000 deep costs one linear
+scan, not a ``RecursionError``). ``NaN`` and ``Infinity`` are read in JSON inputs, as Triton and
+Python's ``json`` write them; a response never writes them (strict JSON has no such numbers): an
+output asked for as JSON that holds one is refused (422) with a message to ask for it in binary,
+where IEEE bits carry every value.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,10 +70,30 @@ V2_BY_SPEC = {
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold; each has a ``kiln serve`` flag."""
+
+    max_body: int = 64 * MB  # bytes, after decompression (413)
+    max_json: int = 16 * MB  # bytes of the JSON part (413): it becomes Python objects, ~10x its size
+    max_depth: int = 32  # nesting of the JSON part (400): a v2 request is 3 deep plus the tensor rank
+    max_head: int = 16 * 1024  # request line + headers (414 for the line alone, else 431)
+
+
+# A JSON string (escapes included), a string without escapes, and the bytes the depth scan drops.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_PLAIN_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_BRACKETS_OR_STRINGS = bytes(b for b in range(256) if b not in b'[]{}"\\')
+
 
 class RequestError(KilnError):
     """A request the server refuses, with its HTTP status: a bad request (400), an unknown model
-    (404), a body over the limit (413), a full queue (503). The message names what is wrong."""
+    (404), a body over the limit (413), an output JSON cannot carry (422), a full queue (503).
+    The message names what is wrong."""
 
     exit_code = 2
 
@@ -101,8 +130,27 @@ def v2_datatype(dtype: np.dtype) -> str:
         raise RequestError(f"the model returned a {dtype} tensor, which the v2 protocol cannot carry", 500) from None
 
 
-def parse_request(body: bytes | bytearray, header_length: str | None) -> InferRequest:
+def json_depth(text: bytes | bytearray) -> int:
+    """How deep the JSON in ``text`` nests (``[]`` is 1), without parsing it: strings are cut
+    out, the brackets left are counted with a running sum. Malformed JSON gives some number, and
+    ``json.loads`` then refuses it."""
+    text = bytes(text)
+    brackets = text.translate(None, _NOT_BRACKETS_OR_STRINGS)  # a v2 request: brackets and a few quotes
+    if b"\\" in brackets:  # escapes: cut the strings out of the whole text (a regex, ~4x slower)
+        brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
+    else:
+        brackets = _PLAIN_STRING.sub(b"", brackets).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, np.uint8)
+    opens = (codes == ord("[")) | (codes == ord("{"))
+    steps = opens.astype(np.int8) * 2 - 1
+    return int(np.cumsum(steps, dtype=np.int32).max())
+
+
+def parse_request(body: bytes | bytearray, header_length: str | None, limits: Limits | None = None) -> InferRequest:
     """Decode an infer request body (JSON, then binary tensors when ``header_length`` is set)."""
+    limits = limits or Limits()
     size = len(body)
     if header_length is None:
         json_part, binary = body, memoryview(b"")
@@ -117,8 +165,26 @@ def parse_request(body: bytes | bytearray, header_length: str | None) -> InferRe
                 "give the byte length of the JSON part"
             )
         json_part, binary = body[:length], memoryview(body)[length:]
+    if len(json_part) > limits.max_json:
+        raise RequestError(
+            f"the JSON part of the request is {len(json_part)} bytes and the server takes at most "
+            f"{limits.max_json}; send tensors in binary (tritonclient's default) or start kiln serve with "
+            "a larger --max-json-mb",
+            413,
+        )
+    depth = json_depth(json_part)
+    if depth > limits.max_depth:
+        raise RequestError(
+            f"the request's JSON nests {depth} deep and the server takes at most {limits.max_depth} "
+            "(a v2 request is 3 deep plus its tensors' rank); send 'data' flat, or start kiln serve with "
+            "a larger --max-json-depth"
+        )
     try:
         doc = json.loads(bytes(json_part))
+    except RecursionError as err:  # only if --max-json-depth is set past what Python's parser takes
+        raise RequestError(
+            f"the request's JSON nests deeper than the server's JSON parser can go ({depth}); send 'data' flat"
+        ) from err
     except (ValueError, UnicodeDecodeError) as err:
         raise RequestError(f"malformed JSON in the inference request: {err}; send a v2 inference request") from err
     if not isinstance(doc, dict):
@@ -161,6 +227,8 @@ def _tensor(entry: Any, binary: memoryview) -> tuple[Tensor, int]:
         raise RequestError("an input has no 'name'; every input is {'name', 'datatype', 'shape', 'data'}")
     name = entry["name"]
     datatype, shape = entry.get("datatype"), entry.get("shape")
+    if not isinstance(datatype, str):
+        raise RequestError(f"input {name!r} has datatype {datatype!r}; choose one of {', '.join(NUMPY_BY_V2)}")
     if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
         raise RequestError(f"input {name!r} has shape {shape!r}; give a list of sizes >= 0")
     if datatype == "BYTES":
@@ -172,13 +240,13 @@ def _tensor(entry: Any, binary: memoryview) -> tuple[Tensor, int]:
     params = _mapping(entry.get("parameters"), f"input {name!r}'s parameters")
     if "binary_data_size" in params:
         nbytes = params["binary_data_size"]
-        if not isinstance(nbytes, int) or nbytes != count * dtype.itemsize or nbytes > len(binary):
+        if type(nbytes) is not int or nbytes != count * dtype.itemsize or nbytes > len(binary):
             raise RequestError(
                 f"input {name!r}: binary_data_size {nbytes!r} does not fit shape {shape} of {datatype} "
                 f"({count * dtype.itemsize} bytes) within the {len(binary)} binary bytes left; "
                 "send the tensor's raw little-endian bytes"
             )
-        array = np.frombuffer(binary[:nbytes], dtype=dtype).reshape(shape)
+        array = _reshaped(name, np.frombuffer(binary[:nbytes], dtype=dtype), shape)
         return Tensor(name, datatype, array.astype(dtype.newbyteorder("="), copy=False)), nbytes
     if "data" not in entry:
         raise RequestError(f"input {name!r} has neither 'data' nor parameters.binary_data_size; send its values")
@@ -191,7 +259,16 @@ def _tensor(entry: Any, binary: memoryview) -> tuple[Tensor, int]:
             f"input {name!r} has {array.size} values in 'data' and shape {shape} needs {count}; "
             "send the values row-major, flat or nested"
         )
-    return Tensor(name, datatype, array.reshape(shape)), 0
+    return Tensor(name, datatype, _reshaped(name, array, shape)), 0
+
+
+def _reshaped(name: str, array: np.ndarray, shape: list[int]) -> np.ndarray:
+    """``array`` in ``shape``, whose size it already has; numpy still refuses more than 64 axes
+    and a shape whose size overflows (an empty tensor with a huge dim)."""
+    try:
+        return array.reshape(shape)
+    except ValueError as err:
+        raise RequestError(f"input {name!r} cannot take shape {shape} ({err}); give the tensor's real shape") from err
 
 
 def _outputs(value: Any) -> list[RequestedOutput]:
@@ -294,12 +371,19 @@ def encode_response(io: ModelIO, version: str, request: InferRequest, outputs: A
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise RequestError(
+                    f"output {out.name!r} holds NaN or infinity, which JSON cannot carry; ask for it in binary "
+                    "(the output's parameters.binary_data: true, or the request's binary_data_output: true; "
+                    "tritonclient's InferRequestedOutput(name, binary_data=True))",
+                    422,
+                )
             entry["data"] = array.ravel().tolist()
         entries.append(entry)
     doc: dict[str, Any] = {"model_name": io.name, "model_version": version, "outputs": entries}
     if request.id is not None:
         doc["id"] = request.id
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not chunks:
         return Encoded(header, None)
     return Encoded(b"".join([header, *chunks]), len(header))

@@ -6,6 +6,10 @@ binds the socket itself, so that is one line and exit 2, not a uvicorn log), the
 accepting, waits for the requests in flight (the batcher keeps running them), then runs the app's
 lifespan shutdown, which drains the batcher and closes the runner. uvicorn re-raises the signal
 once it is done; kiln's own handler takes it, so a drained server exits 0.
+
+The startup line is printed, and ``/v2/health/ready`` turns true, only once uvicorn has put the
+socket in listening state (its startup has returned), so a client that waits for the line and
+connects at once is accepted.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from kiln.errors import ConfigError, MissingDependencyError
 from kiln.serve.batcher import Batcher, BatchPolicy
 from kiln.serve.model import ServedModel, artifact_folder, load_model
+from kiln.serve.protocol import MB, Limits
 
 SERVE_PACKAGES = ("uvicorn", "starlette", "prometheus_client")
 GRACEFUL_SECONDS = 30  # how long in-flight requests may take to finish after SIGTERM
@@ -39,6 +44,9 @@ class ServeSettings:
     name: str | None = None  # default: the manifest's model name
     max_queue: int = 256
     max_body_mb: float = 64.0
+    max_json_mb: float = 16.0
+    max_json_depth: int = 32
+    max_header_kb: float = 16.0
     pubkey: Path | None = None
     verbose: bool = False
 
@@ -86,6 +94,15 @@ def batch_policy(model: ServedModel, settings: ServeSettings) -> BatchPolicy:
     return BatchPolicy(max_rows=rows, max_delay=settings.max_delay_ms / 1000, max_queue=settings.max_queue)
 
 
+def limits(settings: ServeSettings) -> Limits:
+    return Limits(
+        max_body=int(settings.max_body_mb * MB),
+        max_json=int(settings.max_json_mb * MB),
+        max_depth=settings.max_json_depth,
+        max_head=int(settings.max_header_kb * 1024),
+    )
+
+
 def describe(model: ServedModel, policy: BatchPolicy, settings: ServeSettings, port: int) -> str:
     """The startup line: what is served, where, and how it batches."""
     m = model.manifest
@@ -99,7 +116,8 @@ def describe(model: ServedModel, policy: BatchPolicy, settings: ServeSettings, p
     return (
         f"kiln: serving {model.name} ({m.target}:{m.precision}, {model.folder}) at "
         f"http://{settings.host}:{port}/v2/models/{model.name}; {batching}; queue {policy.max_queue}, "
-        f"body limit {settings.max_body_mb:g} MB, runtime threads: {threads}; SIGTERM or Ctrl-C drains and stops"
+        f"body limit {settings.max_body_mb:g} MB (JSON {settings.max_json_mb:g} MB, {settings.max_json_depth} deep), "
+        f"runtime threads: {threads}; SIGTERM or Ctrl-C drains and stops"
     )
 
 
@@ -117,23 +135,35 @@ def serve(path: Path, settings: ServeSettings, say: Callable[[str], None]) -> No
 def _run(model: ServedModel, sock: socket.socket, settings: ServeSettings, say: Callable[[str], None]) -> None:
     import uvicorn
 
-    from kiln.serve.app import Limits, create_app
+    from kiln.serve.app import Health, create_app
     from kiln.serve.metrics import ServerMetrics
+    from kiln.serve.wire import protocol_class
 
     policy = batch_policy(model, settings)
     metrics = ServerMetrics(model)
     batcher = Batcher(model.runner.infer, policy, model.batch_dim is not None, metrics)
-    app = create_app(model, batcher, metrics, Limits(max_body=int(settings.max_body_mb * 1024 * 1024)))
+    health = Health()
+    limit = limits(settings)
+    app = create_app(model, batcher, metrics, limit, health)
     config = uvicorn.Config(
         app,
+        http=protocol_class(metrics, limit.max_head),
+        h11_max_incomplete_event_size=limit.max_head,
         log_level="info" if settings.verbose else "warning",
         access_log=settings.verbose,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
     )
-    say(describe(model, policy, settings, sock.getsockname()[1]))
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and not self.should_exit:  # listening: connections are accepted from now on
+                health.ready = True
+                say(describe(model, policy, settings, sock.getsockname()[1]))
+
     with _server_logging(), _signals_taken():
-        uvicorn.Server(config).run(sockets=[sock])
+        Server(config).run(sockets=[sock])
     batcher.close(GRACEFUL_SECONDS)  # already drained by the lifespan, unless shutdown was forced
     model.close()
     say(f"kiln: stopped serving {model.name}: {metrics.answered} infer requests answered, {metrics.failed} failed")
