@@ -244,7 +244,8 @@ def test_a_breached_int4_build_tries_the_fallbacks_the_user_left_open(built: dic
     assert search.tried[1].size_bytes == manifest.size_bytes  # the last one is what was kept
     record = manifest.execution.get("quantization")
     assert (record["awq"], record["group_size"]) == (True, 64)
-    assert record["dataset"].startswith("kiln's calibration text (kiln.decoding.CALIBRATION_TEXT): ")
+    assert record["dataset"].startswith("kiln's calibration text (kiln.decoding.CALIBRATION_TEXT)")
+    assert "4 prefill windows" in record["dataset"]  # subset_size
     assert manifest.options == {"group_size": 64, "subset_size": 4}  # as given
     assert "none of the 1 fallback settings passed" in manifest.execution.notes[-1]
 

@@ -13,7 +13,7 @@
   their activations instead of their weights' error) needs data: ``options.dataset``, a text
   file tokenized with the model's tokenizer into prefill windows of the step graph (the longest
   chunk it takes, empty cache), else ``[calibration]`` samples as given, else (a causal LM with a
-  tokenizer) kiln's own calibration text, ``kiln.decoding.CALIBRATION_TEXT``. The gate's held-out
+  tokenizer) kiln's own text (:func:`default_text`). The gate's held-out
   text is never used: calibrating on it would grade the artifact on its own calibration data.
 
 What was done is read back from the compressed graph (:mod:`kiln.targets.openvino.weights`):
@@ -52,7 +52,7 @@ def weight_types(model: Any) -> dict[str, int]:
 def text_samples(ctx: CompileContext, ref: str | None, limit: int) -> tuple[list[Arrays], str]:
     """A text file (``None``: kiln's own calibration text) as prefill windows of the step graph
     (empty cache)."""
-    from kiln.decoding import CALIBRATION_TEXT, Tokenizer
+    from kiln.decoding import Tokenizer
 
     sig = ctx.export.signature
     cache = sig.cache
@@ -61,7 +61,7 @@ def text_samples(ctx: CompileContext, ref: str | None, limit: int) -> tuple[list
     if ctx.export.tokenizer_dir is None:
         raise ConfigError("options.dataset is text and this model has no tokenizer; give [calibration] samples instead")
     if ref is None:
-        text, named = CALIBRATION_TEXT, "kiln's calibration text (kiln.decoding.CALIBRATION_TEXT)"
+        text, named = default_text()
     else:
         path = Path(ref) if Path(ref).is_absolute() else ctx.root / ref
         if not path.is_file():
@@ -94,6 +94,30 @@ def model_group(model: Any) -> int:
     ends = set(_ends(found))
     widths = {layer.width for layer in found if layer.name not in ends}
     return next((g for g in LLM_GROUPS if all(w % g == 0 for w in widths)), LLM_GROUPS[0])
+
+
+# Prose of the Python reference manual that every CPython ships (pydoc_data), after kiln's own text:
+# AWQ and scale estimation need more than a few windows (SmolLM2-135M, groups of 32, 80 % int4:
+# teacher-forced agreement 0.820 on 577 tokens, 0.891 on about 15,000).
+REFERENCE_TOPICS = ("execmodel", "naming", "import", "calls", "function", "assignment", "comparisons", "try", "objects")
+
+
+def default_text() -> tuple[str, str]:
+    """kiln's calibration text and what the manifest calls it."""
+    import sys
+
+    from kiln.decoding import CALIBRATION_TEXT
+
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # a Python built without its docs: kiln's own text alone
+        return CALIBRATION_TEXT, "kiln's calibration text (kiln.decoding.CALIBRATION_TEXT)"
+    extra = [topics[k] for k in REFERENCE_TOPICS if k in topics]
+    version = ".".join(map(str, sys.version_info[:3]))
+    return "\n\n".join([CALIBRATION_TEXT, *extra]), (
+        f"kiln's calibration text (kiln.decoding.CALIBRATION_TEXT) and {len(extra)} topics of Python {version}'s "
+        "reference manual (pydoc_data)"
+    )
 
 
 def _data(ctx: CompileContext, options: OpenVINOOptions, names: list[str]) -> tuple[Any, str | None, int]:
