@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--peer {spec!r}: give [PRECISION:]NAME=FOLDER, PRECISION one of {sorted(TOLERANCES)}")
         runs.append(measure_peer(bare, Path(folder).resolve(), precision, eager, sig, a))
         g = runs[-1]["generation"]
-        print(f"{name}: top-1 {g['forced_top1']:.4f}, ppl {g['perplexity_increase']:+.2%}", flush=True)
+        print(f"{bare} ({precision}): top-1 {g['forced_top1']:.4f}, ppl {g['perplexity_increase']:+.2%}", flush=True)
     for folder in a.kiln:
         runs.append(measure_kiln(folder.resolve(), eager, a))
         g = runs[-1]["generation"]
