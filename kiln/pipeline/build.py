@@ -232,26 +232,32 @@ def _build_target(
             impl.prepare(_context(p, tp, bundle, reference, tmp, progress))
         tp.available.require(tp.label)
     with atomic_dir(p.model_dir / tp.target.key) as tmp:
-        built = _attempt(p, tp, impl, bundle, reference, tmp, progress)
+        site = _Site(impl, bundle, reference, tmp)
+        built = _attempt(p, tp, site, progress)
         search = None
         if built.gate.passed is False and (settings := fallbacks(tp, bundle, reference.data.calibration is not None)):
-            built, search = _search(p, tp, (impl, bundle, reference, tmp), built, settings, progress)
+            built, search = _search(p, tp, site, built, settings, progress)
         manifest = _manifest(p, tp, built, reference.data, search)
         manifest.write(tmp)
     return manifest
 
 
-def _attempt(
-    p: BuildPlan,
-    tp: TargetPlan,
-    impl: Target,
-    bundle: ExportBundle,
-    reference: Reference,
-    tmp: Path,
-    progress: Progress,
-) -> _Built:
-    """Compile into ``tmp``, load (or simulate) and gate: one artifact with its verdict."""
+@dataclass(frozen=True)
+class _Site:
+    """Where a target's attempts are built: its implementation, the export, the reference and
+    the temporary folder that becomes the artifact."""
+
+    impl: Target
+    bundle: ExportBundle
+    reference: Reference
+    tmp: Path
+
+
+def _attempt(p: BuildPlan, tp: TargetPlan, site: _Site, progress: Progress) -> _Built:
+    """Compile into the site's folder, load (or simulate) and gate: one artifact with its verdict."""
     from kiln.targets.base import RunOptions
+
+    impl, bundle, reference, tmp = site.impl, site.bundle, site.reference, site.tmp
 
     ctx = _context(p, tp, bundle, reference, tmp, progress)
     start = time.perf_counter()
@@ -273,7 +279,7 @@ def _attempt(
 def _search(
     p: BuildPlan,
     tp: TargetPlan,
-    where: tuple[Target, ExportBundle, Reference, Path],
+    site: _Site,
     first: _Built,
     settings: list[dict[str, Any]],
     progress: Progress,
@@ -282,14 +288,14 @@ def _search(
     (smallest and fastest first), each built and gated like the first, until one passes. The one
     that passes is kept; when none does, the last (the most conservative) is, and the build fails
     on its gate as it would have on the first."""
-    impl, bundle, reference, tmp = where
+    tmp = site.tmp
     tried, built = [search_step({}, first.gate, tmp, first.seconds)], first
     reason = f"{tp.label}: the first setting breached the gate ({first.gate.breaches[0]})"
     for update in settings:
         progress(f"{tp.label}: gate breached; trying {describe(update)}")
         for child in tmp.iterdir():  # the folder is the attempt's own: start it empty
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        built = _attempt(p, with_options(tp, update), impl, bundle, reference, tmp, progress)
+        built = _attempt(p, with_options(tp, update), site, progress)
         tried.append(search_step(update, built.gate, tmp, built.seconds))
         if built.gate.passed is not False:
             break

@@ -68,7 +68,8 @@ def test_the_first_setting_that_passes_is_kept(
     settings = [{"awq": True, "scale_estimation": True}, {"group_size": 32}, {"ratio": 0.8}]
     seen: list[tuple[Any, list[str]]] = []
 
-    def attempt(p: Any, tp: TargetPlan, impl: Any, bundle: Any, reference: Any, tmp: Path, progress: Any) -> Any:
+    def attempt(p: Any, tp: TargetPlan, site: Any, progress: Any) -> Any:
+        tmp = site.tmp
         leftovers = sorted(f.name for f in tmp.iterdir())
         (tmp / f"model-{len(seen)}.bin").write_bytes(b"x" * (100 - 10 * len(seen)))
         (tmp / "golden").mkdir(exist_ok=True)
@@ -84,7 +85,7 @@ def test_the_first_setting_that_passes_is_kept(
     built, record = pipeline._search(
         None,  # type: ignore[arg-type]
         _plan(),
-        (None, None, None, tmp_path),  # type: ignore[arg-type]
+        pipeline._Site(None, None, None, tmp_path),  # type: ignore[arg-type]
         first,  # type: ignore[arg-type]
         settings,
         messages.append,
