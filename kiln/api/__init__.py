@@ -27,6 +27,7 @@ from kiln.decoding import Tokenizer, check_context
 from kiln.errors import ConfigError
 from kiln.pipeline.build import TargetResult
 from kiln.results import Results
+from kiln.ship.archive import DEFAULT_LIMITS, Limits
 from kiln.ship.bundle import Packaged
 from kiln.ship.verify import Verified
 from kiln.spec import Signature
@@ -347,13 +348,15 @@ def _model_repository(source: Path, folders: list[Path], settings: PackageSettin
 @dataclass(frozen=True)
 class VerifySettings:
     """What :func:`verify` checks beyond integrity and "runs here": ``run`` replays the golden
-    set; ``pubkey`` requires the bundle's signature; ``extract`` keeps the verified artifact there
-    (else a bundle is checked in a temporary folder, removed before :func:`verify` returns)."""
+    set; ``pubkey`` requires the bundle's signature; ``extract`` keeps the verified artifact in a
+    new folder there (else a bundle is checked in a temporary folder, removed before
+    :func:`verify` returns); ``limits`` bound what a bundle may unpack to."""
 
     run: bool = False
     pubkey: Path | None = None
     extract: Path | None = None
     threads: int | None = None  # runtime threads for ``run``
+    limits: Limits = DEFAULT_LIMITS  # what a bundle may unpack to (kiln.ship.archive)
 
 
 def verify(bundle: Path | str, settings: VerifySettings | None = None) -> Verified:
@@ -367,7 +370,11 @@ def verify(bundle: Path | str, settings: VerifySettings | None = None) -> Verifi
     path = Path(bundle)
     if not path.exists():
         raise ConfigError(f"{path} does not exist; pass a bundle kiln package wrote, or an artifact folder")
+
+    def into(folder: Path) -> Verified:
+        return check(path, folder, chosen.run, chosen.pubkey, chosen.threads, chosen.limits)
+
     if chosen.extract is not None:
-        return check(path, chosen.extract, run=chosen.run, pubkey=chosen.pubkey, threads=chosen.threads)
+        return into(chosen.extract)
     with tempfile.TemporaryDirectory(prefix="kiln-verify-") as scratch:
-        return check(path, Path(scratch), run=chosen.run, pubkey=chosen.pubkey, threads=chosen.threads)
+        return into(Path(scratch))

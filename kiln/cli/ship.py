@@ -12,6 +12,8 @@ import click
 from kiln.cli import options
 from kiln.cli.base import command, main
 from kiln.cli.options import Group, attach
+from kiln.ship.archive import DEFAULT_LIMITS as LIMITS
+from kiln.ship.archive import human
 
 if TYPE_CHECKING:
     from kiln.api import PackageSettings, VerifySettings
@@ -71,10 +73,20 @@ def package(source: Path, settings: PackageSettings) -> None:
         click.echo(f"{state} {bundle.bundle}{signed}")
 
 
-def _verify_settings(**flags: Any) -> VerifySettings:
+def _verify_settings(
+    max_members: int | None, max_file: str | None, max_unpacked: str | None, max_ratio: float | None, **flags: Any
+) -> VerifySettings:
     from kiln.api import VerifySettings
+    from kiln.ship.archive import Limits, parse_size
 
-    return VerifySettings(**flags)
+    limits = Limits(
+        max_members=max_members or LIMITS.max_members,
+        max_member_bytes=parse_size(max_file) if max_file else LIMITS.max_member_bytes,
+        max_total_bytes=parse_size(max_unpacked) if max_unpacked else LIMITS.max_total_bytes,
+        max_ratio=max_ratio or LIMITS.max_ratio,
+        ratio_floor=LIMITS.ratio_floor,
+    )
+    return VerifySettings(**flags, limits=limits)
 
 
 _VERIFY_SETTINGS = Group(
@@ -86,8 +98,33 @@ _VERIFY_SETTINGS = Group(
         click.Option(
             ["--pubkey"], type=click.Path(path_type=Path), help="Require <bundle>.sig to verify with this public key."
         ),
-        click.Option(["--extract"], type=click.Path(path_type=Path), help="Keep the verified artifact in this folder."),
+        click.Option(
+            ["--extract"],
+            type=click.Path(path_type=Path),
+            metavar="DIR",
+            help="Keep the verified artifact in DIR/<bundle folder>, a new folder (DIR is created if missing).",
+        ),
         options.threads("Runtime threads for --run (default: the runtime's own)."),
+        click.Option(
+            ["--max-members"],
+            type=click.IntRange(min=1),
+            help=f"Most members a bundle may hold (default {LIMITS.max_members}).",
+        ),
+        click.Option(
+            ["--max-file"],
+            metavar="SIZE",
+            help=f"Largest member, e.g. 300G (default {human(LIMITS.max_member_bytes)}).",
+        ),
+        click.Option(
+            ["--max-unpacked"],
+            metavar="SIZE",
+            help=f"Most bytes a bundle may unpack to (default {human(LIMITS.max_total_bytes)}).",
+        ),
+        click.Option(
+            ["--max-ratio"],
+            type=click.FloatRange(min=1),
+            help=f"Most unpacked bytes per bundle byte past the first {human(LIMITS.ratio_floor)} (default {LIMITS.max_ratio:g}).",
+        ),
     ],
     _verify_settings,
 )
