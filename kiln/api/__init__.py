@@ -312,11 +312,10 @@ def package(source: Path | str, settings: PackageSettings | None = None) -> Pack
     folders = artifact_folders(Path(source), chosen.targets)
     if chosen.format == "model-repository":
         return _model_repository(Path(source), folders, chosen)
-    from kiln.ship.bundle import PackageOptions
-    from kiln.ship.bundle import package as write_bundle
+    from kiln.ship.bundle import PackageOptions, package_all
 
     options = PackageOptions(out=chosen.out, sign=chosen.sign, allow_ungated=chosen.allow_ungated)
-    return PackageResult(bundles=tuple(write_bundle(folder, options) for folder in folders))
+    return PackageResult(bundles=tuple(package_all(folders, options)))
 
 
 def _model_repository(source: Path, folders: list[Path], settings: PackageSettings) -> PackageResult:

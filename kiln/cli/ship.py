@@ -11,7 +11,7 @@ import click
 
 from kiln.cli import options
 from kiln.cli.base import command, main
-from kiln.cli.options import Group, attach
+from kiln.cli.options import Group
 from kiln.ship.archive import DEFAULT_LIMITS as LIMITS
 from kiln.ship.archive import human
 
@@ -152,14 +152,16 @@ def verify(bundle: Path, settings: VerifySettings) -> None:
 
 
 @main.command()
-@attach(
-    options.out(
-        None, "A folder, or a path prefix (default: ./kiln-signing): writes PREFIX.pem (private, 0600) and PREFIX.pub."
-    )
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(),  # a str: a trailing slash says "a folder", and Path() would drop it
+    help="A folder (DIR/, created if missing, or an existing one) or a path prefix (default: ./kiln-signing): "
+    "writes PREFIX.pem (private, 0600) and PREFIX.pub.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")
 @command
-def keygen(out: Path | None, force: bool) -> None:
+def keygen(out: str | None, force: bool) -> None:
     """Make an Ed25519 key pair for kiln package --sign and kiln verify --pubkey."""
     from kiln.ship.keys import keygen as make_keys
 
