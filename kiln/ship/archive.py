@@ -43,6 +43,9 @@ GIB, MIB = 1 << 30, 1 << 20
 CHUNK = MIB
 TMP_PREFIX = ".kiln-extract-"
 TMP_NAME_BYTES = len(TMP_PREFIX) + 8
+# The limits are kiln verify's flags (kiln serve reads a bundle with the defaults: a trusted
+# bundle over them is verified with --extract, and its folder served).
+_IF_TRUSTED = "do not extract it, or if you trust it raise the limit with kiln verify --extract DIR"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -132,26 +135,26 @@ class _Scan:
         if self.count > lim.max_members:
             self.refuse(
                 f"holds more than {lim.max_members} members",
-                "a kiln bundle holds a few files per artifact: do not extract it (--max-members raises the limit)",
+                f"a kiln bundle holds a few files per artifact: {_IF_TRUSTED} --max-members",
             )
         self._name(m)
         self._kind(m)
         if m.size > lim.max_member_bytes:
             self.refuse(
                 f"member {m.name!r} declares {human(m.size)}, over the limit of {human(lim.max_member_bytes)}",
-                "do not extract it, or raise --max-file if you trust this bundle",
+                f"{_IF_TRUSTED} --max-file",
             )
         self.total += m.size
         if self.total > lim.max_total_bytes:
             self.refuse(
                 f"its members declare more than {human(lim.max_total_bytes)} in all",
-                "do not extract it, or raise --max-unpacked if you trust this bundle",
+                f"{_IF_TRUSTED} --max-unpacked",
             )
         if self.total > max(lim.ratio_floor, lim.max_ratio * self.compressed):
             self.refuse(
                 f"{human(self.compressed)} unpack to at least {human(self.total)}, over {lim.max_ratio:g}:1 "
                 "(an archive bomb)",
-                "do not extract it, or raise --max-ratio if you trust this bundle",
+                f"{_IF_TRUSTED} --max-ratio",
             )
 
     def _name(self, m: tarfile.TarInfo) -> None:

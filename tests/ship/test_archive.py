@@ -83,7 +83,10 @@ def refused(tmp_path: Path, dest: Path, data: bytes, *flags: str, exit_code: int
 def test_a_member_over_the_size_limit_is_refused_before_anything_is_written(tmp_path: Path, dest: Path) -> None:
     bomb = tar_bytes([entry(f"{TOP}/zeros.bin", bytes(10 << 20))])  # 10 MiB of zeros in ~10 KB
     line = refused(tmp_path, dest, bomb, "--max-file", "1M")
-    assert "'digits-eager-fp32/zeros.bin' declares 10 MiB, over the limit of 1 MiB" in line and "--max-file" in line
+    assert (
+        "'digits-eager-fp32/zeros.bin' declares 10 MiB, over the limit of 1 MiB" in line
+        and "kiln verify --extract DIR --max-file" in line
+    )
 
 
 def test_a_header_that_declares_5_gib_in_a_tiny_bundle_is_refused_at_once(tmp_path: Path, dest: Path) -> None:
