@@ -358,6 +358,25 @@ class VerifySettings:
     limits: Limits = DEFAULT_LIMITS  # what a bundle may unpack to (kiln.ship.archive)
 
 
+def archive_limits(
+    max_members: int | None = None,
+    max_file: str | None = None,
+    max_unpacked: str | None = None,
+    max_ratio: float | None = None,
+) -> Limits:
+    """``kiln verify``'s ``--max-*`` flags as :class:`~kiln.ship.archive.Limits` (sizes such as
+    ``"300G"``; None: the default)."""
+    from kiln.ship.archive import parse_size
+
+    return Limits(
+        max_members=max_members or DEFAULT_LIMITS.max_members,
+        max_member_bytes=parse_size(max_file) if max_file else DEFAULT_LIMITS.max_member_bytes,
+        max_total_bytes=parse_size(max_unpacked) if max_unpacked else DEFAULT_LIMITS.max_total_bytes,
+        max_ratio=max_ratio or DEFAULT_LIMITS.max_ratio,
+        ratio_floor=DEFAULT_LIMITS.ratio_floor,
+    )
+
+
 def verify(bundle: Path | str, settings: VerifySettings | None = None) -> Verified:
     """On the machine that will run it: a bundle's signature, safe extraction and checksums (or an
     artifact folder's files), its manifest, runtime and hardware, and with ``run`` the golden set.

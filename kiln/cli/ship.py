@@ -12,8 +12,6 @@ import click
 from kiln.cli import options
 from kiln.cli.base import command, main
 from kiln.cli.options import Group
-from kiln.ship.archive import DEFAULT_LIMITS as LIMITS
-from kiln.ship.archive import human
 
 if TYPE_CHECKING:
     from kiln.api import PackageSettings, VerifySettings
@@ -76,16 +74,9 @@ def package(source: Path, settings: PackageSettings) -> None:
 def _verify_settings(
     max_members: int | None, max_file: str | None, max_unpacked: str | None, max_ratio: float | None, **flags: Any
 ) -> VerifySettings:
-    from kiln.api import VerifySettings
-    from kiln.ship.archive import Limits, parse_size
+    from kiln.api import VerifySettings, archive_limits
 
-    limits = Limits(
-        max_members=max_members or LIMITS.max_members,
-        max_member_bytes=parse_size(max_file) if max_file else LIMITS.max_member_bytes,
-        max_total_bytes=parse_size(max_unpacked) if max_unpacked else LIMITS.max_total_bytes,
-        max_ratio=max_ratio or LIMITS.max_ratio,
-        ratio_floor=LIMITS.ratio_floor,
-    )
+    limits = archive_limits(max_members, max_file, max_unpacked, max_ratio)
     return VerifySettings(**flags, limits=limits)
 
 
@@ -108,22 +99,22 @@ _VERIFY_SETTINGS = Group(
         click.Option(
             ["--max-members"],
             type=click.IntRange(min=1),
-            help=f"Most members a bundle may hold (default {LIMITS.max_members}).",
+            help="Most members a bundle may hold (default 20000).",
         ),
         click.Option(
             ["--max-file"],
             metavar="SIZE",
-            help=f"Largest member, e.g. 300G (default {human(LIMITS.max_member_bytes)}).",
+            help="Largest member, e.g. 300G (default 256 GiB).",
         ),
         click.Option(
             ["--max-unpacked"],
             metavar="SIZE",
-            help=f"Most bytes a bundle may unpack to (default {human(LIMITS.max_total_bytes)}).",
+            help="Most bytes a bundle may unpack to (default 512 GiB).",
         ),
         click.Option(
             ["--max-ratio"],
             type=click.FloatRange(min=1),
-            help=f"Most unpacked bytes per bundle byte past the first {human(LIMITS.ratio_floor)} (default {LIMITS.max_ratio:g}).",
+            help="Most unpacked bytes per bundle byte past the first 64 MiB (default 100).",
         ),
     ],
     _verify_settings,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import ConfigError, IntegrityError
-from kiln.ship.archive import Limits, extract, human, parse_size
+from kiln.ship.archive import DEFAULT_LIMITS, Limits, extract, human, parse_size
 from kiln.ship.bundle import PackageOptions, package
 from kiln.ship.verify import extract_verified
 from tests.ship.test_bundle import cli, one_error_line
@@ -245,6 +245,17 @@ def test_a_failed_extraction_removes_the_folders_it_made(tmp_path: Path) -> None
         assert (unpacked.folder / "model.onnx").read_bytes() == b"onnx"  # written, bytes counted
         raise IntegrityError("the caller's check failed")
     assert not (tmp_path / "c").exists()
+
+
+def test_the_help_states_the_default_limits() -> None:
+    code, out = cli("verify", "--help")
+    flat = " ".join(out.split())
+    assert code == 0
+    limits = DEFAULT_LIMITS
+    assert f"--max-members INTEGER RANGE Most members a bundle may hold (default {limits.max_members})" in flat
+    assert f"(default {human(limits.max_member_bytes)})" in flat.split("--max-file", 1)[1][:80]
+    assert f"(default {human(limits.max_total_bytes)})" in flat.split("--max-unpacked", 1)[1][:80]
+    assert f"first {human(limits.ratio_floor)} (default {limits.max_ratio:g})" in flat
 
 
 def test_sizes_parse_and_print() -> None:
