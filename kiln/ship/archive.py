@@ -15,8 +15,9 @@ headers, so the archive is read twice:
    ``O_EXCL | O_NOFOLLOW``), its bytes counted while they stream: a member that yields more than
    it declared or than the limits allow is stopped there.
 
-Every refusal is one :class:`~kiln.errors.IntegrityError` line (exit 7). The caller checks the
-folder (checksums, manifest) and only then :meth:`Extraction.commit` renames it to
+Every refusal of the bundle is one :class:`~kiln.errors.IntegrityError` line (exit 7); of the
+destination (a path already there, too little free space) a ``ConfigError`` (exit 2). The
+caller checks the folder (checksums, manifest) and only then :meth:`Extraction.commit` renames it to
 ``<dest>/<bundle folder>``: a new path, or an empty folder, never anything a user had there.
 On any failure the temporary folder, and each folder kiln created for it, is removed.
 """
