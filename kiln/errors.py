@@ -75,16 +75,18 @@ class MissingDependencyError(UnavailableError):
     """A target's Python package is not installed; the message names the pip extra."""
 
 
-class UnsafeBundleError(ConfigError):
-    """A bundle member that extraction would place outside the bundle's folder (an absolute path,
-    ``..``, a link that leaves it) or that is not a file (a device, a fifo); the message names it."""
-
-
 class IntegrityError(KilnError):
     """A bundle whose bytes are not what was packaged: a checksum that differs, a file that
-    SHA256SUMS does not list, a signature that is missing or does not verify."""
+    SHA256SUMS does not list, a signature that is missing or does not verify, an archive over
+    its limits (an archive bomb)."""
 
     exit_code = 7
+
+
+class UnsafeBundleError(IntegrityError):
+    """A bundle member that extraction would place outside the bundle's folder (an absolute path,
+    ``..``, a link that leaves it) or that is not a file (a device, a fifo); the message names it.
+    Exit 7, as every other bad bundle: nothing of it was written."""
 
 
 class CompatibilityError(UnavailableError):

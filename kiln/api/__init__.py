@@ -27,6 +27,7 @@ from kiln.decoding import Tokenizer, check_context
 from kiln.errors import ConfigError
 from kiln.pipeline.build import TargetResult
 from kiln.results import Results
+from kiln.ship.archive import DEFAULT_LIMITS, Limits
 from kiln.ship.bundle import Packaged
 from kiln.ship.verify import Verified
 from kiln.spec import Signature
@@ -311,11 +312,10 @@ def package(source: Path | str, settings: PackageSettings | None = None) -> Pack
     folders = artifact_folders(Path(source), chosen.targets)
     if chosen.format == "model-repository":
         return _model_repository(Path(source), folders, chosen)
-    from kiln.ship.bundle import PackageOptions
-    from kiln.ship.bundle import package as write_bundle
+    from kiln.ship.bundle import PackageOptions, package_all
 
     options = PackageOptions(out=chosen.out, sign=chosen.sign, allow_ungated=chosen.allow_ungated)
-    return PackageResult(bundles=tuple(write_bundle(folder, options) for folder in folders))
+    return PackageResult(bundles=tuple(package_all(folders, options)))
 
 
 def _model_repository(source: Path, folders: list[Path], settings: PackageSettings) -> PackageResult:
@@ -347,13 +347,34 @@ def _model_repository(source: Path, folders: list[Path], settings: PackageSettin
 @dataclass(frozen=True)
 class VerifySettings:
     """What :func:`verify` checks beyond integrity and "runs here": ``run`` replays the golden
-    set; ``pubkey`` requires the bundle's signature; ``extract`` keeps the verified artifact there
-    (else a bundle is checked in a temporary folder, removed before :func:`verify` returns)."""
+    set; ``pubkey`` requires the bundle's signature; ``extract`` keeps the verified artifact in a
+    new folder there (else a bundle is checked in a temporary folder, removed before
+    :func:`verify` returns); ``limits`` bound what a bundle may unpack to."""
 
     run: bool = False
     pubkey: Path | None = None
     extract: Path | None = None
     threads: int | None = None  # runtime threads for ``run``
+    limits: Limits = DEFAULT_LIMITS  # what a bundle may unpack to (kiln.ship.archive)
+
+
+def archive_limits(
+    max_members: int | None = None,
+    max_file: str | None = None,
+    max_unpacked: str | None = None,
+    max_ratio: float | None = None,
+) -> Limits:
+    """``kiln verify``'s ``--max-*`` flags as :class:`~kiln.ship.archive.Limits` (sizes such as
+    ``"300G"``; None: the default)."""
+    from kiln.ship.archive import parse_size
+
+    return Limits(
+        max_members=max_members or DEFAULT_LIMITS.max_members,
+        max_member_bytes=parse_size(max_file) if max_file else DEFAULT_LIMITS.max_member_bytes,
+        max_total_bytes=parse_size(max_unpacked) if max_unpacked else DEFAULT_LIMITS.max_total_bytes,
+        max_ratio=max_ratio or DEFAULT_LIMITS.max_ratio,
+        ratio_floor=DEFAULT_LIMITS.ratio_floor,
+    )
 
 
 def verify(bundle: Path | str, settings: VerifySettings | None = None) -> Verified:
@@ -367,7 +388,11 @@ def verify(bundle: Path | str, settings: VerifySettings | None = None) -> Verifi
     path = Path(bundle)
     if not path.exists():
         raise ConfigError(f"{path} does not exist; pass a bundle kiln package wrote, or an artifact folder")
+
+    def into(folder: Path) -> Verified:
+        return check(path, folder, chosen.run, chosen.pubkey, chosen.threads, chosen.limits)
+
     if chosen.extract is not None:
-        return check(path, chosen.extract, run=chosen.run, pubkey=chosen.pubkey, threads=chosen.threads)
+        return into(chosen.extract)
     with tempfile.TemporaryDirectory(prefix="kiln-verify-") as scratch:
-        return check(path, Path(scratch), run=chosen.run, pubkey=chosen.pubkey, threads=chosen.threads)
+        return into(Path(scratch))

@@ -11,7 +11,7 @@ import click
 
 from kiln.cli import options
 from kiln.cli.base import command, main
-from kiln.cli.options import Group, attach
+from kiln.cli.options import Group
 
 if TYPE_CHECKING:
     from kiln.api import PackageSettings, VerifySettings
@@ -71,10 +71,13 @@ def package(source: Path, settings: PackageSettings) -> None:
         click.echo(f"{state} {bundle.bundle}{signed}")
 
 
-def _verify_settings(**flags: Any) -> VerifySettings:
-    from kiln.api import VerifySettings
+def _verify_settings(
+    max_members: int | None, max_file: str | None, max_unpacked: str | None, max_ratio: float | None, **flags: Any
+) -> VerifySettings:
+    from kiln.api import VerifySettings, archive_limits
 
-    return VerifySettings(**flags)
+    limits = archive_limits(max_members, max_file, max_unpacked, max_ratio)
+    return VerifySettings(**flags, limits=limits)
 
 
 _VERIFY_SETTINGS = Group(
@@ -86,8 +89,33 @@ _VERIFY_SETTINGS = Group(
         click.Option(
             ["--pubkey"], type=click.Path(path_type=Path), help="Require <bundle>.sig to verify with this public key."
         ),
-        click.Option(["--extract"], type=click.Path(path_type=Path), help="Keep the verified artifact in this folder."),
+        click.Option(
+            ["--extract"],
+            type=click.Path(path_type=Path),
+            metavar="DIR",
+            help="Keep the verified artifact in DIR/<bundle folder>, a new folder (DIR is created if missing).",
+        ),
         options.threads("Runtime threads for --run (default: the runtime's own)."),
+        click.Option(
+            ["--max-members"],
+            type=click.IntRange(min=1),
+            help="Most members a bundle may hold (default 20000).",
+        ),
+        click.Option(
+            ["--max-file"],
+            metavar="SIZE",
+            help="Largest member, e.g. 300G (default 256 GiB).",
+        ),
+        click.Option(
+            ["--max-unpacked"],
+            metavar="SIZE",
+            help="Most bytes a bundle may unpack to (default 512 GiB).",
+        ),
+        click.Option(
+            ["--max-ratio"],
+            type=click.FloatRange(min=1),
+            help="Most unpacked bytes per bundle byte past the first 64 MiB (default 100).",
+        ),
     ],
     _verify_settings,
 )
@@ -115,14 +143,16 @@ def verify(bundle: Path, settings: VerifySettings) -> None:
 
 
 @main.command()
-@attach(
-    options.out(
-        None, "A folder, or a path prefix (default: ./kiln-signing): writes PREFIX.pem (private, 0600) and PREFIX.pub."
-    )
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(),  # a str: a trailing slash says "a folder", and Path() would drop it
+    help="A folder (DIR/, created if missing, or an existing one) or a path prefix (default: ./kiln-signing): "
+    "writes PREFIX.pem (private, 0600) and PREFIX.pub.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing key pair.")
 @command
-def keygen(out: Path | None, force: bool) -> None:
+def keygen(out: str | None, force: bool) -> None:
     """Make an Ed25519 key pair for kiln package --sign and kiln verify --pubkey."""
     from kiln.ship.keys import keygen as make_keys
 

@@ -5,7 +5,8 @@ Reproducible means the bytes depend on the artifact alone: entries sorted, every
 modes (0644 files, 0755 folders), PAX headers, and a gzip header with mtime 0 and no file name.
 A bundle whose bytes would not change is not rewritten (its mtime stays, so ``make`` does no work).
 
-What is refused, before anything is written: an artifact whose gate failed (exit 3, with the
+What is refused, before anything is written (a missing or unreadable signing key too; and then
+the bundle and its ``.sig`` are renamed into place only once both are complete): an artifact whose gate failed (exit 3, with the
 breach), one whose gate did not run here unless ``--allow-ungated`` (exit 5; the model card then
 says in its first lines that it is not gated), one built before kiln wrote golden sets, and an
 artifact folder whose files no longer match its manifest (exit 7: rebuild it).
@@ -19,16 +20,17 @@ import io
 import os
 import tarfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from kiln.errors import ConfigError, IntegrityError, ParityError, UnavailableError
 from kiln.manifest import MANIFEST_SCHEMA, Manifest
 from kiln.results import Results
 from kiln.ship import CARD, SUFFIX, SUMS
 from kiln.ship.card import model_card
-from kiln.ship.keys import sign, signature_path
+from kiln.ship.files import make_dirs, remove_made, temp_beside, write_temp
+from kiln.ship.keys import load_private_key, signature_bytes, signature_path
 from kiln.store import MANIFEST, sha256_file
 
 RESULTS = "results.json"
@@ -122,11 +124,34 @@ def _results(folder: Path, manifest: Manifest) -> tuple[Results | None, str | No
 
 def package(folder: Path, options: PackageOptions) -> Packaged:
     """Write ``<out>/<model>-<key>.tar.gz`` for one artifact folder (and its ``.sig`` with a key)."""
-    manifest = Manifest.read(folder)
-    check_shippable(manifest, folder, options.allow_ungated)
-    check_files(manifest, folder)
+    return package_all([folder], options)[0]
+
+
+def package_all(folders: list[Path], options: PackageOptions) -> list[Packaged]:
+    """A bundle per artifact folder. Everything that can be refused (each artifact, ``-o``, the
+    signing key) is refused before a byte is written; each bundle and its signature are written
+    under temporary names and renamed into place at the end, so a failure leaves ``-o`` as it was."""
+    manifests = []
+    for folder in folders:
+        manifest = Manifest.read(folder)
+        check_shippable(manifest, folder, options.allow_ungated)
+        check_files(manifest, folder)
+        manifests.append(manifest)
     if options.out.exists() and not options.out.is_dir():
         raise ConfigError(f"-o {options.out} is a file, not a folder; choose another -o or remove the file")
+    key = load_private_key(options.sign) if options.sign is not None else None
+    made = make_dirs(options.out)
+    try:
+        return [
+            _write_bundle(folder, manifest, options.out, key)
+            for folder, manifest in zip(folders, manifests, strict=True)
+        ]
+    except BaseException:
+        remove_made(made)
+        raise
+
+
+def _write_bundle(folder: Path, manifest: Manifest, out: Path, key: Any) -> Packaged:
     name = bundle_name(manifest)
     results, note = _results(folder, manifest)
     card = model_card(manifest, results, note).encode()
@@ -137,19 +162,44 @@ def package(folder: Path, options: PackageOptions) -> Packaged:
     sums = "".join(f"{digests[p]}  {p}\n" for p in sorted(digests, key=lambda p: PurePosixPath(p).parts)).encode()
     members: dict[str, Path | bytes] = {e.path: folder / e.path for e in manifest.files}
     members.update({MANIFEST: manifest_bytes, CARD: card, SUMS: sums})
-    options.out.mkdir(parents=True, exist_ok=True)
-    bundle = options.out / f"{name}{SUFFIX}"
-    tmp = bundle.with_name(f".tmp-{bundle.name}-{uuid.uuid4().hex[:8]}")
+    bundle = out / f"{name}{SUFFIX}"
+    signature = signature_path(bundle)
+    tmp, tmp_sig = temp_beside(bundle), None
     try:
         _tarball(name, members, source_date(manifest), tmp)
         changed = not (bundle.is_file() and sha256_file(bundle) == sha256_file(tmp))
-        if changed:
-            os.replace(tmp, bundle)
-            signature_path(bundle).unlink(missing_ok=True)  # a signature of the old bytes
+        if key is not None:
+            tmp_sig = write_temp(signature, signature_bytes(key, tmp), 0o644)
+        _put_in_place(tmp if changed else None, bundle, tmp_sig, signature)
     finally:
         tmp.unlink(missing_ok=True)
-    signature = sign(bundle, options.sign) if options.sign is not None else None
-    return Packaged(bundle, signature, changed, manifest)
+        if tmp_sig is not None:
+            tmp_sig.unlink(missing_ok=True)
+    return Packaged(bundle, signature if key is not None else None, changed, manifest)
+
+
+def _put_in_place(tmp: Path | None, bundle: Path, tmp_sig: Path | None, signature: Path) -> None:
+    """Rename the new bundle (``tmp``; None: unchanged) and its new signature into place, together:
+    if the second rename fails, the old bundle is put back. (Killed between the two, the old .sig
+    does not verify the new bundle and ``verify --pubkey`` refuses it: never a wrong pass.)"""
+    backup = None
+    if tmp is not None and tmp_sig is not None and bundle.is_file():
+        backup = temp_beside(bundle)
+        os.link(bundle, backup)  # the old bytes under a second name, for a rollback
+    try:
+        if tmp is not None:
+            os.replace(tmp, bundle)
+        if tmp_sig is not None:
+            os.replace(tmp_sig, signature)
+        elif tmp is not None:
+            signature.unlink(missing_ok=True)  # a signature of the old bytes
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, bundle)
+        raise
+    finally:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
 
 
 def _sha256(data: bytes) -> str:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 from kiln.errors import ConfigError, IntegrityError, MissingDependencyError
+from kiln.ship.files import make_dirs, remove_made, write_temp
 
 PRIVATE_SUFFIX, PUBLIC_SUFFIX = ".pem", ".pub"
 DEFAULT_PREFIX = "kiln-signing"
@@ -37,40 +37,48 @@ def _crypto() -> Any:
     return serialization, ed25519
 
 
-def key_paths(out: Path | None) -> tuple[Path, Path]:
-    """``-o DIR`` (an existing folder) or ``-o PREFIX``: the private and public key's paths."""
-    prefix = Path(DEFAULT_PREFIX) if out is None else (out / DEFAULT_PREFIX if out.is_dir() else out)
+def key_paths(out: str | Path | None) -> tuple[Path, Path]:
+    """``-o DIR/`` (a trailing slash) or an existing folder: ``DIR/kiln-signing.pem`` and ``.pub``;
+    ``-o PREFIX``: ``PREFIX.pem`` and ``PREFIX.pub``."""
+    text = DEFAULT_PREFIX if out is None else os.fspath(out)
+    prefix = Path(text) / DEFAULT_PREFIX if names_folder(text) else Path(text)
     return prefix.with_name(prefix.name + PRIVATE_SUFFIX), prefix.with_name(prefix.name + PUBLIC_SUFFIX)
 
 
-def keygen(out: Path | None = None, force: bool = False) -> tuple[Path, Path]:
+def names_folder(text: str) -> bool:
+    """``-o`` names a folder: it ends with a slash, or is one."""
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
+
+
+def keygen(out: str | Path | None = None, force: bool = False) -> tuple[Path, Path]:
     """A new Ed25519 key pair; the private key is readable by its owner only. An existing key is
-    never overwritten without ``force`` (a lost signing key cannot be recovered)."""
+    never overwritten without ``force`` (a lost signing key cannot be recovered). ``-o DIR/`` makes
+    the folder; both files are renamed into place together at the end, so a failure leaves none."""
     serialization, ed25519 = _crypto()
     private, public = key_paths(out)
     if not force and (private.exists() or public.exists()):
         raise ConfigError(f"{private} or {public} exists; choose another -o, or pass --force to replace the pair")
-    if not private.parent.is_dir():
-        raise ConfigError(f"{private.parent} is not a folder; create it or choose another -o")
+    folder = private.parent
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not a folder; choose another -o")
+    if not folder.exists() and not (out is not None and names_folder(os.fspath(out))):
+        raise ConfigError(f"{folder} does not exist; create it, or pass -o {folder}/ (a folder, which kiln creates)")
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write(private, pem, 0o600)
-    _write(public, pub, 0o644)
-    return private, public
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    made = make_dirs(folder)
+    temps: list[Path] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)  # whatever the umask
-        os.replace(tmp, path)
+        temps.append(write_temp(private, pem, 0o600))
+        temps.append(write_temp(public, pub, 0o644))
+        os.replace(temps[0], private)
+        os.replace(temps[1], public)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        remove_made(made)
         raise
+    return private, public
 
 
 def digest(path: Path) -> bytes:
@@ -81,8 +89,8 @@ def digest(path: Path) -> bytes:
     return h.digest()
 
 
-def sign(bundle: Path, key_path: Path) -> Path:
-    """Sign the bundle's SHA-256 digest; returns ``<bundle>.sig``."""
+def load_private_key(key_path: Path) -> Any:
+    """The Ed25519 private key in ``key_path`` (read before anything is written), or one line."""
     serialization, ed25519 = _crypto()
     try:
         data = key_path.read_bytes()
@@ -99,8 +107,19 @@ def sign(bundle: Path, key_path: Path) -> Path:
         ) from err
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ConfigError(f"{key_path} is a {type(key).__name__}, not an Ed25519 key; make one with kiln keygen")
+    return key
+
+
+def signature_bytes(key: Any, bundle: Path) -> bytes:
+    """The 64-byte Ed25519 signature of ``bundle``'s SHA-256 digest."""
+    return key.sign(digest(bundle))
+
+
+def sign(bundle: Path, key_path: Path) -> Path:
+    """Sign the bundle's SHA-256 digest; returns ``<bundle>.sig`` (written atomically)."""
+    key = load_private_key(key_path)
     out = signature_path(bundle)
-    _write(out, key.sign(digest(bundle)), 0o644)
+    os.replace(write_temp(out, signature_bytes(key, bundle), 0o644), out)
     return out
 
 

@@ -5,10 +5,10 @@ In order, each failure one line with its exit code:
 
 1. the signature, with ``--pubkey``: ``<bundle>.sig`` over the bundle's SHA-256 (exit 7; checked
    before a byte is extracted);
-2. every member pre-scanned: an absolute path, ``..``, a link leaving the bundle, a device or a
-   fifo is refused naming the member (exit 2); a link inside it, a member twice or outside the
-   bundle's one folder is not what kiln packages (exit 7). Extraction then runs with tarfile's
-   ``data`` filter into a temporary folder, renamed into place only once everything below passed;
+2. every member header judged before a byte is written, and every byte counted as it is written
+   (:mod:`kiln.ship.archive`: limits on members, sizes and compression ratio; no absolute path,
+   ``..``, link, device, or name that does not fit the filesystem; exit 7), into a temporary
+   folder renamed to a new ``<into>/<bundle folder>`` only once everything below passed;
 3. every checksum in ``SHA256SUMS``, no file it does not list, the manifest valid against this
    kiln's schema and its ``files`` agreeing with the sums (exit 7; another schema: exit 5);
 4. the runtime and hardware (:mod:`kiln.ship.compat`, exit 5);
@@ -16,15 +16,13 @@ In order, each failure one line with its exit code:
    tolerance; each breach is one line (exit 3).
 
 An artifact folder (``build/<model>/<target-dir>``) is verified the same way from step 3, with its
-manifest's file list in place of ``SHA256SUMS``.
+manifest's file list in place of ``SHA256SUMS`` (a file it does not list is refused, as in a bundle).
 """
 
 from __future__ import annotations
 
 import json
-import posixpath
 import re
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -34,7 +32,8 @@ from kiln import __version__
 from kiln.errors import CompatibilityError, ConfigError, IntegrityError, ParityError, UnsafeBundleError
 from kiln.manifest import MANIFEST_SCHEMA, Manifest
 from kiln.ship import SUMS
-from kiln.store import MANIFEST, atomic_dir, sha256_file
+from kiln.ship.archive import DEFAULT_LIMITS, Limits, extract
+from kiln.store import MANIFEST, sha256_file
 
 SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
@@ -50,47 +49,14 @@ class Verified:
     breaches: list[str] = field(default_factory=list)
 
 
-def scan(tar: tarfile.TarFile, bundle: Path) -> str:
-    """Check every member before extraction; returns the bundle's one top folder."""
-    members = tar.getmembers()
-    if not members:
-        raise IntegrityError(f"{bundle} is an empty archive; package the artifact again")
-    top = PurePosixPath(members[0].name).parts[0] if PurePosixPath(members[0].name).parts else ""
-    seen: set[str] = set()
-    for m in members:
-        path = PurePosixPath(m.name)
-        if m.name.startswith("/") or path.is_absolute():
-            raise UnsafeBundleError(f"{bundle}: member {m.name!r} has an absolute path; do not extract this archive")
-        if ".." in path.parts:
-            raise UnsafeBundleError(f"{bundle}: member {m.name!r} climbs out with '..'; do not extract this archive")
-        if m.ischr() or m.isblk() or m.isfifo():
-            raise UnsafeBundleError(f"{bundle}: member {m.name!r} is a device or fifo; do not extract this archive")
-        if m.issym() or m.islnk():
-            base = posixpath.dirname(m.name) if m.issym() else ""
-            target = posixpath.normpath(posixpath.join(base, m.linkname))
-            if m.linkname.startswith("/") or target.startswith("..") or PurePosixPath(target).parts[:1] != (top,):
-                raise UnsafeBundleError(
-                    f"{bundle}: member {m.name!r} links to {m.linkname!r}, outside the bundle; do not extract this archive"
-                )
-            raise IntegrityError(f"{bundle}: member {m.name!r} is a link; kiln bundles hold regular files only")
-        if not (m.isfile() or m.isdir()):
-            raise IntegrityError(f"{bundle}: member {m.name!r} is not a regular file or folder")
-        if path.parts[:1] != (top,) or (m.isfile() and len(path.parts) < 2):
-            raise IntegrityError(f"{bundle}: member {m.name!r} is outside the bundle's folder {top!r}")
-        key = str(path)
-        if key in seen:
-            raise IntegrityError(f"{bundle}: member {m.name!r} appears twice (the second would replace the first)")
-        seen.add(key)
-    return top
+def extract_verified(bundle: Path, into: Path, pubkey: Path | None = None, limits: Limits = DEFAULT_LIMITS) -> Path:
+    """Check the signature (with ``pubkey``), extract the bundle safely into a new folder
+    ``into/<bundle folder>`` and check every checksum and the manifest; returns the artifact
+    folder."""
+    return _extract(bundle, into, pubkey, limits).folder
 
 
-def extract_verified(bundle: Path, into: Path, pubkey: Path | None = None) -> Path:
-    """Check the signature (with ``pubkey``), extract the bundle safely into ``into/<bundle
-    folder>`` and check every checksum and the manifest; returns the artifact folder."""
-    return _extract(bundle, into, pubkey).folder
-
-
-def _extract(bundle: Path, into: Path, pubkey: Path | None) -> Verified:
+def _extract(bundle: Path, into: Path, pubkey: Path | None, limits: Limits) -> Verified:
     if not bundle.is_file():
         raise ConfigError(f"{bundle} is not a file; pass a bundle kiln package wrote (or an artifact folder)")
     checks = []
@@ -99,26 +65,11 @@ def _extract(bundle: Path, into: Path, pubkey: Path | None) -> Verified:
 
         verify_signature(bundle, pubkey)
         checks.append(f"signature: Ed25519, verified with {pubkey.name}")
-    try:
-        with tarfile.open(bundle, "r:gz") as tar:
-            top = scan(tar, bundle)
-            into.mkdir(parents=True, exist_ok=True)
-            with atomic_dir(into / top) as tmp:
-
-                def strip(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-                    rel = PurePosixPath(member.name).relative_to(top)
-                    if rel == PurePosixPath("."):
-                        return None
-                    return tarfile.data_filter(member.replace(name=str(rel), deep=False), dest)
-
-                tar.extractall(tmp, filter=strip)
-                manifest, count = check_sums(tmp, bundle)
-                checks.append(f"contents: {count} files match {SUMS}; manifest {manifest.schema_id} valid")
-    except (tarfile.TarError, EOFError, OSError) as err:
-        if isinstance(err, OSError) and not isinstance(err, tarfile.TarError) and err.filename is not None:
-            raise  # the machine (disk full, no permission), not the bundle: the CLI says so
-        raise IntegrityError(f"{bundle} is not a readable gzipped tar ({err}); fetch it again") from err
-    return Verified(into / top, manifest, checks)
+    with extract(bundle, into, limits) as unpacked:
+        manifest, count = check_sums(unpacked.folder, bundle)
+        checks.append(f"contents: {count} files match {SUMS}; manifest {manifest.schema_id} valid")
+        folder = unpacked.commit()
+    return Verified(folder, manifest, checks)
 
 
 def check_sums(folder: Path, bundle: Path) -> tuple[Manifest, int]:
@@ -127,8 +78,14 @@ def check_sums(folder: Path, bundle: Path) -> tuple[Manifest, int]:
     sums_path = folder / SUMS
     if not sums_path.is_file():
         raise IntegrityError(f"{bundle} has no {SUMS}; it was not written by kiln package")
+    try:
+        text = sums_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise IntegrityError(
+            f"{bundle}: {SUMS} is not UTF-8 text (byte {err.start}); kiln package writes UTF-8: fetch the bundle again"
+        ) from err
     listed: dict[str, str] = {}
-    for number, line in enumerate(sums_path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         found = SUM_LINE.match(line)
         if found is None:
             raise IntegrityError(f"{bundle}: {SUMS} line {number} is not '<sha256>  <path>': {line[:80]!r}")
@@ -136,21 +93,30 @@ def check_sums(folder: Path, bundle: Path) -> tuple[Manifest, int]:
         if rel.startswith("/") or ".." in PurePosixPath(rel).parts:
             raise UnsafeBundleError(f"{bundle}: {SUMS} names {rel!r}, outside the bundle")
         listed[rel] = digest
+    present = files_in(folder)
     for rel, digest in listed.items():
-        path = folder / rel
-        if not path.is_file():
-            raise IntegrityError(f"{bundle}: {rel} is listed in {SUMS} but missing; fetch the bundle again")
-        if sha256_file(path) != digest:
+        if rel not in present:  # never a stat of a name the bundle chose: it may not fit the filesystem
+            raise IntegrityError(f"{bundle}: {rel[:120]} is listed in {SUMS} but missing; fetch the bundle again")
+        if sha256_file(present[rel]) != digest:
             raise IntegrityError(f"{bundle}: {rel} does not match its checksum in {SUMS}; the bundle was changed")
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_file() and rel != SUMS and rel not in listed:
-            raise IntegrityError(f"{bundle}: {rel} is not listed in {SUMS}; the bundle was changed after packaging")
+    check_unlisted(present, {*listed, SUMS}, f"{bundle}: ", f"{SUMS}; the bundle was changed after packaging")
     manifest = read_manifest(folder, bundle)
     for entry in manifest.files:
         if listed.get(entry.path) != entry.sha256:
             raise IntegrityError(f"{bundle}: {entry.path} differs from what {MANIFEST} records; the bundle was changed")
     return manifest, len(listed)
+
+
+def files_in(folder: Path) -> dict[str, Path]:
+    """Every regular file under ``folder``, by its POSIX path relative to it."""
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def check_unlisted(present: dict[str, Path], listed: set[str], where: str, why: str) -> None:
+    """No file but those ``listed``: what is not is refused (``<where><file> is not listed in <why>``)."""
+    for rel in present:
+        if rel not in listed:
+            raise IntegrityError(f"{where}{rel} is not listed in {why}")
 
 
 def read_manifest(folder: Path, where: Path) -> Manifest:
@@ -180,7 +146,12 @@ def read_manifest(folder: Path, where: Path) -> Manifest:
 
 
 def verify(
-    path: Path, into: Path, run: bool = False, pubkey: Path | None = None, threads: int | None = None
+    path: Path,
+    into: Path,
+    run: bool = False,
+    pubkey: Path | None = None,
+    threads: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Verified:
     """Verify a bundle (extracted into ``into``) or an artifact folder; see the module's docstring."""
     from kiln.ship.compat import check_runs_here
@@ -192,9 +163,11 @@ def verify(
 
         manifest = read_manifest(path, path)
         check_files(manifest, path)
+        listed = {MANIFEST, *(entry.path for entry in manifest.files)}
+        check_unlisted(files_in(path), listed, f"{path}/", f"{MANIFEST} (a bundle would be refused for it); remove it")
         verified = Verified(path, manifest, [f"contents: {len(manifest.files)} files match {MANIFEST}"])
     else:
-        verified = _extract(path, into, pubkey)
+        verified = _extract(path, into, pubkey, limits)
     verified.checks += check_runs_here(verified.manifest)
     if run:
         verified.breaches = run_golden(verified.folder, verified.manifest, threads)

@@ -174,7 +174,7 @@ def test_a_manifest_that_disagrees_with_the_sums_is_refused_exit_7(bundles: dict
         ("{top}/pipe", tarfile.FIFOTYPE, "", "device or fifo"),
     ],
 )
-def test_an_unsafe_member_is_refused_exit_2_naming_it(
+def test_an_unsafe_member_is_refused_exit_7_naming_it(
     bundles: dict[str, Path], tmp_path: Path, name: str, kind: bytes, link: str, what: str
 ) -> None:
     bundle = bundles["onnxruntime-fp32"]
@@ -186,7 +186,7 @@ def test_an_unsafe_member_is_refused_exit_2_naming_it(
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "x").exists()
     code, out = cli("verify", str(evil))
     line = one_error_line(out)
-    assert code == 2 and repr(name) in line and what in line
+    assert code == 7 and repr(name) in line and what in line
 
 
 def test_a_link_inside_the_bundle_is_not_a_kiln_bundle_exit_7(bundles: dict[str, Path], tmp_path: Path) -> None:
