@@ -57,6 +57,7 @@ from kiln.store import (
 from kiln.targets import (
     Availability,
     qat_applies,
+    tolerance_for,
 )
 from kiln.versions import CORE, versions
 
@@ -151,6 +152,8 @@ def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, Targe
     dense = Reference(config, bundle, loaded.module if loaded.kind != "onnx" else None, data)
     variants: dict[str | None, tuple[ExportBundle, Reference]] = {None: (bundle, dense)}
     for tp in stale:
+        if bundle.signature.generative:  # known once exported (a task of "auto" included)
+            tp = replace(tp, tolerance=tolerance_for(tp.target, generative=True))
         start = time.perf_counter()
         try:
             variant = tp.target.variant

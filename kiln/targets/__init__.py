@@ -46,6 +46,7 @@ from kiln.targets.rows import (
     INT4,
     INT8,
     INT8_WEIGHTS,
+    LM_BARS,
     NNCF,
     NNCF_SAMPLES,
     ONNXRUNTIME,
@@ -521,9 +522,12 @@ def _check_qat(config: KilnConfig) -> None:
         )
 
 
-def tolerance_for(target: TargetConfig) -> Tolerance:
-    """The precision's default tolerances with the config's overrides applied."""
+def tolerance_for(target: TargetConfig, generative: bool = False) -> Tolerance:
+    """The precision's default tolerances (a causal LM's where LM_BARS has them) with the
+    config's overrides applied."""
     base = check_target(target.name, target.precision).precision(target.precision).tolerance
+    if generative:
+        base = LM_BARS.get(target.precision, base)
     if target.tolerance is None:
         return base
     return base.model_copy(update=target.tolerance.model_dump(exclude_unset=True))

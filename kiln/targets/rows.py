@@ -63,6 +63,14 @@ COREML_FP32 = FP32.model_copy(update={"max_rel": 1e-3})
 FP16 = Tolerance(max_rel=3e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.01)
 BF16 = Tolerance(max_rel=5e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.02)
 INT8 = Tolerance(min_cosine=0.98, min_top1=0.95, max_perplexity_increase=0.05)
+# int8 and int8-dynamic on a causal LM (activations quantized too: ONNX Runtime's 8-bit MatMulNBits
+# computes in int8 at accuracy_level 4). Its worst teacher-forced step of 128 on SmolLM2-135M's
+# 49,152 logits reads cosine 0.972-0.978 and top-1 0.930-0.977 at perplexity -0.0 %..+1.2 % (blocks
+# of 128, 64, 32; VNNI host): a step near a tie flips, which toys with 384 logits never show. The
+# bars sit below those; a broken int8 (per-tensor quantize_dynamic: top-1 0.805, +25 %) fails them.
+INT8_LM = Tolerance(min_cosine=0.95, min_top1=0.90, max_perplexity_increase=0.05)
+# The bars a causal LM's generation gate uses in place of the precision's own, by precision name.
+LM_BARS = {"int8": INT8_LM, "int8-dynamic": INT8_LM}
 # Weight-only int8 (activations stay float): cosine >= 0.99999 on a tiny attention block; on causal
 # LMs (docs/generative.md) teacher-forced top-1 0.958-1.000, per-step cosine 0.9868-0.999997 and
 # perplexity -0.18 %..+0.08 % (SmolLM2-135M: 0.961, 0.9868, -0.14 %), so the bars sit below the worst:
