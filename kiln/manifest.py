@@ -266,6 +266,7 @@ class SearchStep(_Record):
     passed: bool | None
     forced_top1: float | None = None  # a causal LM's teacher-forced agreement
     perplexity_increase: float | None = None
+    min_cosine: float | None = None  # the worst teacher-forced step's logits cosine
     size_bytes: int
     seconds: float
     worst: str  # the first breach, else the gated figure closest to its limit

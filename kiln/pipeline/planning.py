@@ -108,6 +108,8 @@ def plan(config: KilnConfig, out_root: Path) -> BuildPlan:
                 "calibration": config.calibration.model_dump(mode="json") if config.calibration else None,
                 "evaluation": config.evaluation.model_dump(mode="json") if config.evaluation else None,
                 "gates": config.gates.model_dump(mode="json"),
+                # The bars in force (a causal LM's too): new defaults re-judge what was built.
+                "tolerance": [tolerance_for(target, generative=g).model_dump(mode="json") for g in (False, True)],
                 "generation": config.generation.model_dump(mode="json"),
                 "generation_data": hash_files(_generation_files(config), config.root),
                 "versions": versions(spec.dists(target.precision)),

@@ -56,6 +56,7 @@ def search_step(update: dict[str, Any], gate: Gate, folder: Path, seconds: float
         passed=gate.passed,
         forced_top1=gen.forced_top1 if gen else None,
         perplexity_increase=gen.perplexity_increase if gen else None,
+        min_cosine=gen.min_cosine if gen else None,
         size_bytes=_size(folder),
         seconds=round(seconds, 3),
         worst=worst,

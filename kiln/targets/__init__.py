@@ -527,7 +527,7 @@ def tolerance_for(target: TargetConfig, generative: bool = False) -> Tolerance:
     config's overrides applied."""
     base = check_target(target.name, target.precision).precision(target.precision).tolerance
     if generative:
-        base = LM_BARS.get(target.precision, base)
+        base = next((lm for own, lm in LM_BARS if own == base), base)
     if target.tolerance is None:
         return base
     return base.model_copy(update=target.tolerance.model_dump(exclude_unset=True))

@@ -1,11 +1,11 @@
-"""A causal LM's generation gate takes the LM bars of its precision (kiln.targets.rows.LM_BARS)
-in place of the precision's own, and the config's overrides still apply on top."""
+"""A causal LM's generation gate takes the LM bars (kiln.targets.rows.LM_BARS) in place of its
+precision's own, and the config's overrides still apply on top."""
 
 from __future__ import annotations
 
 from kiln.config import TargetConfig, Tolerance
 from kiln.targets import tolerance_for
-from kiln.targets.rows import INT4, INT8, INT8_LM, LM_BARS
+from kiln.targets.rows import FP32, INT4, INT4_LM, INT8, INT8_LM
 
 
 def test_int8_of_a_causal_lm_is_judged_by_the_lm_bars() -> None:
@@ -18,6 +18,19 @@ def test_int8_of_a_causal_lm_is_judged_by_the_lm_bars() -> None:
     assert tolerance_for(strict, generative=True) == INT8_LM.model_copy(update={"min_top1": 0.99})
 
 
+def test_int4_of_a_causal_lm_gates_its_worst_step_lower_and_the_rest_as_before() -> None:
+    target = TargetConfig(name="openvino", precision="int4")
+    assert tolerance_for(target) == INT4
+    lm = tolerance_for(target, generative=True)
+    assert lm == INT4_LM and lm.min_cosine < INT4.min_cosine
+    assert (lm.min_top1, lm.max_perplexity_increase) == (INT4.min_top1, INT4.max_perplexity_increase)
+
+
 def test_precisions_without_lm_bars_keep_their_own() -> None:
-    assert "int4" not in LM_BARS
-    assert tolerance_for(TargetConfig(name="openvino", precision="int4"), generative=True) == INT4
+    assert tolerance_for(TargetConfig(name="onnxruntime", precision="fp32"), generative=True) == FP32
+
+
+def test_every_precision_with_int4_or_int8_defaults_gets_the_lm_bars() -> None:
+    for name, precision in (("aoti", "int4-weights"), ("coreml", "palettize4"), ("executorch", "int8-dynamic")):
+        lm = tolerance_for(TargetConfig(name=name, precision=precision), generative=True)
+        assert lm in (INT4_LM, INT8_LM), (name, precision)
