@@ -379,6 +379,9 @@ class GenerationConfig(_Strict):
     heldout_tokens: Annotated[int, Field(ge=16)] = 1024  # at most this many tokens are scored
     # A tokenizer folder for factory sources (hf: folders bring their own).
     tokenizer: str | None = None
+    # Each prompt as a user's message through the tokenizer's chat template (what an instruct
+    # model is asked in use); None: when the tokenizer has a template. The held-out text stays plain.
+    chat: bool | None = None
 
 
 class GatesConfig(_Strict):

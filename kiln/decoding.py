@@ -300,6 +300,14 @@ class Tokenizer:
         without the post-processor's tokens (the template writes its own BOS)."""
         return self.encode(self.apply_chat(messages, add_generation_prompt), add_special_tokens=False)
 
+    @property
+    def has_chat_template(self) -> bool:
+        try:
+            self._chat_template()
+        except ConfigError:
+            return False
+        return True
+
     def _chat_template(self) -> str:
         file = self.folder / CHAT_TEMPLATE_FILE
         if file.is_file():  # transformers reads it before the config's entry

@@ -286,6 +286,10 @@ def _prompts(
         ids = [rng.integers(0, vocab, 8).tolist()[-room:] for _ in range(3)]
         return [f"seeded ids {i}" for i in range(len(ids))], ids
     texts = texts or list(PROMPTS)
+    chat = config.generation.chat
+    if chat if chat is not None else tokenizer.has_chat_template:
+        ids = [tokenizer.encode_chat([{"role": "user", "content": t}])[-room:] for t in texts]
+        return [f"chat: {t[:54]}" for t in texts], ids
     return [t[:60] for t in texts], [tokenizer.encode(t)[-room:] for t in texts]
 
 

@@ -295,3 +295,29 @@ def test_gemma2_builds_on_eager_attention_through_hf_and_chats(tmp_path: Path) -
     run = subprocess.run(chat, capture_output=True, text=True)
     assert run.returncode == 0 and "onnxruntime:fp32" in run.stderr, run.stderr
     assert run.stdout == done.text + "\n"  # the reply alone (greedy: the same as the API's)
+
+
+@pytest.mark.parametrize("chat", [None, True, False])
+def test_gate_prompts_go_through_the_chat_template_when_there_is_one(
+    bos_folder: Path, tmp_path: Path, chat: bool | None
+) -> None:
+    """[generation] chat: None (the default) asks an instruct model's prompts as a user's message
+    when its tokenizer has a template, as it is used; a tokenizer without one continues them."""
+    from kiln.config import parse_config
+    from kiln.gate.reference import _prompts
+
+    templated = _with_template(bos_folder, tmp_path / "chat")
+    generation: dict[str, object] = {"prompts": ["def main():"]} | ({} if chat is None else {"chat": chat})
+    config = parse_config({"model": {"name": "lm", "source": "hf:model"}, "generation": generation}, tmp_path)
+    labels, ids = _prompts(config, Tokenizer(templated), 64, 1000)
+    as_chat = Tokenizer(templated).encode_chat([{"role": "user", "content": "def main():"}])
+    if chat is False:
+        assert (labels, ids) == (["def main():"], [Tokenizer(templated).encode("def main():")])
+    else:
+        assert (labels, ids) == (["chat: def main():"], [as_chat])
+    # No template: plain text whatever the default says; asked for, it is one ConfigError.
+    if chat is None:
+        assert _prompts(config, Tokenizer(bos_folder), 64, 1000)[0] == ["def main():"]
+    if chat is True:
+        with pytest.raises(ConfigError, match="has no chat template"):
+            _prompts(config, Tokenizer(bos_folder), 64, 1000)

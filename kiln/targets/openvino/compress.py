@@ -31,7 +31,7 @@ import numpy as np
 
 from kiln.errors import ConfigError, TargetBuildError
 from kiln.spec import Arrays
-from kiln.targets.base import CompileContext
+from kiln.targets.base import CompileContext, toolchain_prints
 from kiln.targets.openvino.options import LLM_GROUPS, LLM_MODE, OTHER_GROUP, OTHER_MODE, OpenVINOOptions
 from kiln.targets.openvino.weights import Layer, bit_widths, distribution, layers
 
@@ -144,7 +144,8 @@ def compress(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     info: dict[str, Any] = {"tool": "nncf.compress_weights", "activations": "float (weight-only)"}
     if ctx.precision == "int8-weights":
         mode = options.mode or "int8_asym"
-        compressed = nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, mode.upper()))
+        with toolchain_prints():  # NNCF's progress bars
+            compressed = nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, mode.upper()))
         found = layers(compressed)
         info.update(mode=mode, **_record(compressed, found))
         return compressed, {"execution_precision": "int8 weights, float compute", "quantization": info, "notes": []}
@@ -177,7 +178,8 @@ def compress(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     if dataset is not None:
         args.update(dataset=dataset, subset_size=count)
     try:
-        compressed = nncf.compress_weights(model, **args)
+        with toolchain_prints():
+            compressed = nncf.compress_weights(model, **args)
     except nncf.InvalidGroupSizeError as err:  # fallback "error": NNCF refuses before it compresses
         failed = _fell_back(layers(model), group, options.all_layers)
         shown = ", ".join(f"{layer.name} ({layer.width})" for layer in failed[:4]) + (
