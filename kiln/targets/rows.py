@@ -63,6 +63,12 @@ COREML_FP32 = FP32.model_copy(update={"max_rel": 1e-3})
 FP16 = Tolerance(max_rel=3e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.01)
 BF16 = Tolerance(max_rel=5e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.02)
 INT8 = Tolerance(min_cosine=0.98, min_top1=0.95, max_perplexity_increase=0.05)
+# fp16 / bf16 of a causal LM: a gate of 24 teacher-forced steps (the conformance LM: 3 prompts x 8
+# tokens) reads 0.958 when one near-tie step flips, as OpenVINO's "fp16" did where the CPU plugin
+# executes it in bf16 (AVX512-BF16 hosts; cosine and perplexity within FP16's bars): top-1 allows a
+# flip in twenty; cosine and perplexity keep the precision's bars.
+FP16_LM = FP16.model_copy(update={"min_top1": 0.95})
+BF16_LM = BF16.model_copy(update={"min_top1": 0.95})
 # int8 and int8-dynamic on a causal LM (activations quantized too: ONNX Runtime's 8-bit MatMulNBits
 # computes in int8 at accuracy_level 4). Its worst teacher-forced step of 128 on SmolLM2-135M's
 # 49,152 logits reads cosine 0.972-0.978 and top-1 0.930-0.977 at perplexity -0.0 %..+1.2 % (blocks
@@ -83,7 +89,7 @@ INT8_WEIGHTS = Tolerance(min_cosine=0.98, min_top1=0.93, max_perplexity_increase
 INT4 = Tolerance(min_cosine=0.95, min_top1=0.90, max_perplexity_increase=0.10)
 # The bars a causal LM's generation gate uses in place of a precision's own: (own, the LM's), for
 # every precision whose default is the first (int8, int8-dynamic; int4, int4-weights, palettize...).
-LM_BARS = ((INT8, INT8_LM), (INT4, INT4_LM))
+LM_BARS = ((FP16, FP16_LM), (BF16, BF16_LM), (INT8, INT8_LM), (INT4, INT4_LM))
 
 # Quantization-aware training paths ([recovery] qat = true), each the target's own quantizer with
 # fake quantization in the loop (see kiln.quant.qat).

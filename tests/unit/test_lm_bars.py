@@ -34,3 +34,11 @@ def test_every_precision_with_int4_or_int8_defaults_gets_the_lm_bars() -> None:
     for name, precision in (("aoti", "int4-weights"), ("coreml", "palettize4"), ("executorch", "int8-dynamic")):
         lm = tolerance_for(TargetConfig(name=name, precision=precision), generative=True)
         assert lm in (INT4_LM, INT8_LM), (name, precision)
+
+
+def test_half_precision_lms_allow_one_flipped_step_in_twenty() -> None:
+    for precision in ("fp16", "bf16"):
+        own = tolerance_for(TargetConfig(name="openvino", precision=precision))
+        lm = tolerance_for(TargetConfig(name="openvino", precision=precision), generative=True)
+        assert lm.min_top1 == 0.95 < own.min_top1
+        assert (lm.min_cosine, lm.max_perplexity_increase) == (own.min_cosine, own.max_perplexity_increase)
