@@ -104,3 +104,19 @@ def test_the_first_setting_that_passes_is_kept(
     note = built.artifact.info.notes[-1]
     assert note == search_note(record)
     assert ("none of the" in note) == (chosen is None)
+
+
+def test_onnxruntime_tries_smaller_8_bit_blocks_for_a_causal_lm_only_when_weight_only() -> None:
+    from kiln.targets.onnxruntime.options import INT4_FALLBACKS as ORT_INT4
+    from kiln.targets.onnxruntime.options import INT8_FALLBACKS as ORT_INT8
+
+    def ort(precision: str, **options: Any) -> Any:
+        return target_options(TargetConfig(name="onnxruntime", precision=precision, options=options))
+
+    lm = ModelFacts(generative=True, data=True)
+    assert ort("int8-dynamic").fallbacks("int8-dynamic", lm) == ORT_INT8
+    assert ort("int8-dynamic", activations="dynamic").fallbacks("int8-dynamic", lm) == ()
+    assert ort("int8-dynamic").fallbacks("int8-dynamic", ModelFacts(generative=False, data=True)) == ()
+    assert ort("int4").fallbacks("int4", lm) == ORT_INT4
+    assert ort("int4", fallback=False).fallbacks("int4", lm) == ()
+    assert ort("int8").fallbacks("int8", lm) == ()
