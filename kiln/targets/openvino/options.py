@@ -38,9 +38,10 @@ INT4_FALLBACKS = (
     {**DATA_AWARE, "group_size": 32},
     {**DATA_AWARE, "group_size": 32, "ratio": 0.8},
     {**DATA_AWARE, "group_size": 32, "ratio": 0.6},
+    {**DATA_AWARE, "group_size": 32, "ratio": 0.4},
 )
 # Without a tokenizer or [calibration] there is no data: smaller groups, then int8 by weight error.
-INT4_FALLBACKS_DATA_FREE = ({"group_size": 32}, {"group_size": 32, "ratio": 0.8}, {"group_size": 32, "ratio": 0.6})
+INT4_FALLBACKS_DATA_FREE = tuple({k: v for k, v in s.items() if k not in DATA_AWARE} for s in INT4_FALLBACKS[1:])
 
 
 class OpenVINOOptions(TargetOptions):
