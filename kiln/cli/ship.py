@@ -169,6 +169,11 @@ def _serve_settings(**flags: Any) -> ServeSettings:
     return ServeSettings(**flags, verbose=os.environ.get("KILN_VERBOSE") == "1")
 
 
+def _limit(flag: str, kind: click.ParamType, default: float, help: str) -> click.Option:
+    """A serve setting with a default the help shows."""
+    return click.Option([flag], type=kind, default=default, show_default=True, help=help)
+
+
 _SERVE_SETTINGS = Group(
     "settings",
     [
@@ -181,49 +186,28 @@ _SERVE_SETTINGS = Group(
         click.Option(
             ["--max-batch"], type=click.IntRange(min=1), help="Most rows per batch (default: the batch dim's max)."
         ),
-        click.Option(
-            ["--max-delay-ms"],
-            type=click.FloatRange(min=0),
-            default=2.0,
-            show_default=True,
-            help="How long the oldest request waits for others to share its batch; 0 turns batching off.",
+        _limit(
+            "--max-delay-ms",
+            click.FloatRange(min=0),
+            2.0,
+            "How long the oldest request waits for others to share its batch; 0 turns batching off.",
         ),
         options.threads("Runtime threads (default: the runtime's own)."),
         click.Option(["--name"], help="Model name in the URLs (default: the manifest's model)."),
-        click.Option(
-            ["--max-queue"],
-            type=click.IntRange(min=1),
-            default=256,
-            show_default=True,
-            help="Waiting requests before 503.",
+        _limit("--max-queue", click.IntRange(min=1), 256, "Waiting requests before 503."),
+        _limit("--max-body-mb", click.FloatRange(min=0, min_open=True), 64.0, "Largest request body (413 above it)."),
+        _limit(
+            "--max-json-mb",
+            click.FloatRange(min=0, min_open=True),
+            16.0,
+            "Largest JSON part of a request (413 above it; binary tensors do not count).",
         ),
-        click.Option(
-            ["--max-body-mb"],
-            type=click.FloatRange(min=0, min_open=True),
-            default=64.0,
-            show_default=True,
-            help="Largest request body (413 above it).",
-        ),
-        click.Option(
-            ["--max-json-mb"],
-            type=click.FloatRange(min=0, min_open=True),
-            default=16.0,
-            show_default=True,
-            help="Largest JSON part of a request (413 above it; binary tensors do not count).",
-        ),
-        click.Option(
-            ["--max-json-depth"],
-            type=click.IntRange(min=4),
-            default=32,
-            show_default=True,
-            help="Deepest nesting of a request's JSON (400 past it).",
-        ),
-        click.Option(
-            ["--max-header-kb"],
-            type=click.FloatRange(min=1),
-            default=16.0,
-            show_default=True,
-            help="Largest request line + headers (414 for a long URL, 431 for headers).",
+        _limit("--max-json-depth", click.IntRange(min=4), 32, "Deepest nesting of a request's JSON (400 past it)."),
+        _limit(
+            "--max-header-kb",
+            click.FloatRange(min=1),
+            16.0,
+            "Largest request line + headers (414 for a long URL, 431 for headers).",
         ),
         click.Option(
             ["--pubkey"], type=click.Path(path_type=Path), help="Check a bundle's Ed25519 signature with this key."
