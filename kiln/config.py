@@ -416,11 +416,42 @@ class KilnConfig(_Strict):
         return self
 
 
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model a location's keys belong to (list indices skipped), if it is one."""
+    model: Any = KilnConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        found = [a for a in _flatten(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not found:
+            return None
+        model = found[0]
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    from typing import get_args
+
+    args = get_args(annotation)
+    return [annotation] if not args else [a for arg in args for a in _flatten(arg)]
+
+
 def _describe(err: ValidationError) -> str:
-    first = err.errors()[0]
+    """The one line for a config that does not validate: an unknown key first (a misspelt key
+    also reads as the right one missing), with the closest known key of its table."""
+    import difflib
+
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
+        model = _model_at(tuple(first["loc"][:-1]))
+        known = [n for n in (model.model_fields if model else {}) if n != "root"]
+        close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        return f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
     return f"'{key}': {first['msg'].removeprefix('Value error, ')}"
 
 

@@ -203,9 +203,11 @@ def generate(
     prompt: str,
     settings: GenerateSettings | None = None,
     on_text: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Generation:
     """Continue ``prompt`` with a causal LM's artifact (a folder, or a session :func:`load`
-    opened), through the decoding loop every target shares; ``on_text`` gets the text as it grows.
+    opened), through the decoding loop every target shares; ``on_text`` gets the text as it grows,
+    ``on_warning`` a line before decoding when the artifact failed its gate when it was built.
     With ``chat``, the prompt is a user message (after ``system``'s) rendered by the tokenizer's
     chat template, and the reply is what follows. Decoding stops at any of the tokenizer's EOS ids.
     A prompt that does not fit the artifact's context, or a chat with a tokenizer that has no
@@ -220,6 +222,9 @@ def generate(
     manifest = decodable(folder)
     # A prompt that is refused is refused before the runtime loads the model.
     asked = _prompt(artifact_tokenizer(folder), prompt, chosen, manifest.signature)
+    if on_warning is not None and manifest.gate.passed is False:
+        breach = manifest.gate.breaches[0] if manifest.gate.breaches else "see its manifest"
+        on_warning(f"{manifest.key} failed its gate when it was built ({breach}); its text may not be the model's")
     with open_session(folder, RunOptions(threads=chosen.threads), manifest) as session:
         return _generate(session, asked, chosen, on_text)
 

@@ -290,7 +290,10 @@ def generate(artifact: Path, prompt: str, settings: GenerateSettings) -> None:
         click.echo(piece, nl=False)
         sys.stdout.flush()
 
-    done = continue_text(artifact, prompt, settings, on_text=show)
+    def warn(line: str) -> None:
+        click.echo(f"kiln: warning: {line}", err=True)
+
+    done = continue_text(artifact, prompt, settings, on_text=show, on_warning=warn)
     click.echo("" if shown else lead)
     click.echo(
         f"kiln: {done.target}:{done.precision}: {len(done.tokens)} tokens, the first after "

@@ -221,7 +221,7 @@ def test_generation_config_eos_ids_all_stop_decoding(
     assert decoded == tokens
 
 
-def _fake_artifact(folder: Path, tokenizer: Path) -> Path:
+def _fake_artifact(folder: Path, tokenizer: Path, gate: object = None) -> Path:
     """A causal LM's artifact folder as far as generate reads it before the runtime loads it."""
     from kiln.manifest import Execution, FileEntry, Gate, Manifest
 
@@ -242,7 +242,7 @@ def _fake_artifact(folder: Path, tokenizer: Path) -> Path:
         "signature": _signature(),
         "toolchain": {},
         "execution": Execution(),
-        "gate": Gate(passed=True),
+        "gate": gate or Gate(passed=True),
         "build_seconds": 0.0,
         "files": [FileEntry(path="model.onnx", sha256="0" * 64, bytes=0)],
         "size_bytes": 0,
@@ -321,3 +321,24 @@ def test_gate_prompts_go_through_the_chat_template_when_there_is_one(
     if chat is True:
         with pytest.raises(ConfigError, match="has no chat template"):
             _prompts(config, Tokenizer(bos_folder), 64, 1000)
+
+
+def test_generating_from_an_artifact_that_failed_its_gate_warns_first(bos_folder: Path, tmp_path: Path) -> None:
+    from kiln.api import GenerateSettings
+    from kiln.api import generate as api_generate
+    from kiln.manifest import Gate
+
+    short = GenerateSettings(max_new_tokens=4)
+    failed = Gate(passed=False, breaches=["generation: next-token agreement 0.867 < 0.9"])
+    artifact = _fake_artifact(tmp_path / "lm" / "onnxruntime-fp32", bos_folder, failed)
+    warnings: list[str] = []
+    with pytest.raises(Exception):  # noqa: B017 - the fake has no model to run: the warning came first
+        api_generate(artifact, "hi", short, on_warning=warnings.append)
+    assert warnings == [
+        "onnxruntime-fp32 failed its gate when it was built (generation: next-token agreement 0.867 < 0.9); "
+        "its text may not be the model's"
+    ]
+    ok = _fake_artifact(tmp_path / "ok" / "onnxruntime-fp32", bos_folder)
+    with pytest.raises(Exception):  # noqa: B017
+        api_generate(ok, "hi", short, on_warning=warnings.append)
+    assert len(warnings) == 1
