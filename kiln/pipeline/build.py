@@ -293,7 +293,7 @@ def _search(
     on its gate as it would have on the first."""
     tmp = site.tmp
     tried, built = [search_step({}, first.gate, tmp, first.seconds)], first
-    reason = f"{tp.label}: the first setting breached the gate ({first.gate.breaches[0]})"
+    reason = f"{tp.label}: the first setting breached the gate ({tried[0].worst})"
     for update in settings:
         progress(f"{tp.label}: gate breached; trying {describe(update)}")
         for child in tmp.iterdir():  # the folder is the attempt's own: start it empty
