@@ -208,3 +208,32 @@ def test_a_4_bit_gguf_builds_and_its_artifact_generates_transformers_tokens(tmp_
         assert list(generate(session, ids, 12)) == _greedy(reference, ids, 12)
         session.close()
     assert (tmp_path / "build" / "lm" / "onnxruntime-fp32" / "tokenizer" / "chat_template.jinja").is_file()
+
+
+def test_openvino_int4_of_a_q4_1_file_writes_back_the_files_own_blocks(tmp_path: Path, cache: Path) -> None:
+    """A Q4_1 file's int4 IR holds the file's blocks (u4, fp16 scale and minimum) and reproduces the
+    dequantized reference; weights on no grid are refused when the blocks are asked for."""
+    from kiln.pipeline.build import build
+
+    tiny_gguf(tmp_path / "tiny.Q4_1.gguf", "Q4_1")
+    tiny_gguf(tmp_path / "tiny.F32.gguf", "F32")
+    data = {
+        "model": {"name": "lm", "source": "gguf:tiny.Q4_1.gguf", "dims": DIMS},
+        "generation": {"new_tokens": 8, "heldout_tokens": 64},
+        "target": [{"name": "openvino", "precision": "int4"}],
+    }
+    [result] = build(load_config(write_config(tmp_path, data)), tmp_path / "build")
+    manifest = result.manifest
+    assert result.status == "built" and manifest is not None, result.error
+    quantization = manifest.execution.get("quantization")
+    assert quantization["mode"] == "source blocks" and quantization["blocks"] == {"q4_1": 16}
+    assert quantization["largest_miss_steps"] < 1e-3 and quantization["weight_constants"] == {"u4": 16}
+    generation = manifest.gate.generation
+    assert generation is not None and generation.exact and generation.forced_top1 == 1.0
+    assert abs(generation.perplexity_increase) < 1e-4
+    assert manifest.search is None  # the first build passed
+
+    data["model"]["source"] = "gguf:tiny.F32.gguf"
+    data["target"] = [{"name": "openvino", "precision": "int4", "options": {"blocks": "source"}}]
+    [refused] = build(load_config(write_config(tmp_path, data)), tmp_path / "build32")
+    assert refused.status == "failed" and "lie on no 4-bit GGUF grid" in str(refused.error)

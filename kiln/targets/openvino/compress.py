@@ -32,7 +32,8 @@ import numpy as np
 from kiln.errors import ConfigError, TargetBuildError
 from kiln.spec import Arrays
 from kiln.targets.base import CompileContext, toolchain_prints
-from kiln.targets.openvino.options import LLM_GROUPS, LLM_MODE, OTHER_GROUP, OTHER_MODE, OpenVINOOptions
+from kiln.targets.openvino import blocks
+from kiln.targets.openvino.options import LLM_GROUPS, LLM_MODE, NNCF_INT4, OTHER_GROUP, OTHER_MODE, OpenVINOOptions
 from kiln.targets.openvino.weights import Layer, bit_widths, distribution, layers
 
 FOUR_BIT = ("i4", "u4", "nf4", "f4e2m1")
@@ -149,6 +150,10 @@ def compress(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
         found = layers(compressed)
         info.update(mode=mode, **_record(compressed, found))
         return compressed, {"execution_precision": "int8 weights, float compute", "quantization": info, "notes": []}
+    if options.blocks != "nncf" and not any(k in options.model_fields_set for k in NNCF_INT4):
+        source = source_blocks(model, options.blocks == "source")
+        if source is not None:
+            return source
     llm = ctx.export.signature.generative
     mode = options.mode or (LLM_MODE if llm else OTHER_MODE)
     group = options.group_size if options.group_size is not None else (model_group(model) if llm else OTHER_GROUP)
@@ -214,6 +219,51 @@ def compress(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
         "quantization": info,
         "notes": _notes(info, fell_back, group),
     }
+
+
+def source_blocks(model: Any, required: bool) -> tuple[Any, dict[str, Any]] | None:
+    """int4 in the blocks the weights already lie on (:mod:`kiln.targets.openvino.blocks`): when
+    every layer NNCF would make int4 is on a grid (``required``: else refuse), those blocks, and the
+    weights on none (an embedding or head the file kept in another type) int8 per channel by NNCF;
+    ``None``: NNCF's int4 as usual."""
+    import nncf
+
+    found = blocks.plan(model)
+    before = layers(model)
+    ends = set(_ends(before))
+    on_grid = {name.removesuffix(".weight") for name in found.grids}
+    missing = [layer for layer in before if layer.name not in ends and layer.name not in on_grid]
+    if missing or not found.grids:
+        if not required:
+            return None
+        shown = ", ".join(layer.name for layer in missing[:4]) + (", ..." if len(missing) > 4 else "")
+        raise TargetBuildError(
+            f"options.blocks = 'source': {len(missing) or len(before)} layers' weights lie on no 4-bit GGUF grid "
+            f"(Q4_0, Q4_1; Q8_0 for the embeddings){': ' + shown if shown else ''}; the source was not dequantized "
+            "from such a file: set options.blocks = 'nncf' (or 'auto')"
+        )
+    blocks.apply(model, found)
+    if found.off:  # the embeddings or head the file kept in a type kiln does not rebuild
+        with toolchain_prints():
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    after = layers(model)
+    info: dict[str, Any] = {
+        "tool": "kiln (the source's own blocks)",
+        "activations": "float (weight-only)",
+        "mode": "source blocks",
+        "blocks": found.kinds(),
+        "block_size": blocks.BLOCK,
+        "largest_miss_steps": found.miss,  # how far a weight was from its block's point (the source: 0)
+        "others": {name: "int8_asym per channel (NNCF)" for name in found.off},
+        "embeddings_and_head": _ends(after),
+        **_record(model, after),
+    }
+    kinds = ", ".join(f"{n} {kind.upper()}" for kind, n in found.kinds().items())
+    notes = [
+        f"int4 in the source's own blocks ({kinds}, blocks of {blocks.BLOCK}): the weights lie on the grid of the "
+        "file they were dequantized from and are written back as they were, not re-quantized"
+    ]
+    return model, {"execution_precision": "int4 weights, float compute", "quantization": info, "notes": notes}
 
 
 def _record(compressed: Any, found: list[Layer]) -> dict[str, Any]:

@@ -27,7 +27,10 @@ INT4_ONLY = (
     "backup_mode",
     "all_layers",
     "fallback",
+    "blocks",
 )
+# int4's NNCF settings: given any of them, blocks = "auto" leaves the model to NNCF.
+NNCF_INT4 = ("mode", "group_size", "ratio", "awq", "scale_estimation", "dataset", "backup_mode", "all_layers")
 # int4 of a causal LM, when the plain setting breaches the gate (kiln build's accuracy-controlled
 # search), in this order: data-aware (AWQ and scale estimation on text: kiln's own unless
 # options.dataset or [calibration] gives some), then smaller groups, then a growing share of layers
@@ -88,12 +91,18 @@ class OpenVINOOptions(TargetOptions):
     # The embeddings and the LM head: False keeps them in backup_mode (NNCF's default), True
     # compresses them to int4 with the rest.
     all_layers: bool = False
+    # int4 from a model whose weights lie on a 4-bit GGUF grid (a gguf: source dequantized from
+    # Q4_0 / Q4_1, its embeddings Q8_0): "source" writes those blocks back (kiln.targets.openvino.blocks:
+    # the reference to f32 rounding, at the file's size) and refuses a model that has none;
+    # "nncf" re-quantizes with NNCF; "auto": "source" when every layer NNCF would make int4 is on a
+    # grid and no NNCF setting is given here, else "nncf".
+    blocks: Literal["auto", "source", "nncf"] = "auto"
     # int4 of a causal LM: when the build breaches its gate, try INT4_FALLBACKS (the options given
     # here are never changed) and keep the first that passes; false: keep the first build.
     fallback: bool = True
 
     def fallbacks(self, precision: str, facts: ModelFacts) -> tuple[dict[str, Any], ...]:
-        if precision != "int4" or not facts.generative or not self.fallback:
+        if precision != "int4" or not facts.generative or not self.fallback or self.blocks == "source":
             return ()
         return INT4_FALLBACKS if facts.data or self.dataset is not None else INT4_FALLBACKS_DATA_FREE
 
@@ -120,6 +129,16 @@ class OpenVINOOptions(TargetOptions):
         if precision is not None and precision != "int4":
             raise ValueError(f"applies to int4 only (this target is {precision}); drop it or use precision = 'int4'")
         return value
+
+    @model_validator(mode="after")
+    def _source_blocks_alone(self) -> OpenVINOOptions:
+        given = [k for k in NNCF_INT4 if k in self.model_fields_set]
+        if self.blocks == "source" and given:
+            raise ValueError(
+                f"blocks = 'source' writes the source's own blocks and reads no NNCF setting ({', '.join(given)}); "
+                "drop them or set blocks = 'nncf'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dataset_is_read(self) -> OpenVINOOptions:

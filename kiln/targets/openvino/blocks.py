@@ -1,0 +1,267 @@
+"""int4 in the source's own blocks: a model dequantized from a 4-bit GGUF file, compressed back
+into the very blocks it came from.
+
+A GGUF source reaches kiln as fp32 (transformers dequantizes every tensor), and that fp32 model is
+the reference every gate compares with. Its weights still lie exactly on the file's grid: in
+llama.cpp's ``Q4_1`` every run of 32 weights along the input is ``q * d + m`` (``q`` 0..15, ``d``
+and ``m`` fp16), in ``Q4_0`` ``(q - 8) * d``, in ``Q8_0`` ``q * d`` (``q`` -127..127). Re-quantizing
+those weights with NNCF's integer zero points (or any other grid) moves every one of them, and on
+SmolLM2-135M no setting of NNCF's passed the int4 gate short of mostly-int8 layers. Found again
+from the values alone, the blocks reproduce the reference to f32 rounding, at the file's size.
+
+Each block's grid is recovered from its own values, as llama.cpp chose it: ``Q4_1``: ``m`` is the
+block's minimum and ``d`` its range over 15 (the minimum quantizes to 0, the maximum to 15);
+``Q4_0``: ``d`` is the value of largest magnitude over -8; ``Q8_0``: ``d`` is the largest magnitude
+over 127. A weight is on a grid when every block's reconstruction is within a thousandth of a
+quantization step of its value (weights that were never quantized miss by a quarter of a step on
+average), so no file name or tensor map is needed: the values are the evidence, and ordinary
+weights are never mistaken for quantized ones.
+
+In the IR each weight becomes the decompression subgraph OpenVINO's CPU plugin runs as a
+compressed FullyConnected (or Gather): ``Constant(u4 | u8) -> Convert(f32) -> Subtract(zero
+point) -> Multiply(scale) -> Reshape``. ``Q4_1``'s minimum is a float, so its zero point
+(``-m / d``, in units of ``q``) is computed in the graph from the file's fp16 ``m`` and ``d`` (the
+IR holds the file's 5 bits a weight; the plugin folds the division into f32 zero points when it
+compiles). Float zero points take the plugin's slower int4 path: about 1.8x an integer zero
+point's time per layer here, still 2-2.5x faster than f32 weights (the decode figures are in
+``examples/smollm2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+BLOCK = 32  # llama.cpp's Q4_0, Q4_1, Q8_0
+TOLERANCE = 1e-3  # of a quantization step: on a grid when every weight is this close to its point
+KINDS = ("q4_0", "q4_1", "q8_0")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One weight's blocks: ``q`` [out, in / 32, 32] unsigned (``u4`` for the 4-bit kinds, ``u8``
+    for ``q8_0``), ``scale`` [out, in / 32, 1] fp16, and the zero point in units of ``q``: for
+    ``q4_1`` from each block's fp16 minimum ``low`` (``-low / scale``, a float), else one number:
+    8 for ``q4_0``, 128 for ``q8_0`` (its signed bytes offset: the CPU plugin quantizes the
+    activations of an ``i8``-weighted layer dynamically, about 0.5 % off on a test layer, and
+    leaves ``u8`` exact)."""
+
+    kind: str
+    q: np.ndarray
+    scale: np.ndarray
+    offset: float = 0.0
+    low: np.ndarray | None = None
+    miss: float = 0.0  # the largest distance of a weight from its point, in quantization steps
+
+    @property
+    def zero(self) -> np.ndarray | float:
+        if self.low is None:
+            return self.offset
+        return -self.low.astype(np.float32) / self.scale.astype(np.float32)
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.kind == "q8_0" else 4
+
+    def dequantized(self) -> np.ndarray:
+        values = (self.q.astype(np.float32) - self.zero) * self.scale.astype(np.float32)
+        return values.reshape(self.q.shape[0], -1)
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.size * self.bits // 8 + self.scale.nbytes + (0 if self.low is None else self.low.nbytes)
+
+
+def _steps(span: np.ndarray, levels: int) -> np.ndarray:
+    """Each block's quantization step as llama.cpp stores it: fp16, never zero."""
+    d = (span / levels).astype(np.float16)
+    return np.where(d == 0, np.float16(1), d)
+
+
+def _q4_1(blocks: np.ndarray) -> Grid:
+    low = blocks.min(-1, keepdims=True).astype(np.float16)
+    d = _steps(blocks.max(-1, keepdims=True) - low.astype(np.float32), 15)
+    df, lf = d.astype(np.float32), low.astype(np.float32)
+    q = np.clip(np.rint((blocks - lf) / df), 0, 15).astype(np.uint8)
+    return Grid("q4_1", q, d, low=low)
+
+
+def _q4_0(blocks: np.ndarray) -> Grid:
+    at = np.abs(blocks).argmax(-1)[..., None]
+    d = _steps(np.take_along_axis(blocks, at, -1), -8)
+    q = np.clip(np.rint(blocks / d.astype(np.float32) + 8), 0, 15).astype(np.uint8)
+    return Grid("q4_0", q, d, offset=8.0)
+
+
+def _q8_0(blocks: np.ndarray) -> Grid:
+    d = _steps(np.abs(blocks).max(-1, keepdims=True), 127)
+    q = np.clip(np.rint(blocks / d.astype(np.float32)), -127, 127) + 128
+    return Grid("q8_0", q.astype(np.uint8), d, offset=128.0)
+
+
+FITS = {"q4_0": _q4_0, "q4_1": _q4_1, "q8_0": _q8_0}
+
+
+def fit(weight: np.ndarray, kinds: tuple[str, ...] = KINDS) -> Grid | None:
+    """The grid a weight [out, in] lies on (blocks of 32 along ``in``), or ``None``."""
+    if weight.ndim != 2 or weight.shape[1] % BLOCK or not np.isfinite(weight).all():
+        return None
+    # C order: OpenVINO reads a constant's bytes as laid out (a transposed view would be garbled)
+    blocks = np.ascontiguousarray(weight, dtype=np.float32).reshape(weight.shape[0], -1, BLOCK)
+    if not (blocks.max(-1) > blocks.min(-1)).any():
+        return None  # constant blocks fit every grid: no evidence of one
+    for kind in kinds:
+        grid = FITS[kind](blocks)
+        miss = np.abs(grid.dequantized().reshape(blocks.shape) - blocks) / np.abs(grid.scale.astype(np.float32))
+        if float(miss.max()) <= TOLERANCE:
+            return dataclasses.replace(grid, miss=float(miss.max()))
+    return None
+
+
+@dataclass(frozen=True)
+class Site:
+    """A weight input to rewrite: the op reading it, the port, and its [out, in] orientation."""
+
+    op: Any
+    port: int
+    constant: Any
+    transposed: bool  # True: the constant is [in, out] (a MatMul without transpose_b)
+
+
+def sites(model: Any) -> list[Site]:
+    """Every MatMul weight and embedding table that is a float constant (behind at most a
+    Convert), in graph order."""
+    found = []
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "MatMul":
+            attrs = op.get_attributes()
+            if attrs.get("transpose_a"):
+                continue
+            port, transposed = 1, not attrs.get("transpose_b")
+        elif kind == "Gather":
+            port, transposed = 0, False
+        else:
+            continue
+        const = _float_constant(op.input_value(port))
+        if const is not None and len(const.get_output_shape(0)) == 2:
+            found.append(Site(op, port, const, transposed))
+    return found
+
+
+def _float_constant(output: Any) -> Any:
+    node = output.get_node()
+    if node.get_type_name() == "Convert":
+        node = node.input_value(0).get_node()
+    if node.get_type_name() != "Constant":
+        return None
+    return node if node.get_output_element_type(0).get_type_name() in ("f32", "f16", "bf16") else None
+
+
+@dataclass
+class Plan:
+    """What :func:`plan` found: a grid per weight constant (by its friendly name), the weights
+    that are on none, and how many elements each holds."""
+
+    grids: dict[str, Grid]
+    off: dict[str, int]
+    sites: list[Site]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.grids) and not self.off
+
+    @property
+    def miss(self) -> float:
+        return max((grid.miss for grid in self.grids.values()), default=0.0)
+
+    def kinds(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for grid in self.grids.values():
+            counts[grid.kind] = counts.get(grid.kind, 0) + 1
+        return counts
+
+
+def plan(model: Any) -> Plan:
+    """Each weight constant's grid, read from its values once (a constant read by the head and the
+    embedding is fitted once)."""
+    grids: dict[str, Grid] = {}
+    off: dict[str, int] = {}
+    seen: set[str] = set()
+    found = sites(model)
+    for site in found:
+        name = site.constant.get_friendly_name()
+        if name in seen:
+            continue
+        seen.add(name)
+        weight = site.constant.get_data().astype(np.float32, copy=False)
+        grid = fit(weight.T if site.transposed else weight)
+        if grid is None:
+            off[name] = int(weight.size)
+        else:
+            grids[name] = grid
+    return Plan(grids, off, found)
+
+
+def _packed(grid: Grid, name: str) -> Any:
+    """The weights' constant, copied into the graph (a Constant made from a Tensor shares the
+    Tensor's memory by default, and the packed array is a temporary)."""
+    import openvino as ov
+
+    if grid.bits == 8:
+        tensor = ov.Tensor(grid.q)
+    else:  # two 4-bit values a byte, the first in the low nibble
+        flat = grid.q.reshape(-1)
+        tensor = ov.Tensor((flat[0::2] | (flat[1::2] << 4)).astype(np.uint8), list(grid.q.shape), ov.Type.u4)
+    constant = ov.op.Constant(tensor, shared_memory=False)
+    constant.set_friendly_name(name)
+    return constant
+
+
+def decompressed(grid: Grid, name: str, gathered: bool = False) -> Any:
+    """The subgraph that turns the blocks back into the [out, in] f32 weight. A table a Gather
+    reads gets its float zero points as one f32 constant: the CPU plugin's Gather compression
+    (2026.4) needs a constant there and throws on the division."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    weight = _packed(grid, name)
+    value = ops.convert(weight, ov.Type.f32)
+    scale = ops.convert(ops.constant(grid.scale, name=f"{name}/scale"), ov.Type.f32)
+    if grid.low is None or gathered:
+        zero = ops.constant(np.asarray(grid.zero, dtype=np.float32), name=f"{name}/zero_point")
+    else:  # the file's fp16 minimum, kept as it was: the plugin folds -low / scale into f32 zero points
+        negated = ops.convert(ops.constant(-grid.low, name=f"{name}/minimum"), ov.Type.f32)
+        zero = ops.divide(negated, scale)
+    value = ops.subtract(value, zero)
+    value = ops.multiply(value, scale)
+    rows = grid.q.shape[0]
+    return ops.reshape(value, ops.constant(np.array([rows, -1], dtype=np.int64)), False)
+
+
+def apply(model: Any, found: Plan) -> int:
+    """Rewrite every weight on a grid into its blocks; the number of ops rewritten."""
+    from openvino import opset13 as ops
+
+    built: dict[str, Any] = {}
+    gathered = {site.constant.get_friendly_name() for site in found.sites if site.op.get_type_name() == "Gather"}
+    rewritten = 0
+    for site in found.sites:
+        name = site.constant.get_friendly_name()
+        grid = found.grids.get(name)
+        if grid is None:
+            continue
+        if name not in built:
+            built[name] = decompressed(grid, name, name in gathered)
+        weight = built[name]
+        if site.op.get_type_name() == "Gather":
+            site.op.input(0).replace_source_output(weight.output(0))
+        else:  # the blocks are [out, in]: the MatMul reads them transposed
+            replacement = ops.matmul(site.op.input_value(0), weight, False, True)
+            replacement.set_friendly_name(site.op.get_friendly_name())
+            site.op.output(0).replace(replacement.output(0))
+        rewritten += 1
+    return rewritten
