@@ -285,6 +285,7 @@ def test_onnxruntime_int4_records_what_became_matmulnbits_and_what_stayed_float(
     # 2 layers x 7 projections in int4; the LM head int8; embeddings and attention untouched.
     assert q["matmul_nbits"] == {"int4": 14, "int8": 1}
     assert q["lm_head"]["policy"] == "int8" and len(q["lm_head"]["nodes"]) == 1
+    assert q["weights"].startswith("int4 symmetric, blocks of 128")  # not the 8-bit head's width
     assert q["embeddings"].startswith("fp32") and q["left_float"] == {}
     assert q["activation_matmuls"] == 4  # scores and mixing in each of 2 layers
     assert q["padded_last_block"] == []  # K = 128 and 256: whole blocks

@@ -254,9 +254,9 @@ def _record(graph: Any, before: dict[str, Any], heads: list[str], options: ORTOp
     algorithm = ALGORITHMS[options.algorithm] if bits == 4 else "RTN"
     nbits: dict[str, int] = {}
     for node in graph.node:
-        if node.op_type == "MatMulNBits":
-            bits = next(a.i for a in node.attribute if a.name == "bits")
-            nbits[f"int{bits}"] = nbits.get(f"int{bits}", 0) + 1
+        if node.op_type == "MatMulNBits":  # the head may be 8-bit in an int4 build: its own name
+            width = next(a.i for a in node.attribute if a.name == "bits")
+            nbits[f"int{width}"] = nbits.get(f"int{width}", 0) + 1
     still = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")}
     left, padded = {}, []
     for name, weight in before.items():
