@@ -26,7 +26,7 @@ from kiln.targets.base import ModelFacts
 def fallbacks(tp: TargetPlan, bundle: ExportBundle, calibration: bool) -> list[dict[str, Any]]:
     """The settings to try after the first breached, minus any that touch an option the user gave."""
     data = calibration or bundle.tokenizer_dir is not None
-    facts = ModelFacts(generative=bundle.signature.generative, data=data)
+    facts = ModelFacts(generative=bundle.signature.generative, data=data, gguf=bundle.kind == "gguf")
     given = set(tp.options.model_fields_set)
     return [dict(s) for s in tp.options.fallbacks(tp.target.precision, facts) if not set(s) & given]
 

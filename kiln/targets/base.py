@@ -73,6 +73,7 @@ class ModelFacts:
 
     generative: bool  # a causal LM with a KV cache
     data: bool  # calibration data for data-aware settings: [calibration], or text through its tokenizer
+    gguf: bool = False  # dequantized from a GGUF file: its weights may lie on the file's grid
 
 
 class NoOptions(TargetOptions):

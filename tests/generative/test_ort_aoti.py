@@ -104,7 +104,8 @@ def test_bad_weight_only_option_is_one_config_error_line(
 def test_weight_only_defaults_are_what_was_measured() -> None:
     ort = _options("onnxruntime", "int4")
     assert (ort.block_size, ort.symmetric, ort.accuracy_level) == (128, True, 4)
-    assert (ort.lm_head, ort.embeddings) == ("int8", "fp32")
+    assert (ort.lm_head, ort.embeddings) == ("int8", None)
+    assert (ort.embeddings_for(generative=True), ort.embeddings_for(generative=False)) == ("int4", "fp32")
     aoti = _options("aoti", "int4-weights")
     assert (aoti.group_size, aoti.lm_head, aoti.compute) == (None, None, None)
     assert _options("onnxruntime", "int4", block_size=256, lm_head="fp32").block_size == 256
@@ -282,17 +283,19 @@ def test_onnxruntime_int4_records_what_became_matmulnbits_and_what_stayed_float(
 
     execution = _manifest(built, target, precision).execution
     q = execution.get("quantization")
-    # 2 layers x 7 projections in int4; the LM head int8; embeddings and attention untouched.
+    # 2 layers x 7 projections in int4; the LM head int8; the embeddings int4 (a causal LM's
+    # default); attention untouched.
     assert q["matmul_nbits"] == {"int4": 14, "int8": 1}
     assert q["lm_head"]["policy"] == "int8" and len(q["lm_head"]["nodes"]) == 1
     assert q["weights"].startswith("int4 symmetric, blocks of 128")  # not the 8-bit head's width
-    assert q["embeddings"].startswith("fp32") and q["left_float"] == {}
+    assert q["embeddings"].startswith("int4 GatherBlockQuantized") and q["left_float"] == {}
     assert q["activation_matmuls"] == 4  # scores and mixing in each of 2 layers
     assert q["padded_last_block"] == []  # K = 128 and 256: whole blocks
     assert execution.execution_precision == "int4 weights, int8 compute"
     assert execution.notes[0].startswith("int4: 14 MatMul(s) as int4 MatMulNBits (block 128), lm head int8")
     graph = onnx.load(str(built["root"] / "build" / "lm" / "onnxruntime-int4" / "model.onnx")).graph
     assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 15
+    assert sum(n.op_type == "GatherBlockQuantized" for n in graph.node) == 1
 
 
 @pytest.mark.target(stage="run")

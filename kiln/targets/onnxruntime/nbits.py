@@ -19,9 +19,9 @@ Policy (options in :class:`~kiln.targets.onnxruntime.options.ORTOptions`), recor
   there): every weighted MatMul, the head included, 8-bit MatMulNBits; activations stay float.
   Per-tensor dynamic activation quantization (``quantize_dynamic``) broke SmolLM2-135M
   (perplexity +52.7 %); 8-bit MatMulNBits is what ONNX Runtime GenAI's model builder uses.
-- Embedding tables (``Gather`` on an initializer) stay fp32 by default: a lookup has no compute
-  to save; ``embeddings = "int4"`` stores them as ``GatherBlockQuantized`` (size only; ORT then
-  raises the opset to 21, which int4 tensors need).
+- Embedding tables (``Gather`` on an initializer): int4 ``GatherBlockQuantized`` for a causal LM
+  (size only: a lookup has no compute to save; ORT then raises the opset to 21, which int4
+  tensors need), fp32 for anything else; ``embeddings`` overrides either way.
 - The quantizer takes MatMuls with a stored weight only, so the graph is prepared first: a
   ``Gemm`` with a stored weight (GPT-2's Conv1D, any 2-D Linear) becomes ``MatMul`` + ``Add``, and
   a weight that is a ``Transpose`` of a stored tensor (a tied LM head) gets its own transposed
@@ -40,8 +40,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kiln.errors import TargetBuildError
+from kiln.quant.blocks import BLOCK
 from kiln.targets.base import CompileContext
-from kiln.targets.onnxruntime.options import ORTOptions
+from kiln.targets.onnxruntime import blocks
+from kiln.targets.onnxruntime.options import QUANTIZER_INT4, ORTOptions
 
 QUANTIZER = "onnxruntime.quantization.matmul_nbits_quantizer"
 # Ops a head's output may pass through on its way to `logits` (scaling, soft-capping, casts).
@@ -214,12 +217,21 @@ def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[s
     import onnx
 
     options: ORTOptions = ctx.options
+    source_blocks = bits == 4 and options.blocks != "quantizer"
+    source_blocks &= not any(k in options.model_fields_set for k in QUANTIZER_INT4)
+    if bits == 4 and options.embeddings is None:  # (model_copy marks it set: decided above)
+        options = options.model_copy(update={"embeddings": options.embeddings_for(ctx.export.signature.generative)})
     model = onnx.load(str(src))
     _name_nodes(model.graph)
     prepared = _prepare(model.graph)
     before = _inventory(model.graph)
     heads = lm_heads(model.graph)
     others = [name for name in before if name not in heads]
+    if source_blocks:
+        source = _source_blocks(model, options, heads, required=options.blocks == "source")
+        if source is not None:
+            onnx.save(model, str(dest))
+            return source
     with _quiet_import() as module:
         if bits == 8:
             model = _run(module, model, options, 8, [], ("MatMul",))
@@ -246,6 +258,49 @@ def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[s
         "execution_precision": f"int{bits} weights, {record['compute']} compute",
         "quantization": record,
         "notes": [_note(record, options, bits)],
+    }
+
+
+def _source_blocks(model: Any, options: ORTOptions, heads: list[str], required: bool) -> dict[str, Any] | None:
+    """The file's own blocks as MatMulNBits (:mod:`kiln.targets.onnxruntime.blocks`) when every
+    MatMul weight and table lies on a GGUF grid (``required``: else refuse); ``None``: the quantizer."""
+    found = blocks.plan(model.graph)
+    if not found.complete:
+        if not required:
+            return None
+        shown = ", ".join(found.off[:4]) + (", ..." if len(found.off) > 4 else "")
+        raise TargetBuildError(
+            f"options.blocks = 'source': {len(found.off) or 'all'} weights lie on no GGUF grid (Q4_0, Q4_1, Q8_0)"
+            f"{': ' + shown if shown else ''}; the source was not dequantized from such a file: set "
+            "options.blocks = 'quantizer' (or 'auto')"
+        )
+    miss = max(grid.miss for grid in found.grids.values())
+    kinds = found.kinds()
+    counts = blocks.rewrite(model, found, options.accuracy_level)
+    record = {
+        "tool": "kiln (the source's own blocks)",
+        "format": "MatMulNBits (com.microsoft)",
+        "blocks": kinds,
+        "block_size": BLOCK,
+        "largest_miss_steps": miss,
+        "accuracy_level": options.accuracy_level,
+        "compute": COMPUTE[options.accuracy_level],
+        "matmul_nbits": {k: v for k, v in counts.items() if k.startswith("int") and v},
+        "lm_head": {"policy": "the file's blocks", "nodes": heads},
+        "embeddings": f"the file's blocks: {counts['tables']} Gather of blocks and scales, dequantized after the lookup"
+        if counts["tables"]
+        else "none",
+        "left_float": {},
+    }
+    shown = ", ".join(f"{n} {kind.upper()}" for kind, n in kinds.items())
+    note = (
+        f"int4 in the source's own blocks ({shown}, blocks of {BLOCK}): the weights lie on the grid of the file "
+        "they were dequantized from and are written back as MatMulNBits, not re-quantized"
+    )
+    return {
+        "execution_precision": f"int4 weights, {record['compute']} compute",
+        "quantization": record,
+        "notes": [note],
     }
 
 

@@ -1,4 +1,4 @@
-"""int4 in the source's own blocks (kiln.targets.openvino.blocks): weights dequantized from llama.cpp's
+"""int4 in the source's own blocks (kiln.quant.blocks, and each runtime's layout of them): weights dequantized from llama.cpp's
 Q4_0, Q4_1 and Q8_0 (by gguf-py, as transformers reads a GGUF file) are found on their grid and
 written back exactly; ordinary weights never are."""
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kiln.targets.openvino import blocks
+from kiln.quant import blocks
+from kiln.targets.openvino import blocks as ov_blocks
 
 gguf = pytest.importorskip("gguf")
 
@@ -67,9 +68,9 @@ def test_the_rewritten_ir_computes_what_the_float_one_did() -> None:
     core, ids = ov.Core(), {"ids": np.array([[1, 7, 39, 0]], dtype=np.int64)}
     expected = core.compile_model(model(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(ids)[0]
     rewritten = model()
-    found = blocks.plan(rewritten)
+    found = ov_blocks.plan(rewritten)
     assert found.complete and found.kinds() == {"q8_0": 1, "q4_1": 1, "q4_0": 1}
-    assert blocks.apply(rewritten, found) == 4
+    assert ov_blocks.apply(rewritten, found) == 4
     kinds = {
         op.get_output_element_type(0).get_type_name() for op in rewritten.get_ops() if op.get_type_name() == "Constant"
     }
@@ -78,3 +79,55 @@ def test_the_rewritten_ir_computes_what_the_float_one_did() -> None:
     assert all(op.get_output_element_type(0).get_type_name() != "f32" for op in floats)
     got = core.compile_model(rewritten, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(ids)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_onnxruntime_writes_the_blocks_as_matmulnbits_and_computes_what_the_float_graph_did(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kiln.targets.onnxruntime import blocks as ort_blocks
+
+    rng = np.random.default_rng(5)
+    table = _dequantized((0.05 * rng.standard_normal((40, 64))).astype(np.float32), "q8_0")
+    first = _dequantized((0.05 * rng.standard_normal((96, 64))).astype(np.float32), "q4_1")
+    second = _dequantized((0.05 * rng.standard_normal((64, 96))).astype(np.float32), "q4_0")
+    weights = {"table": table, "up": first.T.copy(), "down": second.T.copy(), "head": table.T.copy()}
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["h"], name="embed"),
+        helper.make_node("MatMul", ["h", "up"], ["u"], name="up_proj"),
+        helper.make_node("MatMul", ["u", "down"], ["d"], name="down_proj"),
+        helper.make_node("MatMul", ["d", "head"], ["logits"], name="lm_head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "sequence", 40])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    ids = {"ids": np.array([[1, 7, 39, 0]], dtype=np.int64)}
+
+    def run(proto: object) -> np.ndarray:
+        return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, ids)[0]
+
+    expected = run(model)
+    outputs = {}
+    for level in (1, 4):
+        rewritten = onnx.ModelProto()
+        rewritten.CopyFrom(model)
+        found = ort_blocks.plan(rewritten.graph)
+        assert found.complete and found.kinds() == {"q4_1": 1, "q4_0": 1, "q8_0": 2}
+        assert ort_blocks.rewrite(rewritten, found, level) == {"int4": 2, "int8": 1, "tables": 1}
+        onnx.checker.check_model(rewritten)
+        ops = [n.op_type for n in rewritten.graph.node]
+        assert ops.count("MatMulNBits") == 3 and "Gather" in ops
+        floats = [i for i in rewritten.graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2]
+        assert all(min(i.dims) < 32 for i in floats)  # no float weight left: the minimums and scales only
+        stored = [i for i in rewritten.graph.initializer if i.data_type == TensorProto.UINT8 and len(i.dims) == 3]
+        assert len(stored) == 3  # the tied table reads the head's bytes: stored once
+        outputs[level] = run(rewritten)
+    np.testing.assert_allclose(outputs[1], expected, rtol=1e-5, atol=1e-5)  # fp32 compute: the reference
+    assert np.abs(outputs[4] - expected).max() < 0.05 * np.abs(expected).max()  # int8 activations: close
