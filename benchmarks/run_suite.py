@@ -104,6 +104,11 @@ def summary(runs: list[Results], failures: list[str], seconds: float, skipped: l
     ]
     if runs:
         lines += ["", f"Peak, measured vs theoretical: {'; '.join(fmt.peak_check(runs[0])) or 'not known'}."]
+        warned: dict[str, list[str]] = {}
+        for r in runs:
+            for line in fmt.figure_warnings(r):
+                warned.setdefault(line, []).append(r.model)
+        lines += [f"⚠ {', '.join(models)}: {line}" for line, models in warned.items()]
         lines += [f"Theoretical peak basis: {runs[0].peak.theoretical.basis}."]
     lines += ["", f"Settings (every model): {settings}", ""]
     return "\n".join(lines)

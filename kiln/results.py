@@ -107,7 +107,10 @@ class CellBase(_Block):
     simulated: bool = False  # the gate ran on a simulation of the artifact's numerics
     flops: int | None = None  # of one forward pass at this batch (matmul-class operators)
     gflops: float | None = None
-    roofline_fraction: float | None = None  # gflops over the measured peak for the precision
+    roofline_fraction: float | None = None  # gflops over the peak of the precision it executes
+    # The precision counted against (fp32, bf16 or int8): what the runtime executes, not the name
+    # of the artifact (kiln.report.roofline.compute_precision).
+    roofline_precision: str | None = _reported()
     # The median of the per-round ratios to eager (each round times eager and this cell in turn),
     # and its distribution-free confidence interval (see kiln.bench.stats.ratio_interval).
     speedup_vs_eager: float | None = None
@@ -255,6 +258,12 @@ class Fingerprint(_Facts):
         }
 
 
+# Above these, a span of time counts as busy (MachineLoad.busy): a measured machine figure taken
+# then is re-measured when the machine is quiet, and a report says when cells were timed then.
+BUSY_OTHER_CPUS = 0.25  # CPUs kept busy on average by processes other than kiln's
+BUSY_STEAL = 0.05  # the hypervisor's share of CPU time (the suite's max_round_steal)
+
+
 class MachineLoad(_Block):
     """Load averages (1, 5, 15 min) before and after the timed cells, and the CPU time other
     processes took meanwhile: other work on the machine is what makes cells unstable."""
@@ -268,6 +277,22 @@ class MachineLoad(_Block):
     other_cpus: float | None = _reported()
     steal_share: float | None = _reported()
 
+    def busy(self) -> str | None:
+        """Why the machine counts as busy over this span, or ``None`` when it was quiet: other
+        processes kept more than ``BUSY_OTHER_CPUS`` CPUs busy, or the hypervisor stole more
+        than ``BUSY_STEAL`` of the CPU time; where /proc/stat could not say, a 1-minute load
+        average above the CPU count. Unknown conditions count as busy."""
+        if self.other_cpus is not None:
+            if self.other_cpus > BUSY_OTHER_CPUS:
+                return f"other processes kept {self.other_cpus:.2f} CPUs busy"
+            if self.steal_share is not None and self.steal_share > BUSY_STEAL:
+                return f"the hypervisor stole {self.steal_share:.1%} of CPU time"
+            return None
+        load, cpus = self.load_average_before, self.cpus
+        if load and cpus:
+            return f"load average {load[0]:g} on {cpus} CPUs" if load[0] > cpus else None
+        return "the machine's load was not recorded"
+
 
 class PeakFigures(BaseModel):
     """GFLOP/s (fp32, bf16) and GOP/s (int8); ``None`` where nothing measures or estimates it."""
@@ -279,10 +304,8 @@ class PeakFigures(BaseModel):
     int8_gflops: float | None = None
 
     def for_precision(self, precision: str) -> float | None:
-        """The peak a cell of this precision is compared with."""
-        if precision in ("int8", "int4"):
-            return self.int8_gflops
-        return self.bf16_gflops if precision == "bf16" else self.fp32_gflops
+        """The figure of a compute precision (fp32, bf16 or int8; ``None`` for any other)."""
+        return {"fp32": self.fp32_gflops, "bf16": self.bf16_gflops, "int8": self.int8_gflops}.get(precision)
 
 
 class MeasuredPeak(PeakFigures):
@@ -295,6 +318,9 @@ class MeasuredPeak(PeakFigures):
     fp32_kernel: str | None = None
     bf16_kernel: str | None = None
     int8_kernel: str | None = None
+    # The machine's load over the measurement (None in files from before it was recorded: such a
+    # figure is re-measured, as one taken on a busy machine is once the machine is quiet).
+    machine_load: MachineLoad | None = _reported()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -320,6 +346,18 @@ class Bandwidth(BaseModel):
     method: str
     last_level_cache_bytes: int | None = None  # what reads smaller than this may run from instead
     cache: str | None = None  # the file it is cached in
+    machine_load: MachineLoad | None = _reported()  # over the measurement, as MeasuredPeak's
+
+
+class PeakRaise(_Block):
+    """A cell that ran faster than the measured peak of its precision: that precision's peak, for
+    every fraction of the report, is the cell's rate instead (a floor of what the machine does,
+    as the FLOPs are counted on matmuls and convolutions only)."""
+
+    precision: str
+    measured_gflops: float  # the GEMM micro-benchmark's figure
+    gflops: float  # the cell's, now the peak
+    cell: str  # its key and batch
 
 
 class Peak(BaseModel):
@@ -328,6 +366,13 @@ class Peak(BaseModel):
     measured: MeasuredPeak
     theoretical: TheoreticalPeak
     cache: str | None = None  # the file the measured figures are cached in
+    raised: list[PeakRaise] | None = _reported()  # precisions whose peak a cell beat
+
+    def for_precision(self, precision: str) -> float | None:
+        """The peak a fraction of this compute precision is counted against: the measured one,
+        or the cell's rate that beat it."""
+        raised = [r.gflops for r in self.raised or [] if r.precision == precision]
+        return max(raised) if raised else self.measured.for_precision(precision)
 
 
 class Gates(_Block):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from kiln.bench.stats import STALL_FLAG_SHARE
 from kiln.manifest import Manifest
+from kiln.report.roofline import count_against_peak
 from kiln.results import Accuracy, FailedCell, MeasuredCell, Peak
 
 Cell = MeasuredCell | FailedCell
@@ -42,7 +43,8 @@ def enrich(
     cv_threshold: float,
     ci_target: float | None = None,
 ) -> list[Cell]:
-    """Add per-cell size, quality, FLOPs, roofline fraction, speed-up vs eager and flags (in place).
+    """Add per-cell size, quality, FLOPs, fraction of peak (counted against the precision the cell
+    executes: :mod:`kiln.report.roofline`), speed-up vs eager and flags (in place).
 
     ``flops`` maps each cell key to FLOPs per batch size (pruned variants count their own program).
     """
@@ -55,8 +57,6 @@ def enrich(
         lat = cell.latency
         if cell.flops:
             cell.gflops = cell.flops * (lat.throughput / cell.batch) / 1e9  # forward passes/s x FLOPs
-            top = peak.measured.for_precision(cell.precision) if peak else None
-            cell.roofline_fraction = cell.gflops / top if top else None
         base = eager.get(cell.batch)
         if base is not None and cell.speedup_rounds is None:
             # No per-round ratios (eager itself, or cells measured without rounds): two p50s.
@@ -74,6 +74,7 @@ def enrich(
             cell.flags.append(
                 f"execution precision: requested {cell.precision}, the runtime executes {cell.execution_precision}"
             )
+    count_against_peak(cells, peak)
     _flag_wasted(cells, manifests)
     return cells
 

@@ -5,7 +5,9 @@ STREAM rule), run by torch (one fused, multi-threaded kernel at the benchmark's 
 numpy would be single-threaded and make two passes). The fastest run is kept: other processes
 only ever slow one down. Bytes are counted as STREAM does, 24 per element (b and c read, a
 written; the write-allocate read is not counted). Cached per hardware fingerprint and thread
-count beside the GEMM peak, under ``~/.cache/kiln/``.
+count beside the GEMM peak, under ``~/.cache/kiln/``, with the machine's load over the
+measurement: a figure taken on a busy machine (other processes or the hypervisor sharing the
+memory bus) is measured again once the machine is quiet, and one whose load is unknown at once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from kiln.bench.load import machine_load, remeasure_reason, snapshot
 from kiln.results import Bandwidth, Fingerprint
 from kiln.store import cache_dir, write_json
 
@@ -43,6 +46,7 @@ def measure_bandwidth(threads: int, array_bytes: int | None = None, runs: int = 
     n = size // 8
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
+    before = snapshot()
     try:
         gen = torch.Generator().manual_seed(0)
         a = torch.empty(n, dtype=torch.float64)
@@ -64,11 +68,13 @@ def measure_bandwidth(threads: int, array_bytes: int | None = None, runs: int = 
             f"(>= 4x the {llc / 2**20:.0f} MiB last-level cache), fastest of {runs} runs, 24 bytes per element"
         ),
         last_level_cache_bytes=llc,
+        machine_load=machine_load(before, snapshot()),
     )
 
 
 def machine_bandwidth(fp: Fingerprint, threads: int, refresh: bool = False) -> Bandwidth:
-    """Measured memory bandwidth, cached per fingerprint and thread count."""
+    """Measured memory bandwidth, cached per fingerprint and thread count (measured again when
+    the cached figure's method or load calls for it: :func:`kiln.bench.load.remeasure_reason`)."""
     path = cache_dir() / f"bandwidth-{fp.id}-t{threads}.json"
     cached = None
     if not refresh and path.is_file():
@@ -76,7 +82,9 @@ def machine_bandwidth(fp: Fingerprint, threads: int, refresh: bool = False) -> B
             cached = Bandwidth.model_validate_json(path.read_text())
         except ValueError:
             cached = None
-    if cached is None or cached.schema_id != BANDWIDTH_SCHEMA:
+    if cached is not None and (cached.schema_id != BANDWIDTH_SCHEMA or remeasure_reason(cached.machine_load)):
+        cached = None
+    if cached is None:
         cached = measure_bandwidth(threads).model_copy(update={"schema_id": BANDWIDTH_SCHEMA, "fingerprint": fp.id})
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, cached.model_dump(mode="json", by_alias=True, exclude={"cache"}))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,3 +84,24 @@ def machine_load(before: CpuSnapshot, after: CpuSnapshot) -> MachineLoad:
         other_cpus=round(other, 2) if other is not None else None,
         steal_share=round(steal, 4) if steal is not None else None,
     )
+
+
+def quiet_now(seconds: float = 0.5) -> MachineLoad:
+    """The machine's load over ``seconds`` of kiln doing nothing: whether it is quiet enough to
+    measure a machine figure now."""
+    before = snapshot()
+    time.sleep(seconds)
+    return machine_load(before, snapshot())
+
+
+def remeasure_reason(cached: MachineLoad | None, probe: Callable[[], MachineLoad] | None = None) -> str | None:
+    """Why a cached machine figure is measured again, or ``None`` to keep it: its load was not
+    recorded (a file from an older kiln), or it was taken on a busy machine and this one is quiet
+    now (``probe``, by default :func:`quiet_now`, says). A busy figure is kept while the machine
+    is still busy: measuring again then would be no better, and the report says how it was
+    measured."""
+    if cached is None:
+        return "the load it was measured at is unknown"
+    if (then := cached.busy()) is None:
+        return None
+    return f"it was measured while {then}" if (probe or quiet_now)().busy() is None else None

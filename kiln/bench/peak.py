@@ -1,11 +1,20 @@
-"""The machine's peak: measured by a short calibrated GEMM, and the theoretical figure beside it.
+"""The machine's peak: measured by short calibrated GEMMs, and the theoretical figure beside it.
 
-Measured: a fully connected layer's product (128 x 768 activations, 768 x 3072 constant weights)
-in fp32, bf16 and int8 (int32 accumulation) at the
-benchmark's thread count, with every GEMM kernel installed (torch's BLAS and oneDNN, ONNX
-Runtime's MLAS, OpenVINO's CPU plugin); the fastest single product over a short time budget is kept. Several kernels
-because one library can be far from the silicon: MKL takes a slow path on AMD CPUs. The result is cached per
-hardware fingerprint and thread count under ``~/.cache/kiln/`` (``$XDG_CACHE_HOME`` respected).
+Measured: a fully connected layer's product (M x 768 activations, 768 x 3072 constant weights)
+in fp32, bf16 and int8 (int32 accumulation) at the benchmark's thread count, with every GEMM
+kernel the runtimes run on this CPU: torch (its BLAS and oneDNN, which use AVX512-BF16 and
+AMX-BF16/INT8 where present), ONNX Runtime's MLAS (MatMul, and MatMulInteger u8 x s8 on VNNI or
+AMX), OpenVINO's CPU plugin (oneDNN's brgemm kernels; int8 as its low-precision transformations
+make it from FakeQuantize, u8 activations x i8 weights, the way a quantized IR runs). M starts at
+128 rows (a BERT-base FFN over 128 tokens) and grows until one product takes ``MIN_PRODUCT_S``,
+so that a fast kernel (AMX) is measured compute-bound rather than by the runtime's call
+overhead. The fastest single product over a short time budget is kept: several kernels because
+one library can be far from the silicon (MKL takes a slow path on AMD CPUs).
+
+The result is cached per hardware fingerprint and thread count under ``~/.cache/kiln/``
+(``$XDG_CACHE_HOME`` respected) with the machine's load over the measurement
+(:class:`kiln.results.MachineLoad`): a figure taken on a busy machine is measured again once the
+machine is quiet, and one whose load is unknown (an older file) at once.
 
 Theoretical: cores x clock x operations per cycle from the ISA (FMA width and ports, VNNI, AMX),
 at the maximum clock (cpufreq's ``cpuinfo_max_freq``, else lscpu's "CPU max MHz"). Where neither
@@ -21,25 +30,36 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from kiln.bench.load import machine_load, remeasure_reason, snapshot
 from kiln.results import Fingerprint, MeasuredPeak, Peak, TheoreticalPeak
 from kiln.store import cache_dir, write_json
 
-PEAK_SCHEMA = "kiln.peak/4"  # bump when the method changes: cached figures are re-measured
-# One fully connected layer as inference runs it (a BERT-base FFN over 128 tokens): activations
-# (M x K) times constant weights (K x N) the runtime may pre-pack; 0.6 GFLOP per product. On the
-# development machine a square 1024^3 GEMM of two inputs reached about half of this shape's rate
-# with the same libraries, and real models beat it, so it was no peak.
-M, K, N = 128, 768, 3072
-OPS = 2 * M * K * N
+PEAK_SCHEMA = "kiln.peak/5"  # bump when the method changes: cached figures are re-measured
+# One fully connected layer as inference runs it: activations (M x K) times constant weights
+# (K x N) the runtime may pre-pack. On the development machine a square 1024^3 GEMM of two inputs
+# reached about half of this shape's rate with the same libraries, and real models beat it, so it
+# was no peak. M grows through ROWS until one product takes MIN_PRODUCT_S: at 128 rows (0.6
+# GOP) an int8 or bf16 kernel on AMX would finish in a fraction of a millisecond, where the
+# runtime's call overhead (tens of microseconds) is no longer small.
+K, N = 768, 3072
+ROWS = (128, 512, 2048)
+MIN_PRODUCT_S = 2e-3
+Gemm = Callable[[], Any]
 
 
-def _best_rate(op: Any, seconds: float) -> float:
-    """Operations per second of the fastest single product over the time budget. Preemption by
-    other processes only ever adds time, so the minimum is the machine's rate, not the load's."""
+def _ops(m: int) -> int:
+    return 2 * m * K * N
+
+
+def _fastest(op: Gemm, seconds: float) -> float:
+    """Seconds of the fastest single product over the time budget. Preemption by other processes
+    only ever adds time, so the minimum is the machine's rate, not the load's."""
     for _ in range(3):  # first calls pick kernels, pack weights and fault pages in
         op()
     best, spent = float("inf"), 0.0
@@ -48,25 +68,40 @@ def _best_rate(op: Any, seconds: float) -> float:
         op()
         elapsed = time.perf_counter() - start
         best, spent = min(best, elapsed), spent + elapsed
-    return OPS / best
+    return best
 
 
-def _torch_gemm(dtype: str, threads: int) -> Any:
+def _best_rate(make: Callable[[int], Gemm | None], seconds: float) -> float | None:
+    """Operations per second of one kernel: the best over the row counts tried, from 128 rows up
+    until one product takes ``MIN_PRODUCT_S``; ``None`` where the kernel does not run."""
+    best: float | None = None
+    for m in ROWS:
+        op = make(m)
+        if op is None:
+            return best
+        elapsed = _fastest(op, seconds)
+        best = max(best or 0.0, _ops(m) / elapsed)
+        if elapsed >= MIN_PRODUCT_S:
+            break
+    return best
+
+
+def _torch_gemm(dtype: str, threads: int, m: int) -> Gemm:
     import torch
 
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     if dtype == "int8":
-        a = torch.randint(-128, 128, (M, K), dtype=torch.int8, generator=gen)
+        a = torch.randint(-128, 128, (m, K), dtype=torch.int8, generator=gen)
         b = torch.randint(-128, 128, (K, N), dtype=torch.int8, generator=gen)
         return lambda: torch._int_mm(a, b)
     kind = torch.bfloat16 if dtype == "bf16" else torch.float32
-    x, w = torch.randn(M, K, generator=gen).to(kind), torch.randn(K, N, generator=gen).to(kind)
-    out = torch.empty(M, N, dtype=kind)
+    x, w = torch.randn(m, K, generator=gen).to(kind), torch.randn(K, N, generator=gen).to(kind)
+    out = torch.empty(m, N, dtype=kind)
     return lambda: torch.matmul(x, w, out=out)
 
 
-def _ort_gemm(dtype: str, threads: int) -> Any:
+def _ort_gemm(dtype: str, threads: int, m: int) -> Gemm | None:
     """ONNX Runtime's MLAS kernels: MatMul (fp32) and MatMulInteger (u8 x s8, VNNI where present),
     the weights an initializer as in a real model."""
     if dtype == "bf16" or importlib.util.find_spec("onnxruntime") is None:
@@ -78,17 +113,17 @@ def _ort_gemm(dtype: str, threads: int) -> Any:
     rng = np.random.default_rng(0)
     if dtype == "int8":
         a_type, c_type, op = TensorProto.UINT8, TensorProto.INT32, "MatMulInteger"
-        x = rng.integers(0, 256, (M, K), dtype=np.uint8)
+        x = rng.integers(0, 256, (m, K), dtype=np.uint8)
         w = rng.integers(-128, 128, (K, N), dtype=np.int8)
     else:
         a_type, c_type, op = TensorProto.FLOAT, TensorProto.FLOAT, "MatMul"
-        x = rng.standard_normal((M, K), dtype=np.float32)
+        x = rng.standard_normal((m, K), dtype=np.float32)
         w = rng.standard_normal((K, N), dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node(op, ["a", "w"], ["c"])],
         "gemm",
-        [helper.make_tensor_value_info("a", a_type, [M, K])],
-        [helper.make_tensor_value_info("c", c_type, [M, N])],
+        [helper.make_tensor_value_info("a", a_type, [m, K])],
+        [helper.make_tensor_value_info("c", c_type, [m, N])],
         initializer=[numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
@@ -98,9 +133,19 @@ def _ort_gemm(dtype: str, threads: int) -> Any:
     return lambda: session.run(None, {"a": x})
 
 
-def _openvino_gemm(dtype: str, threads: int) -> Any:
-    """OpenVINO's CPU plugin (oneDNN JIT kernels) on a MatMul with constant weights, fp32 or bf16."""
-    if dtype == "int8" or importlib.util.find_spec("openvino") is None:
+def _fake_quantize(node: Any, low: float, high: float, levels: int) -> Any:
+    import numpy as np
+    import openvino as ov
+
+    lo, hi = (ov.opset13.constant(np.array(v, dtype=np.float32)) for v in (low, high))
+    return ov.opset13.fake_quantize(node, lo, hi, lo, hi, levels)
+
+
+def _openvino_gemm(dtype: str, threads: int, m: int) -> Gemm | None:
+    """OpenVINO's CPU plugin (oneDNN's brgemm kernels) on a MatMul with constant weights: fp32,
+    bf16 (the inference precision hint), or int8 as a quantized IR runs it (FakeQuantize on the
+    activations, u8, and on the weights, i8, which the plugin folds into an int8 FullyConnected)."""
+    if importlib.util.find_spec("openvino") is None:
         return None
     import numpy as np
 
@@ -110,47 +155,56 @@ def _openvino_gemm(dtype: str, threads: int) -> Any:
     import openvino as ov
 
     rng = np.random.default_rng(0)
-    x = ov.opset13.parameter([M, K], ov.Type.f32)
+    x = ov.opset13.parameter([m, K], ov.Type.f32)
     w = ov.opset13.constant(rng.standard_normal((K, N), dtype=np.float32))
+    a, b = x, w
+    if dtype == "int8":
+        a, b = _fake_quantize(x, 0.0, 2.55, 256), _fake_quantize(w, -1.27, 1.27, 255)
     config = {
         "INFERENCE_PRECISION_HINT": "bf16" if dtype == "bf16" else "f32",
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
     }
-    compiled = ov.Core().compile_model(ov.Model([ov.opset13.matmul(x, w, False, False)], [x]), "CPU", config)
+    compiled = ov.Core().compile_model(ov.Model([ov.opset13.matmul(a, b, False, False)], [x]), "CPU", config)
     request = compiled.create_infer_request()
-    request.set_input_tensor(0, ov.Tensor(rng.standard_normal((M, K), dtype=np.float32)))
+    request.set_input_tensor(0, ov.Tensor(rng.random((m, K), dtype=np.float32)))
     return lambda: request.infer()
+
+
+KERNELS = (("torch", _torch_gemm), ("onnxruntime", _ort_gemm), ("openvino", _openvino_gemm))
 
 
 def measure_peak(threads: int, seconds: float = 0.5) -> MeasuredPeak:
     """Measured GFLOP/s (fp32, bf16) and GOP/s (int8) at ``threads``: the best of the GEMM
-    kernels installed (torch's BLAS / oneDNN, ONNX Runtime's MLAS, OpenVINO's oneDNN JIT); ``None``
-    where none runs."""
+    kernels installed (torch's BLAS / oneDNN, ONNX Runtime's MLAS, OpenVINO's oneDNN brgemm);
+    ``None`` where none runs. The machine's load over the measurement is recorded with it."""
     import torch
 
     old = torch.get_num_threads()
     # Keyed by field name (fp32_gflops, fp32_kernel, ...), validated into the model below.
     result: dict[str, Any] = {
         "threads": threads,
-        "method": f"GEMM {M}x{K}x{N}, constant weights, fastest of {seconds:g} s",
+        "method": f"GEMM Mx{K}x{N} (M from {ROWS[0]} up to {ROWS[-1]} rows until a product takes "
+        f">= {MIN_PRODUCT_S * 1e3:g} ms), constant weights, fastest product of {seconds:g} s per kernel",
     }
+    before = snapshot()
     try:
         for dtype in ("fp32", "bf16", "int8"):
             rates: dict[str, float] = {}
-            for name, make in (("torch", _torch_gemm), ("onnxruntime", _ort_gemm), ("openvino", _openvino_gemm)):
+            for name, make in KERNELS:
                 try:
-                    op = make(dtype, threads)
-                    if op is not None:
-                        rates[name] = _best_rate(op, seconds)
+                    rate = _best_rate(partial(make, dtype, threads), seconds)
                 except RuntimeError:
                     continue
+                if rate is not None:
+                    rates[name] = rate
             best = max(rates, key=rates.__getitem__) if rates else None
             result[f"{dtype}_gflops"] = round(rates[best] / 1e9, 1) if best else None
             result[f"{dtype}_kernel"] = best
     finally:
         torch.set_num_threads(old)
+    result["machine_load"] = machine_load(before, snapshot())
     return MeasuredPeak.model_validate(result)
 
 
@@ -271,12 +325,15 @@ def theoretical_peak(fp: Fingerprint, threads: int, clock: Clock | None = None) 
 
 
 def _cached(path: Path) -> MeasuredPeak | None:
-    """The cached measurement if it was made by this method (``PEAK_SCHEMA``)."""
+    """The cached measurement if it was made by this method (``PEAK_SCHEMA``) at a load that
+    does not call for measuring it again (:func:`kiln.bench.load.remeasure_reason`)."""
     try:
         cached = MeasuredPeak.model_validate_json(path.read_text())
     except (OSError, ValueError):
         return None
-    return cached if cached.schema_id == PEAK_SCHEMA else None
+    if cached.schema_id != PEAK_SCHEMA or remeasure_reason(cached.machine_load) is not None:
+        return None
+    return cached
 
 
 def machine_peak(fp: Fingerprint, threads: int, refresh: bool = False) -> Peak:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kiln.errors import ConfigError
+from kiln.report.roofline import count_against_peak
 from kiln.results import Results
 from kiln.store import write_json
 
@@ -22,15 +23,19 @@ RESULTS = "results.json"
 
 
 def parse_results(data: Any, where: str = RESULTS) -> Results:
-    """The typed results, or one ``ConfigError`` line naming the first place ``data`` is wrong."""
+    """The typed results, or one ``ConfigError`` line naming the first place ``data`` is wrong.
+    Fractions of peak are counted again by today's rules (:mod:`kiln.report.roofline`): a file
+    from an older kiln counted an int8-dynamic cell against the fp32 peak."""
     try:
-        return Results.model_validate(data)
+        results = Results.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         at = "/".join(str(p) for p in first["loc"]) or "(top level)"
         raise ConfigError(
             f"{where}: not a valid kiln results file at {at}: {first['msg'][:200]}; re-run kiln bench"
         ) from err
+    count_against_peak(results.cells, results.peak)
+    return results
 
 
 def load_results(path: Path) -> Results:

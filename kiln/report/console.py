@@ -89,4 +89,6 @@ def _print(results: Results, table: Table) -> None:
     for line in fmt.peak_check(results):
         if "above the estimate" in line:
             console.print(f"[yellow]peak[/yellow] {escape(line)}")
+    for line in fmt.figure_warnings(results):
+        console.print(f"[yellow]machine figures[/yellow] {escape(line)}")
     console.print(f"fingerprint: {results.fingerprint.id}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from kiln.results import CellBase, MeasuredCell, Results
+from kiln.results import CellBase, MachineLoad, MeasuredCell, Results
 
 
 def ms(v: float | None) -> str:
@@ -95,6 +95,41 @@ def peak_check(results: Results) -> list[str]:
     return out
 
 
+def measured_at(load: MachineLoad | None) -> str:
+    """The load a cached machine figure was measured at, and whether that counts as busy."""
+    if load is None:
+        return "at a load not recorded (an older kiln's figure)"
+    facts = [f"load average {load.load_average_before[0]:g}"] if load.load_average_before else []
+    if load.other_cpus is not None:
+        facts.append(f"other processes {load.other_cpus:.2f} CPUs")
+    if load.steal_share is not None:
+        facts.append(f"steal {load.steal_share:.1%}")
+    busy = load.busy()
+    return f"on a busy machine ({busy}; {', '.join(facts)})" if busy else f"on a quiet machine ({', '.join(facts)})"
+
+
+def figure_warnings(results: Results) -> list[str]:
+    """One line per machine figure that is not what it says: measured on a busy machine (or at
+    an unknown load), or a peak a cell beat."""
+    out = []
+    figures = [("peak", results.peak.measured.machine_load)]
+    if results.bandwidth is not None:
+        figures.append(("memory bandwidth", results.bandwidth.machine_load))
+    for name, load in figures:
+        if load is None or load.busy():
+            out.append(
+                f"The machine's {name} was measured {measured_at(load)}: it may read low, and fractions of it high. "
+                "kiln measures it again once the machine is quiet (or now: kiln bench --refresh-peak)."
+            )
+    for r in results.peak.raised or []:
+        unit = "GOP/s" if r.precision == "int8" else "GFLOP/s"
+        out.append(
+            f"The {r.precision} peak is {r.cell}'s {num(r.gflops)} {unit}, which beat the measured {num(r.measured_gflops)}: "
+            f"every {r.precision} fraction of peak here is counted against it."
+        )
+    return out
+
+
 def pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1%}"
 
@@ -143,7 +178,8 @@ def fingerprint_lines(results: Results) -> list[tuple[str, str]]:
         (
             "peak (measured)",
             f"fp32 {num(m.fp32_gflops)} GFLOP/s, bf16 {num(m.bf16_gflops)} GFLOP/s, "
-            f"int8 {num(m.int8_gflops)} GOP/s at {m.threads} threads ({m.method or ''})",
+            f"int8 {num(m.int8_gflops)} GOP/s at {m.threads} threads ({m.method or ''}), "
+            f"measured {measured_at(m.machine_load)}",
         ),
         (
             "peak (theoretical)",
@@ -153,7 +189,12 @@ def fingerprint_lines(results: Results) -> list[tuple[str, str]]:
     if check := peak_check(results):
         lines.append(("peak, measured vs theoretical", "; ".join(check)))
     if bandwidth is not None:
-        lines.append(("memory bandwidth (measured)", f"{bandwidth.gbps:g} GB/s ({bandwidth.method})"))
+        lines.append(
+            (
+                "memory bandwidth (measured)",
+                f"{bandwidth.gbps:g} GB/s ({bandwidth.method}), measured {measured_at(bandwidth.machine_load)}",
+            )
+        )
     return lines
 
 

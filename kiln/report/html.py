@@ -239,5 +239,6 @@ def render_html(results: Results) -> str:
             "the cells were timed: speed-ups and their intervals hold for that load; absolute figures are slower "
             "than on a quiet machine.</dd>"
         )
+    parts += [f"<dt>machine figures</dt><dd>⚠ {escape(line)}</dd>" for line in fmt.figure_warnings(results)]
     parts.append("</dl></body></html>")
     return "\n".join(parts)

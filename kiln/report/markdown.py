@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kiln.report import fmt, generation, variants
-from kiln.results import FailedCell, MeasuredCell, Results
+from kiln.results import BUSY_OTHER_CPUS, FailedCell, MeasuredCell, Results
 
-BUSY_CPUS = 0.25  # other processes' mean busy CPUs above which a report says the machine was busy
+BUSY_CPUS = BUSY_OTHER_CPUS  # other processes' mean busy CPUs above which a report says the machine was busy
 
 COLUMNS = (
     "target",
@@ -144,6 +144,8 @@ def render_markdown(results: Results) -> str:
             "the cells were timed. Speed-ups and their intervals hold for that load; absolute figures are slower than "
             "on a quiet machine.",
         ]
+    for line in fmt.figure_warnings(results):
+        out += ["", f"⚠ {line}"]
     if results.generative:
         return "\n".join([*out, "", generation.LEGEND + " ⚑: see Flags.", ""])
     out += [
@@ -161,7 +163,7 @@ def render_markdown(results: Results) -> str:
         "apart), at the same batch in the same run; [low–high]: its distribution-free confidence interval (order "
         "statistics of the per-round ratios, 95 % from 6 rounds), rounds: how many. GFLOP/s: the model's FLOPs "
         "(counted on the captured program) per second at the measured throughput; of peak: that over the measured "
-        "GEMM peak for the cell's precision. peak RSS: the worker process's peak resident memory. ⚑: see Flags.",
+        "GEMM peak of the precision the cell executes (runs as). peak RSS: the worker process's peak resident memory. ⚑: see Flags.",
         "",
     ]
     return "\n".join(out)

@@ -6,11 +6,13 @@ from typing import Any
 
 from kiln.config import BenchSettings, Tolerance
 from kiln.manifest import EvaluationResult, Execution, Gate, Manifest, OutputFigures, ParityResult, PruneReport
+from kiln.report.roofline import count_against_peak
 from kiln.results import (
     Accuracy,
     Fingerprint,
     Gates,
     Latency,
+    MachineLoad,
     MeasuredCell,
     MeasuredPeak,
     Peak,
@@ -19,6 +21,16 @@ from kiln.results import (
     TheoreticalPeak,
 )
 from kiln.spec import Signature
+
+# A quiet machine over a measurement: nothing else ran, nothing was stolen.
+QUIET = MachineLoad(
+    load_average_before=[0.1, 0.1, 0.1],
+    load_average_after=[0.2, 0.1, 0.1],
+    cpus=2,
+    timed_seconds=5.0,
+    other_cpus=0.02,
+    steal_share=0.0,
+)
 
 
 def latency(p50: float, batch: int = 1, **extra: Any) -> Latency:
@@ -70,7 +82,8 @@ def cell(key: str, batch: int, p50: float, **extra: Any) -> MeasuredCell:
 
 
 def synthetic_results(**overrides: Any) -> Results:
-    """A results document: eager and onnxruntime at batch 1."""
+    """A results document: eager and onnxruntime at batch 1, its fractions of peak counted as
+    ``kiln bench`` counts them."""
     fields: dict[str, Any] = {
         "kiln_version": "0.1.0",
         "created": "2026-11-22T12:00:00Z",
@@ -101,7 +114,9 @@ def synthetic_results(**overrides: Any) -> Results:
             cell("onnxruntime-fp32", 1, 1.0, speedup_vs_eager=2.0),
         ],
     }
-    return Results(**{**fields, **overrides})
+    results = Results(**{**fields, **overrides})
+    count_against_peak(results.cells, results.peak)
+    return results
 
 
 def manifest(key: str, execution_precision: str | None = None, pruned: bool = False, **extra: Any) -> Manifest:
