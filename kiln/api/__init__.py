@@ -107,7 +107,8 @@ def build(
     ``config``: a ``kiln.toml`` path, a :class:`~kiln.config.KilnConfig`, or the mapping a
     ``kiln.toml`` holds (its relative paths resolve against the working folder); ``targets``:
     ``NAME[:PRECISION]`` selectors that replace its ``[[target]]`` list; ``progress`` is told
-    each step. A target's failure (build, gate) is in the result, not raised."""
+    each step (each stage's start and end are :class:`kiln.pipeline.progress.StageLine` lines);
+    nothing is printed. A target's failure (build, gate) is in the result, not raised."""
     from kiln.config import load_config, parse_config, with_targets
     from kiln.pipeline.build import build as build_all
 

@@ -19,16 +19,20 @@ from kiln.errors import ConfigError
 @attach(
     options.targets("Build only these targets (repeatable); overrides [[target]] in the config."),
     options.out(Path("build"), "Build folder; artifacts go to OUT/<model>/<target>-<precision>/."),
+    click.Option(["--quiet", "-q"], is_flag=True, help="No progress: only the final table and errors."),
 )
 @command
-def build(config_path: Path, targets: tuple[str, ...], out: Path) -> None:
-    """Export the model once and build, check and describe every target's artifact."""
+def build(config_path: Path, targets: tuple[str, ...], out: Path, quiet: bool) -> None:
+    """Export the model once and build, check and describe every target's artifact.
+
+    Progress goes to stderr: a live line on a terminal, else one line as each stage starts and
+    ends, with its time and the peak memory so far."""
     from kiln.api import build as run_build
+    from kiln.pipeline.progress import reporter
     from kiln.pipeline.summary import print_summary
 
-    console = _console()
-    with console.status("starting") as status:
-        done = run_build(config_path, out, targets, progress=lambda msg: status.update(msg))
+    with reporter(_console(), quiet) as progress:
+        done = run_build(config_path, out, targets, progress)
     print_summary(done.config, list(done.targets), done.out)
     for result in done.failures:
         if result.error is not None:
