@@ -35,6 +35,7 @@ from kiln.manifest import (
     SearchRecord,
     StageRecord,
 )
+from kiln.pipeline.memory import check_fits, weights_of_module, weights_of_source
 from kiln.pipeline.planning import (
     BuildPlan,
     TargetPlan,
@@ -100,14 +101,18 @@ class TargetResult:
         return 0
 
 
-def build(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> list[TargetResult]:
+def build(
+    config: KilnConfig, out_root: Path, progress: Progress = lambda _: None, check_memory: bool = True
+) -> list[TargetResult]:
     """Build every configured target (of every adapter's model); failures are collected per
     target, not raised. ``progress`` is told each stage as it starts and ends
-    (:mod:`kiln.pipeline.progress`)."""
-    return [r for each in per_adapter(config) for r in _build_model(each, out_root, progress)]
+    (:mod:`kiln.pipeline.progress`). Unless ``check_memory`` is false, a build whose estimated
+    peak memory is more than the machine has is refused before any work
+    (:mod:`kiln.pipeline.memory`)."""
+    return [r for each in per_adapter(config) for r in _build_model(each, out_root, progress, check_memory)]
 
 
-def _build_model(config: KilnConfig, out_root: Path, progress: Progress) -> list[TargetResult]:
+def _build_model(config: KilnConfig, out_root: Path, progress: Progress, check_memory: bool) -> list[TargetResult]:
     p = plan(config, out_root)
     with BuildLock(p.model_dir):
         clean_debris(p.model_dir)
@@ -121,7 +126,7 @@ def _build_model(config: KilnConfig, out_root: Path, progress: Progress) -> list
                 results[key] = TargetResult(tp.target, "failed", error=tp.available.error(tp.label))
         stale = [tp for key, tp in p.targets.items() if key not in results]
         if stale:
-            _build_stale(p, stale, results, Stages(config.model.name, progress))
+            _build_stale(p, stale, results, Stages(config.model.name, progress), check_memory)
         return [replace(results[t.key], available=p.targets[t.key].available) for t in p.config.target]
 
 
@@ -136,12 +141,13 @@ def _implementation(tp: TargetPlan) -> Target:
     return implementation(tp.target.name)
 
 
-def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, TargetResult], stages: Stages) -> None:
+def _build_stale(
+    p: BuildPlan, stale: list[TargetPlan], results: dict[str, TargetResult], stages: Stages, check_memory: bool
+) -> None:
     from kiln.gate.reference import BuildData, Reference
 
     config, progress = p.config, stages.progress
-    with stages.stage("load"):
-        loaded = load_source(config.model, config.root)
+    loaded = _load_checked(config, stages, check_memory)
     # Data is checked against the input spec before the capture: a mismatch leaves nothing behind.
     with stages.stage("data"):
         data = BuildData.load(config, loaded.signature)
@@ -169,6 +175,20 @@ def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, Targe
             results[tp.target.key] = TargetResult(tp.target, "built", manifest, seconds=time.perf_counter() - start)
         except KilnError as err:
             results[tp.target.key] = TargetResult(tp.target, "failed", error=err, seconds=time.perf_counter() - start)
+
+
+def _load_checked(config: KilnConfig, stages: Stages, check_memory: bool) -> LoadedModel:
+    """The model source, loaded; unless ``check_memory`` is false, a model too large for this
+    machine is refused first where its weights can be counted from its files (``hf:``, GGUF), or
+    else right after loading, before export."""
+    counted = weights_of_source(config.model, config.root) if check_memory else None
+    if counted is not None:
+        check_fits(config.model.name, counted)
+    with stages.stage("load"):
+        loaded = load_source(config.model, config.root)
+    if check_memory and counted is None and hasattr(loaded.module, "parameters"):
+        check_fits(config.model.name, weights_of_module(loaded.module))
+    return loaded
 
 
 def _export(
@@ -428,8 +448,11 @@ def _gguf(config: KilnConfig) -> GgufRecord | None:
     return gguf_record(gguf_file(config.model.source, config.root))
 
 
-def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> Path:
-    """The export stage alone (``kiln export``); returns the (first model's) export folder."""
+def export_only(
+    config: KilnConfig, out_root: Path, progress: Progress = lambda _: None, check_memory: bool = True
+) -> Path:
+    """The export stage alone (``kiln export``); returns the (first model's) export folder. A model
+    too large for this machine is refused as :func:`build` refuses it."""
     folders = []
     for each in per_adapter(config):
         p = plan(each, out_root)
@@ -438,8 +461,7 @@ def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda 
             folder = p.model_dir / "export"
             if up_to_date(folder, p.export_key, META) is None:
                 stages = Stages(each.model.name, progress)
-                with stages.stage("load"):
-                    loaded, distillation = load_source(each.model, each.root), None
+                loaded, distillation = _load_checked(each, stages, check_memory), None
                 if each.recovery is not None and each.recovery.teacher is not None:
                     from kiln.gate.reference import BuildData
 
