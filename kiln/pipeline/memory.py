@@ -5,7 +5,7 @@ The build's peak resident memory grows with the model's weights: transformers' c
 estimate is ``BASELINE_BYTES + FACTOR x`` the weights' bytes in the dtype they are loaded in,
 both measured (below). The weights are counted without loading them: an ``hf:`` folder's
 safetensors headers (its ``*.bin`` files' sizes where it has no safetensors), a GGUF file's tensor
-shapes from its header (transformers dequantizes them to fp32); any other source is counted right
+shapes from its header, read here (transformers dequantizes them to fp32); any other source is counted right
 after it loads, before export. The budget is what the machine has available
 (``MemAvailable``, less where a cgroup's limit leaves less) plus what the build already holds.
 """
@@ -61,7 +61,7 @@ def weights_of_source(model: ModelConfig, root: Path) -> Weights | None:
             return _hf_weights(hf_folder(model.source, root))
         if kind == "gguf":
             return _gguf_weights(gguf_file(model.source, root))
-    except (OSError, ValueError, struct.error, ImportError):
+    except (OSError, ValueError, struct.error):
         return None
     return None
 
@@ -108,11 +108,53 @@ def _safetensors_counts(path: Path) -> tuple[int, int]:
 
 def _gguf_weights(path: Path) -> Weights:
     """A GGUF file's tensors as transformers loads them: every one dequantized to fp32."""
-    import gguf
-
-    reader = gguf.GGUFReader(path)  # memory-maps the file: the header is parsed, no tensor read
-    elements = sum(int(t.n_elements) for t in reader.tensors)
+    elements = sum(math.prod(shape) for shape in gguf_shapes(path))
     return Weights(elements, elements * 4, "the GGUF header (dequantized to fp32)")
+
+
+# Sizes of GGUF's fixed-size metadata value types (8 is a string, 9 an array).
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def gguf_shapes(path: Path) -> list[tuple[int, ...]]:
+    """The shape of every tensor a GGUF file (version 2 or 3) declares, read from its header: the
+    metadata is skipped, not decoded (the gguf package's reader decodes a 49 k-token vocabulary
+    into arrays first, seconds for SmolLM2). ``ValueError`` for another file."""
+    with path.open("rb") as f:
+        magic, version, tensors, fields = struct.unpack("<4sIQQ", f.read(24))
+        if magic != b"GGUF" or version not in (2, 3):
+            raise ValueError(f"{path}: not a GGUF file of version 2 or 3")
+        for _ in range(fields):
+            _skip_string(f)  # the key
+            _skip_value(f, struct.unpack("<I", f.read(4))[0])
+        shapes = []
+        for _ in range(tensors):
+            _skip_string(f)  # the name
+            (dims,) = struct.unpack("<I", f.read(4))
+            shapes.append(struct.unpack(f"<{dims}Q", f.read(8 * dims)))
+            f.seek(12, 1)  # its type (u32) and data offset (u64)
+    return shapes
+
+
+def _skip_string(f: Any) -> None:
+    (length,) = struct.unpack("<Q", f.read(8))
+    f.seek(length, 1)
+
+
+def _skip_value(f: Any, kind: int) -> None:
+    if kind in _GGUF_SIZES:
+        f.seek(_GGUF_SIZES[kind], 1)
+    elif kind == 8:
+        _skip_string(f)
+    elif kind == 9:
+        item, count = struct.unpack("<IQ", f.read(12))
+        if item in _GGUF_SIZES:
+            f.seek(_GGUF_SIZES[item] * count, 1)
+        else:
+            for _ in range(count):
+                _skip_value(f, item)
+    else:
+        raise ValueError(f"GGUF metadata of unknown type {kind}")
 
 
 def available_bytes() -> tuple[int, int] | None:

@@ -169,14 +169,22 @@ def test_tiny_hf_folder_is_counted_as_it_loads_and_passes(tmp_path: Path) -> Non
 
 
 def test_gguf_is_counted_from_its_header_as_fp32(tmp_path: Path) -> None:
-    pytest.importorskip("gguf")
+    gguf = pytest.importorskip("gguf")
     from tests.sources.test_gguf import tiny_gguf
 
     f32 = memory.weights_of_source(ModelConfig(name="m", source=str(tiny_gguf(tmp_path / "a.gguf"))), tmp_path)
     q4 = memory.weights_of_source(ModelConfig(name="m", source=str(tiny_gguf(tmp_path / "b.gguf", "Q4_0"))), tmp_path)
     assert f32 is not None and q4 is not None
     assert f32.parameters == q4.parameters and f32.bytes == q4.bytes == 4 * f32.parameters
-    assert f32.bytes <= (tmp_path / "a.gguf").stat().st_size  # the F32 file holds those bytes
+    # The header read here, tensor by tensor, is what the gguf package's own reader finds.
+    reader = gguf.GGUFReader(tmp_path / "b.gguf")
+    assert memory.gguf_shapes(tmp_path / "b.gguf") == [tuple(int(d) for d in t.shape) for t in reader.tensors]
+    assert f32.parameters == sum(int(t.n_elements) for t in reader.tensors)
+
+
+def test_a_file_that_is_not_gguf_is_left_to_its_loader(tmp_path: Path) -> None:
+    (tmp_path / "fake.gguf").write_bytes(b"not a gguf file at all, only text" * 4)
+    assert memory.weights_of_source(ModelConfig(name="m", source=str(tmp_path / "fake.gguf")), tmp_path) is None
 
 
 def test_cgroup_limit_below_meminfo_is_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
