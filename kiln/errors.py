@@ -94,6 +94,13 @@ class CompatibilityError(UnavailableError):
     what to install or where to run it."""
 
 
+class ResourceError(KilnError):
+    """The build cannot fit in this machine's memory: refused before any work, with the estimate,
+    the memory available and what to do (a smaller model, a larger machine, or the override)."""
+
+    exit_code = 8
+
+
 def error_line(err: BaseException, limit: int = 300, typed: bool = True) -> str:
     """How kiln quotes another library's error (or warning) inside its own one-line message: the
     first line of its message cut at ``limit`` characters, after its type name (``"ValueError: bad

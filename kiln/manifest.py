@@ -280,6 +280,16 @@ class SearchRecord(_Record):
     chosen: int | None  # index into ``tried``; None when none passed (the last one is kept)
 
 
+class StageRecord(_Record):
+    """One stage of the build that made the artifact: its own seconds and the build process's
+    peak resident memory when it ended (the process's, so far: it only grows). The stages the
+    model's artifacts share (loading, export) head every one of their lists."""
+
+    name: str  # load, data, export, compile, gate, attempt 2: compile, ..., write
+    seconds: float
+    peak_rss_bytes: int
+
+
 class Manifest(_Record):
     """``<target>-<precision>[-<prune>]/manifest.json``: everything about one built artifact."""
 
@@ -312,6 +322,7 @@ class Manifest(_Record):
     # The accuracy-controlled search, when the first setting breached the gate: every setting tried.
     search: SearchRecord | None = Field(None, exclude_if=lambda v: v is None)
     build_seconds: float
+    stages: list[StageRecord] = []  # empty: built before kiln recorded its stages
     files: list[FileEntry]
     size_bytes: int  # the files the runtime loads (golden/ excluded)
 

@@ -19,7 +19,7 @@ DOC = ROOT / "docs" / "python-api.md"
 MARK = "<!-- tests/test_api.py runs the next block"
 API_COMMANDS = ("build", "bench", "generate", "package", "verify")
 # What those commands may import besides the API: errors, and the formatting of its results.
-FORMATTING = {"kiln.api", "kiln.errors", "kiln.report.console", "kiln.pipeline.summary"}
+FORMATTING = {"kiln.api", "kiln.errors", "kiln.report.console", "kiln.pipeline.summary", "kiln.pipeline.progress"}
 
 
 def _tested_blocks() -> list[str]:

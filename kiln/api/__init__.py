@@ -100,6 +100,7 @@ def build(
     out: Path | str = "build",
     targets: Sequence[str] = (),
     progress: Progress = _quiet,
+    check_memory: bool = True,
 ) -> BuildResult:
     """Export the model once, then build, gate and describe every target's artifact into
     ``out/<model>/<target>-<precision>/``, as ``kiln build`` does; an up-to-date artifact is kept.
@@ -107,7 +108,10 @@ def build(
     ``config``: a ``kiln.toml`` path, a :class:`~kiln.config.KilnConfig`, or the mapping a
     ``kiln.toml`` holds (its relative paths resolve against the working folder); ``targets``:
     ``NAME[:PRECISION]`` selectors that replace its ``[[target]]`` list; ``progress`` is told
-    each step. A target's failure (build, gate) is in the result, not raised."""
+    each step (each stage's start and end are :class:`kiln.pipeline.progress.StageLine` lines);
+    nothing is printed. A target's failure (build, gate) is in the result, not raised; a model
+    too large for this machine's memory raises :class:`~kiln.errors.ResourceError` before any work
+    unless ``check_memory`` is false."""
     from kiln.config import load_config, parse_config, with_targets
     from kiln.pipeline.build import build as build_all
 
@@ -123,7 +127,7 @@ def build(
         raise ConfigError(f"--out {folder} is a file, not a folder; choose another --out or remove the file")
     if not chosen.target:
         raise ConfigError(f"{where}: no [[target]] to build; add one or pass --target NAME[:PRECISION]")
-    return BuildResult(chosen, folder, tuple(build_all(chosen, folder, progress)))
+    return BuildResult(chosen, folder, tuple(build_all(chosen, folder, progress, check_memory)))
 
 
 # ---- bench ----

@@ -14,21 +14,36 @@ from kiln.cli.options import attach
 from kiln.errors import ConfigError
 
 
+def _skip_memory_check() -> click.Option:
+    """``--skip-memory-check``: go on where the estimated peak memory is more than this machine has."""
+    return click.Option(
+        ["--skip-memory-check"],
+        is_flag=True,
+        envvar="KILN_SKIP_MEMORY_CHECK",
+        help="Go on even when the estimated peak memory is more than this machine has (also KILN_SKIP_MEMORY_CHECK=1).",
+    )
+
+
 @main.command()
 @click.argument("config_path", metavar="CONFIG.toml", type=click.Path(path_type=Path))
 @attach(
     options.targets("Build only these targets (repeatable); overrides [[target]] in the config."),
     options.out(Path("build"), "Build folder; artifacts go to OUT/<model>/<target>-<precision>/."),
+    click.Option(["--quiet", "-q"], is_flag=True, help="No progress: only the final table and errors."),
+    _skip_memory_check(),
 )
 @command
-def build(config_path: Path, targets: tuple[str, ...], out: Path) -> None:
-    """Export the model once and build, check and describe every target's artifact."""
+def build(config_path: Path, targets: tuple[str, ...], out: Path, quiet: bool, skip_memory_check: bool) -> None:
+    """Export the model once and build, check and describe every target's artifact.
+
+    Progress goes to stderr: a live line on a terminal, else one line as each stage starts and
+    ends, with its time and the peak memory so far."""
     from kiln.api import build as run_build
+    from kiln.pipeline.progress import reporter
     from kiln.pipeline.summary import print_summary
 
-    console = _console()
-    with console.status("starting") as status:
-        done = run_build(config_path, out, targets, progress=lambda msg: status.update(msg))
+    with reporter(_console(), quiet) as progress:
+        done = run_build(config_path, out, targets, progress, check_memory=not skip_memory_check)
     print_summary(done.config, list(done.targets), done.out)
     for result in done.failures:
         if result.error is not None:
@@ -57,10 +72,16 @@ def build(config_path: Path, targets: tuple[str, ...], out: Path) -> None:
 )
 @click.option("--opset", type=int, default=20, show_default=True)
 @click.option("--strict/--no-strict", default=False, show_default=True, help="torch.export strict mode.")
-@attach(options.out(None, "Build folder (default build/<name>)."))
+@attach(options.out(None, "Build folder (default build/<name>)."), _skip_memory_check())
 @command
 def export(
-    source: str, inputs: tuple[str, ...], dims: tuple[str, ...], opset: int, strict: bool, out: Path | None
+    source: str,
+    inputs: tuple[str, ...],
+    dims: tuple[str, ...],
+    opset: int,
+    strict: bool,
+    out: Path | None,
+    skip_memory_check: bool,
 ) -> None:
     """Capture SOURCE with torch.export and lower it to ONNX (no targets)."""
     from kiln.config import parse_config
@@ -72,7 +93,7 @@ def export(
     out_root = out.parent if out else Path("build")
     if out is not None:
         config = config.model_copy(update={"model": config.model.model_copy(update={"name": out.name})})
-    folder = export_only(config, out_root)
+    folder = export_only(config, out_root, check_memory=not skip_memory_check)
     click.echo(f"exported {source} -> {folder}")
 
 

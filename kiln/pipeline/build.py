@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,9 @@ from kiln.manifest import (
     GoldenRecord,
     Manifest,
     SearchRecord,
+    StageRecord,
 )
+from kiln.pipeline.memory import check_fits, weights_of_module, weights_of_source
 from kiln.pipeline.planning import (
     BuildPlan,
     TargetPlan,
@@ -45,6 +46,7 @@ from kiln.pipeline.planning import (
     tokenizer_dir,
     with_members,
 )
+from kiln.pipeline.progress import Progress, Stages
 from kiln.pipeline.search import describe, fallbacks, search_note, search_step, with_options
 from kiln.pipeline.variants import distilled, member_variant, module_metric, pruned_variant
 from kiln.store import (
@@ -80,8 +82,6 @@ if TYPE_CHECKING:
     from kiln.quant.qat import QatSetup
     from kiln.targets.base import Artifact, CompileContext, Runner, Target
 
-Progress = Callable[[str], None]
-
 
 @dataclass
 class TargetResult:
@@ -101,13 +101,18 @@ class TargetResult:
         return 0
 
 
-def build(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> list[TargetResult]:
+def build(
+    config: KilnConfig, out_root: Path, progress: Progress = lambda _: None, check_memory: bool = True
+) -> list[TargetResult]:
     """Build every configured target (of every adapter's model); failures are collected per
-    target, not raised."""
-    return [r for each in per_adapter(config) for r in _build_model(each, out_root, progress)]
+    target, not raised. ``progress`` is told each stage as it starts and ends
+    (:mod:`kiln.pipeline.progress`). Unless ``check_memory`` is false, a build whose estimated
+    peak memory is more than the machine has is refused before any work
+    (:mod:`kiln.pipeline.memory`)."""
+    return [r for each in per_adapter(config) for r in _build_model(each, out_root, progress, check_memory)]
 
 
-def _build_model(config: KilnConfig, out_root: Path, progress: Progress) -> list[TargetResult]:
+def _build_model(config: KilnConfig, out_root: Path, progress: Progress, check_memory: bool) -> list[TargetResult]:
     p = plan(config, out_root)
     with BuildLock(p.model_dir):
         clean_debris(p.model_dir)
@@ -121,7 +126,7 @@ def _build_model(config: KilnConfig, out_root: Path, progress: Progress) -> list
                 results[key] = TargetResult(tp.target, "failed", error=tp.available.error(tp.label))
         stale = [tp for key, tp in p.targets.items() if key not in results]
         if stale:
-            _build_stale(p, stale, results, progress)
+            _build_stale(p, stale, results, Stages(config.model.name, progress), check_memory)
         return [replace(results[t.key], available=p.targets[t.key].available) for t in p.config.target]
 
 
@@ -136,36 +141,54 @@ def _implementation(tp: TargetPlan) -> Target:
     return implementation(tp.target.name)
 
 
-def _build_stale(p: BuildPlan, stale: list[TargetPlan], results: dict[str, TargetResult], progress: Progress) -> None:
+def _build_stale(
+    p: BuildPlan, stale: list[TargetPlan], results: dict[str, TargetResult], stages: Stages, check_memory: bool
+) -> None:
     from kiln.gate.reference import BuildData, Reference
 
-    config = p.config
-    progress("loading the model source")
-    loaded = load_source(config.model, config.root)
+    config, progress = p.config, stages.progress
+    loaded = _load_checked(config, stages, check_memory)
     # Data is checked against the input spec before the capture: a mismatch leaves nothing behind.
-    progress("loading calibration and evaluation data")
-    data = BuildData.load(config, loaded.signature)
+    with stages.stage("data"):
+        data = BuildData.load(config, loaded.signature)
     distillation = None
     if config.recovery is not None and config.recovery.teacher is not None:
-        loaded, distillation = distilled(p, loaded, data, progress)
-    bundle = _export(p, loaded, progress, distillation)
+        with stages.stage("distill"):
+            loaded, distillation = distilled(p, loaded, data, progress)
+    with stages.stage("export"):
+        bundle = _export(p, loaded, progress, distillation)
     dense = Reference(config, bundle, loaded.module if loaded.kind != "onnx" else None, data)
     variants: dict[str | None, tuple[ExportBundle, Reference]] = {None: (bundle, dense)}
     for tp in stale:
         if bundle.signature.generative:  # known once exported (a task of "auto" included)
             tp = replace(tp, tolerance=tolerance_for(tp.target, generative=True))
         start = time.perf_counter()
+        own = stages.child(tp.target.key)
         try:
             variant = tp.target.variant
             if variant not in variants:
                 make = member_variant if tp.target.member else pruned_variant
-                variants[variant] = make(p, tp.target, loaded, dense, progress)
+                with own.stage("variant"):
+                    variants[variant] = make(p, tp.target, loaded, dense, progress)
             variant_bundle, reference = variants[variant]
-            progress(f"building {tp.target.name}:{tp.target.precision}")
-            manifest = _build_target(p, tp, variant_bundle, reference, progress)
+            manifest = _build_target(p, tp, variant_bundle, reference, own, stages.records)
             results[tp.target.key] = TargetResult(tp.target, "built", manifest, seconds=time.perf_counter() - start)
         except KilnError as err:
             results[tp.target.key] = TargetResult(tp.target, "failed", error=err, seconds=time.perf_counter() - start)
+
+
+def _load_checked(config: KilnConfig, stages: Stages, check_memory: bool) -> LoadedModel:
+    """The model source, loaded; unless ``check_memory`` is false, a model too large for this
+    machine is refused first where its weights can be counted from its files (``hf:``, GGUF), or
+    else right after loading, before export."""
+    counted = weights_of_source(config.model, config.root) if check_memory else None
+    if counted is not None:
+        check_fits(config.model.name, counted)
+    with stages.stage("load"):
+        loaded = load_source(config.model, config.root)
+    if check_memory and counted is None and hasattr(loaded.module, "parameters"):
+        check_fits(config.model.name, weights_of_module(loaded.module))
+    return loaded
 
 
 def _export(
@@ -175,7 +198,7 @@ def _export(
 
     def model() -> StageModel:
         tokenizer = tokenizer_dir(p.config)
-        progress("capturing with torch.export and lowering to ONNX")
+        progress(f"{p.config.model.name}: export: capturing with torch.export and lowering to ONNX")
         if tokenizer is not None and loaded.tokenizer is None:
             return StageModel(replace(loaded, tokenizer=tokenizer), distillation=distillation)
         return StageModel(loaded, distillation=distillation)
@@ -226,21 +249,25 @@ def _qat_setup(p: BuildPlan, tp: TargetPlan, reference: Reference, progress: Pro
 
 
 def _build_target(
-    p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, reference: Reference, progress: Progress
+    p: BuildPlan, tp: TargetPlan, bundle: ExportBundle, reference: Reference, stages: Stages, shared: list[StageRecord]
 ) -> Manifest:
+    """Compile, gate (and search) into a temporary folder, write the manifest, rename into place;
+    the manifest's stages are the model's ``shared`` ones (loading, export) and this target's own."""
     impl = _implementation(tp)
     if not tp.available.build:
         # What needs no toolchain is still done and kept, for inspection, before exit 5.
         with atomic_dir(p.model_dir / f"{tp.target.key}.prepared") as tmp:
-            impl.prepare(_context(p, tp, bundle, reference, tmp, progress))
+            impl.prepare(_context(p, tp, bundle, reference, tmp, stages.progress))
         tp.available.require(tp.label)
     with atomic_dir(p.model_dir / tp.target.key) as tmp:
         site = _Site(impl, bundle, reference, tmp)
-        built = _attempt(p, tp, site, progress)
+        built = _attempt(p, tp, site, stages)
         search = None
         if built.gate.passed is False and (settings := fallbacks(tp, bundle, reference.data.calibration is not None)):
-            built, search = _search(p, tp, site, built, settings, progress)
-        manifest = _manifest(p, tp, built, reference.data, search)
+            built, search = _search(p, tp, site, built, settings, stages)
+        with stages.stage("write"):  # hashing every file; the rename into place follows the manifest
+            files = [FileEntry(**entry) for entry in file_entries(built.folder)]
+        manifest = _manifest(p, tp, built, reference.data, _Record(files, [*shared, *stages.records], search))
         manifest.write(tmp)
     return manifest
 
@@ -256,26 +283,30 @@ class _Site:
     tmp: Path
 
 
-def _attempt(p: BuildPlan, tp: TargetPlan, site: _Site, progress: Progress) -> _Built:
-    """Compile into the site's folder, load (or simulate) and gate: one artifact with its verdict."""
+def _attempt(p: BuildPlan, tp: TargetPlan, site: _Site, stages: Stages, attempt: str = "") -> _Built:
+    """Compile into the site's folder, load (or simulate) and gate: one artifact with its verdict.
+    Its stages are ``compile`` (quantization included) and ``gate``, each named after the search's
+    ``attempt`` when it is one."""
     from kiln.targets.base import RunOptions
 
     impl, bundle, reference, tmp = site.impl, site.bundle, site.reference, site.tmp
 
-    ctx = _context(p, tp, bundle, reference, tmp, progress)
+    ctx = _context(p, tp, bundle, reference, tmp, stages.progress)
     start = time.perf_counter()
-    impl.prepare(ctx)
-    artifact = impl.compile(ctx)
+    with stages.stage(f"{attempt}compile"):
+        impl.prepare(ctx)
+        artifact = impl.compile(ctx)
     seconds = time.perf_counter() - start
     if bundle.tokenizer_dir is not None:  # a causal LM's artifact carries its tokenizer
         shutil.copytree(bundle.tokenizer_dir, tmp / TOKENIZER, dirs_exist_ok=True)
-    options = RunOptions(threads=ctx.threads)
-    runner = impl.load(artifact, options) if tp.available.run else impl.simulated_runner(artifact, ctx)
-    if artifact.reference is not None:  # QAT retrained the model: parity is against what it made
-        from kiln.gate.reference import Reference
+    with stages.stage(f"{attempt}gate"):
+        options = RunOptions(threads=ctx.threads)
+        runner = impl.load(artifact, options) if tp.available.run else impl.simulated_runner(artifact, ctx)
+        if artifact.reference is not None:  # QAT retrained the model: parity is against what it made
+            from kiln.gate.reference import Reference
 
-        reference = Reference(p.config, bundle, artifact.reference, reference.data, baseline=reference)
-    gate, golden = _gate(tp, artifact, runner, reference, progress)
+            reference = Reference(p.config, bundle, artifact.reference, reference.data, baseline=reference)
+        gate, golden = _gate(tp, artifact, runner, reference)
     return _Built(bundle, artifact, gate, seconds, tmp, golden)
 
 
@@ -285,7 +316,7 @@ def _search(
     site: _Site,
     first: _Built,
     settings: list[dict[str, Any]],
-    progress: Progress,
+    stages: Stages,
 ) -> tuple[_Built, SearchRecord]:
     """The accuracy-controlled search: the target's fallback settings, in the order it gives them
     (smallest and fastest first), each built and gated like the first, until one passes. The one
@@ -295,10 +326,10 @@ def _search(
     tried, built = [search_step({}, first.gate, tmp, first.seconds)], first
     reason = f"{tp.label}: the first setting breached the gate ({tried[0].worst})"
     for update in settings:
-        progress(f"{tp.label}: gate breached; trying {describe(update)}")
+        stages.progress(f"{tp.label}: gate breached; trying {describe(update)}")
         for child in tmp.iterdir():  # the folder is the attempt's own: start it empty
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        built = _attempt(p, with_options(tp, update), site, progress)
+        built = _attempt(p, with_options(tp, update), site, stages, f"attempt {len(tried) + 1}: ")
         tried.append(search_step(update, built.gate, tmp, built.seconds))
         if built.gate.passed is not False:
             break
@@ -308,15 +339,12 @@ def _search(
     return built, record
 
 
-def _gate(
-    tp: TargetPlan, artifact: Artifact, runner: Runner | None, reference: Reference, progress: Progress
-) -> tuple[Gate, GoldenRecord]:
+def _gate(tp: TargetPlan, artifact: Artifact, runner: Runner | None, reference: Reference) -> tuple[Gate, GoldenRecord]:
     """The artifact's verdict: run (or simulated) against eager, or built and not run here; and
     its golden set, written into the artifact folder (screened on the runner while it is open)."""
     if runner is None:
         gate = Gate.not_run(tp.available.reason)
         return gate, _golden(tp, artifact, None, reference, gate)
-    progress(f"checking {tp.target.name}:{tp.target.precision} against eager")
     with runner:
         gate = reference.check(runner, tp.tolerance, real_data=tp.precision.calibrates)
         # What the runtime reports about how it runs, where the build recorded nothing else.
@@ -350,12 +378,19 @@ class _Built:
     golden: GoldenRecord
 
 
-def _manifest(
-    p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData, search: SearchRecord | None = None
-) -> Manifest:
+@dataclass(frozen=True)
+class _Record:
+    """What the manifest records beside the artifact: its files, the stages that made it, the search."""
+
+    files: list[FileEntry]
+    stages: list[StageRecord]
+    search: SearchRecord | None
+
+
+def _manifest(p: BuildPlan, tp: TargetPlan, built: _Built, data: BuildData, record: _Record) -> Manifest:
     config, target = p.config, tp.target
     bundle, artifact, gate = built.bundle, built.artifact, built.gate
-    files = [FileEntry(**entry) for entry in file_entries(built.folder)]
+    files = record.files
     used = data.calibration
     calibration = (
         CalibrationSummary(source=used.source, samples=len(used.samples), sha256=used.digest) if used else None
@@ -386,8 +421,9 @@ def _manifest(
         member=target.member,
         export_dir=bundle.path.name,
         golden=built.golden,
-        search=search,
+        search=record.search,
         build_seconds=round(built.seconds, 3),
+        stages=record.stages,
         files=files,
         # What the runtime loads: the golden set ships beside it and is not the artifact's size.
         size_bytes=sum(f.bytes for f in files if not f.path.startswith(f"{GOLDEN}/")),
@@ -412,8 +448,11 @@ def _gguf(config: KilnConfig) -> GgufRecord | None:
     return gguf_record(gguf_file(config.model.source, config.root))
 
 
-def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda _: None) -> Path:
-    """The export stage alone (``kiln export``); returns the (first model's) export folder."""
+def export_only(
+    config: KilnConfig, out_root: Path, progress: Progress = lambda _: None, check_memory: bool = True
+) -> Path:
+    """The export stage alone (``kiln export``); returns the (first model's) export folder. A model
+    too large for this machine is refused as :func:`build` refuses it."""
     folders = []
     for each in per_adapter(config):
         p = plan(each, out_root)
@@ -421,12 +460,14 @@ def export_only(config: KilnConfig, out_root: Path, progress: Progress = lambda 
             clean_debris(p.model_dir)
             folder = p.model_dir / "export"
             if up_to_date(folder, p.export_key, META) is None:
-                loaded, distillation = load_source(each.model, each.root), None
+                stages = Stages(each.model.name, progress)
+                loaded, distillation = _load_checked(each, stages, check_memory), None
                 if each.recovery is not None and each.recovery.teacher is not None:
                     from kiln.gate.reference import BuildData
 
                     data = BuildData.load(each, loaded.signature)
                     loaded, distillation = distilled(p, loaded, data, progress)
-                _export(p, loaded, progress, distillation)
+                with stages.stage("export"):
+                    _export(p, loaded, progress, distillation)
         folders.append(folder)
     return folders[0]

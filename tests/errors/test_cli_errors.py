@@ -289,7 +289,8 @@ def test_ctrl_c_exits_130_keeps_nothing_half_written_and_the_next_build_succeeds
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
-    assert stderr.strip().count("\n") == 0 and "interrupted" in stderr and "Traceback" not in stderr
+    said = [line for line in stderr.splitlines() if not line.startswith("kiln: cnn: ")]  # stage lines aside
+    assert len(said) == 1 and "interrupted" in said[0] and "Traceback" not in stderr
     assert not (out / "cnn" / "aoti-fp32").exists()
     again = run_kiln(["build", str(tmp_path / "kiln.toml"), "--out", str(out)], tmp_path)
     assert again.returncode == 0, again.stderr  # the lock was released; the debris is cleaned

@@ -14,6 +14,7 @@ from kiln.config import TargetConfig, Tolerance
 from kiln.manifest import Gate, SearchRecord
 from kiln.pipeline import build as pipeline
 from kiln.pipeline.planning import TargetPlan
+from kiln.pipeline.progress import Stages
 from kiln.pipeline.search import fallbacks, search_note, with_options
 from kiln.targets import target_options
 from kiln.targets.base import ModelFacts
@@ -67,8 +68,10 @@ def test_the_first_setting_that_passes_is_kept(
 ) -> None:
     settings = [{"awq": True, "scale_estimation": True}, {"group_size": 32}, {"ratio": 0.8}]
     seen: list[tuple[Any, list[str]]] = []
+    named: list[str] = []
 
-    def attempt(p: Any, tp: TargetPlan, site: Any, progress: Any) -> Any:
+    def attempt(p: Any, tp: TargetPlan, site: Any, stages: Any, name: str = "") -> Any:
+        named.append(name)
         tmp = site.tmp
         leftovers = sorted(f.name for f in tmp.iterdir())
         (tmp / f"model-{len(seen)}.bin").write_bytes(b"x" * (100 - 10 * len(seen)))
@@ -88,7 +91,7 @@ def test_the_first_setting_that_passes_is_kept(
         pipeline._Site(None, None, None, tmp_path),  # type: ignore[arg-type]
         first,  # type: ignore[arg-type]
         settings,
-        messages.append,
+        Stages("m: openvino-int4", messages.append),
     )
     assert isinstance(record, SearchRecord)
     tried = len(record.tried) - 1
@@ -101,6 +104,7 @@ def test_the_first_setting_that_passes_is_kept(
     assert [s.size_bytes for s in record.tried] == [120, *(100 - 10 * i for i in range(tried))]
     assert seen[0][0].awq and not seen[0][0].ratio < 1
     assert "top-1 0.65 < 0.9" in record.reason and len(messages) == tried
+    assert named == [f"attempt {i}: " for i in range(2, tried + 2)]  # the first build was attempt 1
     note = built.artifact.info.notes[-1]
     assert note == search_note(record)
     assert ("none of the" in note) == (chosen is None)
