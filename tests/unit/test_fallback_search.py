@@ -18,17 +18,18 @@ from kiln.pipeline.progress import Stages
 from kiln.pipeline.search import fallbacks, search_note, with_options
 from kiln.targets import target_options
 from kiln.targets.base import ModelFacts
+from kiln.targets.onnxruntime.options import INT4_FALLBACKS as ORT_INT4_FALLBACKS
 from kiln.targets.openvino.options import INT4_FALLBACKS, INT4_FALLBACKS_DATA_FREE
 
 
-def _plan(precision: str = "int4", **options: Any) -> TargetPlan:
-    target = TargetConfig(name="openvino", precision=precision, options=options)
+def _plan(precision: str = "int4", name: str = "openvino", **options: Any) -> TargetPlan:
+    target = TargetConfig(name=name, precision=precision, options=options)
     return TargetPlan(target, None, None, target_options(target), Tolerance(), "key", "export", None)  # type: ignore[arg-type]
 
 
-def _bundle(generative: bool = True, tokenizer: bool = True) -> Any:
+def _bundle(generative: bool = True, tokenizer: bool = True, kind: str = "hf") -> Any:
     return SimpleNamespace(
-        signature=SimpleNamespace(generative=generative), tokenizer_dir=Path() if tokenizer else None
+        signature=SimpleNamespace(generative=generative), tokenizer_dir=Path() if tokenizer else None, kind=kind
     )
 
 
@@ -44,6 +45,19 @@ def test_the_ladder_is_the_targets_and_skips_what_the_user_pinned() -> None:
     assert fallbacks(_plan(fallback=False), _bundle(), calibration=False) == []
     assert fallbacks(_plan(), _bundle(generative=False), calibration=False) == []
     assert fallbacks(_plan("int8-weights"), _bundle(), calibration=False) == []
+
+
+def test_a_gguf_source_tries_its_own_blocks_in_fp32_before_the_quantizer() -> None:
+    ort = [dict(s) for s in ORT_INT4_FALLBACKS]
+    assert fallbacks(_plan(name="onnxruntime"), _bundle(), calibration=False) == ort
+    assert fallbacks(_plan(name="onnxruntime"), _bundle(kind="gguf"), calibration=False) == [
+        {"accuracy_level": 1},
+        *ort,
+    ]
+    assert fallbacks(_plan(name="onnxruntime", blocks="source"), _bundle(kind="gguf"), calibration=False) == [
+        {"accuracy_level": 1}
+    ]
+    assert fallbacks(_plan(name="onnxruntime", blocks="quantizer"), _bundle(kind="gguf"), calibration=False) == ort
 
 
 def test_each_setting_is_validated_like_the_config() -> None:
