@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, field_validator
 
 from kiln.config import DimSpec, InputSpec
 
@@ -111,12 +112,25 @@ class Signature:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signature:
-        return cls(
-            inputs=tuple(InputSpec.model_validate(s) for s in data["inputs"]),
-            dims={k: DimSpec.model_validate(v) for k, v in data["dims"].items()},
-            outputs=tuple(data.get("outputs", ())),
-            cache=CacheSpec(**data["cache"]) if data.get("cache") else None,
-        )
+        """What :meth:`to_dict` wrote; anything else (a key missing, a value of another type: a
+        manifest from elsewhere) raises pydantic's ``ValidationError``, as a manifest's other
+        fields do, never a ``KeyError`` or ``TypeError``."""
+        parsed = _SignatureData.model_validate(data)
+        return cls(tuple(parsed.inputs), parsed.dims, tuple(parsed.outputs), parsed.cache)
+
+
+class _SignatureData(BaseModel):
+    """The checked form of :meth:`Signature.to_dict`'s mapping."""
+
+    inputs: list[InputSpec]
+    dims: dict[str, DimSpec]
+    outputs: list[str] = []
+    cache: CacheSpec | None = None
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _absent(cls, value: Any) -> Any:
+        return value or None  # {} was always read as no cache
 
 
 def random_inputs(sig: Signature, point: Point = "opt", seed: int = 0, sizes: dict[str, int] | None = None) -> Arrays:
