@@ -88,6 +88,17 @@ class Signature:
         sizes = overrides or {}
         return tuple(s if isinstance(s, int) else sizes.get(s, self.size(s, point)) for s in spec.shape)
 
+    def fits(self, spec: InputSpec, shape: tuple[int, ...]) -> bool:
+        """Whether an array of ``shape`` is a valid value of input ``spec``."""
+        return len(shape) == len(spec.shape) and all(
+            s == g if isinstance(s, int) else self.dims[s].min <= g <= self.dims[s].max
+            for s, g in zip(spec.shape, shape, strict=False)
+        )
+
+    def shown(self, spec: InputSpec) -> list[int | str]:
+        """The spec's shape for a message: each named dim with its range, ``[batch[1..8], 4]``."""
+        return [f"{s}[{self.dims[s].min}..{self.dims[s].max}]" if isinstance(s, str) else s for s in spec.shape]
+
     def shape_range(self, spec: InputSpec) -> list[tuple[int, int]]:
         """(min, max) per axis: what OpenVINO and TensorRT profiles need."""
         return [(s, s) if isinstance(s, int) else (self.dims[s].min, self.dims[s].max) for s in spec.shape]
