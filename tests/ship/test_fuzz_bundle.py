@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from kiln.cli import main
 from kiln.config import Tolerance
-from kiln.errors import KilnError
+from kiln.errors import IntegrityError, KilnError
 from kiln.manifest import FileEntry, GoldenRecord
 from kiln.ship.archive import Limits
 from kiln.ship.verify import Verified, verify
@@ -54,6 +54,9 @@ KINDS = [
     tarfile.CHRTYPE,
     tarfile.BLKTYPE,
     tarfile.CONTTYPE,
+    tarfile.GNUTYPE_SPARSE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.XGLTYPE,
     b"Z",  # no such type
 ]
 
@@ -134,11 +137,41 @@ def members(draw: st.DrawFn) -> bytes:
         return _member(f"{TOP}/x", data, kind, size, link)
 
 
+pax_records = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["path", "linkpath", "size", "mtime", "uid", "hdrcharset", "GNU.sparse.map", "GNU.sparse.size"]
+        ),
+        st.one_of(
+            st.sampled_from([f"{TOP}/model.onnx", "../../x", "/etc/x", "99999999999999", "-1", "1e9", "BINARY"]),
+            st.text(max_size=20),
+        ),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@st.composite
+def pax(draw: st.DrawFn) -> bytes:
+    """A pax extended header (its records well-formed, or cut, or with a wrong length) before a
+    member it rewrites: its name, size, link."""
+    records = b""
+    for key, value in draw(pax_records):
+        body = f" {key}={value}\n".encode("utf-8", "surrogateescape")
+        length = len(body) + len(str(len(body)))
+        length += len(str(length)) - len(str(len(body)))
+        records += str(length + draw(st.sampled_from([0, 0, 0, 1, -3]))).encode() + body
+    records = records[: draw(st.one_of(st.none(), st.integers(0, len(records))))]
+    target = draw(st.sampled_from([f"{TOP}/model.onnx", f"{TOP}/x", f"{TOP}/golden"]))
+    return _member(f"{TOP}/PaxHeader", records, tarfile.XHDTYPE) + _member(target, draw(st.binary(max_size=64)))
+
+
 @st.composite
 def hostile(draw: st.DrawFn) -> bytes:
     """A gzipped tar of random members, some of a real bundle's."""
     good = [_member(f"{TOP}/{rel}", data) for rel, data in GOOD.items()]
-    chosen = draw(st.lists(st.one_of(members(), st.sampled_from(good)), min_size=0, max_size=8))
+    chosen = draw(st.lists(st.one_of(members(), pax(), st.sampled_from(good)), min_size=0, max_size=8))
     if draw(st.booleans()):  # the whole real bundle, with the random members among its own
         for member in good:
             chosen.insert(draw(st.integers(0, len(chosen))), member)
@@ -339,3 +372,16 @@ def test_names_and_breaches_with_a_newline_stay_on_one_line(scratch: Path) -> No
     record["gate"] = {**record["gate"], "passed": False, "breaches": ["output 'y'\nmax_rel 1 > 0.1"]}
     failed = _refused(scratch, _with_sums({**GOOD, "manifest.json": json.dumps(record).encode()}), 3)
     assert "output 'y'\\nmax_rel 1 > 0.1" in failed
+
+
+def test_a_pax_header_tarfile_cannot_parse_is_exit_7_not_a_value_error(scratch: Path) -> None:
+    """tarfile reads GNU.sparse.map and GNU.sparse.size with a bare int()."""
+    for key in ("GNU.sparse.map", "GNU.sparse.size"):
+        body = f" {key}=x\n".encode()
+        record = str(len(body) + 2).encode() + body
+        raw = _member(f"{TOP}/PaxHeader", record, tarfile.XHDTYPE) + _raw_tar(GOOD)
+        work, bundle, dest = _prepare(scratch, _gz(raw), "user file")
+        before = _snapshot(work)
+        with pytest.raises(IntegrityError, match=r"has a malformed tar header \(ValueError: invalid literal"):
+            verify(bundle, dest, limits=LIMITS)
+        assert _snapshot(work) == before
