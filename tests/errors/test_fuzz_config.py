@@ -3,9 +3,9 @@ put in, taken out or replaced; TOML text with bytes inserted, removed or cut; by
 UTF-8; nesting thousands deep) and whatever mapping the API is handed, the config loader ends
 in a loaded config or one ``ConfigError`` line (exit 2), never another exception.
 
-Seeded (``derandomize``) and bounded: 2,500 inputs (and 300 target selectors), loaded in-process (no build:
-test_config_property.py runs ``kiln build`` on a few dozen). The regressions the fuzz found are
-at the end, each its own case.
+Seeded (``derandomize``) and bounded: 2,500 configs and 300 target selectors, loaded in-process
+(no build: test_config_property.py runs ``kiln build`` on a few dozen). The regressions the fuzz
+found are at the end, each its own case.
 """
 
 from __future__ import annotations
