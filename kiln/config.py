@@ -14,13 +14,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, one_line
 
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # nan and inf are no tolerance, duration or rate: a nan min_cosine would pass every artifact.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DimSpec(_Strict):
@@ -290,7 +291,9 @@ class BenchSettings(_Strict):
     """
 
     # Every field is written to results.json, so the generated schema requires each of them.
-    model_config = ConfigDict(populate_by_name=True, json_schema_serialization_defaults_required=True)
+    model_config = ConfigDict(
+        populate_by_name=True, json_schema_serialization_defaults_required=True, allow_inf_nan=False
+    )
 
     # Users write ``batch`` in [bench]; results.json has always called it ``batches``.
     batches: list[Annotated[int, Field(ge=1)]] = Field(
@@ -408,9 +411,10 @@ class KilnConfig(_Strict):
         for i, target in enumerate(self.target):
             if target.key in seen:
                 same = "identical" if target == self.target[seen[target.key]] else "conflicting"
+                row = f"{target.name}:{target.precision}" + (f"-{target.prune.slug}" if target.prune else "")
                 raise ValueError(
-                    f"[[target]] rows {seen[target.key] + 1} and {i + 1} are {same} ({target.name}:{target.precision}"
-                    f"{'-' + target.prune.slug if target.prune else ''}); keep one, or give one another precision or prune"
+                    f"[[target]] rows {seen[target.key] + 1} and {i + 1} are {same} ({one_line(row)}); "
+                    "keep one, or give one another precision or prune"
                 )
             seen[target.key] = i
         return self
@@ -446,13 +450,14 @@ def _describe(err: ValidationError) -> str:
 
     errors = err.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    # Keys are the user's: one with a newline (a quoted TOML key) must not break the line.
+    key = one_line(".".join(str(part) for part in first["loc"])) or "(top level)"
     if first["type"] == "extra_forbidden":
         model = _model_at(tuple(first["loc"][:-1]))
         known = [n for n in (model.model_fields if model else {}) if n != "root"]
         close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
         return f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-    return f"'{key}': {first['msg'].removeprefix('Value error, ')}"
+    return f"'{key}': {one_line(first['msg'].removeprefix('Value error, '), 300)}"
 
 
 def parse_config(data: dict[str, Any], root: Path, where: str = "config") -> KilnConfig:
@@ -467,13 +472,24 @@ def parse_config(data: dict[str, Any], root: Path, where: str = "config") -> Kil
 
 
 def load_config(path: Path) -> KilnConfig:
-    """Read and validate ``kiln.toml``."""
+    """Read and validate ``kiln.toml``: every file ends in a config or one ``ConfigError`` line."""
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder; pass the path of a kiln.toml (e.g. {path / 'kiln.toml'})")
     if not path.is_file():
         raise ConfigError(f"config {path} not found; pass the path of a kiln.toml")
     try:
-        data = tomllib.loads(path.read_text())
+        # utf-8-sig: an editor's byte-order mark is no reason to refuse a config.
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except OSError as err:
+        raise ConfigError(f"config {path} cannot be read ({err.strerror}); check its permissions") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); TOML is UTF-8: save it as UTF-8") from err
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err}); fix the syntax and run again") from err
+        raise ConfigError(f"{path}: not valid TOML ({one_line(str(err), 200)}); fix the syntax and run again") from err
+    except RecursionError as err:  # tomllib reads nested arrays and inline tables recursively
+        raise ConfigError(
+            f"{path}: arrays or inline tables nested too deep to read; a kiln.toml needs a few levels"
+        ) from err
     return parse_config(data, path.resolve().parent, where=str(path))
 
 

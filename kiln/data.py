@@ -51,14 +51,10 @@ def check_inputs(sig: Signature, arrays: Arrays, where: str) -> None:
                 f"{where}: sample has no input {spec.name!r} (has {sorted(arrays)}); yield every input by name"
             )
         got = arrays[spec.name].shape
-        ok = len(got) == len(spec.shape) and all(
-            (s == g) if isinstance(s, int) else (sig.dims[s].min <= g <= sig.dims[s].max)
-            for s, g in zip(spec.shape, got, strict=False)
-        )
-        if not ok:
-            shown = [f"{s}[{sig.dims[s].min}..{sig.dims[s].max}]" if isinstance(s, str) else s for s in spec.shape]
+        if not sig.fits(spec, got):
             raise DataError(
-                f"{where}: input {spec.name!r} has shape {list(got)}, expected {shown}; fix the data or the input spec"
+                f"{where}: input {spec.name!r} has shape {list(got)}, expected {sig.shown(spec)}; "
+                "fix the data or the input spec"
             )
         if not castable(arrays[spec.name], spec.dtype):
             raise DataError(

@@ -396,9 +396,11 @@ def _chat_environment() -> Any:
 
 
 def stream_text(tokenizer: Tokenizer, tokens: Iterator[int]) -> Iterator[str]:
-    """Text as it grows: decoding the whole sequence each time keeps multi-token characters whole."""
+    """Text as it grows: decoding the whole sequence each time keeps multi-token characters whole.
+    A character still incomplete when the tokens end (the last token a UTF-8 lead byte) is flushed
+    as U+FFFD, as the tokenizer decodes it: every token generated is shown."""
     seen: list[int] = []
-    shown = ""
+    shown = text = ""
     for token in tokens:
         seen.append(token)
         text = tokenizer.decode(seen)
@@ -406,6 +408,8 @@ def stream_text(tokenizer: Tokenizer, tokens: Iterator[int]) -> Iterator[str]:
             continue
         yield text[len(shown) :]
         shown = text
+    if len(text) > len(shown):
+        yield text[len(shown) :]
 
 
 # Text for data-aware weight compression (AWQ, scale estimation, sensitivity ranking) when a causal

@@ -109,3 +109,11 @@ def error_line(err: BaseException, limit: int = 300, typed: bool = True) -> str:
     if not lines:
         return type(err).__name__
     return f"{type(err).__name__}: {lines[0][:limit]}" if typed else lines[0][:limit]
+
+
+def one_line(text: str, limit: int = 120) -> str:
+    """A name a user or a file chose (a key, a path, a member of an archive), fit for a one-line
+    message: control characters (a newline, a carriage return, an escape) written as Python
+    escapes, and cut at ``limit`` characters with the length said."""
+    shown = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"

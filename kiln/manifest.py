@@ -358,7 +358,7 @@ class Manifest(_Record):
         path = folder / MANIFEST
         try:
             return cls.model_validate(json.loads(path.read_text()))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
             what = "unreadable" if not isinstance(err, ValidationError) else "from another kiln version"
             raise ConfigError(f"{path} is missing or {what}; run kiln build to (re)build it") from err
 

@@ -42,6 +42,9 @@ class Figures:
     top1: float | None = None
     nonfinite: int = 0  # values the artifact made inf or nan where the reference is finite
     values: int = 0
+    # The first case whose shapes differ: (the artifact's, eager's); no figure means anything then.
+    shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    returned: list[str] | None = None  # set when the artifact did not return this output: the ones it did
     _agree: int = field(default=0, repr=False)
     _rows: int = field(default=0, repr=False)
 
@@ -52,6 +55,7 @@ class Figures:
         if got64.shape != ref64.shape:
             self.max_abs = self.max_rel = float("inf")
             self.cosine = 0.0
+            self.shapes = self.shapes or (got64.shape, ref64.shape)
             return
         self.values += got64.size
         self.nonfinite += int((~np.isfinite(got64) & np.isfinite(ref64)).sum())
@@ -164,6 +168,7 @@ class ParityReport:
             if name not in got:
                 figures.max_abs = figures.max_rel = float("inf")
                 figures.cosine = 0.0
+                figures.returned = sorted(got)
                 continue
             classes = self._top1.setdefault(name, is_classifier(name, value, self.primary, self.classifiers))
             figures.add(got[name], value, classes=classes, mask=mask)
@@ -171,6 +176,19 @@ class ParityReport:
     def breaches(self) -> list[str]:
         found = []
         for name, figures in self.outputs.items():
+            if figures.returned is not None:
+                found.append(
+                    f"output {name!r}: the artifact does not return it (it returns {figures.returned}); "
+                    "rebuild it, or try another target"
+                )
+                continue
+            if figures.shapes is not None:
+                got, ref = (list(shape) for shape in figures.shapes)
+                found.append(
+                    f"output {name!r}: the artifact returned shape {got} where eager returns {ref}: it does not "
+                    "follow the input's dims; check [model].dims, or try another target or precision"
+                )
+                continue  # no tolerance compares arrays of two shapes
             if figures.nonfinite:
                 found.append(
                     f"output {name!r}: the artifact produced {figures.nonfinite} non-finite values (inf or nan) "

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, field_validator
 
 from kiln.config import DimSpec, InputSpec
 
@@ -87,6 +88,17 @@ class Signature:
         sizes = overrides or {}
         return tuple(s if isinstance(s, int) else sizes.get(s, self.size(s, point)) for s in spec.shape)
 
+    def fits(self, spec: InputSpec, shape: tuple[int, ...]) -> bool:
+        """Whether an array of ``shape`` is a valid value of input ``spec``."""
+        return len(shape) == len(spec.shape) and all(
+            s == g if isinstance(s, int) else self.dims[s].min <= g <= self.dims[s].max
+            for s, g in zip(spec.shape, shape, strict=False)
+        )
+
+    def shown(self, spec: InputSpec) -> list[int | str]:
+        """The spec's shape for a message: each named dim with its range, ``[batch[1..8], 4]``."""
+        return [f"{s}[{self.dims[s].min}..{self.dims[s].max}]" if isinstance(s, str) else s for s in spec.shape]
+
     def shape_range(self, spec: InputSpec) -> list[tuple[int, int]]:
         """(min, max) per axis: what OpenVINO and TensorRT profiles need."""
         return [(s, s) if isinstance(s, int) else (self.dims[s].min, self.dims[s].max) for s in spec.shape]
@@ -111,12 +123,25 @@ class Signature:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signature:
-        return cls(
-            inputs=tuple(InputSpec.model_validate(s) for s in data["inputs"]),
-            dims={k: DimSpec.model_validate(v) for k, v in data["dims"].items()},
-            outputs=tuple(data.get("outputs", ())),
-            cache=CacheSpec(**data["cache"]) if data.get("cache") else None,
-        )
+        """What :meth:`to_dict` wrote; anything else (a key missing, a value of another type: a
+        manifest from elsewhere) raises pydantic's ``ValidationError``, as a manifest's other
+        fields do, never a ``KeyError`` or ``TypeError``."""
+        parsed = _SignatureData.model_validate(data)
+        return cls(tuple(parsed.inputs), parsed.dims, tuple(parsed.outputs), parsed.cache)
+
+
+class _SignatureData(BaseModel):
+    """The checked form of :meth:`Signature.to_dict`'s mapping."""
+
+    inputs: list[InputSpec]
+    dims: dict[str, DimSpec]
+    outputs: list[str] = []
+    cache: CacheSpec | None = None
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _absent(cls, value: Any) -> Any:
+        return value or None  # {} was always read as no cache
 
 
 def random_inputs(sig: Signature, point: Point = "opt", seed: int = 0, sizes: dict[str, int] | None = None) -> Arrays:

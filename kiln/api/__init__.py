@@ -214,11 +214,17 @@ def generate(
     ``on_warning`` a line before decoding when the artifact failed its gate when it was built.
     With ``chat``, the prompt is a user message (after ``system``'s) rendered by the tokenizer's
     chat template, and the reply is what follows. Decoding stops at any of the tokenizer's EOS ids.
-    A prompt that does not fit the artifact's context, or a chat with a tokenizer that has no
-    template, is one ``ConfigError`` line (before the runtime loads the model)."""
+    A prompt that does not fit the artifact's context, a chat with a tokenizer that has no
+    template, or ``top_k`` without a ``temperature`` (greedy decoding would ignore it) is one
+    ``ConfigError`` line (before the runtime loads the model)."""
     from kiln.targets.opening import artifact_tokenizer, decodable, open_session
 
     chosen = settings or GenerateSettings()
+    if chosen.top_k is not None and chosen.temperature <= 0:
+        raise ConfigError(
+            f"top-k {chosen.top_k} samples among the likeliest tokens, and temperature 0 decodes greedily "
+            "(always the likeliest): give a temperature (--temperature 0.7) to sample, or drop --top-k"
+        )
     if isinstance(artifact, ArtifactSession):
         asked = _prompt(artifact_tokenizer(artifact.folder), prompt, chosen, artifact.sig)
         return _generate(artifact, asked, chosen, on_text)
@@ -245,6 +251,7 @@ def _prompt(tokenizer: Tokenizer, prompt: str, settings: GenerateSettings, sig: 
     it), once they and the new tokens are known to fit the artifact's context."""
     if settings.system is not None and not settings.chat:
         raise ConfigError("a system message is part of a chat; pass chat=True (--chat) with it, or drop it")
+
     if settings.chat:
         system = [{"role": "system", "content": settings.system}] if settings.system is not None else []
         ids = tokenizer.encode_chat([*system, {"role": "user", "content": prompt}])

@@ -30,6 +30,7 @@ import posixpath
 import re
 import shutil
 import tarfile
+import traceback
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
-from kiln.errors import ConfigError, IntegrityError, UnsafeBundleError
+from kiln.errors import ConfigError, IntegrityError, UnsafeBundleError, error_line
 from kiln.ship.files import make_dirs, remove_made
 
 GIB, MIB = 1 << 30, 1 << 20
@@ -265,6 +266,19 @@ def _reading(bundle: Path) -> Iterator[None]:
         if isinstance(err, OSError) and not isinstance(err, tarfile.TarError) and err.filename is not None:
             raise  # the machine (disk full, no permission), not the bundle: the CLI says so
         raise IntegrityError(f"{bundle} is not a readable gzipped tar ({err}); fetch it again") from err
+    except (ValueError, OverflowError, IndexError, KeyError) as err:
+        if not _raised_by_tarfile(err):
+            raise
+        # tarfile parses a pax header's numbers (GNU.sparse.map, .size) with a bare int()
+        raise IntegrityError(
+            f"{bundle} has a malformed tar header ({error_line(err, 120)}); fetch it again, do not extract it"
+        ) from err
+
+
+def _raised_by_tarfile(err: BaseException) -> bool:
+    """Whether ``err`` came from inside the tarfile module (a header it could not parse)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename) == os.path.abspath(tarfile.__file__)
 
 
 @contextlib.contextmanager

@@ -23,13 +23,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
 from kiln import __version__
-from kiln.errors import CompatibilityError, ConfigError, IntegrityError, ParityError, UnsafeBundleError
+from kiln.errors import (
+    CompatibilityError,
+    ConfigError,
+    IntegrityError,
+    ParityError,
+    UnsafeBundleError,
+    error_line,
+    one_line,
+)
 from kiln.manifest import MANIFEST_SCHEMA, Manifest
 from kiln.ship import SUMS
 from kiln.ship.archive import DEFAULT_LIMITS, Limits, extract
@@ -56,7 +65,11 @@ def extract_verified(bundle: Path, into: Path, pubkey: Path | None = None, limit
     return _extract(bundle, into, pubkey, limits).folder
 
 
-def _extract(bundle: Path, into: Path, pubkey: Path | None, limits: Limits) -> Verified:
+def _extract(
+    bundle: Path, into: Path, pubkey: Path | None, limits: Limits, then: Callable[[Verified], None] | None = None
+) -> Verified:
+    """Steps 1 to 3, then ``then`` on the unpacked folder (steps 4 and 5); the folder is renamed
+    into place only when each passed (no exception, no golden breach)."""
     if not bundle.is_file():
         raise ConfigError(f"{bundle} is not a file; pass a bundle kiln package wrote (or an artifact folder)")
     checks = []
@@ -68,8 +81,12 @@ def _extract(bundle: Path, into: Path, pubkey: Path | None, limits: Limits) -> V
     with extract(bundle, into, limits) as unpacked:
         manifest, count = check_sums(unpacked.folder, bundle)
         checks.append(f"contents: {count} files match {SUMS}; manifest {manifest.schema_id} valid")
-        folder = unpacked.commit()
-    return Verified(folder, manifest, checks)
+        verified = Verified(unpacked.folder, manifest, checks)
+        if then is not None:
+            then(verified)
+        if not verified.breaches:
+            verified.folder = unpacked.commit()
+    return verified
 
 
 def check_sums(folder: Path, bundle: Path) -> tuple[Manifest, int]:
@@ -96,14 +113,18 @@ def check_sums(folder: Path, bundle: Path) -> tuple[Manifest, int]:
     present = files_in(folder)
     for rel, digest in listed.items():
         if rel not in present:  # never a stat of a name the bundle chose: it may not fit the filesystem
-            raise IntegrityError(f"{bundle}: {rel[:120]} is listed in {SUMS} but missing; fetch the bundle again")
+            raise IntegrityError(f"{bundle}: {one_line(rel)} is listed in {SUMS} but missing; fetch the bundle again")
         if sha256_file(present[rel]) != digest:
-            raise IntegrityError(f"{bundle}: {rel} does not match its checksum in {SUMS}; the bundle was changed")
+            raise IntegrityError(
+                f"{bundle}: {one_line(rel)} does not match its checksum in {SUMS}; the bundle was changed"
+            )
     check_unlisted(present, {*listed, SUMS}, f"{bundle}: ", f"{SUMS}; the bundle was changed after packaging")
     manifest = read_manifest(folder, bundle)
     for entry in manifest.files:
         if listed.get(entry.path) != entry.sha256:
-            raise IntegrityError(f"{bundle}: {entry.path} differs from what {MANIFEST} records; the bundle was changed")
+            raise IntegrityError(
+                f"{bundle}: {one_line(entry.path)} differs from what {MANIFEST} records; the bundle was changed"
+            )
     return manifest, len(listed)
 
 
@@ -116,15 +137,15 @@ def check_unlisted(present: dict[str, Path], listed: set[str], where: str, why: 
     """No file but those ``listed``: what is not is refused (``<where><file> is not listed in <why>``)."""
     for rel in present:
         if rel not in listed:
-            raise IntegrityError(f"{where}{rel} is not listed in {why}")
+            raise IntegrityError(f"{where}{one_line(rel)} is not listed in {why}")
 
 
 def read_manifest(folder: Path, where: Path) -> Manifest:
     """The manifest, validated against this kiln's schema (another schema: exit 5)."""
     try:
         data = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as err:
-        raise IntegrityError(f"{where}: {MANIFEST} is missing or not JSON ({err})") from err
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: arrays nested thousands deep
+        raise IntegrityError(f"{where}: {MANIFEST} is missing or not JSON ({error_line(err, typed=False)})") from err
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema != MANIFEST_SCHEMA:
         made = data.get("kiln_version", "?") if isinstance(data, dict) else "?"
@@ -136,12 +157,12 @@ def read_manifest(folder: Path, where: Path) -> Manifest:
         manifest = Manifest.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        at = ".".join(str(p) for p in first["loc"])
-        raise IntegrityError(f"{where}: {MANIFEST} does not validate ({at}: {first['msg']})") from err
+        at = one_line(".".join(str(p) for p in first["loc"]))
+        raise IntegrityError(f"{where}: {MANIFEST} does not validate ({at}: {one_line(first['msg'], 200)})") from err
     if manifest.golden is None:
         raise ConfigError(f"{where}: the artifact has no golden set; rebuild it with this kiln and package it again")
     if manifest.gate.passed is False:
-        raise ParityError(f"{where}: the artifact failed its gate: {'; '.join(manifest.gate.breaches)}")
+        raise ParityError(f"{where}: the artifact failed its gate: {one_line('; '.join(manifest.gate.breaches), 400)}")
     return manifest
 
 
@@ -154,8 +175,6 @@ def verify(
     limits: Limits = DEFAULT_LIMITS,
 ) -> Verified:
     """Verify a bundle (extracted into ``into``) or an artifact folder; see the module's docstring."""
-    from kiln.ship.compat import check_runs_here
-
     if path.is_dir():
         if pubkey is not None:
             raise ConfigError(f"{path} is a folder: a signature covers a bundle; pass the .tar.gz with --pubkey")
@@ -166,8 +185,15 @@ def verify(
         listed = {MANIFEST, *(entry.path for entry in manifest.files)}
         check_unlisted(files_in(path), listed, f"{path}/", f"{MANIFEST} (a bundle would be refused for it); remove it")
         verified = Verified(path, manifest, [f"contents: {len(manifest.files)} files match {MANIFEST}"])
-    else:
-        verified = _extract(path, into, pubkey, limits)
+        _runs_here(verified, run, threads)
+        return verified
+    return _extract(path, into, pubkey, limits, lambda verified: _runs_here(verified, run, threads))
+
+
+def _runs_here(verified: Verified, run: bool, threads: int | None) -> None:
+    """Steps 4 and 5: this machine's runtime and hardware, and with ``run`` the golden set."""
+    from kiln.ship.compat import check_runs_here
+
     verified.checks += check_runs_here(verified.manifest)
     if run:
         verified.breaches = run_golden(verified.folder, verified.manifest, threads)
@@ -175,7 +201,6 @@ def verify(
             golden = verified.manifest.golden
             assert golden is not None
             verified.checks.append(f"golden: {golden.cases} cases within the gate's tolerance on this machine")
-    return verified
 
 
 def run_golden(folder: Path, manifest: Manifest, threads: int | None = None) -> list[str]:

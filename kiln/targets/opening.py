@@ -28,11 +28,13 @@ def artifact_manifest(folder: Path, verb: str = "open") -> Manifest:
     a manifest is one ``ConfigError`` line naming what to give instead (``verb``: what the
     command does with one, for that line)."""
     if folder.is_dir() and not (folder / MANIFEST).is_file():
-        inside = sorted(p.name for p in folder.iterdir() if (p / MANIFEST).is_file())
+        inside = _artifacts_in(folder)
         if inside:
+            what = "a model's build folder" if "/" not in inside[0] else "a build folder"
+            shown = ", ".join(inside[:12]) + (f", ... ({len(inside)} in all)" if len(inside) > 12 else "")
             raise ConfigError(
-                f"{folder} is a model's build folder with {len(inside)} artifacts; {verb} one of them, "
-                f"e.g. {folder / inside[0]} (choose from: {', '.join(inside)})"
+                f"{folder} is {what} with {len(inside)} artifacts; {verb} one of them, "
+                f"e.g. {folder / inside[0]} (choose from: {shown})"
             )
     if not (folder / MANIFEST).is_file():
         raise ConfigError(
@@ -40,6 +42,16 @@ def artifact_manifest(folder: Path, verb: str = "open") -> Manifest:
             "what kiln build wrote"
         )
     return Manifest.read(folder)
+
+
+def _artifacts_in(folder: Path) -> list[str]:
+    """The artifact folders in a model's build folder (``onnxruntime-fp32``), else in the model
+    folders of a build folder (``tinyllm/onnxruntime-fp32``)."""
+    for pattern in (f"*/{MANIFEST}", f"*/*/{MANIFEST}"):
+        found = sorted(p.parent.relative_to(folder).as_posix() for p in folder.glob(pattern) if p.is_file())
+        if found:
+            return found
+    return []
 
 
 def artifact_tokenizer(folder: Path) -> Tokenizer:
@@ -89,7 +101,7 @@ class ArtifactSession(DecodeSession):
 
 def decodable(folder: Path, manifest: Manifest | None = None) -> Manifest:
     """The manifest of a causal LM's artifact; any other artifact is one ``ConfigError`` line."""
-    manifest = manifest if manifest is not None else artifact_manifest(folder)
+    manifest = manifest if manifest is not None else artifact_manifest(folder, "decode from")
     if not manifest.signature.generative:
         raise ConfigError(
             f"{folder} is a {manifest.model} artifact without a KV cache (not a text-generation model); "

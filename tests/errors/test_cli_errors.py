@@ -80,6 +80,33 @@ FACTORIES = {
             return M()
         """
     ),
+    "branches.py": textwrap.dedent(
+        """
+        import torch
+        class M(torch.nn.Module):
+            def forward(self, x):
+                if x.sum() > 0:
+                    return x * 2
+                return x - 1
+        def build():
+            return M()
+        """
+    ),
+    "narrow.py": textwrap.dedent(
+        """
+        import torch
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(3, 4)
+            def forward(self, x):
+                return self.lin(x)
+        def build():
+            return M()
+        def with_example():
+            return M(), (torch.randn(8, 3),)
+        """
+    ),
 }
 
 CASES = [
@@ -190,6 +217,23 @@ CASES = [
         {**model("pinned.py:build"), **FACTORIES},
         None,
         6,
+    ),
+    # torch.export printed its partial graph (twice) before the line; the line names branches.py:5
+    ("capture-data-dependent-branch", {**model("branches.py:build"), **FACTORIES}, None, 6),
+    # the spec's [batch, 4] against a model that takes [batch, 3]: a RuntimeError traceback, exit 1
+    ("capture-spec-does-not-fit-the-model", {**model("narrow.py:build"), **FACTORIES}, None, 2),
+    # the source's example at batch 8 outside dims 1..4: "ConstraintViolationError: 8 not in range"
+    (
+        "capture-example-outside-the-dims",
+        {
+            **model(
+                "narrow.py:with_example",
+                inputs='inputs = [{ name = "x", shape = ["batch", 3] }]\ndims = { batch = { min = 1, max = 4 } }',
+            ),
+            **FACTORIES,
+        },
+        None,
+        2,
     ),
 ]
 

@@ -26,3 +26,10 @@ def test_error_line_quotes_a_warning() -> None:
         warnings.simplefilter("always")
         warnings.warn("op X runs on the CPU\ndetails follow", UserWarning, stacklevel=1)
     assert error_line(caught[0].message, 200, typed=False) == "op X runs on the CPU"
+
+
+def test_one_line_escapes_what_would_break_a_line_and_cuts_what_is_long() -> None:
+    from kiln.errors import one_line
+
+    assert one_line("a\nb\r\tc\x1b[2J\u2028d é") == "a\\nb\\r\\tc\\x1b[2J\\u2028d é"
+    assert one_line("x" * 130) == "x" * 120 + "... (130 characters)"

@@ -91,6 +91,13 @@ def test_an_old_or_broken_manifest_is_one_line_saying_to_rebuild(tmp_path: Path)
         Manifest.read(tmp_path)
     with pytest.raises(ConfigError, match="missing"):
         Manifest.read(tmp_path / "nowhere")
+    (tmp_path / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)  # was a RecursionError
+    with pytest.raises(ConfigError, match="is missing or unreadable; run kiln build"):
+        Manifest.read(tmp_path)
+    fields = _manifest().to_json()
+    (tmp_path / MANIFEST).write_text(json.dumps({**fields, "signature": {"inputs": None}}))  # was a TypeError
+    with pytest.raises(ConfigError, match="from another kiln version"):
+        Manifest.read(tmp_path)
 
 
 def test_a_gate_that_did_not_run_is_neither_pass_nor_fail() -> None:

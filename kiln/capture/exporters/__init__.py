@@ -15,7 +15,7 @@ from typing import Any
 
 from kiln.capture.loaded import LoadedModel
 from kiln.config import ExportConfig
-from kiln.errors import ExportError
+from kiln.errors import ConfigError, ExportError, error_line
 from kiln.manifest import DistillReport, PruneReport
 from kiln.spec import Signature
 from kiln.store import atomic_dir, up_to_date
@@ -159,6 +159,36 @@ def export_stage(folder: Path, key: str, export: ExportConfig, model: Callable[[
     return bundle.moved(folder)
 
 
+def check_example(sig: Signature, args: tuple[Any, ...]) -> None:
+    """The source's own example inputs fit ``[model].inputs`` (else torch.export reads the
+    example's size as outside the dim's range, naming neither shape)."""
+    for spec, value in zip(sig.inputs, args, strict=False):
+        shape = tuple(getattr(value, "shape", ()))
+        if not sig.fits(spec, shape):
+            raise ConfigError(
+                f"the source's example input {spec.name!r} has shape {list(shape)}, and [model].inputs says "
+                f"{sig.shown(spec)}; make the example fit the spec, or widen [model].dims"
+            )
+
+
+def first_forward(module: Any, args: tuple[Any, ...], sig: Signature) -> Any:
+    """The model run once on inputs of the spec's shapes: a failure here is a spec that does not
+    fit the model (one line with the shapes it was given and the model's line that failed)."""
+    from kiln.capture.exporters.torch_export import model_files, user_line
+
+    try:
+        return module(*args)
+    except Exception as err:
+        given = ", ".join(
+            f"{spec.name} {list(a.shape)} {spec.dtype}" for spec, a in zip(sig.inputs, args, strict=False)
+        )
+        where = user_line(err, model_files(module))
+        raise ConfigError(
+            f"the model failed{f' at {where}' if where else ''} on inputs of [model].inputs' shapes ({given}): "
+            f"{error_line(err)}; make [model].inputs (shapes, dtypes) what the model's forward takes"
+        ) from err
+
+
 def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: str) -> ExportBundle:
     """Capture and lower into ``out_dir`` (a fresh folder); ``key`` is the stage's cache key."""
     import torch
@@ -186,8 +216,10 @@ def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: 
         raise ExportError(
             f"the model's example has {len(args)} inputs but [model].inputs names {len(sig.inputs)}; make them agree"
         )
+    if loaded.example is not None:
+        check_example(sig, args)
     with torch.no_grad():
-        names, values = flatten_outputs(loaded.module(*args))
+        names, values = flatten_outputs(first_forward(loaded.module, args, sig))
     if sig.cache is not None:
         if len(values) != len(sig.outputs):
             raise ExportError(

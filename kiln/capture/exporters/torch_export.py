@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import linecache
+import os
 import re
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from kiln.errors import ExportError, error_line
@@ -29,11 +35,12 @@ def _unsupported_op(message: str) -> str | None:
     return found.group(1) if found else None
 
 
-def describe_failure(stage: str, err: Exception, hint: str) -> ExportError:
-    """One line: the stage, the operator when one is named, the first line of the cause, a hint."""
+def describe_failure(stage: str, err: Exception, hint: str, where: str | None = None) -> ExportError:
+    """One line: the stage, where in the model's code (``where``, when known), the operator when
+    one is named, the first line of the cause, a hint."""
     message = str(err).strip()
     op = _unsupported_op(message)
-    what = f" (operator {op})" if op else ""
+    what = (f" at {where}" if where else "") + (f" (operator {op})" if op else "")
     return ExportError(f"{stage} failed{what}: {error_line(err)}; {hint}")
 
 
@@ -65,15 +72,89 @@ def pinned_dims(message: str, sig: Signature) -> str | None:
     return "; ".join(said) or None
 
 
+def model_files(module: Any) -> set[str]:
+    """The files that define the model's own classes (its submodules' too): where a capture
+    failure is the user's code. torch's layers and kiln's wrappers are left out."""
+    import torch
+
+    import kiln
+
+    skip = tuple(os.path.dirname(os.path.abspath(m.__file__ or "")) + os.sep for m in (torch, kiln))
+    files = set()
+    for cls in {type(sub) for sub in module.modules()}:
+        # Its methods' code says where the class is, even when its module is not in sys.modules.
+        for attr in vars(cls).values():
+            path = getattr(getattr(attr, "__code__", None), "co_filename", None)
+            if path is not None and not os.path.abspath(path).startswith(skip):
+                files.add(os.path.abspath(path))
+    return files
+
+
+_FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')  # a traceback's, as torch's messages quote them
+_GRAPH_LINE = re.compile(r"# File: (\S+?):(\d+) in ")  # the partial graph's comments
+
+
+def user_line(err: BaseException, files: set[str]) -> str | None:
+    """Where in the model's ``files`` the capture failed, as ``path:line (`code`)``: the innermost
+    frame in them of the error's traceback (non-strict export runs the model's Python), else the
+    last place in them that torch's message or partial graph quotes (strict export traces it)."""
+    chain: list[BaseException] = []
+    link: BaseException | None = err
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    texts = [str(link) for link in chain] + [str(getattr(err, "partial_fx_graph", "") or "")]
+    found = _frame_in(chain, files) or _quoted_in(texts, files)
+    if found is None:
+        return None
+    path, line = found
+    shown = os.path.relpath(path) if os.path.abspath(path).startswith(os.getcwd() + os.sep) else path
+    code = linecache.getline(path, line).strip()
+    return f"{shown}:{line}" + (f" (`{code[:80]}`)" if code else "")
+
+
+def _frame_in(chain: list[BaseException], files: set[str]) -> tuple[str, int] | None:
+    """The innermost traceback frame in ``files``, over the chain from its first cause."""
+    found = None
+    for link in reversed(chain):
+        for frame in traceback.extract_tb(link.__traceback__):
+            if frame.lineno is not None and os.path.abspath(frame.filename) in files:
+                found = (frame.filename, frame.lineno)
+    return found
+
+
+def _quoted_in(texts: list[str], files: set[str]) -> tuple[str, int] | None:
+    """The last ``File "x.py", line N`` (or partial graph's ``# File: x.py:N``) in ``files``."""
+    for text in texts:
+        quoted = [(p, int(n)) for rx in (_FILE_LINE, _GRAPH_LINE) for p, n in rx.findall(text)]
+        found = next((q for q in reversed(quoted) if os.path.abspath(q[0]) in files), None)
+        if found is not None:
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """torch.export prints its partial graph to stderr on a failure (twice); the one line names
+    the model's own line instead. ``kiln --verbose`` shows it."""
+    if os.environ.get("KILN_VERBOSE"):
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
 def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) -> Any:
-    """``torch.export.export`` with the spec's dynamic dims."""
+    """``torch.export.export`` with the spec's dynamic dims; a failure is one line naming the
+    model's own file and line where it failed."""
     import torch
 
     params = inspect.signature(module.forward).parameters.values()
     varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
     try:
         shapes = torch_dynamic_shapes(sig, varargs)
-        return torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
+        with _quiet_stderr():
+            return torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
     except Exception as err:
         if pinned := pinned_dims(str(err), sig):
             raise ExportError(f"torch.export: {pinned}") from err
@@ -83,4 +164,5 @@ def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) ->
             err,
             f"try [export] strict = {other}, make the failing dim static in [model].dims, "
             "or rewrite the data-dependent code; --verbose shows the full trace",
+            where=user_line(err, model_files(module)),
         ) from err
