@@ -181,7 +181,8 @@ class Reference:
         real = real_data and self.data.calibration is not None
         for inputs, expected in self.real_cases() if real else self.cases():
             report.add_case(runner.infer(inputs), expected, inputs)
-        parity = report.result("calibration + evaluation (real data)" if real else "seeded + calibration")
+        seeded = "seeded + calibration" if self.data.calibration is not None else "seeded"
+        parity = report.result("calibration + evaluation (real data)" if real else seeded)
         breaches = list(parity.breaches)
         evaluation = None
         if evalset is not None:

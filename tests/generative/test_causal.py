@@ -124,6 +124,7 @@ def test_hf_llama_builds_eager_and_onnxruntime_with_exact_tokens(tmp_path: Path)
     # Where kiln carries the cache, the step graph is also checked at the dims' min, opt and max.
     ort = results[1].manifest
     assert ort is not None and ort.gate.parity is not None and ort.gate.parity.cases >= 3
+    assert ort.gate.parity.inputs == "seeded"  # no [calibration]: the record says so
 
 
 @pytest.mark.slow
