@@ -62,7 +62,13 @@ FP32 = Tolerance(max_rel=1e-4, min_cosine=0.99999, exact_tokens=True, max_perple
 COREML_FP32 = FP32.model_copy(update={"max_rel": 1e-3})
 FP16 = Tolerance(max_rel=3e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.01)
 BF16 = Tolerance(max_rel=5e-2, min_cosine=0.999, min_top1=0.98, max_perplexity_increase=0.02)
-INT8 = Tolerance(min_cosine=0.98, min_top1=0.95, max_perplexity_increase=0.05)
+# int8 (static and dynamic): the per-output cosine is a backstop under the task metric, set below
+# what correct int8 builds of a real transformer read on every CPU kiln was measured on:
+# all-MiniLM-L6-v2's last_hidden_state, openvino int8 0.972 on AMD EPYC AVX512-VNNI (51623f8a)
+# and on Intel Xeon AMX-INT8, where its sentence-embedding metric read 0.9915 (0.98 failed both);
+# onnxruntime int8 0.981, int8-dynamic 0.983 (VNNI). A broken int8 (u8 x s8 products saturating
+# on an AVX2-only host, before kiln's remedy) read 0.85-0.91 on a two-layer MLP: still caught.
+INT8 = Tolerance(min_cosine=0.96, min_top1=0.95, max_perplexity_increase=0.05)
 # fp16 / bf16 of a causal LM: a gate of 24 teacher-forced steps (the conformance LM: 3 prompts x 8
 # tokens) reads 0.958 when one near-tie step flips, as OpenVINO's "fp16" did where the CPU plugin
 # executes it in bf16 (AVX512-BF16 hosts; cosine and perplexity within FP16's bars): top-1 allows a
