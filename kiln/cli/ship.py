@@ -80,22 +80,9 @@ def _verify_settings(
     return VerifySettings(**flags, limits=limits)
 
 
-_VERIFY_SETTINGS = Group(
-    "settings",
-    [
-        click.Option(
-            ["--run"], is_flag=True, help="Load the artifact here and replay its golden set under the gate's tolerance."
-        ),
-        click.Option(
-            ["--pubkey"], type=click.Path(path_type=Path), help="Require <bundle>.sig to verify with this public key."
-        ),
-        click.Option(
-            ["--extract"],
-            type=click.Path(path_type=Path),
-            metavar="DIR",
-            help="Keep the verified artifact in DIR/<bundle folder>, a new folder (DIR is created if missing).",
-        ),
-        options.threads("Runtime threads for --run (default: the runtime's own)."),
+# What a bundle may unpack to (kiln.ship.archive): verify and serve read bundles alike.
+def _archive_limits() -> list[click.Option]:
+    return [
         click.Option(
             ["--max-members"],
             type=click.IntRange(min=1),
@@ -116,6 +103,26 @@ _VERIFY_SETTINGS = Group(
             type=click.FloatRange(min=1),
             help="Most unpacked bytes per bundle byte past the first 64 MiB (default 100).",
         ),
+    ]
+
+
+_VERIFY_SETTINGS = Group(
+    "settings",
+    [
+        click.Option(
+            ["--run"], is_flag=True, help="Load the artifact here and replay its golden set under the gate's tolerance."
+        ),
+        click.Option(
+            ["--pubkey"], type=click.Path(path_type=Path), help="Require <bundle>.sig to verify with this public key."
+        ),
+        click.Option(
+            ["--extract"],
+            type=click.Path(path_type=Path),
+            metavar="DIR",
+            help="Keep the verified artifact in DIR/<bundle folder>, a new folder (DIR is created if missing).",
+        ),
+        options.threads("Runtime threads for --run (default: the runtime's own)."),
+        *_archive_limits(),
     ],
     _verify_settings,
 )
@@ -163,10 +170,14 @@ def keygen(out: str | None, force: bool) -> None:
 # ---- serving: serve (kiln/serve/) ----
 
 
-def _serve_settings(**flags: Any) -> ServeSettings:
+def _serve_settings(
+    max_members: int | None, max_file: str | None, max_unpacked: str | None, max_ratio: float | None, **flags: Any
+) -> ServeSettings:
+    from kiln.api import archive_limits
     from kiln.serve.server import ServeSettings
 
-    return ServeSettings(**flags, verbose=os.environ.get("KILN_VERBOSE") == "1")
+    limits = archive_limits(max_members, max_file, max_unpacked, max_ratio)
+    return ServeSettings(**flags, archive=limits, verbose=os.environ.get("KILN_VERBOSE") == "1")
 
 
 def _limit(flag: str, kind: click.ParamType, default: float, help: str) -> click.Option:
@@ -212,6 +223,7 @@ _SERVE_SETTINGS = Group(
         click.Option(
             ["--pubkey"], type=click.Path(path_type=Path), help="Check a bundle's Ed25519 signature with this key."
         ),
+        *_archive_limits(),
     ],
     _serve_settings,
 )

@@ -20,6 +20,7 @@ import numpy as np
 from kiln.errors import ConfigError, TargetBuildError
 from kiln.manifest import Manifest
 from kiln.serve.protocol import V2_BY_SPEC, ModelIO, v2_datatype
+from kiln.ship.archive import DEFAULT_LIMITS, Limits
 from kiln.spec import Arrays, Signature, batch_dim, random_inputs
 from kiln.store import MANIFEST
 from kiln.targets.base import Runner, RunOptions
@@ -32,13 +33,13 @@ def is_bundle(path: Path) -> bool:
     return path.is_file() and (path.name.endswith((".tar.gz", ".tgz")) or tarfile.is_tarfile(path))
 
 
-def artifact_folder(path: Path, scratch: Path, pubkey: Path | None) -> Path:
+def artifact_folder(path: Path, scratch: Path, pubkey: Path | None, limits: Limits = DEFAULT_LIMITS) -> Path:
     """The artifact folder to serve: ``path`` itself, or a bundle extracted (and verified) into
     ``scratch``; anything else is one line saying what to give."""
     if is_bundle(path):
         from kiln.ship.verify import extract_verified
 
-        return extract_verified(path, scratch, pubkey)
+        return extract_verified(path, scratch, pubkey, limits)
     if pubkey is not None:
         raise ConfigError(f"--pubkey checks a bundle's signature and {path} is not a bundle; drop --pubkey")
     if path.is_dir():

@@ -29,6 +29,8 @@ from kiln.errors import ConfigError, MissingDependencyError
 from kiln.serve.batcher import Batcher, BatchPolicy
 from kiln.serve.model import ServedModel, artifact_folder, load_model
 from kiln.serve.protocol import MB, Limits
+from kiln.ship.archive import DEFAULT_LIMITS as ARCHIVE_DEFAULTS
+from kiln.ship.archive import Limits as ArchiveLimits
 
 SERVE_PACKAGES = ("uvicorn", "starlette", "prometheus_client")
 GRACEFUL_SECONDS = 30  # how long in-flight requests may take to finish after SIGTERM
@@ -48,6 +50,7 @@ class ServeSettings:
     max_json_depth: int = 32
     max_header_kb: float = 16.0
     pubkey: Path | None = None
+    archive: ArchiveLimits = ARCHIVE_DEFAULTS  # what a bundle may unpack to (as kiln verify's --max-* flags)
     verbose: bool = False
 
 
@@ -125,7 +128,7 @@ def serve(path: Path, settings: ServeSettings, say: Callable[[str], None]) -> No
     """Serve the artifact at ``path`` until SIGTERM or SIGINT; returns once drained."""
     require_serve_extra()
     with tempfile.TemporaryDirectory(prefix="kiln-serve-") as scratch:
-        folder = artifact_folder(path, Path(scratch), settings.pubkey)
+        folder = artifact_folder(path, Path(scratch), settings.pubkey, settings.archive)
         sock = bind(settings.host, settings.port)
         with sock:
             model = load_model(folder, settings.name, settings.threads)

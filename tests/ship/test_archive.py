@@ -263,3 +263,13 @@ def test_sizes_parse_and_print() -> None:
     assert human(10 << 20) == "10 MiB" and human(1536) == "1.5 KiB" and human(5 << 40) == "5 TiB"
     with pytest.raises(ConfigError, match="is not a size"):
         parse_size("lots")
+
+
+def test_kiln_serve_reads_a_bundle_under_the_same_limits_and_flags(tmp_path: Path) -> None:
+    pytest.importorskip("uvicorn")
+    bundle = tmp_path / "evil.tar.gz"
+    bundle.write_bytes(tar_bytes([entry(f"{TOP}/{i}", b"") for i in range(200)]))
+    code, out = cli("serve", str(bundle), "--port", "0", "--max-members", "100")
+    line = one_error_line(out)
+    assert code == 7, out
+    assert "holds more than 100 members" in line and "--max-members" in line
