@@ -6,10 +6,15 @@ dequantized from a GGUF file, its MatMuls written as ``MatMulNBits`` over the fi
 - ``Q4_1`` (``q * d + m``, ``m`` a float): MatMulNBits takes float zero points, but ONNX Runtime
   1.31 runs them on a path about 35x slower than integer ones (30 SmolLM2-sized layers: 200 ms
   against 6 ms here; SmolLM2's HQQ artifact decoded at 0.72x eager). So the minimum is taken out
-  of the product: ``x @ (q * d + m)^T = MatMulNBits(x, q, d, zero point 0) + blocksum(x) @ m^T``,
-  where ``blocksum`` adds each run of 32 inputs (a ReduceSum over a reshape, shared by every
-  layer reading the same input) and ``m^T`` is a [K / 32, N] fp32 matrix: a thirty-second of the
-  weight's compute, exact in arithmetic.
+  of the product: ``x @ (q * d + m)^T = MatMulNBits(x, q, d) + blocksum(x) @ (m + 8 d)^T``, where
+  MatMulNBits takes its default zero point 8 (``(q - 8) * d``, centred like the weight itself),
+  ``blocksum`` adds each run of 32 inputs (a ReduceSum over a reshape, shared by every layer
+  reading the same input) and ``(m + 8 d)^T`` is a [K / 32, N] fp32 matrix: a thirty-second of the
+  weight's compute, exact in arithmetic. With zero point 0 instead (``q * d`` and ``m``), both
+  terms are large and of opposite sign, and at accuracy level 4 the int8 rounding of the
+  activations in the first no longer cancels against the exact second: SmolLM2 answered "What is
+  the capital of France?" with "L'Étoile, la femme, la femme, ..." though its teacher-forced top-1
+  read 0.938.
 - Embedding tables: a ``Gather`` of the blocks and their scales, dequantized after the lookup
   (``Cast``, ``Mul``, ``Add``); a table tied to the LM head reads the head's own ``MatMulNBits``
   bytes, so the file's tied weight is stored once.
@@ -145,14 +150,14 @@ class _Writer:
         rows, blocks = grid.q.shape[0], grid.q.shape[1]
         inputs = [node.input[0], self.bytes_of(grid), self._init(grid.scale.astype(np.float32).reshape(-1), "scale")]
         low = grid.kind == "q4_1"
-        if low:  # zero point 0: the minimum is added below
-            inputs.append(self._init(np.zeros(rows * ((blocks + 1) // 2), dtype=np.uint8), "zero_point"))
         attrs = {"K": blocks * BLOCK, "N": rows, "bits": grid.bits, "block_size": BLOCK, "accuracy_level": self.level}
         product = node.output[0] if not low else self._name("product")
         self.nodes.append(helper.make_node("MatMulNBits", inputs, [product], name=node.name, domain=DOMAIN, **attrs))
         if low:
             assert grid.low is not None
-            minimum = self._init(np.ascontiguousarray(grid.low[..., 0].astype(np.float32).T), "minimum")
+            # (q - 8) d + (m + 8 d): MatMulNBits' default zero point, the rest per block here
+            rest = grid.low[..., 0].astype(np.float32) + 8 * grid.scale[..., 0].astype(np.float32)
+            minimum = self._init(np.ascontiguousarray(rest.T), "minimum")
             offset = self._node("MatMul", [self.blocksum(node.input[0], blocks), minimum], "offset")
             self.nodes.append(helper.make_node("Add", [product, offset], [node.output[0]], name=self._name("add")))
 
