@@ -331,3 +331,32 @@ def test_aoti_weight_only_records_its_policy_and_kernels(built: dict[str, Any], 
     assert q["left_float"] == {} and q["untied_copies"] == []
     assert q["linears"] == ({"int4 g128": 14, "int8": 1} if bits == "int4" else {"int8": 15})
     assert q["kernel_references"] > 0, "the generated code calls the weight-only kernel"
+
+
+@pytest.mark.target(stage="run")
+@pytest.mark.parametrize(("target", "precision"), [("onnxruntime", "fp32"), ("onnxruntime", "int4")])
+def test_onnxruntime_genai_opens_the_artifact_and_decodes_kiln_s_tokens(
+    built: dict[str, Any], target: str, precision: str
+) -> None:
+    """The runtime's own LLM API: onnxruntime_genai.Model reads the artifact folder (genai_config.json
+    and the tokenizer beside kiln's record) and greedy-decodes the gate's tokens from kiln's prompt
+    ids. Its own encoder (0.18) leaves out the BOS this tokenizer's post-processor adds, as
+    transformers and kiln do not: the ids otherwise agree."""
+    og = pytest.importorskip("onnxruntime_genai")
+    manifest = _manifest(built, target, precision)
+    folder = built["root"] / "build" / "lm" / f"{target}-{precision}"
+    assert {"genai_config.json", "tokenizer.json"} <= {f.path for f in manifest.files}
+    model = og.Model(str(folder))
+    first = manifest.gate.generation.per_prompt[0]
+    tokens = og.Tokenizer(model)
+    bos = manifest.signature.cache.bos_token_id
+    assert first.prompt_ids[0] == bos and [int(t) for t in tokens.encode(first.prompt)] == first.prompt_ids[1:]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(first.prompt_ids) + NEW_TOKENS, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(first.prompt_ids)
+    out: list[int] = []
+    while not generator.is_done() and len(out) < NEW_TOKENS:
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    assert out == first.tokens

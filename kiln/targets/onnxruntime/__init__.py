@@ -92,6 +92,14 @@ class ORTTarget(Target):
             if ctx.precision == "fp16":
                 artifact.info.execution_precision = executed_precision(artifact.main)
         session(artifact.main, RunOptions(threads=ctx.threads))  # fail at build, not at first run
+        tokenizer = ctx.export.tokenizer_dir
+        if ctx.export.signature.generative and tokenizer is not None:  # ONNX Runtime GenAI opens the folder too
+            from kiln.targets.onnxruntime.genai import write_model_folder
+
+            written = write_model_folder(ctx.out_dir, ctx.export.signature, MAIN, tokenizer)
+            artifact.info.notes.append(
+                f"an ONNX Runtime GenAI model folder too ({', '.join(written)}): onnxruntime_genai.Model(folder), batch 1"
+            )
         return artifact
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
