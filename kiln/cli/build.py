@@ -36,13 +36,13 @@ def _skip_memory_check() -> click.Option:
 def build(config_path: Path, targets: tuple[str, ...], out: Path, quiet: bool, skip_memory_check: bool) -> None:
     """Export the model once and build, check and describe every target's artifact.
 
-    Progress goes to stderr: a live line on a terminal, else one line as each stage starts and
-    ends, with its time and the peak memory so far."""
+    Progress: a live line on a terminal (stderr), else one line on stdout as each stage starts and
+    ends, with its time and the peak memory so far; stderr carries errors and gate breaches."""
     from kiln.api import build as run_build
     from kiln.pipeline.progress import reporter
     from kiln.pipeline.summary import print_summary
 
-    with reporter(_console(), quiet) as progress:
+    with reporter(_console(), quiet, log=sys.stdout) as progress:
         done = run_build(config_path, out, targets, progress, check_memory=not skip_memory_check)
     print_summary(done.config, list(done.targets), done.out)
     for result in done.failures:

@@ -96,18 +96,19 @@ class Stages:
 
 
 @contextmanager
-def reporter(console: Any, quiet: bool = False) -> Iterator[Progress]:
+def reporter(console: Any, quiet: bool = False, log: TextIO | None = None) -> Iterator[Progress]:
     """What the CLI hands the build as its ``progress``: nothing shown when ``quiet``; on a
     terminal (``console``, a rich ``Console``, says whether it is one) a live line with the current
     step and its elapsed time, and each stage's end printed above it; elsewhere (a CI log) one
-    ``kiln: ...`` line per message, flushed at once."""
+    ``kiln: ...`` line per message, flushed at once, on ``log`` (the CLI: stdout, where the build's
+    table goes, so that stderr carries the one line of an error and nothing else)."""
     if quiet:
         yield lambda _: None
     elif console.is_terminal:
         with _live(console) as progress:
             yield progress
     else:
-        yield _lines(console.file)
+        yield _lines(log if log is not None else console.file)
 
 
 def _lines(stream: TextIO) -> Progress:

@@ -167,7 +167,7 @@ def test_package_writes_one_bundle_per_artifact_with_its_files_sums_card_and_gol
         card = tar.extractfile(f"{top}/{CARD}").read().decode()
         sums = tar.extractfile(f"{top}/{SUMS}").read().decode()
     assert "`batch` 1..64" in card and "| `x` | float32 | [batch, 1, 8, 8] |" in card
-    assert "**passed**" in card and "min_cosine 0.98" in card and "Task metric `top1`" in card
+    assert "**passed**" in card and "min_cosine 0.96" in card and "Task metric `top1`" in card
     assert f"| onnxruntime | {manifest.toolchain['onnxruntime']} |" in card
     assert "quantize_static" in card  # what the runtime executes
     assert "## Benchmark" not in card  # no results.json beside this build
