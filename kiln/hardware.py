@@ -94,3 +94,20 @@ def fingerprint_id(fp: dict[str, Any]) -> str:
     while "--" in slug:
         slug = slug.replace("--", "-")
     return f"{slug[:40]}-{fp.get('logical_cores')}c-{digest}"
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far. Linux: ``VmHWM``, which belongs to the process's
+    own address space (``ru_maxrss`` carries a parent's peak over through fork and exec: a parent
+    that imported torch would set every worker's floor); elsewhere ``getrusage`` (bytes on macOS,
+    KiB on Linux)."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

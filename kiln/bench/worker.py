@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from kiln.bench.protocol import COMMAND, CellSpec, Done, ErrorAnswer, Ready, RoundAnswer, RoundCommand
 from kiln.errors import error_line
+from kiln.hardware import peak_rss_bytes
 from kiln.results import RuntimeInfo, Threading
 from kiln.spec import Arrays
 from kiln.targets.base import Runner
@@ -39,20 +40,6 @@ def _rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         return 0
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set. Linux: ``VmHWM``, which belongs to the process's own
-    address space; ``ru_maxrss`` would be wrong here, since it carries over the parent's peak
-    through fork and exec (a parent that imported torch would set every worker's floor)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 # Environment variables that steer the threads of OpenMP (libgomp, Intel's libiomp, LLVM's

@@ -14,14 +14,12 @@ itself prints nothing.
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TextIO
 
+from kiln.hardware import peak_rss_bytes
 from kiln.manifest import StageRecord
 
 Progress = Callable[[str], None]
@@ -41,20 +39,6 @@ class StageLine(str):
     def __reduce__(self) -> tuple[type[StageLine], tuple[str, bool]]:
         # Pickled whole through an isolated build's pipe (kiln.pipeline.isolate).
         return StageLine, (str(self), self.ended)
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set so far. Linux: ``VmHWM``, which belongs to the process's
-    own address space (``ru_maxrss`` carries a parent's peak over through fork and exec);
-    elsewhere ``getrusage`` (bytes on macOS, KiB on Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def gib(size: int) -> str:
