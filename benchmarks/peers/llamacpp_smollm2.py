@@ -33,8 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -61,6 +63,29 @@ def gguf_path() -> Path:
 
 def load_now() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the live processes ``pids`` have used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def other_cpus(before: Any, after: Any, workers_cpu: float = 0.0) -> float | None:
+    """CPUs kept busy by other processes between two ``kiln.bench.load`` snapshots: the machine's
+    busy time less this process's, its waited-for children's and its live workers' (``workers_cpu``)."""
+    from kiln.bench.load import machine_load
+
+    load = machine_load(before, after)
+    if load.other_cpus is None or load.timed_seconds <= 0:
+        return None
+    return round(max(0.0, load.other_cpus - workers_cpu / (after.wall - before.wall)), 2)
 
 
 # --- the kiln side of "where the time goes" (run in a fresh process: --kiln-extras) -------------
@@ -313,8 +338,9 @@ def measure(cells: dict[str, tuple[str, Any]], settings: Any, progress: Any) -> 
         n: {"ttft": {}, "itl": {}, "round_tokens_per_s": [], "warmup": 0} for n in workers
     }
     rounds: list[dict[str, Any]] = []
+    pids = [w.proc.pid for w in workers.values()]
     for r in range(settings.rounds):
-        before = snapshot()
+        before, cpu = snapshot(), cpu_seconds(pids)
         order = list(workers) if r % 2 == 0 else list(reversed(workers))
         for name in order:
             progress(f"round {r + 1}/{settings.rounds}: {name}")
@@ -334,6 +360,7 @@ def measure(cells: dict[str, tuple[str, Any]], settings: Any, progress: Any) -> 
         rounds.append(
             {"order": order, "load_average": load_now(), "steal": steal_between(before, after)}
             | {"seconds": round(after.wall - before.wall, 2)}
+            | {"other_cpus": other_cpus(before, after, cpu_seconds(pids) - cpu)}
         )
     out: dict[str, Any] = {"rounds": rounds, "errors": errors, "cells": {}}
     for name, w in workers.items():
@@ -401,8 +428,11 @@ def table(rec: dict[str, Any]) -> str:
     load = rec["load"]
     lines += [
         "",
-        f"Load average (1, 5, 15 min): before {load['before']}, after each round "
-        f"{[r['load_average'][0] for r in rec['timing']['rounds']]}, after {load['after']}.",
+        f"Load average (1, 5, 15 min; this run's own workers count in it): before {load['before']}, after each "
+        f"round {[r['load_average'][0] for r in rec['timing']['rounds']]}, after {load['after']}. CPUs other "
+        f"processes kept busy (/proc/stat less this run's processes): before {load['other_cpus_before']}, per round "
+        f"{[r['other_cpus'] for r in rec['timing']['rounds']]}, during the breakdowns "
+        f"{list(load['other_cpus_breakdown'].values())}.",
     ]
     v = rec.get("verdict")
     if v:
@@ -496,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
+    from kiln.bench.load import quiet_now, snapshot
     from kiln.bench.process import Launch, malloc_environment
     from kiln.bench.worker import prompt_ids
     from kiln.gate.golden import GoldenSet
@@ -525,8 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab, window = cache.vocab_size, manifest.signature.context_length()
     prompts = {n: prompt_ids(vocab, n, 0) for n in settings.prompt_tokens}
     heldout = GoldenSet.read(eager).eager_generation().heldout
-    work = out / "llamacpp-smollm2.inputs"
-    work.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="llamacpp-smollm2-"))  # the ids the workers read
     (work / "prompts.json").write_text(json.dumps({str(n): ids for n, ids in prompts.items()}))
     (work / "heldout.json").write_text(json.dumps(heldout.ids))
 
@@ -540,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         cells[f"kiln {folder.name}"] = (str(folder), Launch(env=env))
 
     load_before = load_now()
-    progress(f"load average before: {load_before}")
+    idle = quiet_now(2.0).other_cpus  # nothing of this run is busy yet
+    progress(f"load average before: {load_before}; other processes kept {idle} CPUs busy")
     timing = measure(cells, settings, progress)
     load_after_timing = load_now()
 
@@ -549,8 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     extras_cmd = [py, str(WORKER), "extras", str(gguf), "--ids", str(work / "heldout.json"), "--window", str(window)]
     extras_cmd += ["--prompts", str(work / "prompts.json"), "--new-tokens", str(settings.new_tokens)]
     extras_cmd += ["--threads", str(a.threads), "--generations", str(a.breakdown_runs)]
+    extras_load: dict[str, float | None] = {}
+    before = snapshot()
     with log.open("a") as f:
         done = subprocess.run(extras_cmd, stdout=subprocess.PIPE, stderr=f, text=True)
+    extras_load[LLAMA] = other_cpus(before, snapshot())
     if done.returncode:
         sys.exit(f"llamacpp_worker.py extras exited {done.returncode}: see {log}")
     llama_extras = json.loads(done.stdout)
@@ -562,8 +596,10 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, str(Path(__file__)), "--kiln-extras", str(folder), "--ids", str(work / "heldout.json")]
         cmd += ["--prompts", str(work / "prompts.json"), "--new-tokens", str(settings.new_tokens)]
         cmd += ["--threads", str(a.threads), "--breakdown-runs", str(a.breakdown_runs)]
+        before = snapshot()
         with log.open("a") as f:
             done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT)
+        extras_load[name] = other_cpus(before, snapshot())
         if done.returncode:
             print(f"{name}: extras exited {done.returncode}: see {log}", file=sys.stderr)
             ppl[name] = None
@@ -582,7 +618,13 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings.model_dump(mode="json"),
         "vocab": vocab,
         "prompt_ids": prompts,
-        "load": {"before": load_before, "after_timing": load_after_timing, "after": load_now()},
+        "load": {
+            "before": load_before,
+            "other_cpus_before": idle,
+            "after_timing": load_after_timing,
+            "after": load_now(),
+            "other_cpus_breakdown": extras_load,
+        },
         "timing": timing,
         "perplexity": {
             "heldout_tokens": len(heldout.ids),
@@ -615,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{k / ll:.2f}x (per round {min(per_round):.2f}x to {max(per_round):.2f}x).",
         }
     record["where"] = where_lines(record)
+    shutil.rmtree(work, ignore_errors=True)
     (out / "llamacpp-smollm2.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "llamacpp-smollm2.md").write_text(table(record))
     print(table(record))
