@@ -17,7 +17,7 @@ are written by :mod:`kiln.targets.openvino.blocks` and :mod:`kiln.targets.onnxru
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -105,3 +105,27 @@ def fit(weight: np.ndarray, kinds: tuple[str, ...] = KINDS) -> Grid | None:
         if float(miss.max()) <= TOLERANCE:
             return dataclasses.replace(grid, miss=float(miss.max()))
     return None
+
+
+@dataclass
+class Fitted:
+    """What a runtime's plan found in a model: a grid per weight (by the name the runtime gives
+    it) and the weights on none (with their element counts)."""
+
+    grids: dict[str, Grid] = field(default_factory=dict)
+    off: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.grids) and not self.off
+
+    @property
+    def miss(self) -> float:
+        """The largest distance of any weight from its point, in quantization steps."""
+        return max((grid.miss for grid in self.grids.values()), default=0.0)
+
+    def kinds(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for grid in self.grids.values():
+            counts[grid.kind] = counts.get(grid.kind, 0) + 1
+        return counts

@@ -26,33 +26,18 @@ fp32 and reproduces it, slower.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from kiln.quant.blocks import BLOCK, Grid, fit
+from kiln.quant.blocks import BLOCK, Fitted, Grid, fit
 
 DOMAIN = "com.microsoft"
 
 
-@dataclass
-class Plan:
+class Plan(Fitted):
     """The grid of each weight initializer read by a MatMul (as [out, in]) or a Gather (the
-    table, [vocab, width]); ``off``: those on no grid."""
-
-    grids: dict[str, Grid] = field(default_factory=dict)
-    off: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.grids) and not self.off
-
-    def kinds(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for grid in self.grids.values():
-            counts[grid.kind] = counts.get(grid.kind, 0) + 1
-        return counts
+    table, [vocab, width])."""
 
 
 def _weights(graph: Any) -> tuple[dict[str, Any], list[Any], list[Any]]:
@@ -82,7 +67,7 @@ def plan(graph: Any) -> Plan:
         weight = numpy_helper.to_array(inits[name])
         grid = fit(weight.T if transposed else weight)  # a MatMul's weight is [in, out]
         if grid is None:
-            found.off.append(name)
+            found.off[name] = int(weight.size)
         else:
             found.grids[name] = grid
     return found

@@ -268,14 +268,13 @@ def _source_blocks(model: Any, options: ORTOptions, heads: list[str], required: 
     if not found.complete:
         if not required:
             return None
-        shown = ", ".join(found.off[:4]) + (", ..." if len(found.off) > 4 else "")
+        shown = ", ".join(list(found.off)[:4]) + (", ..." if len(found.off) > 4 else "")
         raise TargetBuildError(
             f"options.blocks = 'source': {len(found.off) or 'all'} weights lie on no GGUF grid (Q4_0, Q4_1, Q8_0)"
             f"{': ' + shown if shown else ''}; the source was not dequantized from such a file: set "
             "options.blocks = 'quantizer' (or 'auto')"
         )
-    miss = max(grid.miss for grid in found.grids.values())
-    kinds = found.kinds()
+    miss, kinds = found.miss, found.kinds()
     counts = blocks.rewrite(model, found, options.accuracy_level)
     record = {
         "tool": "kiln (the source's own blocks)",

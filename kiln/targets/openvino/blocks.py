@@ -17,12 +17,12 @@ point's time per layer here, still 2-2.5x faster than f32 weights (the decode fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from kiln.quant.blocks import BLOCK, Grid, fit
+from kiln.quant.blocks import BLOCK, Fitted, Grid, fit
 
 __all__ = ["BLOCK", "Plan", "Site", "apply", "decompressed", "plan", "sites"]
 
@@ -68,27 +68,11 @@ def _float_constant(output: Any) -> Any:
 
 
 @dataclass
-class Plan:
-    """What :func:`plan` found: a grid per weight constant (by its friendly name), the weights
-    that are on none, and how many elements each holds."""
+class Plan(Fitted):
+    """What :func:`plan` found: grids by weight constant (its friendly name), and where each
+    weight is read."""
 
-    grids: dict[str, Grid]
-    off: dict[str, int]
-    sites: list[Site]
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.grids) and not self.off
-
-    @property
-    def miss(self) -> float:
-        return max((grid.miss for grid in self.grids.values()), default=0.0)
-
-    def kinds(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for grid in self.grids.values():
-            counts[grid.kind] = counts.get(grid.kind, 0) + 1
-        return counts
+    sites: list[Site] = field(default_factory=list)
 
 
 def plan(model: Any) -> Plan:
