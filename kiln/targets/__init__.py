@@ -211,7 +211,8 @@ REGISTRY: dict[str, TargetSpec] = {
             lm_known_issues=(
                 (
                     "bf16",
-                    "refused for causal LMs: OpenVINO 2026.4.1 dies with SIGFPE compiling the stateful IR at bf16",
+                    "refused for causal LMs on CPUs where OpenVINO 2026.4.1's plugin dies with SIGFPE compiling the "
+                    "stateful IR at bf16 (seen on an Intel Xeon with AMX at 1 thread; kiln probes in a child process)",
                 ),
             ),
             runtime=RuntimeRule(

@@ -86,6 +86,48 @@ def compile_model(path: Path, precision: str, options: RunOptions) -> Any:
     return core.compile_model(model, "CPU", config)
 
 
+# Reduced-precision execution of a stateful LLM IR kills some CPUs' plugin outright (SIGFPE in
+# compile_model: seen with openvino 2026.4.1 at bf16 and 1 thread on an Intel Xeon with AMX; not on
+# an AMD EPYC with AVX512-BF16, where bf16 and fp16 compile and run at 1 and 2 threads). Upstream:
+# openvinotoolkit/openvino#33300 (an fp16 LLM, one core) and #35943 (compile_model on AVX-512 AMD).
+CRASH_PRONE = ("bf16", "fp16")
+UPSTREAM_SIGFPE = "openvinotoolkit/openvino#33300"
+_PROBE = """
+import sys
+from pathlib import Path
+from kiln.targets.base import RunOptions
+from kiln.targets.openvino import compile_model
+compile_model(Path(sys.argv[1]), sys.argv[2], RunOptions(threads=int(sys.argv[3]) or None))
+"""
+
+
+def probe_compile(path: Path, precision: str, threads: int | None) -> None:
+    """Compile ``path`` once in a child process: a plugin that dies (a signal, not an exception)
+    fails this build with one line, instead of killing kiln and every later process that opens
+    the artifact. The child's own compile is thrown away; the caller compiles again."""
+    import signal
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path), precision, str(threads or 0)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode >= 0:
+        if done.returncode:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise TargetBuildError(f"openvino:{precision}: compiling the stateful IR failed in a child process: {tail}")
+        return
+    name = signal.Signals(-done.returncode).name
+    raise TargetBuildError(
+        f"openvino:{precision} on a causal LM: OpenVINO's CPU plugin dies with {name} compiling the stateful IR on this "
+        f"CPU at {threads or 'default'} thread(s) (upstream {UPSTREAM_SIGFPE}); build openvino:fp32 or openvino:int4 "
+        "instead, or try more threads"
+    )
+
+
 def _type_name(value: Any) -> str:
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
@@ -208,13 +250,6 @@ class OpenVINOTarget(Target):
     def compile(self, ctx: CompileContext) -> Artifact:
         ov = _openvino()
         sig = ctx.export.signature
-        if sig.generative and ctx.precision == "bf16":
-            # Measured with openvino 2026.4.1: compile_model of the stateful IR at bf16 with one
-            # inference thread dies with SIGFPE (the whole process, no exception to catch).
-            raise TargetBuildError(
-                "openvino:bf16 on a causal LM crashes OpenVINO 2026.4's CPU plugin (SIGFPE compiling the stateful "
-                "IR with 1 thread); build openvino:fp16 or openvino:fp32 instead"
-            )
         artifact = Artifact("openvino", ctx.precision, ctx.out_dir, MAIN, sig)
         quantized: dict[str, Any] = {}
         if ctx.qat is not None and ctx.precision == "int8":
@@ -240,6 +275,8 @@ class OpenVINOTarget(Target):
             model, quantized = quantize(ctx, model)  # a causal LM is compressed as the step graph
         stateful = make_stateful(model, sig) if sig.generative else {}
         ov.save_model(model, str(artifact.main), compress_to_fp16=ctx.precision == "fp16")
+        if stateful and ctx.precision in CRASH_PRONE:
+            probe_compile(artifact.main, ctx.precision, ctx.threads)
         compiled = compile_model(artifact.main, artifact.precision, RunOptions(threads=ctx.threads))
         artifact.info.update(execution_info(compiled))
         if stateful:
