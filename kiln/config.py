@@ -334,6 +334,9 @@ class BenchSettings(_Strict):
     # glibc lets them rise to (mmap at 32 MiB, no trimming below 1 GiB), so every process
     # reuses its memory, the state a long-lived process may reach by itself. Off glibc, ignored.
     malloc: Literal["system", "steady"] = Field("system", exclude_if=lambda v: v == "system")
+    # After the timed rounds, each artifact run a few more times under its runtime's own profiler
+    # (kiln.bench.profile): time by operator kind and precision, reorders, the share left in fp32.
+    profile: bool = Field(False, exclude_if=lambda v: not v)
     # A cell whose coefficient of variation (std / mean) exceeds this is flagged unstable.
     cv_threshold: Annotated[float, Field(gt=0)] = 0.10
     # Causal LMs only (resolved for them, left out otherwise): greedy generations from seeded

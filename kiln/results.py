@@ -185,6 +185,34 @@ class Threading(_Block):
     torch_backend: str | None = None  # e.g. "OpenMP", from torch.__config__.parallel_info()
 
 
+class ProfileRow(_Block):
+    """One (operator kind, precision) row of an artifact's profile."""
+
+    kind: str  # the runtime's node type, fused and quantized variants folded (Conv, MatMul, Reorder)
+    precision: str  # what it ran in: int8, bf16, fp32, int4 ... ("mixed" for "other")
+    isa: str | None = _reported()  # where the runtime names it: AMX, VNNI, AVX-512
+    ops: Annotated[int, Field(ge=1)]  # operators of this kind and precision
+    ms: Annotated[float, Field(ge=0)]  # per run, summed over them
+    share: Annotated[float, Field(ge=0, le=1)]  # of the profiled time
+
+
+class OpProfile(_Block):
+    """Where one artifact's time goes, from its runtime's own profiler (``kiln bench --profile``),
+    run after the timed rounds; shares are meaningful on a loaded machine, absolute times less so."""
+
+    source: str  # the profiler and what it reads
+    runs: Annotated[int, Field(ge=0)]  # profiled runs the times are averaged over
+    total_ms: Annotated[float, Field(ge=0)]  # per run, the sum of the operators' times
+    rows: list[ProfileRow] = []  # the largest rows, then "other"
+    precision_shares: dict[str, float] = {}  # share of the time per precision
+    layout_share: Annotated[float, Field(ge=0, le=1)] = 0.0  # reorders and transposes
+    layout_ops: Annotated[int, Field(ge=0)] = 0
+    fp32_share: Annotated[float, Field(ge=0, le=1)] | None = _reported()  # quantized artifacts only
+    fp32_ops: dict[str, int] = {}  # kind -> operators left in fp32 (quantized artifacts)
+    flag: str | None = _reported()  # a quantized artifact with a large fp32 share
+    unavailable: str | None = _reported()  # why the target has no profile
+
+
 class MeasuredCell(CellBase):
     """A cell that ran: its timings, its worker's load and memory figures."""
 
@@ -213,6 +241,7 @@ class MeasuredCell(CellBase):
     # run took as fresh pages from the kernel instead of reusing its own. An allocator that
     # hands large blocks back and maps them anew pays one per 4 KiB page, every run.
     page_faults_per_run: Annotated[float, Field(ge=0)] | None = _reported()
+    profile: OpProfile | None = _reported()  # kiln bench --profile, at the first batch
 
 
 class FailedCell(CellBase):

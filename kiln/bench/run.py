@@ -14,7 +14,7 @@ from kiln.bench.process import DEFAULT_LAUNCH, Launch
 from kiln.config import BenchSettings, KilnConfig, TargetConfig, parse_selector
 from kiln.errors import ConfigError, UnavailableError
 from kiln.manifest import Manifest
-from kiln.results import Gates, Results
+from kiln.results import FailedCell, Gates, MeasuredCell, Results
 from kiln.spec import Signature, batch_dim
 from kiln.store import MANIFEST
 from kiln.targets import BASELINE
@@ -163,6 +163,25 @@ def _programs(model_dir: Path, plans: list[CellPlan], sig: Signature, settings: 
     )
 
 
+def add_profiles(
+    cells: list[MeasuredCell | FailedCell], plans: list[CellPlan], settings: BenchSettings, progress: Progress
+) -> None:
+    """``--profile``: each measured artifact's op profile at the first batch, after every timed
+    round (profiling perturbs timing); a quantized artifact with a large fp32 share is flagged."""
+    from kiln.bench.profile import profile_artifact
+
+    assert settings.threads is not None
+    batch = settings.batches[0]
+    for plan in plans:
+        cell = next((c for c in cells if c.key == plan.key and c.batch == batch), None)
+        if not isinstance(cell, MeasuredCell) or plan.folder is None or plan.manifest is None:
+            continue
+        progress(f"profiling {plan.key} at batch {batch}")
+        cell.profile = profile_artifact(plan.folder, plan.manifest, batch, settings.threads)
+        if cell.profile.flag:
+            cell.flags.append(cell.profile.flag)
+
+
 def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> tuple[Results, Path]:
     """Run the benchmark of a ``kiln.toml`` or a ``build/<model>`` folder; returns the results
     and the folder the reports were written to."""
@@ -199,6 +218,8 @@ def bench(source: Path, run: BenchRun, progress: Progress = lambda _: None) -> t
     before = snapshot()
     cells = run_cells(plans, settings, progress, run.launch)
     load = machine_load(before, snapshot())
+    if settings.profile:
+        add_profiles(cells, plans, settings, progress)
     manifests = {p.key: p.manifest for p in plans}
     cells = enrich(cells, manifests, programs.per_key, peak, settings.cv_threshold, settings.ci_target)
     add_rooflines(cells, manifests, programs.weights, bandwidth)

@@ -87,6 +87,13 @@ _BENCH_RUN = Group(
             type=click.IntRange(min=1),
             help="Causal LMs: timed generations per prompt length (default 5).",
         ),
+        click.Option(
+            ["--profile"],
+            is_flag=True,
+            default=None,
+            help="After the timed rounds, profile each artifact with its runtime's profiler: "
+            "time by operator kind and precision, reorders, the share left in fp32.",
+        ),
         options.out(Path("build"), "Build folder, as for kiln build."),
         click.Option(
             ["--report-dir"], type=click.Path(path_type=Path), help="Where the reports go (default: OUT/<model>/)."

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kiln.report import fmt, generation
+from kiln.report import fmt, generation, profile
 from kiln.results import FailedCell, Results
 
 CONSOLE_LEFT_OUT = ("ITL p90 ms", "load s")  # in report.md; the console keeps the gate readable
@@ -85,6 +85,8 @@ def _print(results: Results, table: Table) -> None:
     for c in results.cells:
         for flag in c.flags:
             console.print(f"[yellow]flag[/yellow] {escape(c.key)} batch {c.batch}: {escape(flag)}")
+    for line in profile.console_lines(results):
+        console.print(f"[cyan]profile[/cyan] {escape(line)}")
     console.print(f"machine load: {escape(fmt.machine_load(results))}")
     for line in fmt.peak_check(results):
         if "above the estimate" in line:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from kiln.report import fmt, generation, svg, variants
+from kiln.report import fmt, generation, profile, svg, variants
 from kiln.report.markdown import BUSY_CPUS, COLUMNS, _row
 from kiln.results import FailedCell, MeasuredCell, Results
 
@@ -228,6 +228,17 @@ def render_html(results: Results) -> str:
         parts += [_grid(variants.QAT_COLUMNS, qat), f"<p>{escape(variants.QAT_LEGEND)}</p>"]
     if line := variants.distillation_line(results):
         parts.append(f"<h2>Distillation</h2><p>{escape(line)}</p>")
+    if cells := profile.profiled(results):
+        parts.append("<h2>Where the time goes (--profile)</h2>")
+        if chart := profile.plot(results):
+            parts.append(f'<div class="plots">{chart}</div>')
+        for cell in cells:
+            assert cell.profile is not None
+            parts.append(f"<h3>{escape(profile.label(cell))}</h3>")
+            if cell.profile.rows:
+                parts.append(_grid(profile.COLUMNS, profile.rows(cell.profile)))
+            parts.append(f"<p>{escape(profile.caption(cell.profile))}</p>")
+        parts.append(f"<p>{escape(profile.LEGEND)}</p>")
     flagged = [(c, f) for c in results.cells for f in c.flags]
     parts.append('<h2>Flags</h2><ul class="flags">')
     parts += [f"<li><b>{escape(c.key)}</b> batch {c.batch}: {escape(f)}</li>" for c, f in flagged] or ["<li>None.</li>"]

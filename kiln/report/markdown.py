@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kiln.report import fmt, generation, variants
+from kiln.report import fmt, generation, profile, variants
 from kiln.results import BUSY_OTHER_CPUS, FailedCell, MeasuredCell, Results
 
 BUSY_CPUS = BUSY_OTHER_CPUS  # other processes' mean busy CPUs above which a report says the machine was busy
@@ -127,6 +127,7 @@ def render_markdown(results: Results) -> str:
         out += [variants.QAT_LEGEND, ""]
     if line := variants.distillation_line(results):
         out += ["## Distillation", "", line, ""]
+    out += profile.markdown(results)
     flagged = [(c, f) for c in results.cells for f in c.flags]
     out += ["## Flags", ""]
     out += [f"- **{c.key}** batch {c.batch}: {f}" for c, f in flagged] or [

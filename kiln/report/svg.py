@@ -167,3 +167,31 @@ def lines_chart(kind: str, title: str, series: list[tuple[str, list[tuple[int, f
         out.append(f'<text x="{right + 32}" y="{top + k * 18 + 10}">{escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+def stacked_bars(kind: str, title: str, bars: list[tuple[str, list[tuple[str, float, str]]]]) -> str:
+    """One horizontal bar per row, split into segments (name, share of 1, color), with a legend."""
+    names = list(dict.fromkeys((name, fill) for _, parts in bars for name, _, fill in parts))
+    legend_rows = math.ceil(len(names) / 5)
+    height = 30 + ROW * len(bars) + 24 + 18 * legend_rows
+    lines = _open(kind, title, height)
+    top, span = 26, W - LEFT - RIGHT
+    for i, (name, parts) in enumerate(bars):
+        y, x = top + i * ROW, float(LEFT)
+        lines.append(f'<text x="{LEFT - 6}" y="{y + 17}" text-anchor="end">{escape(name)}</text>')
+        for part, share, fill in parts:
+            width = span * share
+            lines.append(
+                f'<rect class="segment" x="{x:.1f}" y="{y + 5}" width="{max(width, 0.5):.1f}" height="{ROW - 10}" '
+                f'fill="{fill}"><title>{escape(name)}: {escape(part)} {share:.0%}</title></rect>'
+            )
+            if width > 34:
+                lines.append(f'<text x="{x + 3:.1f}" y="{y + 17}" font-size="10" fill="#fff">{share:.0%}</text>')
+            x += width
+    base = top + ROW * len(bars) + 16
+    for j, (part, fill) in enumerate(names):
+        lx, ly = LEFT + (j % 5) * (span / 5), base + (j // 5) * 18
+        lines.append(f'<rect x="{lx:.1f}" y="{ly}" width="10" height="10" fill="{fill}"/>')
+        lines.append(f'<text x="{lx + 14:.1f}" y="{ly + 9}" font-size="11">{escape(part)}</text>')
+    lines.append("</svg>")
+    return "\n".join(lines)
