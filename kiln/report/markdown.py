@@ -97,6 +97,21 @@ def _generation(results: Results) -> list[str]:
     return [*out, ""]
 
 
+def _profiles(results: Results) -> list[str]:
+    """``--profile``: one table per profiled artifact, its caption under it."""
+    cells = profile.profiled(results)
+    if not cells:
+        return []
+    out = ["## Where the time goes (--profile)", ""]
+    for cell in cells:
+        assert cell.profile is not None
+        out += [f"### {profile.label(cell)}", ""]
+        if cell.profile.rows:
+            out += [*_grid(profile.COLUMNS, profile.rows(cell.profile), left=3), ""]
+        out += [profile.caption(cell.profile), ""]
+    return [*out, profile.LEGEND, ""]
+
+
 def render_markdown(results: Results) -> str:
     settings = results.settings
     out = [
@@ -127,7 +142,7 @@ def render_markdown(results: Results) -> str:
         out += [variants.QAT_LEGEND, ""]
     if line := variants.distillation_line(results):
         out += ["## Distillation", "", line, ""]
-    out += profile.markdown(results)
+    out += _profiles(results)
     flagged = [(c, f) for c in results.cells for f in c.flags]
     out += ["## Flags", ""]
     out += [f"- **{c.key}** batch {c.batch}: {f}" for c, f in flagged] or [

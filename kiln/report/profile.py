@@ -63,22 +63,6 @@ def summary_line(label: str, profile: OpProfile) -> str:
     return f"{label}: " + ", ".join(parts)
 
 
-def markdown(results: Results) -> list[str]:
-    from kiln.report.markdown import _grid
-
-    cells = profiled(results)
-    if not cells:
-        return []
-    out = ["## Where the time goes (--profile)", ""]
-    for cell in cells:
-        assert cell.profile is not None
-        out += [f"### {label(cell)}", ""]
-        if cell.profile.rows:
-            out += [*_grid(COLUMNS, rows(cell.profile), left=3), ""]
-        out += [caption(cell.profile), ""]
-    return [*out, LEGEND, ""]
-
-
 def plot(results: Results) -> str | None:
     """A stacked bar per artifact: its time's shares by operator kind, one color per kind."""
     cells = [c for c in profiled(results) if c.profile and c.profile.rows]
