@@ -82,9 +82,14 @@ def _print(results: Results, table: Table) -> None:
         console.print(f"note: {escape(note)}")
     if results.bandwidth:
         console.print(f"memory bandwidth: {escape(generation.bandwidth_line(results))}")
-    for c in results.cells:
-        for flag in c.flags:
-            console.print(f"[yellow]flag[/yellow] {escape(c.key)} batch {c.batch}: {escape(flag)}")
+    # One line per kind of flag: a kind on one cell in full, on several as a count (report.md lists each).
+    for kind, flagged in fmt.flag_groups(results).items():
+        if len(flagged) == 1:
+            where, flag = flagged[0]
+            console.print(f"[yellow]flag[/yellow] {escape(where)}: {escape(flag)}")
+            continue
+        names = ", ".join(where for where, _ in flagged[:4]) + (", ..." if len(flagged) > 4 else "")
+        console.print(f"[yellow]flag[/yellow] {len(flagged)} cells: {escape(kind)} ({escape(names)}), see report.md")
     for line in profile.console_lines(results):
         console.print(f"[cyan]profile[/cyan] {escape(line)}")
     console.print(f"machine load: {escape(fmt.machine_load(results))}")

@@ -248,3 +248,26 @@ def adaptive(results: Results) -> str:
         f", then more rounds (up to {s.max_rounds}{budget}) for each cell whose speed-up interval was wider "
         f"than +-{s.ci_target:.1%}, with eager{steal}{lives}"
     )
+
+
+# The kinds of flag a cell may carry, by how each one starts; any other is its text up to the colon.
+FLAG_KINDS = ("unstable", "stalls", "wide interval", "wasted optimization", "execution precision")
+
+
+def flag_kind(flag: str) -> str:
+    """A flag's kind: ``wide interval``, ``wasted optimization``, ``fp32 ops`` (a profile's flag) ..."""
+    for kind in FLAG_KINDS:
+        if flag.startswith(kind):
+            return kind
+    if "left in fp32" in flag:
+        return "fp32 ops"
+    return flag.split(":", 1)[0]
+
+
+def flag_groups(results: Results) -> dict[str, list[tuple[str, str]]]:
+    """Every flag by kind, in first-seen order: (the cell, "key batch N", and the flag)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for c in results.cells:
+        for flag in c.flags:
+            groups.setdefault(flag_kind(flag), []).append((f"{c.key} batch {c.batch}", flag))
+    return groups

@@ -153,3 +153,14 @@ def test_cli_profile_flag_adds_profiles_to_results(cnn_build: Path, tmp_path: Pa
     assert profiles["openvino-int8"]["rows"] and profiles["eager-fp32"]["rows"]
     assert data["settings"]["profile"] is True
     assert "## Where the time goes" in (tmp_path / "report.md").read_text()
+
+
+def test_console_groups_flags_of_one_kind_into_one_line_with_a_count(capsys: pytest.CaptureFixture[str]) -> None:
+    results = _profiled_results()
+    wide = "wide interval: the speed-up is 2.00x [1.50-2.50], +-25.0% after 6 rounds"
+    cells = [c.model_copy(update={"flags": [*c.flags, wide]}) for c in results.cells]
+    print_results(results.model_copy(update={"cells": cells}))
+    out = capsys.readouterr().out
+    assert f"{len(cells)} cells: wide interval (" in out and "see report.md" in out
+    assert out.count("wide interval") == 1  # one line, not one per cell
+    assert "onnxruntime-fp32 batch 1: 38% of the time is in 17 ops left in fp32" in out  # a kind on one cell: in full
