@@ -271,3 +271,36 @@ def flag_groups(results: Results) -> dict[str, list[tuple[str, str]]]:
         for flag in c.flags:
             groups.setdefault(flag_kind(flag), []).append((f"{c.key} batch {c.batch}", flag))
     return groups
+
+
+def within_gate(results: Results, cell: MeasuredCell) -> bool:
+    """The cell passed its build's parity gate (or had none) and its metric drop is within
+    ``[gates] max_metric_drop`` where both are known."""
+    if cell.parity_passed is False:
+        return False
+    limit, acc = results.gates.max_metric_drop, cell.accuracy
+    return limit is None or acc is None or acc.drop <= limit
+
+
+def winner_lines(results: Results) -> list[str]:
+    """Per batch, the fastest artifact within the gate: its speed-up with the interval, its size
+    and what it trades (precision, accuracy or parity against eager)."""
+    lines = []
+    for batch in results.settings.batches:
+        cells = [
+            c
+            for c in results.batch(batch)
+            if isinstance(c, MeasuredCell) and c.target != "eager" and c.speedup_vs_eager and within_gate(results, c)
+        ]
+        if not cells:
+            continue
+        best = max(cells, key=lambda c: c.speedup_vs_eager or 0.0)
+        trades = [f"runs {best.execution_precision or best.precision}"]
+        if best.accuracy is not None:
+            trades.append(f"{best.accuracy.metric} {-best.accuracy.drop:+.4f} vs eager")
+        elif best.parity_worst:
+            trades.append(f"parity {best.parity_worst}")
+        lines.append(
+            f"batch {batch}: {best.key}, {speedup(best)} vs eager, {size(best.size_bytes)}; trades: {', '.join(trades)}"
+        )
+    return lines

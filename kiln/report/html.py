@@ -206,6 +206,11 @@ def render_html(results: Results) -> str:
         f"<h1>kiln benchmark: {escape(results.model)}</h1>",
         f"<p>Run {escape(results.created)} by kiln {escape(results.kiln_version)} from "
         f"<code>{escape(str(results.config))}</code>.<br>{escape(fmt.settings_line(results))}.</p>",
+        *(
+            ["<p><b>Fastest within the gate</b>:</p><ul>", *[f"<li>{escape(x)}</li>" for x in winners], "</ul>"]
+            if (winners := [] if results.generative else fmt.winner_lines(results))
+            else []
+        ),
         '<h2>Plots</h2><div class="plots">',
         *(_generation_plots(results) if results.generative else _plots(results)),
         "</div>",

@@ -121,6 +121,8 @@ def render_markdown(results: Results) -> str:
         f"Settings: {fmt.settings_line(results)}.",
         "",
     ]
+    if not results.generative and (winners := fmt.winner_lines(results)):
+        out += ["**Fastest within the gate**:", "", *[f"- {line}" for line in winners], ""]
     if results.generative:
         out += _generation(results)
     else:

@@ -164,3 +164,14 @@ def test_console_groups_flags_of_one_kind_into_one_line_with_a_count(capsys: pyt
     assert f"{len(cells)} cells: wide interval (" in out and "see report.md" in out
     assert out.count("wide interval") == 1  # one line, not one per cell
     assert "onnxruntime-fp32 batch 1: 38% of the time is in 17 ops left in fp32" in out  # a kind on one cell: in full
+
+
+def test_report_opens_with_the_fastest_artifact_within_the_gate() -> None:
+    results = synthetic_results()
+    markdown = render_markdown(results)
+    lines = [line for line in markdown.splitlines() if line.startswith("- batch 1:")]
+    top = markdown.index("**Fastest within the gate**")
+    assert lines and top < markdown.index("## Batch 1")
+    assert "onnxruntime-fp32" in lines[0] and "vs eager" in lines[0] and "trades: runs fp32" in lines[0]
+    failed = [c.model_copy(update={"parity_passed": False}) if c.target != "eager" else c for c in results.cells]
+    assert "Fastest within the gate" not in render_markdown(results.model_copy(update={"cells": failed}))
