@@ -9,13 +9,15 @@ share a quantized artifact left in fp32.
 Sources: OpenVINO ``PERF_COUNT`` (``get_profiling_info``: node type, exec type, real time) and the
 runtime model's ``runtimePrecision``; ONNX Runtime ``enable_profiling`` (the trace's node events:
 op name, input types, duration); ``torch.profiler`` for eager and AOTInductor (self CPU time per
-aten op, input dtypes). Other targets say why they have no profile.
+aten op, input dtypes); ExecuTorch's ETDump (the devtools Inspector's events: XNNPACK names its
+ops with their data types). Other targets say why they have no profile.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,17 +356,58 @@ def _torch(folder: Path, manifest: Manifest, inputs: dict[str, Any], threads: in
     return per_run(events, RUNS), f"torch.profiler (self CPU time per op, {what})"
 
 
+_XNNPACK = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "QC8": "int8", "QS8": "int8", "QU8": "int8", "QD8": "int8"}
+_XNNPACK |= {"QC4W": "int4", "QB4W": "int4", "X32": "fp32", "X16": "fp16", "X8": "int8"}
+_ET_WRAPPERS = {"DELEGATE_CALL", "Method::execute", "Method::init", "Program::load_method"}
+
+
+def xnnpack_op(name: str) -> tuple[str, str]:
+    """An XNNPACK operator's ETDump name as (kind, precision): ``Convolution (NHWC, QC8) IGEMM #1``
+    is (Convolution, int8); ``Transpose (ND, X32) #2`` (Transpose, fp32): X32 moves 32-bit data."""
+    kind, _, rest = name.partition(" (")
+    tokens = [t.strip() for t in rest.split(")", 1)[0].split(",")]
+    return kind.strip(), next((_XNNPACK[t] for t in tokens if t in _XNNPACK), "-")
+
+
+def _executorch(folder: Path, manifest: Manifest, inputs: dict[str, Any], threads: int) -> tuple[list[OpTime], str]:
+    from executorch.devtools import Inspector
+
+    from kiln.targets.executorch.runner import runtime, set_runtime_threads
+    from kiln.tensors import to_tensors
+
+    set_runtime_threads(threads)
+    _, lib = runtime()
+    module = lib._load_for_executorch(str(folder / manifest.main_file), enable_etdump=True)
+    args = tuple(to_tensors(manifest.signature, inputs, "cpu"))
+    for _ in range(WARMUP + RUNS):
+        module.forward(args)
+    with tempfile.TemporaryDirectory(prefix="kiln-etdump-") as tmp:
+        path = str(Path(tmp) / "run.etdp")
+        module.write_etdump_result_to_file(path, str(Path(tmp) / "debug.bin"))
+        with warnings.catch_warnings():  # "Output Buffer not found": no tensor data asked for
+            warnings.simplefilter("ignore")
+            inspector = Inspector(etdump_path=path)
+    events = []
+    for block in inspector.event_blocks:
+        for event in block.events:
+            if event.perf_data is None or event.name in _ET_WRAPPERS or len(event.perf_data.raw) < WARMUP + RUNS:
+                continue
+            # Without an ETRecord the runtime names only delegated ops; its own kernels are OPERATOR_CALL.
+            kind, precision = xnnpack_op(event.name) if event.is_delegated_op else ("non-delegated op", "-")
+            for ms in event.perf_data.raw[WARMUP:]:
+                events.append(((block.name, event.name, kind), OpTime(kind, precision, float(ms))))
+    return per_run(events, RUNS), "ExecuTorch ETDump (the Inspector's events; XNNPACK names its ops)"
+
+
 _PROFILERS: dict[str, Callable[[Path, Manifest, dict[str, Any], int], tuple[list[OpTime], str]]] = {
     "openvino": _openvino,
     "onnxruntime": _onnxruntime,
     "eager": _torch,
     "aoti": _torch,
+    "executorch": _executorch,
 }
 
-_NOT_AVAILABLE = {
-    "executorch": "ExecuTorch's ETDump needs a runtime built with the devtools' event tracer; "
-    "the executorch 1.5.1 Python runtime here does not record one",
-}
+_NOT_AVAILABLE: dict[str, str] = {}
 
 
 def profile_artifact(folder: Path, manifest: Manifest, batch: int, threads: int) -> OpProfile:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kiln.bench.profile import FP32_FLAG, OpTime, fold, fp32_flag, profile_artifact
+from kiln.bench.profile import FP32_FLAG, OpTime, fold, fp32_flag, profile_artifact, xnnpack_op
 from kiln.cli import main
 from kiln.config import BenchSettings
 from kiln.manifest import Manifest
@@ -66,9 +66,35 @@ def test_fp32_artifact_profile_shows_no_int8(cnn_build: Path) -> None:
 
 
 def test_profile_of_a_target_without_profiler_says_why(cnn_build: Path) -> None:
-    manifest = Manifest.read(cnn_build / "eager-fp32").model_copy(update={"target": "executorch"})
+    manifest = Manifest.read(cnn_build / "eager-fp32").model_copy(update={"target": "tensorrt"})
     profile = profile_artifact(cnn_build / "eager-fp32", manifest, batch=1, threads=1)
-    assert profile.unavailable and "ETDump" in profile.unavailable and not profile.rows
+    assert profile.unavailable == "kiln has no profiler for tensorrt yet" and not profile.rows
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Convolution (NHWC, QC8) IGEMM #1", ("Convolution", "int8")),
+        ("Fully Connected (NC, QS8, QC8W) GEMM #1", ("Fully Connected", "int8")),
+        ("Transpose (ND, X32) #2", ("Transpose", "fp32")),
+        ("Mean (ND) Reduce2 #1", ("Mean", "-")),
+    ],
+)
+def test_xnnpack_op_names_give_kind_and_precision(name: str, expected: tuple[str, str]) -> None:
+    assert xnnpack_op(name) == expected
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_executorch_profile_comes_from_etdump(tmp_path: Path, precision: str) -> None:
+    skip_unless("executorch", run=True)
+    config = write_config(tmp_path, {**CNN, "target": [{"name": "executorch", "precision": precision}]})
+    result = CliRunner().invoke(main, ["build", str(config), "--out", str(tmp_path / "build")])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "build" / "cnn" / f"executorch-{precision}"
+    profile = profile_artifact(folder, Manifest.read(folder), batch=1, threads=1)
+    assert profile.source.startswith("ExecuTorch ETDump") and profile.unavailable is None
+    convolutions = [row for row in profile.rows if row.kind == "Convolution"]
+    assert convolutions and {row.precision for row in convolutions} == {precision}
 
 
 def _quantized(fp32_ms: float) -> list[OpTime]:
