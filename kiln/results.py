@@ -208,7 +208,7 @@ class OpProfile(_Block):
     layout_share: Annotated[float, Field(ge=0, le=1)] = 0.0  # reorders and transposes
     layout_ops: Annotated[int, Field(ge=0)] = 0
     fp32_share: Annotated[float, Field(ge=0, le=1)] | None = _reported()  # quantized artifacts only
-    fp32_ops: dict[str, int] = {}  # kind -> operators left in fp32 (quantized artifacts)
+    fp32_ops: dict[str, int] = {}  # kind -> operators left in fp32 (quantized artifacts), most fp32 time first
     flag: str | None = _reported()  # a quantized artifact with a large fp32 share
     unavailable: str | None = _reported()  # why the target has no profile
 

@@ -149,8 +149,10 @@ def fold(ops: list[OpTime], source: str, runs: int, quantized: bool) -> OpProfil
     layout = [op for op in ops if op.kind in LAYOUT]
     fp32 = [op for op in ops if op.precision == "fp32" and op.kind not in LAYOUT | CONVERT]
     kinds: dict[str, int] = {}
+    spent: dict[str, float] = {}
     for op in fp32:
         kinds[op.kind] = kinds.get(op.kind, 0) + op.count
+        spent[op.kind] = spent.get(op.kind, 0.0) + op.ms
     profile = OpProfile(
         source=source,
         runs=runs,
@@ -160,7 +162,8 @@ def fold(ops: list[OpTime], source: str, runs: int, quantized: bool) -> OpProfil
         layout_share=round(sum(op.ms for op in layout) / total, 4),
         layout_ops=sum(op.count for op in layout),
         fp32_share=round(sum(op.ms for op in fp32) / total, 4) if quantized else None,
-        fp32_ops=dict(sorted(kinds.items(), key=lambda kv: -kv[1])) if quantized else {},
+        # the kinds that took the most fp32 time first: the flag names the ones worth fixing
+        fp32_ops=dict(sorted(kinds.items(), key=lambda kv: -spent[kv[0]])) if quantized else {},
     )
     return profile.model_copy(update={"flag": fp32_flag(profile)})
 

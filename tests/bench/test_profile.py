@@ -201,3 +201,10 @@ def test_report_opens_with_the_fastest_artifact_within_the_gate() -> None:
     assert "onnxruntime-fp32" in lines[0] and "vs eager" in lines[0] and "trades: runs fp32" in lines[0]
     failed = [c.model_copy(update={"parity_passed": False}) if c.target != "eager" else c for c in results.cells]
     assert "Fastest within the gate" not in render_markdown(results.model_copy(update={"cells": failed}))
+
+
+def test_fp32_flag_names_the_kinds_that_took_the_most_time_first() -> None:
+    ops = [OpTime("Conv", "int8", 1.0), OpTime("MatMul", "fp32", 6.0, count=6), OpTime("Add", "fp32", 0.5, count=25)]
+    profile = fold(ops, "test", 5, quantized=True)
+    assert list(profile.fp32_ops) == ["MatMul", "Add"]
+    assert profile.flag == "87% of the time is in 31 ops left in fp32: MatMul ×6, Add ×25"
