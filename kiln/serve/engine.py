@@ -148,7 +148,7 @@ class TextTracker:
         return new
 
 
-@dataclass
+@dataclass(eq=False)  # each request is itself: compared by identity
 class Sequence_:
     """One request in the scheduler."""
 
@@ -298,6 +298,7 @@ class StepScheduler:
             if reason == ERROR:  # a session the runtime failed in is not reused
                 seq.session.close()
             else:
+                seq.session.reset()  # its cache released until the next request takes it
                 self._idle.append(seq.session)
             seq.session = None
         seq.done = True

@@ -140,7 +140,7 @@ def serve(paths: Sequence[Path], settings: ServeSettings, say: Callable[[str], N
         folders = [_unpacked(path, Path(scratch) / str(i), settings) for i, path in enumerate(paths)]
         manifests = [artifact_manifest(folder) for folder in folders]
         if any(m.signature.generative for m in manifests) or len(folders) > 1:
-            names = list(settings.name) or [_model_id(path) for path in paths]
+            names = list(settings.name) or _model_ids(paths, manifests)
             serve_generative(list(zip(names, folders, manifests, strict=True)), settings, say)
             return
         sock = bind(settings.host, settings.port)
@@ -154,12 +154,17 @@ def _unpacked(path: Path, scratch: Path, settings: ServeSettings) -> Path:
     return artifact_folder(path, scratch, settings.pubkey, settings.archive)
 
 
-def _model_id(path: Path) -> str:
-    """A causal LM's model id: its folder's name (a bundle's name without .tar.gz)."""
-    name = path.resolve().name
-    for suffix in (".tar.gz", ".tgz"):
-        name = name.removesuffix(suffix)
-    return name
+def _model_ids(paths: Sequence[Path], manifests: Sequence[Manifest]) -> list[str]:
+    """Causal LMs' model ids: each folder's name (a bundle's name without .tar.gz), or
+    ``<model>/<folder>`` where two share a folder name (one model's adapters: ``onnxruntime-fp32``
+    in each of their build folders)."""
+    names = []
+    for path in paths:
+        name = path.resolve().name
+        for suffix in (".tar.gz", ".tgz"):
+            name = name.removesuffix(suffix)
+        names.append(name)
+    return [f"{m.model}/{n}" if names.count(n) > 1 else n for n, m in zip(names, manifests, strict=True)]
 
 
 def _run(model: ServedModel, sock: socket.socket, settings: ServeSettings, say: Callable[[str], None]) -> None:

@@ -106,15 +106,27 @@ def tokenizer_of(folder: Path) -> Any:
 # ---- an in-process server ----
 
 
+class Gate(threading.Semaphore):
+    """Permits for the runtime's steps, counting those taken."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.taken = 0
+
+    def take(self) -> None:
+        assert self.acquire(timeout=WAIT), "the test never opened the gate"
+        self.taken += 1
+
+
 class Gated(DecodeSession):
     """A session that steps only when the gate lets it (one permit a feed)."""
 
-    def __init__(self, inner: DecodeSession, gate: threading.Semaphore) -> None:
+    def __init__(self, inner: DecodeSession, gate: Gate) -> None:
         super().__init__(inner.sig)
         self.inner, self.gate = inner, gate
 
     def _step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        assert self.gate.acquire(timeout=WAIT), "the test never opened the gate"
+        self.gate.take()
         return self.inner.feed(ids[0].tolist())[None]
 
     def _reset(self) -> None:
@@ -129,6 +141,10 @@ class Live:
     port: int
     models: dict[str, Any]
     metrics: Any
+    server: Any
+
+    def stop(self) -> None:
+        self.server.should_exit = True
 
     def client(self) -> Any:
         return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="none", max_retries=0, timeout=WAIT)
@@ -155,9 +171,7 @@ class Live:
 
 
 @contextlib.contextmanager
-def live(
-    folders: dict[str, Path], max_active: int = 8, max_queue: int = 8, gate: threading.Semaphore | None = None
-) -> Iterator[Live]:
+def live(folders: dict[str, Path], max_active: int = 8, max_queue: int = 8, gate: Gate | None = None) -> Iterator[Live]:
     """The OpenAI app on uvicorn in a thread, on a free port; the models closed on the way out."""
     import uvicorn
 
@@ -199,7 +213,7 @@ def live(
     thread.start()
     until(lambda: server.started, "the server started")
     try:
-        yield Live(sock.getsockname()[1], models, metrics)
+        yield Live(sock.getsockname()[1], models, metrics, server)
     finally:
         if gate is not None:
             gate.release(1000)  # nothing may stay blocked
@@ -362,7 +376,7 @@ def test_an_unknown_model_is_a_404_and_an_oversized_body_a_413(served: Live) -> 
 
 
 def test_a_full_queue_is_a_429_and_a_client_that_leaves_cancels_its_sequence(lm: Path) -> None:
-    gate = threading.Semaphore(0)
+    gate = Gate()
     with live({"lm": _artifact(lm)}, max_active=1, max_queue=1, gate=gate) as server:
         engine = server.engine()
         body = json.dumps({"model": "lm", "prompt": "def", "max_tokens": 30, "stream": True, "ignore_eos": True})
@@ -379,14 +393,16 @@ def test_a_full_queue_is_a_429_and_a_client_that_leaves_cancels_its_sequence(lm:
         waiting.close()  # leaves while queued: cancelled at once, before it ever takes a slot
         until(lambda: server.sample("kiln_generations_total", model="lm", reason="cancelled") == 1, "one cancelled")
         assert engine.state()["queued"] == 0
-        gate.release(3)  # the first one's prefill and two tokens
+        gate.release(1)  # the first one's prefill: its first token
         reader = first.makefile("rb")
-        assert reader.readline().startswith(b"HTTP/1.1 200")
-        while b"data:" not in reader.readline():  # its first chunk
-            pass
+        assert reader.readline().startswith(b"HTTP/1.1 200")  # its stream has begun
+        until(lambda: gate.taken == 1, "the prefill run")
         reader.close()
         first.close()  # leaves mid-stream, while its next step waits for the gate
-        until(lambda: engine.state()["cancelled"] == 1, "the sequence marked cancelled")
+        cancelled = lambda: server.sample("kiln_generations_total", model="lm", reason="cancelled")  # noqa: E731
+        # Marked, to leave at its next turn (its step waits at the gate), or gone already (the mark
+        # came before its turn).
+        until(lambda: engine.state()["cancelled"] == 1 or cancelled() == 2, "the sequence marked cancelled")
         gate.release(100)
         until(lambda: server.sample("kiln_generations_total", model="lm", reason="cancelled") == 2, "two cancelled")
         until(lambda: engine.state()["active"] == 0, "the engine idle")
@@ -395,7 +411,7 @@ def test_a_full_queue_is_a_429_and_a_client_that_leaves_cancels_its_sequence(lm:
 
 
 def test_a_client_that_leaves_a_request_that_does_not_stream_cancels_it(lm: Path) -> None:
-    gate = threading.Semaphore(0)
+    gate = Gate()
     with live({"lm": _artifact(lm)}, max_active=1, max_queue=1, gate=gate) as server:
         body = json.dumps({"model": "lm", "prompt": "def", "max_tokens": 30, "ignore_eos": True})
         sock = _open(server.port, body)
@@ -405,6 +421,24 @@ def test_a_client_that_leaves_a_request_that_does_not_stream_cancels_it(lm: Path
         gate.release(100)
         until(lambda: server.sample("kiln_generations_total", model="lm", reason="cancelled") == 1, "cancelled")
         until(lambda: server.sample("kiln_requests_total", endpoint="completions", status="499") == 1, "a 499")
+
+
+def test_shutdown_lets_a_stream_in_flight_finish(lm: Path) -> None:
+    """As SIGTERM does: the server stops accepting and the generation in flight runs to its end."""
+    gate = Gate()
+    with live({"lm": _artifact(lm)}, gate=gate) as server:
+        body = json.dumps({"model": "lm", "prompt": "def", "max_tokens": 5, "stream": True, "ignore_eos": True})
+        sock = _open(server.port, body)
+        until(lambda: server.engine().state()["active"] == 1, "the request decoding")
+        server.stop()  # uvicorn's graceful shutdown, as on SIGTERM
+        gate.release(100)
+        reader = sock.makefile("rb")
+        lines = reader.read().split(b"\n")
+        sock.close()
+    events = [json.loads(line[6:]) for line in lines if line.startswith(b"data: {")]
+    assert lines.count(b"data: [DONE]\r") + lines.count(b"data: [DONE]") == 1
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    assert server.sample("kiln_generations_total", model="lm", reason="length") == 1
 
 
 def _open(port: int, body: str) -> socket.socket:
