@@ -147,11 +147,12 @@ def session_for(runner: Any, sig: Signature) -> DecodeSession:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Greedy by default; temperature with top-k when ``temperature > 0``."""
+    """Greedy by default; temperature with top-k and top-p (nucleus) when ``temperature > 0``."""
 
     temperature: float = 0.0
     top_k: int | None = None
     seed: int | None = None
+    top_p: float | None = None  # keep the likeliest tokens whose probabilities reach top_p (None or 1: all)
 
 
 def pick(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
@@ -163,6 +164,12 @@ def pick(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> in
         scaled = np.where(scaled < cut, -np.inf, scaled)
     probs = np.exp(scaled - scaled.max())
     probs /= probs.sum()
+    if sampling.top_p is not None and sampling.top_p < 1:
+        order = np.argsort(-probs, kind="stable")
+        kept = order[: int(np.searchsorted(np.cumsum(probs[order]), sampling.top_p)) + 1]
+        nucleus = np.zeros_like(probs)
+        nucleus[kept] = probs[kept]
+        probs = nucleus / nucleus.sum()
     return int(rng.choice(scaled.size, p=probs))
 
 

@@ -222,5 +222,5 @@ def test_option_groups_hand_each_command_one_settings_object(tmp_path: Path, mon
     path, settings = _passed(
         monkeypatch, "kiln.serve.server", "serve", "serve", str(tmp_path), "--threads", "2", "--max-queue", "9", "-v"
     )
-    assert path == tmp_path
+    assert path == (tmp_path,)
     assert settings == ServeSettings(threads=2, max_queue=9, verbose=True)

@@ -204,8 +204,19 @@ _SERVE_SETTINGS = Group(
             "How long the oldest request waits for others to share its batch; 0 turns batching off.",
         ),
         options.threads("Runtime threads (default: the runtime's own)."),
-        click.Option(["--name"], help="Model name in the URLs (default: the manifest's model)."),
-        _limit("--max-queue", click.IntRange(min=1), 256, "Waiting requests before 503."),
+        click.Option(
+            ["--name"],
+            multiple=True,
+            help="Model name in the URLs, one per artifact in order (default: the manifest's model; "
+            "a causal LM's: its folder's name).",
+        ),
+        _limit("--max-queue", click.IntRange(min=1), 256, "Waiting requests before 503 (a causal LM's: 429)."),
+        _limit(
+            "--max-active",
+            click.IntRange(min=1),
+            8,
+            "A causal LM's sequences decoding at once, in turn (each holds its KV cache); more wait in the queue.",
+        ),
         _limit("--max-body-mb", click.FloatRange(min=0, min_open=True), 64.0, "Largest request body (413 above it)."),
         _limit(
             "--max-json-mb",
@@ -230,12 +241,20 @@ _SERVE_SETTINGS = Group(
 
 
 @main.command()
-@click.argument("artifact", metavar="BUNDLE|build/<model>/<target-dir>", type=click.Path(path_type=Path))
+@click.argument(
+    "artifacts",
+    metavar="BUNDLE|build/<model>/<target-dir>...",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path),
+)
 @command
 @_SERVE_SETTINGS
-def serve(artifact: Path, settings: ServeSettings) -> None:
+def serve(artifacts: tuple[Path, ...], settings: ServeSettings) -> None:
     """Serve an artifact over the Open Inference Protocol (KServe v2 REST, as Triton and OVMS speak
-    it), with dynamic batching and Prometheus metrics at /metrics."""
+    it), with dynamic batching; a causal LM (or several: the request's model picks one) over the
+    OpenAI-compatible API (/v1/completions, /v1/chat/completions, streaming). Prometheus metrics at
+    /metrics."""
     from kiln.serve.server import serve as run_server
 
-    run_server(artifact, settings, say=lambda line: click.echo(line, err=True))
+    run_server(artifacts, settings, say=lambda line: click.echo(line, err=True))

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
 from kiln.serve.batcher import Batcher
-from kiln.serve.metrics import ServerMetrics
+from kiln.serve.metrics import HttpMetrics, ServerMetrics
 from kiln.serve.model import VERSION, ServedModel
 from kiln.serve.protocol import HEADER_LENGTH, Limits, RequestError, encode_response, parse_request, validate
 
@@ -162,8 +162,14 @@ class Counted:
     the limit, so a head that arrives in one read gets through) is refused here, as
     :mod:`kiln.serve.wire` refuses the rest: 414 for the request line, 431 for the headers."""
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics, max_head: int) -> None:
-        self.app, self.metrics, self.max_head = app, metrics, max_head
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: HttpMetrics,
+        max_head: int,
+        shape: Callable[[int, str], dict[str, Any]] = lambda status, message: {"error": message},
+    ) -> None:
+        self.app, self.metrics, self.max_head, self.shape = app, metrics, max_head, shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -173,7 +179,7 @@ class Counted:
         refused = self.refusal(scope)
         if refused is not None:
             status, message = refused
-            body = json.dumps({"error": message}).encode()
+            body = json.dumps(self.shape(status, message)).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})

@@ -21,16 +21,19 @@ import logging
 import signal
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kiln.errors import ConfigError, MissingDependencyError
+from kiln.manifest import Manifest
 from kiln.serve.batcher import Batcher, BatchPolicy
 from kiln.serve.model import ServedModel, artifact_folder, load_model
 from kiln.serve.protocol import MB, Limits
 from kiln.ship.archive import DEFAULT_LIMITS as ARCHIVE_DEFAULTS
 from kiln.ship.archive import Limits as ArchiveLimits
+from kiln.targets.opening import artifact_manifest
 
 SERVE_PACKAGES = ("uvicorn", "starlette", "prometheus_client")
 GRACEFUL_SECONDS = 30  # how long in-flight requests may take to finish after SIGTERM
@@ -43,8 +46,9 @@ class ServeSettings:
     max_batch: int | None = None  # default: the batch dim's max
     max_delay_ms: float = 2.0  # 0: no gathering, every request runs alone
     threads: int | None = None  # the runtime's threads (None: its default)
-    name: str | None = None  # default: the manifest's model name
+    name: tuple[str, ...] = ()  # one per artifact; default: the manifest's model (a causal LM: its folder's name)
     max_queue: int = 256
+    max_active: int = 8  # a causal LM's sequences decoding at once (each holds its KV cache)
     max_body_mb: float = 64.0
     max_json_mb: float = 16.0
     max_json_depth: int = 32
@@ -124,15 +128,43 @@ def describe(model: ServedModel, policy: BatchPolicy, settings: ServeSettings, p
     )
 
 
-def serve(path: Path, settings: ServeSettings, say: Callable[[str], None]) -> None:
-    """Serve the artifact at ``path`` until SIGTERM or SIGINT; returns once drained."""
+def serve(paths: Sequence[Path], settings: ServeSettings, say: Callable[[str], None]) -> None:
+    """Serve the artifacts at ``paths`` until SIGTERM or SIGINT; returns once drained. One fixed-graph
+    artifact speaks KServe v2; causal LMs (one or several) speak the OpenAI-compatible API."""
     require_serve_extra()
+    if settings.name and len(settings.name) != len(paths):
+        raise ConfigError(
+            f"{len(settings.name)} --name for {len(paths)} artifacts; give one --name per artifact, in order, or none"
+        )
     with tempfile.TemporaryDirectory(prefix="kiln-serve-") as scratch:
-        folder = artifact_folder(path, Path(scratch), settings.pubkey, settings.archive)
+        folders = [_unpacked(path, Path(scratch) / str(i), settings) for i, path in enumerate(paths)]
+        manifests = [artifact_manifest(folder) for folder in folders]
+        if any(m.signature.generative for m in manifests) or len(folders) > 1:
+            names = list(settings.name) or _model_ids(paths, manifests)
+            serve_generative(list(zip(names, folders, manifests, strict=True)), settings, say)
+            return
         sock = bind(settings.host, settings.port)
         with sock:
-            model = load_model(folder, settings.name, settings.threads)
+            model = load_model(folders[0], settings.name[0] if settings.name else None, settings.threads)
             _run(model, sock, settings, say)
+
+
+def _unpacked(path: Path, scratch: Path, settings: ServeSettings) -> Path:
+    scratch.mkdir()
+    return artifact_folder(path, scratch, settings.pubkey, settings.archive)
+
+
+def _model_ids(paths: Sequence[Path], manifests: Sequence[Manifest]) -> list[str]:
+    """Causal LMs' model ids: each folder's name (a bundle's name without .tar.gz), or
+    ``<model>/<folder>`` where two share a folder name (one model's adapters: ``onnxruntime-fp32``
+    in each of their build folders)."""
+    names = []
+    for path in paths:
+        name = path.resolve().name
+        for suffix in (".tar.gz", ".tgz"):
+            name = name.removesuffix(suffix)
+        names.append(name)
+    return [f"{m.model}/{n}" if names.count(n) > 1 else n for n, m in zip(names, manifests, strict=True)]
 
 
 def _run(model: ServedModel, sock: socket.socket, settings: ServeSettings, say: Callable[[str], None]) -> None:
@@ -170,6 +202,79 @@ def _run(model: ServedModel, sock: socket.socket, settings: ServeSettings, say: 
     batcher.close(GRACEFUL_SECONDS)  # already drained by the lifespan, unless shutdown was forced
     model.close()
     say(f"kiln: stopped serving {model.name}: {metrics.answered} infer requests answered, {metrics.failed} failed")
+
+
+def serve_generative(
+    artifacts: list[tuple[str, Path, Manifest]], settings: ServeSettings, say: Callable[[str], None]
+) -> None:
+    """Serve causal LMs over the OpenAI-compatible API (:mod:`kiln.serve.llm`), each on its own
+    engine; a fixed-graph artifact among them, or two with one id, is one line."""
+    import uvicorn
+
+    from kiln.serve.app import Health
+    from kiln.serve.llm import create_openai_app, load_generative
+    from kiln.serve.metrics import GenerationMetrics
+    from kiln.serve.wire import protocol_class
+
+    seen: set[str] = set()
+    for name, folder, manifest in artifacts:
+        if not manifest.signature.generative:
+            raise ConfigError(
+                f"{folder} is a fixed-graph artifact ({manifest.model}, no KV cache): kiln serve serves several "
+                "artifacts at once only when each is a causal LM; serve it alone (KServe v2)"
+            )
+        if name in seen:
+            raise ConfigError(f"two artifacts would be served as {name!r}; give each a --name of its own")
+        seen.add(name)
+    metrics = GenerationMetrics([(name, m.target, m.precision) for name, _, m in artifacts])
+    sock = bind(settings.host, settings.port)
+    models: dict[str, Any] = {}
+    try:
+        with sock:
+            for name, folder, manifest in artifacts:
+                observer = metrics.observer(name)
+                models[name] = load_generative(
+                    folder, manifest, name, settings.threads, settings.max_active, settings.max_queue, observer
+                )
+            health = Health()
+            limit = limits(settings)
+            app = create_openai_app(models, metrics, limit, health, GRACEFUL_SECONDS)
+            config = uvicorn.Config(
+                app,
+                http=protocol_class(metrics, limit.max_head),
+                h11_max_incomplete_event_size=limit.max_head,
+                log_level="info" if settings.verbose else "warning",
+                access_log=settings.verbose,
+                lifespan="on",
+                timeout_graceful_shutdown=GRACEFUL_SECONDS,
+            )
+            port = sock.getsockname()[1]
+
+            class Server(uvicorn.Server):
+                async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                    await super().startup(sockets)
+                    if self.started and not self.should_exit:
+                        health.ready = True
+                        say(describe_generative(models, settings, port))
+
+            with _server_logging(), _signals_taken():
+                Server(config).run(sockets=[sock])
+    finally:
+        for model in models.values():
+            model.close(GRACEFUL_SECONDS)  # already drained by the lifespan, unless shutdown was forced
+    say(
+        f"kiln: stopped serving {', '.join(models)}: {metrics.answered} generation requests answered, {metrics.failed} failed"
+    )
+
+
+def describe_generative(models: dict[str, Any], settings: ServeSettings, port: int) -> str:
+    """The startup line of a causal LM server."""
+    served = ", ".join(f"{name} ({m.manifest.target}:{m.manifest.precision}, {m.folder})" for name, m in models.items())
+    return (
+        f"kiln: serving {served} at http://{settings.host}:{port}/v1 (OpenAI-compatible: /v1/completions, "
+        f"/v1/chat/completions); {settings.max_active} sequences at once per model, {settings.max_queue} waiting, "
+        f"body limit {settings.max_body_mb:g} MB; SIGTERM or Ctrl-C drains and stops"
+    )
 
 
 @contextlib.contextmanager

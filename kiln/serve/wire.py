@@ -19,7 +19,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kiln.serve.metrics import ServerMetrics
+    from kiln.serve.metrics import HttpMetrics
 
 LINGER_SECONDS = 5.0
 PHRASES = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
@@ -42,7 +42,7 @@ def refusal(line: int, head: int, max_head: int) -> tuple[int, str]:
     return 400, "the request is not HTTP/1.1 that the server can read; send a v2 request"
 
 
-def protocol_class(metrics: ServerMetrics, max_head: int) -> type[asyncio.Protocol]:
+def protocol_class(metrics: HttpMetrics, max_head: int) -> type[asyncio.Protocol]:
     """uvicorn's ``http`` protocol for ``kiln serve`` (its config's ``h11_max_incomplete_event_size``
     must be ``max_head``)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
