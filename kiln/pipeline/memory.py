@@ -29,7 +29,7 @@ from kiln.pipeline.progress import gib
 # onnxruntime fp32 and openvino fp32): peak RSS 1.54 GB and 4.34 GB. The slope between them, 7.1,
 # is the factor; what is left, 0.53 GB, is the toolchains' own (torch, the ONNX exporter,
 # OpenVINO). SmolLM2's build with int4 targets (0.54 GB, 4.3 GB peak) fits the same line.
-FACTOR = 7.1
+FACTOR = 2.2
 BASELINE_BYTES = int(0.5 * 2**30)
 # Bytes per element of the dtypes safetensors headers name.
 _ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
