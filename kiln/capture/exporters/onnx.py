@@ -6,8 +6,9 @@ only a log line), so the opset written is read back and compared; the file is ch
 (``model.onnx.data``), tensor by tensor from the exporter's graph, which is then freed; the graph
 alone is read back, named and checked (the checker's full check of a file that holds its weights
 holds them all again). A graph whose weights are under ``external_above`` bytes
-(:data:`EXTERNAL_DATA_ABOVE`, 1 GiB, well below protobuf's 2 GB ceiling on one message) then takes
-them back into one file; a bigger one keeps its data file, which every consumer reads beside it.
+(:data:`EXTERNAL_DATA_ABOVE`, 256 MiB: serializing one message costs several times its size, and
+protobuf cannot write one of 2 GB) then takes them back into one file; a bigger one keeps its data
+file, which every consumer (ONNX Runtime, OpenVINO, TensorRT, the model repository) reads beside it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from kiln.capture.exporters.torch_export import describe_failure
 from kiln.errors import ExportError
 from kiln.spec import Signature
 
-# Weights from this many bytes up are written as external data (a parameter of to_onnx, so that a
-# tiny model can be made to take the path in a test).
-EXTERNAL_DATA_ABOVE = 2**30
+# Weights from this many bytes up stay in an external data file (a parameter of to_onnx and
+# save_onnx, so that a tiny model can be made to take the path in a test). Writing one protobuf
+# message costs several times its size: onnx.save_model of SmolLM2's 0.5 GB graph peaked 2.5 GB
+# above the graph itself; written as external data, the weights go out tensor by tensor.
+EXTERNAL_DATA_ABOVE = 256 * 2**20
 DATA_SUFFIX = ".data"
 
 
@@ -147,15 +150,18 @@ def save_onnx(proto: Any, path: Path, external_above: int | None = None) -> None
     if proto.ByteSize() < (EXTERNAL_DATA_ABOVE if external_above is None else external_above):
         onnx.save_model(proto, str(path))
         return
-    (path.parent / f"{path.name}{DATA_SUFFIX}").unlink(missing_ok=True)  # appended to, not replaced
+    (path.parent / f"{path.name}{DATA_SUFFIX}").unlink(missing_ok=True)  # onnx appends to it
+    data = path.parent / f"{path.name}{DATA_SUFFIX}"
     onnx.save_model(
         proto,
         str(path),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        location=f"{path.name}{DATA_SUFFIX}",
+        location=data.name,
         size_threshold=1024,
     )
+    # onnx creates the data file readable by its owner alone; it ships like the graph beside it.
+    data.chmod(path.stat().st_mode & 0o777)
 
 
 @contextlib.contextmanager
