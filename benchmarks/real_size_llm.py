@@ -252,13 +252,15 @@ def weights_bytes(size: str) -> int:
 
 def markdown(r: dict[str, Any]) -> str:
     gib = 2**30
+    peak = r.get("manifest_peak_bytes")
+    own_peak = f"{peak / gib:.2f} GiB" if peak else "not recorded (a kiln before own_peak_rss_bytes)"
     lines = [
         f"# {r['size']}: {r['parameters'] / 1e9:.2f} B parameters, {r['weights_bytes'] / gib:.2f} GiB of fp32 weights",
         "",
         f"Targets {', '.join(TARGETS)}; exit {r['exit']}{'; ' + r['killed'] if r['killed'] else ''}.  ",
         f"Peak RSS (the build's process tree, sampled every 0.2 s): **{r['peak_rss_bytes'] / gib:.2f} GiB**, "
         f"{r['ratio_to_fp32']:.2f}x the fp32 weights; the largest stage's own peak in the manifests "
-        f"{r['manifest_peak_bytes'] / gib:.2f} GiB. Wall time {r['seconds']:.0f} s.  ",
+        f"{own_peak}. Wall time {r['seconds']:.0f} s.  ",
         f"Load average before {r['load_before']}, after {r['load_after']}; kiln's estimate before the build: "
         f"{r['estimate_bytes'] / gib:.1f} GiB.",
         "",
