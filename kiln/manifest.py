@@ -282,12 +282,16 @@ class SearchRecord(_Record):
 
 class StageRecord(_Record):
     """One stage of the build that made the artifact: its own seconds and the build process's
-    peak resident memory when it ended (the process's, so far: it only grows). The stages the
-    model's artifacts share (loading, export) head every one of their lists."""
+    peak resident memory when it ended (the process's, so far: it only grows); the stage's own
+    peak (the kernel's high-water mark, reset as it started) and what was resident when it ended
+    (what it left for the next). The stages the model's artifacts share (loading, export) head every one of
+    their lists."""
 
     name: str  # load, data, export, compile, gate, attempt 2: compile, ..., write
     seconds: float
     peak_rss_bytes: int
+    own_peak_rss_bytes: int | None = None  # None: not measured (a manifest from before, or not Linux)
+    end_rss_bytes: int | None = None
 
 
 class Manifest(_Record):

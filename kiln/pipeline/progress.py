@@ -3,8 +3,9 @@
 :class:`Stages` times each stage of a build (loading the source, export, each target's compile,
 gate, search attempts, write) and tells the build's ``progress`` callable two
 :class:`StageLine` lines per stage: ``"smollm2: export: started"`` and ``"smollm2: export: done
-in 83.2 s, peak RSS 2.1 GiB"``. Each stage's seconds and the peak RSS at its end go into the
-artifact's manifest. Other progress messages (a pruning step, a search's next setting) stay plain
+in 83.2 s, peak RSS 2.1 GiB"``. Each stage's seconds, the process's peak RSS at its end, the
+stage's own peak (:class:`StagePeak`: the process's peak only grows, so it cannot say which stage
+held what) and the RSS it left go into the artifact's manifest. Other progress messages (a pruning step, a search's next setting) stay plain
 strings.
 
 How the lines are shown is the caller's: :func:`reporter` draws a live status on a terminal, one
@@ -14,9 +15,11 @@ itself prints nothing.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 from kiln.hardware import peak_rss_bytes
@@ -65,18 +68,99 @@ class Stages:
         and the peak RSS; a stage that ends without an error is recorded."""
         self.progress(StageLine(f"{self.prefix}: {name}: started", ended=False))
         start = time.perf_counter()
+        own = StagePeak()
         try:
-            yield
+            with own:
+                yield
+                release_memory()  # what the stage dropped goes back before the next one starts
         except Exception:
             self.progress(StageLine(self._ended(name, "failed after", time.perf_counter() - start), ended=True))
             raise
         seconds = time.perf_counter() - start
-        peak = peak_rss_bytes()
-        self.records.append(StageRecord(name=name, seconds=round(seconds, 3), peak_rss_bytes=peak))
+        peak = process_peak()
+        record = StageRecord(
+            name=name,
+            seconds=round(seconds, 3),
+            peak_rss_bytes=peak,
+            own_peak_rss_bytes=own.peak,
+            end_rss_bytes=rss_bytes() or None,
+        )
+        self.records.append(record)
         self.progress(StageLine(self._ended(name, "done in", seconds, peak), ended=True))
 
     def _ended(self, name: str, how: str, seconds: float, peak: int | None = None) -> str:
-        return f"{self.prefix}: {name}: {how} {seconds:.1f} s, peak RSS {gib(peak or peak_rss_bytes())}"
+        return f"{self.prefix}: {name}: {how} {seconds:.1f} s, peak RSS {gib(peak or process_peak())}"
+
+
+def release_memory() -> None:
+    """Collect garbage (a stage's graphs and programs hold reference cycles) and hand the C
+    heap's free pages back to the system (glibc keeps them otherwise, and they count as resident)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc's, in the process already; musl and macOS have none
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
+def rss_bytes() -> int:
+    """This process's resident set now (Linux ``/proc/self/statm``); 0 where it cannot be read."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+# The process's peak before the last reset of VmHWM, and the peaks of the stages open now
+# (outermost first): a reset starts a stage's own count, and what came before it is folded into
+# the stages around it and into the process's peak so far.
+_BEFORE_RESET = [0]
+_OPEN: list[list[int]] = []
+
+
+def process_peak() -> int:
+    """This process's peak resident set so far, across the resets :class:`StagePeak` makes."""
+    return max(_BEFORE_RESET[0], peak_rss_bytes())
+
+
+def _fold() -> None:
+    high = peak_rss_bytes()
+    _BEFORE_RESET[0] = max(_BEFORE_RESET[0], high)
+    for peak in _OPEN:
+        peak[0] = max(peak[0], high)
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's high-water mark of this process's resident set (``VmHWM``) to what is
+    resident now (Linux: ``5`` into ``/proc/self/clear_refs``); false where it cannot be."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class StagePeak:
+    """The peak resident set while the ``with`` block runs, exactly as the kernel counts it: the
+    high-water mark is reset as it starts and read as it ends (a sampling thread would miss a
+    spike inside a C call that holds the GIL: serializing a graph, loading a session). ``peak``
+    is ``None`` where the mark cannot be reset (not Linux)."""
+
+    def __enter__(self) -> StagePeak:
+        _fold()
+        self._own = [rss_bytes()]
+        self._exact = _reset_peak()
+        _OPEN.append(self._own)
+        self.peak: int | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _fold()
+        _OPEN.remove(self._own)
+        self.peak = self._own[0] if self._exact else None
 
 
 @contextmanager

@@ -14,11 +14,11 @@ choice to what kiln measured best for the graph (attention or not). ``int4`` rea
 
 from __future__ import annotations
 
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from kiln.capture.exporters.onnx import copy_onnx
 from kiln.spec import Arrays, Signature
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, ServedRun, Target
 from kiln.targets.onnxruntime.options import ORTOptions
@@ -68,7 +68,7 @@ class ORTTarget(Target):
     def compile(self, ctx: CompileContext) -> Artifact:
         artifact = Artifact("onnxruntime", ctx.precision, ctx.out_dir, MAIN, ctx.export.signature)
         if ctx.precision == "fp32":
-            shutil.copyfile(ctx.export.onnx_path, artifact.main)
+            copy_onnx(ctx.export.onnx_path, artifact.main)  # with its external data file, if any
             artifact.info.execution_precision = "fp32"
         elif ctx.qat is not None:
             from kiln.quant.saturation import decide

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kiln.capture.exporters.onnx import beside, save_onnx
 from kiln.errors import TargetBuildError
 from kiln.quant.blocks import BLOCK
 from kiln.targets.base import CompileContext
@@ -221,29 +222,23 @@ def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[s
     source_blocks &= not any(k in options.model_fields_set for k in QUANTIZER_INT4)
     if bits == 4 and options.embeddings is None:  # (model_copy marks it set: decided above)
         options = options.model_copy(update={"embeddings": options.embeddings_for(ctx.export.signature.generative)})
-    model = onnx.load(str(src))
-    _name_nodes(model.graph)
-    prepared = _prepare(model.graph)
-    before = _inventory(model.graph)
-    heads = lm_heads(model.graph)
-    others = [name for name in before if name not in heads]
-    if source_blocks:
-        source = _source_blocks(model, options, heads, required=options.blocks == "source")
-        if source is not None:
-            onnx.save(model, str(dest))
-            return source
-    with _quiet_import() as module:
-        if bits == 8:
-            model = _run(module, model, options, 8, [], ("MatMul",))
-        else:
-            fitted = options.algorithm != "rtn"  # HQQ fits MatMul weights only
-            ops = ("MatMul", "Gather") if options.embeddings == "int4" and not fitted else ("MatMul",)
-            model = _run(module, model, options, 4, heads if options.lm_head != "int4" else [], ops)
-            if options.embeddings == "int4" and fitted:  # the table: RTN GatherBlockQuantized, a pass of its own
-                model = _run(module, model, options.model_copy(update={"algorithm": "rtn"}), 4, [], ("Gather",))
-            if options.lm_head == "int8" and heads:
-                model = _run(module, model, options, 8, others, ("MatMul",))
-    onnx.save(model, str(dest))
+    # The graph alone is loaded: each weight is read from the source's external data file when
+    # its node is quantized (the quantizers resolve a tensor's file against the working folder),
+    # so the float weights are never all in memory at once.
+    model = onnx.load(str(src), load_external_data=False)
+    with beside(src):
+        _name_nodes(model.graph)
+        prepared = _prepare(model.graph)
+        before = _inventory(model.graph)
+        heads = lm_heads(model.graph)
+        others = [name for name in before if name not in heads]
+        source = _source_blocks(model, options, heads, required=options.blocks == "source") if source_blocks else None
+        if source is None:
+            model = _quantized(model, options, bits, heads, others)
+        onnx.load_external_data_for_model(model, ".")  # what stayed float, into the graph
+    save_onnx(model, dest)
+    if source is not None:
+        return source
     record = {**_record(model.graph, before, heads, options, bits), **prepared}
     if not record["matmul_nbits"]:
         return {
@@ -259,6 +254,22 @@ def weight_only(ctx: CompileContext, src: Path, dest: Path, bits: int) -> dict[s
         "quantization": record,
         "notes": [_note(record, options, bits)],
     }
+
+
+def _quantized(model: Any, options: ORTOptions, bits: int, heads: list[str], others: list[str]) -> Any:
+    """The MatMulNBitsQuantizer passes of a weight-only build: all MatMuls at 8 bits, or int4
+    with the head excluded (then int8 when ``lm_head`` says so) and the embeddings as asked."""
+    with _quiet_import() as module:
+        if bits == 8:
+            return _run(module, model, options, 8, [], ("MatMul",))
+        fitted = options.algorithm != "rtn"  # HQQ fits MatMul weights only
+        ops = ("MatMul", "Gather") if options.embeddings == "int4" and not fitted else ("MatMul",)
+        model = _run(module, model, options, 4, heads if options.lm_head != "int4" else [], ops)
+        if options.embeddings == "int4" and fitted:  # the table: RTN GatherBlockQuantized, a pass of its own
+            model = _run(module, model, options.model_copy(update={"algorithm": "rtn"}), 4, [], ("Gather",))
+        if options.lm_head == "int8" and heads:
+            model = _run(module, model, options, 8, others, ("MatMul",))
+    return model
 
 
 def _source_blocks(model: Any, options: ORTOptions, heads: list[str], required: bool) -> dict[str, Any] | None:

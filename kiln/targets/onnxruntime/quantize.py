@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from kiln.capture.exporters.onnx import save_onnx
 from kiln.errors import ConfigError, KilnWarning, TargetBuildError, error_line
 from kiln.quant import require_calibration
 from kiln.quant.ort import SampleReader, chunk_size, preprocess
@@ -259,7 +260,7 @@ def _fp16(ctx: CompileContext, src: Path, dest: Path) -> dict[str, Any]:
     model = onnx.load(str(src))
     # keep_io_types: callers keep feeding and reading fp32; casts sit at the graph edges.
     converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
-    onnx.save(converted, str(dest))
+    save_onnx(converted, dest)
     casts = sum(n.op_type == "Cast" for n in converted.graph.node)
     return {
         "execution_precision": "fp16",
