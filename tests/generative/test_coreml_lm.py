@@ -180,8 +180,16 @@ def test_compile_writes_the_explicit_cache_graph_when_asked(tmp_path: Path) -> N
     description = spec_of(artifact).description
     assert not description.state
     names = [i.name for i in description.input]
-    assert names == ["input_ids", "position_ids", "past_0_key", "past_0_value", "past_1_key", "past_1_value"]
-    past = description.input[2].type.multiArrayType.shapeRange.sizeRanges[2]
+    assert names == [
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "past_0_key",
+        "past_0_value",
+        "past_1_key",
+        "past_1_value",
+    ]
+    past = description.input[3].type.multiArrayType.shapeRange.sizeRanges[2]
     assert (past.lowerBound, past.upperBound) == (0, 127)  # the prefill's empty past: unverified on Core ML
     assert artifact.info.renamed_inputs["past.0.key"] == "past_0_key"
     assert artifact.info.renamed_outputs["present.1.value"] == "present_1_value"

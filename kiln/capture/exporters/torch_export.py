@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kiln.errors import ExportError, error_line
-from kiln.spec import Signature, random_inputs, torch_dynamic_shapes
+from kiln.spec import SUM, Signature, random_inputs, torch_dynamic_shapes
 
 
 def example_inputs(sig: Signature, given: tuple[Any, ...] | None) -> tuple[Any, ...]:
@@ -154,7 +154,7 @@ def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) ->
     try:
         shapes = torch_dynamic_shapes(sig, varargs)
         with _quiet_stderr():
-            return torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
+            program = torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
     except Exception as err:
         if pinned := pinned_dims(str(err), sig):
             raise ExportError(f"torch.export: {pinned}") from err
@@ -166,3 +166,22 @@ def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) ->
             "or rewrite the data-dependent code; --verbose shows the full trace",
             where=user_line(err, model_files(module)),
         ) from err
+    declare_sums(program, sig)
+    return program
+
+
+def declare_sums(program: Any, sig: Signature) -> None:
+    """Bound each input axis that is a sum of dims (``past+sequence``) by the spec. torch.export
+    derives its size from the parts, but bounds it by its own reasoning, where every dynamic size
+    is at least 2: a mask over past 0 and sequence 1 would then fail the program's guards."""
+    from torch.utils._sympy.value_ranges import ValueRanges
+
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    for spec, name in zip(sig.inputs, program.graph_signature.user_inputs, strict=False):
+        for axis, dim in enumerate(spec.shape):
+            if not (isinstance(dim, str) and SUM in dim and name in nodes):
+                continue
+            size = nodes[name].meta["val"].shape[axis]
+            expr = getattr(getattr(size, "node", None), "expr", None)
+            if expr is not None and expr in program.range_constraints:
+                program.range_constraints[expr] = ValueRanges(sig.dim(dim).min, sig.dim(dim).max)
