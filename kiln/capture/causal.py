@@ -11,10 +11,11 @@ zero-sized constant in the graph, which OpenVINO rejects.
 
 ``attention_mask`` ``[batch, past + sequence]`` (1 for a token, 0 for padding) lets rows of
 different lengths share a batch (left-padded), as OpenVINO GenAI and ONNX Runtime GenAI feed it;
-the batch is dynamic (1..8 unless ``[model].dims.batch`` says otherwise). Attention runs through
-kiln's own attention function (:func:`kiln_attention`): keys and values stay at the KV-head count
-up to the attention itself, where they are widened in the one form OpenVINO's paged-attention
-transformation recognizes, so the continuous-batching runtime keeps a cache of KV heads.
+the batch is then dynamic (1..8 unless ``[model].dims.batch`` says otherwise). kiln builds the 4-D
+mask itself (:func:`padded_causal`) and runs attention through its own function
+(:func:`kiln_attention`), so only a model on sdpa attention whose layers all see the whole past
+gets the mask input; one on eager attention or with sliding windows keeps transformers' own mask
+and batch 1 (``CacheSpec.attention_mask`` says which), as does a factory's own step module.
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ def kiln_attention(
     is_causal: bool | None = None,
     **kwargs: Any,
 ) -> tuple[Any, None]:
-    """transformers' sdpa attention for export: always the mask transformers built (no
-    ``is_causal`` shortcut, which a padded batch cannot take), and grouped-query keys and values
-    widened right at the attention as ``unsqueeze(2) -> expand -> reshape``: the pattern OpenVINO's
-    SDPA-to-paged-attention transformation reads the KV-head count from (it then drops the
-    widening; the cache holds KV heads). ``F.scaled_dot_product_attention(enable_gqa=True)`` would
-    say it directly, but OpenVINO 2026.4's PyTorch frontend drops the flag and the conversion fails
-    ("Key input shape not compatible"); transformers' own ``repeat_kv`` indexes with ``None``, which
-    torch.export records as slices the pattern does not match."""
+    """transformers' sdpa attention, pinned for export: always the mask given (kiln's padded causal
+    mask), and grouped-query keys and values widened right at the attention as ``unsqueeze(2) ->
+    expand -> reshape``, the pattern OpenVINO's SDPA-to-paged-attention transformation reads the
+    KV-head count from (it then drops the widening: the paged cache holds KV heads). transformers'
+    own sdpa function gives the same graph today (its ``repeat_kv``), but passes
+    ``enable_gqa=True`` instead where it decides so (``TRANSFORMERS_SDPA_FORCE_GQA=1``, other
+    devices): OpenVINO 2026.4's PyTorch frontend drops that flag and the conversion fails ("Key
+    input shape not compatible with other inputs"), so the widening is kiln's."""
     import torch
 
     del dropout, is_causal, kwargs
