@@ -171,17 +171,12 @@ def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) ->
 
 
 def declare_sums(program: Any, sig: Signature) -> None:
-    """Bound each input axis that is a sum of dims (``past+sequence``) by the spec. torch.export
-    derives its size from the parts, but bounds it by its own reasoning, where every dynamic size
-    is at least 2: a mask over past 0 and sequence 1 would then fail the program's guards."""
-    from torch.utils._sympy.value_ranges import ValueRanges
-
-    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    for spec, name in zip(sig.inputs, program.graph_signature.user_inputs, strict=False):
-        for axis, dim in enumerate(spec.shape):
-            if not (isinstance(dim, str) and SUM in dim and name in nodes):
-                continue
-            size = nodes[name].meta["val"].shape[axis]
-            expr = getattr(getattr(size, "node", None), "expr", None)
-            if expr is not None and expr in program.range_constraints:
-                program.range_constraints[expr] = ValueRanges(sig.dim(dim).min, sig.dim(dim).max)
+    """Drop the range torch.export keeps for an input axis that is a sum of dims
+    (``past+sequence``): it derives the size from the parts, whose ranges hold, but bounds the sum
+    by its own reasoning, where every dynamic size is at least 2 (a mask over past 0 and sequence 1
+    would fail the program's guards), and a program saved with it loads into one that
+    ``run_decompositions`` (OpenVINO's conversion) refuses ("expected sympy.Symbol")."""
+    if not any(isinstance(d, str) and SUM in d for spec in sig.inputs for d in spec.shape):
+        return
+    for expr in [e for e in program.range_constraints if not e.is_symbol]:
+        del program.range_constraints[expr]
