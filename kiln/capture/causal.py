@@ -172,8 +172,9 @@ def padded_causal(mask: Any, sequence: Any) -> Any:
     total = mask.shape[1]
     keys = torch.arange(total, device=mask.device)
     queries = torch.arange(sequence, device=mask.device) + (total - sequence)
-    allowed = (keys[None, :] <= queries[:, None])[None, None] & mask.bool()[:, None, None, :]
-    return allowed | ~allowed.any(dim=-1, keepdim=True)
+    # Arithmetic, not bitwise ops: coremltools 9 converts no bitwise_or.
+    kept = (keys[None, :] <= queries[:, None]).to(mask.dtype)[None, None] * mask[:, None, None, :]
+    return kept + (kept.sum(dim=-1, keepdim=True) == 0).to(mask.dtype) > 0
 
 
 def full_attention(config: Any) -> bool:

@@ -125,18 +125,19 @@ def test_llm_pipeline_decodes_kiln_s_tokens_without_falling_back(
     assert got == expected
 
 
+@pytest.mark.parametrize("key", ["openvino-fp32", "openvino-int4"])
 def test_continuous_batching_gives_each_row_its_tokens_alone(
-    built: dict[str, Any], capfd: pytest.CaptureFixture[str]
+    built: dict[str, Any], key: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
     og = pytest.importorskip("openvino_genai")
     import openvino as ov
 
     prompts = _prompt_ids(built)
     assert len({len(p) for p in prompts}) == len(prompts), "prompts of different lengths"
-    expected = _alone(built, "openvino-fp32", prompts)
+    expected = _alone(built, key, prompts)
     scheduler = og.SchedulerConfig()
     scheduler.cache_size = 1  # GB
-    pipe = og.ContinuousBatchingPipeline(str(built["root"] / "openvino-fp32"), scheduler, "CPU", F32)
+    pipe = og.ContinuousBatchingPipeline(str(built["root"] / key), scheduler, "CPU", F32)
     inputs = [ov.Tensor(np.asarray([ids], dtype=np.int64)) for ids in prompts]
     results = pipe.generate(inputs, [_config(og)] * len(prompts))
     out = capfd.readouterr()
