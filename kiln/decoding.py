@@ -116,6 +116,15 @@ class DecodeSession(abc.ABC):
         """Release what the session holds (the runner stays open)."""
 
 
+def step_feed(sig: Signature, ids: np.ndarray, positions: np.ndarray) -> Arrays:
+    """``input_ids`` and ``position_ids`` of one chunk of one sequence, with the all-ones
+    ``attention_mask`` over the past and the chunk where the step graph takes one."""
+    feed = {"input_ids": ids, "position_ids": positions}
+    if sig.cache is not None and sig.cache.attention_mask:
+        feed["attention_mask"] = np.ones((ids.shape[0], int(positions[0, -1]) + 1), dtype=np.int64)
+    return feed
+
+
 class ExplicitCache(DecodeSession):
     """The cache as the step graph's inputs and outputs, carried between calls by kiln."""
 
@@ -133,7 +142,7 @@ class ExplicitCache(DecodeSession):
     def _step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         cache = self.sig.cache
         assert cache is not None
-        out = self.runner.infer({"input_ids": ids, "position_ids": positions, **self.past})
+        out = self.runner.infer({**step_feed(self.sig, ids, positions), **self.past})
         self.past = {p: out[q] for p, q in zip(cache.past_names, cache.present_names, strict=True)}
         return out["logits"]
 

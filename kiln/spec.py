@@ -16,6 +16,8 @@ from pydantic import BaseModel, field_validator
 from kiln.config import DimSpec, InputSpec
 
 Point = Literal["min", "opt", "max"]
+# A shape entry naming a sum of dims: ``past+sequence``.
+SUM = "+"
 
 # Inputs or outputs of one request, keyed by the signature's names: what every runner speaks.
 Arrays = dict[str, np.ndarray]
@@ -31,7 +33,8 @@ NUMPY_DTYPES = {
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """The KV cache of a decoder LM's step graph: ``input_ids`` and ``position_ids`` ``[batch,
+    """The KV cache of a decoder LM's step graph: ``input_ids``, ``attention_mask`` ``[batch,
+    past + sequence]`` (where :attr:`attention_mask` says so) and ``position_ids`` ``[batch,
     sequence]``, then ``past.<i>.key|value`` ``[batch, kv_heads, past, head_dim]`` in; ``logits``
     ``[batch, sequence, vocab]``, then ``present.<i>.key|value`` (past + sequence long) out.
     One graph serves prefill (past = 0) and decode (sequence = 1)."""
@@ -44,6 +47,10 @@ class CacheSpec:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     dtype: str = "float32"
+    # ``attention_mask`` ``[batch, past + sequence]`` (1 for a token, 0 for padding) after the ids:
+    # what batched runtimes feed (rows of different lengths, left-padded). Off for step graphs
+    # captured before it existed and for a factory's own step module without it.
+    attention_mask: bool = False
 
     @property
     def past_names(self) -> list[str]:
@@ -80,28 +87,42 @@ class Signature:
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.inputs]
 
-    def size(self, dim: str, point: Point) -> int:
+    def dim(self, name: str) -> DimSpec:
+        """A named dim, or a sum of them (``past+sequence``: an attention mask's length)."""
+        if SUM not in name:
+            return self.dims[name]
+        parts = [self.dims[part] for part in name.split(SUM)]
+        return DimSpec(
+            min=sum(p.min for p in parts), opt=sum(p.best for p in parts), max=max(1, sum(p.max for p in parts))
+        )
+
+    def size(self, dim: str, point: Point, sizes: dict[str, int] | None = None) -> int:
+        """The dim's size at ``point``, or as ``sizes`` give it (a sum from its parts' sizes)."""
+        given = sizes or {}
+        if dim in given:
+            return given[dim]
+        if SUM in dim:
+            return sum(self.size(part, point, given) for part in dim.split(SUM))
         spec = self.dims[dim]
         return {"min": spec.min, "opt": spec.best, "max": spec.max}[point]
 
     def shape(self, spec: InputSpec, point: Point, overrides: dict[str, int] | None = None) -> tuple[int, ...]:
-        sizes = overrides or {}
-        return tuple(s if isinstance(s, int) else sizes.get(s, self.size(s, point)) for s in spec.shape)
+        return tuple(s if isinstance(s, int) else self.size(s, point, overrides) for s in spec.shape)
 
     def fits(self, spec: InputSpec, shape: tuple[int, ...]) -> bool:
         """Whether an array of ``shape`` is a valid value of input ``spec``."""
         return len(shape) == len(spec.shape) and all(
-            s == g if isinstance(s, int) else self.dims[s].min <= g <= self.dims[s].max
+            s == g if isinstance(s, int) else self.dim(s).min <= g <= self.dim(s).max
             for s, g in zip(spec.shape, shape, strict=False)
         )
 
     def shown(self, spec: InputSpec) -> list[int | str]:
         """The spec's shape for a message: each named dim with its range, ``[batch[1..8], 4]``."""
-        return [f"{s}[{self.dims[s].min}..{self.dims[s].max}]" if isinstance(s, str) else s for s in spec.shape]
+        return [f"{s}[{self.dim(s).min}..{self.dim(s).max}]" if isinstance(s, str) else s for s in spec.shape]
 
     def shape_range(self, spec: InputSpec) -> list[tuple[int, int]]:
         """(min, max) per axis: what OpenVINO and TensorRT profiles need."""
-        return [(s, s) if isinstance(s, int) else (self.dims[s].min, self.dims[s].max) for s in spec.shape]
+        return [(s, s) if isinstance(s, int) else (self.dim(s).min, self.dim(s).max) for s in spec.shape]
 
     def example_sizes(self) -> dict[str, int]:
         """Sizes to trace with: torch.export specializes a dynamic dim traced at size 0 or 1."""
@@ -174,7 +195,11 @@ def torch_dynamic_shapes(sig: Signature, varargs: bool = False) -> tuple[Any, ..
     step that takes its cache as ``*past`` (``varargs``) needs that entry as one tuple."""
     from torch.export import Dim
 
-    made = {name: Dim(name, min=spec.min, max=spec.max) for name, spec in sig.dims.items() if not spec.static}
+    made: dict[str, Any] = {
+        name: Dim(name, min=spec.min, max=spec.max) for name, spec in sig.dims.items() if not spec.static
+    }
+    # A sum of dims is no Dim of its own (a derived Dim has one root): torch.export finds it.
+    made.update({s: Dim.AUTO for spec in sig.inputs for s in spec.shape if isinstance(s, str) and SUM in s})
     shapes = tuple(
         {axis: made[s] for axis, s in enumerate(spec.shape) if isinstance(s, str) and s in made} for spec in sig.inputs
     )

@@ -107,7 +107,7 @@ def dims_at_max(sig: Signature, inputs: Arrays) -> list[str]:
         for axis, dim in enumerate(spec.shape):
             if isinstance(dim, str) and spec.name in inputs:
                 sizes.setdefault(dim, set()).add(int(inputs[spec.name].shape[axis]))
-    return [d for d, seen in sizes.items() if not sig.dims[d].static and seen == {sig.dims[d].max}]
+    return [d for d, seen in sizes.items() if not sig.dim(d).static and seen == {sig.dim(d).max}]
 
 
 def passes(runner: Runner, case: Candidate, gate: GateSetup) -> bool:

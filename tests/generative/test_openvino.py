@@ -139,6 +139,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"results": results, "folder": out / "lm"}
 
 
+def _ir_bytes(manifest: Any) -> int:
+    return sum(f.bytes for f in manifest.files if f.path.startswith("openvino_model."))
+
+
 def _manifest(built: dict[str, Any], key: str) -> Any:
     result = built["results"][key]
     assert result.manifest is not None, result.error
@@ -154,10 +158,10 @@ def test_fp32_is_a_stateful_ir_that_reproduces_eagers_tokens_exactly(built: dict
     assert abs(gate.generation.perplexity_increase) < 1e-5
     info = manifest.execution
     assert info.get("stateful") is True
-    assert info.get("ir_inputs") == ["input_ids", "position_ids", "beam_idx"]
+    assert info.get("ir_inputs") == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
     assert info.get("ir_outputs") == ["logits"]
     assert info.get("states") == {p: p + p.replace("past", "present") for p in manifest.signature.cache.past_names}
-    assert info.get("cache_shape") == "[1, 2, -1, 16]"
+    assert info.get("cache_shape") == "[?,2,?,16]"
     assert (info.execution_precision, info.get("inference_precision_hint")) == ("fp32", "fp32")
     assert (info.get("kv_cache_precision"), info.get("kv_cache_held")) == ("fp32", "fp32")
 
@@ -201,7 +205,8 @@ def test_weight_compression_passes_the_generation_gate_with_its_figures(built: d
     assert record["tool"] == "nncf.compress_weights"
     assert sum(row["share"] for row in record["distribution"].values()) == pytest.approx(1.0, abs=1e-3)
     assert manifest.execution.get("stateful") is True
-    assert manifest.size_bytes < 0.55 * _manifest(built, "openvino-fp32").size_bytes
+    # The IR's own files: the tokenizer IRs beside it (OpenVINO GenAI's) are the same in both.
+    assert _ir_bytes(manifest) < 0.55 * _ir_bytes(_manifest(built, "openvino-fp32"))
     if key == "openvino-int8-weights":
         assert set(record["bit_widths"]) == {"int8"} and gen.forced_top1 == 1.0
         return

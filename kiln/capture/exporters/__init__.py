@@ -37,6 +37,7 @@ TOKENIZER_FILES = (
     "chat_template.jinja",  # where transformers 5 saves a chat template
     "generation_config.json",
     "chat_template.jinja",
+    "config.json",  # the model's config: OpenVINO GenAI's folder carries it, as optimum-intel's does
 )
 
 
@@ -47,7 +48,7 @@ def copy_tokenizer(source: Path, dest: Path) -> None:
     vocabulary and post-processor of ``tokenizer.json``; a folder without one is converted), it
     re-saves it there, so that the ``tokenizer.json`` a device reads is the pipeline transformers runs."""
     files = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
-    if not files:
+    if all(path.name == "config.json" for path in files):
         raise ExportError(f"{source} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
     dest.mkdir(parents=True, exist_ok=True)
     for path in files:

@@ -56,7 +56,7 @@ def name_dynamic_axes(proto: Any, sig: Signature) -> None:
         if spec is None:
             continue
         for axis, dim in zip(value.type.tensor_type.shape.dim, spec.shape, strict=False):
-            if isinstance(dim, str) and not sig.dims[dim].static:
+            if isinstance(dim, str) and not sig.dim(dim).static:
                 axis.ClearField("dim_value")
                 axis.dim_param = dim
 

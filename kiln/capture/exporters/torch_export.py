@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kiln.errors import ExportError, error_line
-from kiln.spec import Signature, random_inputs, torch_dynamic_shapes
+from kiln.spec import SUM, Signature, random_inputs, torch_dynamic_shapes
 
 
 def example_inputs(sig: Signature, given: tuple[Any, ...] | None) -> tuple[Any, ...]:
@@ -154,7 +154,7 @@ def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) ->
     try:
         shapes = torch_dynamic_shapes(sig, varargs)
         with _quiet_stderr():
-            return torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
+            program = torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
     except Exception as err:
         if pinned := pinned_dims(str(err), sig):
             raise ExportError(f"torch.export: {pinned}") from err
@@ -166,3 +166,17 @@ def capture(module: Any, args: tuple[Any, ...], sig: Signature, strict: bool) ->
             "or rewrite the data-dependent code; --verbose shows the full trace",
             where=user_line(err, model_files(module)),
         ) from err
+    declare_sums(program, sig)
+    return program
+
+
+def declare_sums(program: Any, sig: Signature) -> None:
+    """Drop the range torch.export keeps for an input axis that is a sum of dims
+    (``past+sequence``): it derives the size from the parts, whose ranges hold, but bounds the sum
+    by its own reasoning, where every dynamic size is at least 2 (a mask over past 0 and sequence 1
+    would fail the program's guards), and a program saved with it loads into one that
+    ``run_decompositions`` (OpenVINO's conversion) refuses ("expected sympy.Symbol")."""
+    if not any(isinstance(d, str) and SUM in d for spec in sig.inputs for d in spec.shape):
+        return
+    for expr in [e for e in program.range_constraints if not e.is_symbol]:
+        del program.range_constraints[expr]

@@ -129,10 +129,10 @@ def _shape(ct: Any, sig: Signature, name: str, shape: list[int | str], settings:
         return ct.EnumeratedShapes(shapes=shapes, default=shapes[0])
     dims = []
     for size in shape:
-        if isinstance(size, int) or sig.dims[size].static:
-            dims.append(size if isinstance(size, int) else sig.dims[size].min)
+        if isinstance(size, int) or sig.dim(size).static:
+            dims.append(size if isinstance(size, int) else sig.dim(size).min)
         else:
-            spec = sig.dims[size]
+            spec = sig.dim(size)
             # one RangeDim per named dim, shared by every input that uses it (a symbol is declared once)
             if size not in made:
                 made[size] = ct.RangeDim(lower_bound=spec.min, upper_bound=spec.max, default=spec.best, symbol=size)

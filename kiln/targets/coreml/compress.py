@@ -160,16 +160,32 @@ def rel_error(a: np.ndarray, ref: np.ndarray) -> float:
 
 def match_weights(stored: dict[str, np.ndarray], source: dict[str, np.ndarray]) -> dict[str, tuple[str, float]]:
     """Pair each source matrix with the stored one it became: same shape, smallest error (names
-    differ after conversion; folding and fp16 keep the right pair far closer than any other)."""
+    differ after conversion; folding and fp16 keep the right pair far closer than any other). A
+    linear captured with a dynamic batch is ``view -> mm(x, weight.t()) -> view``, and the
+    converter stores the transposed constant: a stored matrix is compared both ways."""
     pairs: dict[str, tuple[str, float]] = {}
     free = dict(stored)
     for name, src in sorted(source.items(), key=lambda kv: -kv[1].size):
-        candidates = [(rel_error(w, src), key) for key, w in free.items() if w.shape == src.shape]
+        candidates = [
+            (rel_error(form, src), key)
+            for key, w in free.items()
+            for form in (w, w.T if w.ndim == 2 else w)
+            if form.shape == src.shape
+        ]
         if candidates:
             err, key = min(candidates)
             pairs[name] = (key, err)
             del free[key]
     return pairs
+
+
+def oriented(stored: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``stored`` the way round it is closest to ``ref`` (see :func:`match_weights`)."""
+    if stored.ndim != 2 or stored.T.shape != ref.shape:
+        return stored
+    if stored.shape != ref.shape or rel_error(stored.T, ref) < rel_error(stored, ref):
+        return stored.T
+    return stored
 
 
 def weight_report(
@@ -193,7 +209,11 @@ def weight_report(
     if simulated is not None:
         # How closely the PyTorch simulation reproduces the stored weights, per tensor.
         # (a neighbouring level or palette entry for a weight on a rounding boundary shows in the max).
-        both = [(simulated[name], stored[key]) for name, (key, _) in pairs.items() if name in simulated]
+        both = [
+            (simulated[name], oriented(stored[key], simulated[name]))
+            for name, (key, _) in pairs.items()
+            if name in simulated
+        ]
         differ = sum(int((np.abs(a - b) > 1e-3 * np.abs(b).max()).sum()) for a, b in both)
         report["simulation_vs_package"] = {
             "max_rel": round(max(rel_error(a, b) for a, b in both), 6) if both else None,

@@ -55,7 +55,7 @@ def check_signature(sig: Signature) -> None:
             "coreml: kv_cache = 'state' needs a causal LM's step graph ([model].task = 'text-generation')"
         )
     batch = sig.dims.get("batch")
-    if batch is not None and not (batch.static and batch.min == 1):
+    if batch is not None and batch.min != 1:  # a dynamic batch from 1 is taken at 1
         raise ConfigError(
             "coreml: the stateful form (kv_cache = 'state') holds one sequence; set [model].dims.batch to 1 "
             "or choose kv_cache = 'explicit'"
@@ -105,7 +105,9 @@ def stateful_step(step: Any, sig: Signature) -> Any:
             self.scratch.update(cache=full, hot=hot, keep=(1.0 - hot.sum(1))[:, None], mask=unseen[None, None])
             # Past tensors of (context - seq) positions: only their length is read by the rewired graph.
             past = [full[j : j + 1, :, : context - seq] for j in range(2 * cache.layers)]
-            out = self.step(input_ids, position_ids, *past)
+            # The whole context as the step's mask length: the past given is context - seq long.
+            mask = (torch.ones(1, context, dtype=torch.int64),) if cache.attention_mask else ()
+            out = self.step(input_ids, *mask, position_ids, *past)
             self.scratch.clear()
             self.kv_cache.copy_(torch.cat([out[name] for name in cache.present_names], 0).to(torch.float16))
             return out["logits"]
@@ -125,7 +127,8 @@ def _rewire(step: Any, owner: Any, sig: Signature) -> None:
         raise TargetBuildError(
             f"coreml: the step graph has {len(placeholders)} inputs, the signature {len(sig.inputs)}"
         )
-    ids, pasts = placeholders[0], placeholders[len(INPUTS) :]
+    assert sig.cache is not None
+    ids, pasts = placeholders[0], placeholders[len(sig.inputs) - len(sig.cache.past_names) :]
     kv_length = _expr(pasts[0].meta["val"].shape[2]) + _expr(ids.meta["val"].shape[1])
 
     def writer(row: int) -> Any:

@@ -98,7 +98,8 @@ class ORTTarget(Target):
 
             written = write_model_folder(ctx.out_dir, ctx.export.signature, MAIN, tokenizer)
             artifact.info.notes.append(
-                f"an ONNX Runtime GenAI model folder too ({', '.join(written)}): onnxruntime_genai.Model(folder), batch 1"
+                f"an ONNX Runtime GenAI model folder too ({', '.join(written)}): onnxruntime_genai.Model(folder), "
+                f"batch up to {ctx.export.signature.dims['batch'].max}"
             )
         return artifact
 

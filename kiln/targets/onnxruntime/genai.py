@@ -9,8 +9,10 @@ beside kiln's record; no graph change (onnxruntime-genai 0.18: the same greedy t
 own loop, tests/generative/test_ort_aoti.py). With ``genai_config.json`` present the runtime does
 not take kiln's ``manifest.json`` for its model-package format.
 
-Not yet: batched generation (``attention_mask`` and a batch dimension in the cache), which the
-graph does not have; a model folder is for batch 1.
+Batched generation (rows of different lengths, left-padded) needs the step graph's
+``attention_mask`` input and a dynamic batch, both there for a transformers causal LM
+(:mod:`kiln.capture.causal`; batch up to ``[model].dims.batch.max``, 8 by default); a step graph
+captured without a mask is for batch 1.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ def _eos(tokenizer_dir: Path, fallback: int | None) -> int | list[int] | None:
     return fallback
 
 
+def _pad(tokenizer_dir: Path, fallback: int) -> int:
+    """The tokenizer's own pad id (``pad_token`` of ``tokenizer_config.json``, an added token of
+    ``tokenizer.json``), else ``fallback`` (the EOS). onnxruntime-genai 0.18 masks the tokens equal to
+    the pad id of a batch's first input, but not when that id is also the EOS."""
+    settings, vocab = tokenizer_dir / "tokenizer_config.json", tokenizer_dir / "tokenizer.json"
+    if not (settings.is_file() and vocab.is_file()):
+        return fallback
+    pad = json.loads(settings.read_text()).get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    added = {t.get("content"): t.get("id") for t in json.loads(vocab.read_text()).get("added_tokens", [])}
+    found = added.get(pad) if isinstance(pad, str) else None
+    return found if isinstance(found, int) else fallback
+
+
 def config(sig: Signature, main: str, tokenizer_dir: Path) -> dict[str, Any]:
     """``genai_config.json`` for the step graph in ``main``."""
     cache = sig.cache
@@ -57,6 +73,7 @@ def config(sig: Signature, main: str, tokenizer_dir: Path) -> dict[str, Any]:
             "inputs": {
                 "input_ids": "input_ids",
                 "position_ids": "position_ids",
+                **({"attention_mask": "attention_mask"} if cache.attention_mask else {}),
                 "past_key_names": past,
                 "past_value_names": past.replace("key", "value"),
             },
@@ -71,7 +88,7 @@ def config(sig: Signature, main: str, tokenizer_dir: Path) -> dict[str, Any]:
         model["bos_token_id"] = cache.bos_token_id
     if eos is not None:
         model["eos_token_id"] = eos
-        model["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
+        model["pad_token_id"] = _pad(tokenizer_dir, eos[0] if isinstance(eos, list) else eos)
     search = {"do_sample": False, "num_beams": 1, "max_length": length, "past_present_share_buffer": False}
     return {"model": model, "search": search}
 

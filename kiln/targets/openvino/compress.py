@@ -79,6 +79,7 @@ def text_samples(ctx: CompileContext, ref: str | None, limit: int) -> tuple[list
         {
             "input_ids": np.asarray([w], dtype=np.int64),
             "position_ids": np.arange(len(w), dtype=np.int64)[None],
+            **({"attention_mask": np.ones((1, len(w)), dtype=np.int64)} if cache.attention_mask else {}),
             **dict.fromkeys(cache.past_names, empty),
         }
         for w in windows

@@ -1,11 +1,14 @@
 """A causal LM's step graph as an OpenVINO stateful IR: the KV cache lives in the request.
 
-The step graph ``(input_ids, position_ids, past.*) -> (logits, present.*)`` (kiln.capture.causal) is
-turned into the form optimum-intel gives OpenVINO's LLM runtimes, built with OpenVINO's own
-passes (openvino 2026.4):
+The step graph ``(input_ids, attention_mask, position_ids, past.*) -> (logits, present.*)``
+(kiln.capture.causal) is turned into the form optimum-intel gives OpenVINO's LLM runtimes, built
+with OpenVINO's own passes (openvino 2026.4), the form OpenVINO GenAI's ``LLMPipeline`` and
+``ContinuousBatchingPipeline`` load:
 
-- the cache inputs are pinned to ``[batch, kv_heads, -1, head_dim]``: the past axis unbounded,
-  since kiln's decode session bounds the context, and the rest fixed so the state's shape is known;
+- every named dim is unbounded (``-1``): the batch, so the state's batch is dynamic (the
+  paged-attention transformation that continuous batching needs refuses a fixed one), and the
+  sequence and past, since the runtimes feed prompts of any length and kiln's decode session
+  bounds the context itself; the cache inputs are ``[-1, kv_heads, -1, head_dim]``;
 - ``beam_idx`` ``int32 [batch]``: a ``Gather`` on the batch axis of every cache input, so a
   runtime can reorder the cache between steps (beam search) without reading it out;
 - ``openvino.passes.MakeStateful`` pairs each ``past.<i>.key|value`` Parameter with its
@@ -14,7 +17,8 @@ passes (openvino 2026.4):
 - each ``ReadValue`` starts from zeros ``[batch of input_ids, kv_heads, 0, head_dim]``: an empty
   cache whatever the batch, so ``reset_state()`` is a new sequence.
 
-The IR then has inputs ``input_ids``, ``position_ids``, ``beam_idx`` and one output, ``logits``.
+The IR then has inputs ``input_ids``, ``attention_mask``, ``position_ids``, ``beam_idx`` and one
+output, ``logits``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.decoding import DecodeSession
+from kiln.decoding import DecodeSession, step_feed
 from kiln.errors import TargetBuildError
 from kiln.spec import Arrays, Signature
 
@@ -35,19 +39,13 @@ def is_stateful(model: Any) -> bool:
 
 
 def cache_shapes(sig: Signature) -> dict[str, Any]:
-    """Shapes to pin: the signature's ranges for ids and positions, the cache's past axis
-    unbounded."""
+    """Shapes to pin: every named dim unbounded, the cache's heads and width fixed."""
     import openvino as ov
 
-    cache = sig.cache
-    assert cache is not None
-    shapes = {}
-    for spec in sig.inputs:
-        dims = [ov.Dimension(lo, hi) for lo, hi in sig.shape_range(spec)]
-        if spec.name in cache.past_names:
-            dims[2] = ov.Dimension(-1)
-        shapes[spec.name] = ov.PartialShape(dims)
-    return shapes
+    return {
+        spec.name: ov.PartialShape([ov.Dimension(-1) if isinstance(s, str) else ov.Dimension(s) for s in spec.shape])
+        for spec in sig.inputs
+    }
 
 
 def make_stateful(model: Any, sig: Signature) -> dict[str, Any]:
@@ -89,7 +87,7 @@ def make_stateful(model: Any, sig: Signature) -> dict[str, Any]:
         "ir_inputs": [p.get_any_name() for p in model.inputs],
         "ir_outputs": [p.get_any_name() for p in model.outputs],
         "states": states,
-        "cache_shape": f"[{ids.get_partial_shape()[0]}, {cache.kv_heads}, -1, {cache.head_dim}]",
+        "cache_shape": str(model.get_variables()[0].info.data_shape),  # "[?,2,?,16]": batch and past dynamic
     }
 
 
@@ -107,7 +105,7 @@ class StatefulSession(DecodeSession):
         self.request.reset_state()
 
     def _step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids, "position_ids": positions, BEAM: self.beam}
+        feed = {**step_feed(self.sig, ids, positions), BEAM: self.beam}
         result = self.request.infer(feed, share_inputs=True)
         return np.array(result[self.logits])  # the request reuses its output buffer
 
@@ -129,11 +127,8 @@ def step_infer(request: Any, compiled: Any, sig: Signature, inputs: Arrays) -> A
         if past.shape[2]:
             states[p + q].state = ov.Tensor(past)
     batch = inputs["input_ids"].shape[0]
-    feed = {
-        "input_ids": inputs["input_ids"],
-        "position_ids": inputs["position_ids"],
-        BEAM: np.arange(batch, dtype=np.int32),
-    }
+    feed = {name: inputs[name] for name in ("input_ids", "attention_mask", "position_ids") if name in inputs}
+    feed[BEAM] = np.arange(batch, dtype=np.int32)
     result = request.infer(feed)
     out = {"logits": np.array(result[compiled.output("logits")])}
     for p, q in zip(cache.past_names, cache.present_names, strict=True):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import ConfigError, DataError
-from kiln.spec import Signature
+from kiln.spec import SUM, Signature
 
 PROFILES = "profiles.json"
 
@@ -90,11 +90,16 @@ def _checked_range(dim: str, values: dict[str, Any], sig: Signature, where: str)
     return DimRange(low, opt, high)
 
 
+def _size(ranges: dict[str, DimRange], dim: str, point: str) -> int:
+    """A dim's size at a profile point; a sum of dims (``past+sequence``) from its parts."""
+    return sum(getattr(ranges[part], point) for part in dim.split(SUM))
+
+
 def _profile(sig: Signature, ranges: dict[str, DimRange]) -> Profile:
     inputs = []
     for spec in sig.inputs:
         shapes = {
-            point: tuple(s if isinstance(s, int) else getattr(ranges[s], point) for s in spec.shape)
+            point: tuple(s if isinstance(s, int) else _size(ranges, s, point) for s in spec.shape)
             for point in ("min", "opt", "max")
         }
         inputs.append(InputShapes(spec.name, shapes["min"], shapes["opt"], shapes["max"]))
