@@ -62,14 +62,10 @@ class ExecuTorchTarget(Target):
 
         options: ExecuTorchOptions = ctx.options
         sig = ctx.export.signature
-        if sig.generative:
-            # Refused before lowering: the step graph lowers, but running it with its KV-cache
-            # inputs aborts the ExecuTorch 1.5.1 runtime (SIGABRT in Method::execute), which no
-            # Python code can catch.
-            raise TargetBuildError(
-                "executorch: causal LMs with a KV cache are not supported yet (the step graph aborts the "
-                "ExecuTorch 1.5.1 runtime); build onnxruntime, openvino or aoti for this model"
-            )
+        if sig.generative:  # ExecuTorch's LLM form: a static cache in the program
+            from kiln.targets.executorch.llm import compile_llm
+
+            return compile_llm(ctx)
         program, quantization = ctx.export.program(), None
         if ctx.precision == "int8":
             program, quantization = lower.quantize_static(ctx, program, options)
@@ -112,6 +108,11 @@ class ExecuTorchTarget(Target):
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         from kiln.targets.executorch.runner import PteRunner
+
+        if artifact.signature.generative:
+            from kiln.targets.executorch.llm import LlmRunner
+
+            return LlmRunner(artifact, options)
 
         # A .pte whose delegate's backend this runtime lacks fails in load_method with a bare error
         # code ("0x:20"); name the backend instead, for callers that did not ask available_here.
