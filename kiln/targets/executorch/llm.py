@@ -387,7 +387,7 @@ class LlmRunner(Runner):
         with native_stderr_silenced():
             for name in sorted(self.program.method_names - {"forward"}):
                 out = self.program.load_method(name).execute([])
-                values[name] = out[0] if len(out) == 1 else list(out)
+                values[name] = list(out) if name == "get_eos_ids" else out[0]  # a list constant: one value each
         return values
 
     def infer(self, inputs: Arrays) -> Arrays:
