@@ -153,3 +153,31 @@ def test_executorch_s_own_llm_runner_loads_the_artifact_and_decodes_kiln_s_text(
     assert done.returncode == 0, done.stderr[-2000:]
     text = json.loads(done.stdout.strip().splitlines()[-1])
     assert text == Tokenizer(folder / "tokenizer").decode(first.tokens)
+
+
+@pytest.mark.target("executorch", stage="prepare")
+@pytest.mark.parametrize("custom", [True, False], ids=["custom-ops", "plain-sdpa"])
+def test_static_cache_module_in_chunks_equals_the_model_on_the_whole_sequence(tmp_path: Path, custom: bool) -> None:
+    """The module that is lowered, run eagerly: a prefill chunk then single tokens through the
+    static cache give the logits of one pass over the whole sequence, with ExecuTorch's custom ops
+    and with the plain-SDPA fallback; a second sequence overwrites the first from position 0."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kiln.capture.causal import cache_spec, step_signature
+    from kiln.config import ModelConfig
+    from kiln.targets.executorch.llm import static_module
+    from tests.generative.models import tiny_llama_folder
+
+    tiny_llama_folder(tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    model = ModelConfig.model_validate({"name": "lm", "source": "hf:x", "dims": {"past": {"min": 0, "max": 15}}})
+    sig = step_signature(cache_spec(reference.config), model)
+    module = static_module(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), sig, custom)
+    ids = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = reference(ids).logits
+        module(ids[:, :3].flip(1), torch.arange(3))  # a first sequence, overwritten below
+        chunks = [module(ids[:, :5], torch.arange(5))]
+        chunks += [module(ids[:, i : i + 1], torch.arange(i, i + 1)) for i in range(5, 9)]
+    assert torch.allclose(torch.cat(chunks, 1), whole, atol=1e-5)

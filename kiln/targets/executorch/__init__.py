@@ -26,6 +26,10 @@ int4 grouped weights, activations quantized per token at run time; convolutions 
 Weight-only torchao (``IntxWeightOnlyConfig``) is not offered: measured here, XNNPACK lowers it
 to an fp32-sized .pte whose outputs are wrong (cosine 0.95 against the model's own 1.0).
 
+A causal LM is built in ExecuTorch's own LLM form instead (:mod:`kiln.targets.executorch.llm`): a
+static KV cache in the program, updated in place by ExecuTorch's custom ops, its metadata
+methods and ``tokenizer.json`` beside the .pte, as ExecuTorch's LLM runner loads them.
+
 The manifest records (``execution``) the delegate, the planned upper bounds, the ops and
 estimated FLOPs inside the delegate and left on portable kernels
 (:mod:`kiln.targets.executorch.delegation`), the .pte size and the ExecuTorch version; when most

@@ -40,7 +40,8 @@ from kiln.targets.executorch.options import ExecuTorchOptions
 
 MAIN = "model.pte"
 TOKENIZER_FILE = "tokenizer.json"
-ATTENTION = "kiln_executorch_static"  # the attention implementation registered with transformers
+# The attention implementations registered with transformers (one name per kind: a registration is global).
+ATTENTION = {True: "kiln_executorch_custom_sdpa", False: "kiln_executorch_plain_sdpa"}
 GROUPS = (128, 64, 32)  # 8da4w group sizes tried, largest first, when options.group_size is unset
 
 
@@ -74,14 +75,16 @@ def _attend_custom(module: Any, query: Any, key: Any, value: Any, *_: Any, scali
     key, value = key.transpose(1, 2), value.transpose(1, 2)
     torch.ops.llama.update_cache(key, module.k_cache, start)
     torch.ops.llama.update_cache(value, module.v_cache, start)
-    out = torch.ops.llama.custom_sdpa(query.transpose(1, 2), module.k_cache, module.v_cache, start, None, 0.0, True, scaling)
+    out = torch.ops.llama.custom_sdpa(
+        query.transpose(1, 2), module.k_cache, module.v_cache, start, None, 0.0, True, scaling
+    )
     return out, None
 
 
 def _attend_plain(module: Any, query: Any, key: Any, value: Any, *_: Any, scaling: Any = None, **__: Any) -> Any:
     """The same cache without the custom ops: ``index_copy_`` and SDPA under a position mask."""
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     positions = module.kiln_position.positions
     module.k_cache.index_copy_(1, positions, key.transpose(1, 2))
@@ -103,9 +106,11 @@ def static_module(lm: Any, sig: Signature, custom: bool) -> Any:
     cache = sig.cache
     assert cache is not None
     context = sig.context_length()
-    AttentionInterface.register(ATTENTION, _attend_custom if custom else _attend_plain)
+    if custom and (unavailable := custom_ops_error()) is not None:
+        raise TargetBuildError(f"executorch: ExecuTorch's LLM custom ops did not load ({unavailable})")
+    AttentionInterface.register(ATTENTION[custom], _attend_custom if custom else _attend_plain)
     try:
-        lm.set_attn_implementation(ATTENTION)
+        lm.set_attn_implementation(ATTENTION[custom])
     except Exception as err:
         raise TargetBuildError(
             f"executorch: {type(lm).__name__} takes no registered attention implementation ({error_line(err)}); "
@@ -135,7 +140,11 @@ def static_module(lm: Any, sig: Signature, custom: bool) -> Any:
             torch._check(start + tokens.shape[1] <= context)
             position.start, position.positions = start, input_pos
             out = self.lm(
-                input_ids=tokens, position_ids=input_pos[None], cache_position=input_pos, use_cache=False, return_dict=True
+                input_ids=tokens,
+                position_ids=input_pos[None],
+                cache_position=input_pos,
+                use_cache=False,
+                return_dict=True,
             )
             return out.logits
 
@@ -171,8 +180,7 @@ def rebuild(ctx: CompileContext) -> Any:
             f"executorch: the captured weights do not fit {type(lm).__name__} re-made from its config "
             f"({error_line(err)}); a pruned variant cannot be rebuilt: build executorch from the dense export"
         ) from err
-    tied = set(getattr(lm, "_tied_weights_keys", None) or {})
-    tied = set(tied) if not isinstance(tied, dict) else set(tied)
+    tied = set(getattr(lm, "_tied_weights_keys", None) or ())  # a dict (transformers 5) or a list: the names
     missing = [k for k in missing if k not in tied and not k.endswith(("inv_freq", "original_inv_freq"))]
     if missing:
         raise TargetBuildError(
@@ -207,7 +215,9 @@ def quantize(lm: Any, precision: str, options: ExecuTorchOptions) -> dict[str, A
         config = ao.Int8DynamicActivationIntxWeightConfig(
             weight_dtype=torch.int4, weight_granularity=granularity.PerGroup(group)
         )
-        left = {f"{n}.weight": f"input width not a multiple of {group}" for n, m in linears.items() if m.in_features % group}
+        left = {
+            f"{n}.weight": f"input width not a multiple of {group}" for n, m in linears.items() if m.in_features % group
+        }
         weights = f"int4 symmetric in groups of {group} (8da4w)"
     else:
         config = ao.Int8DynamicActivationIntxWeightConfig(
