@@ -303,10 +303,6 @@ REGISTRY: dict[str, TargetSpec] = {
                 Precision("int4-dynamic", INT4, needs=(EXECUTORCH_TORCHAO,)),
             ),
             packages=(TORCH, EXECUTORCH),
-            lm_known_issues=tuple(
-                (p, "refused for causal LMs: the KV-cache step graph aborts the ExecuTorch 1.5.1 runtime (SIGABRT)")
-                for p in ("fp32", "int8-dynamic", "int4-dynamic")
-            ),
             runtime=RuntimeRule(
                 "same-minor",
                 "the .pte program's flatbuffer schema and kernel registry change between minor releases",

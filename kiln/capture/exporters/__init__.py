@@ -24,6 +24,9 @@ PROGRAM = "program.pt2"
 ONNX = "model.onnx"
 META = "export.json"
 TOKENIZER = "tokenizer"
+# A causal LM's transformers config, beside its step program: a target that rebuilds the model in
+# its runtime's own LLM form (ExecuTorch's static cache) re-creates it from this and the program's weights.
+MODEL_CONFIG = "model_config.json"
 # The files of a transformers tokenizer folder (every format it may be saved in).
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -105,6 +108,11 @@ class ExportBundle:
     @property
     def tokenizer_dir(self) -> Path | None:
         return self.path / TOKENIZER if (self.path / TOKENIZER).is_dir() else None
+
+    @property
+    def model_config(self) -> Path | None:
+        """The causal LM's transformers config (``config.json`` as saved), when the capture wrote one."""
+        return self.path / MODEL_CONFIG if (self.path / MODEL_CONFIG).is_file() else None
 
     @property
     def onnx_path(self) -> Path:
@@ -239,6 +247,9 @@ def export_model(subject: StageModel, out_dir: Path, export: ExportConfig, key: 
         (out_dir / ONNX).unlink(missing_ok=True)
     if loaded.tokenizer is not None:
         copy_tokenizer(loaded.tokenizer, out_dir / TOKENIZER)
+    hf_config = getattr(getattr(loaded.module, "model", None), "config", None)
+    if sig.cache is not None and hasattr(hf_config, "to_json_file"):  # kiln's step module holds the LM as .model
+        hf_config.to_json_file(out_dir / MODEL_CONFIG)
     meta.update(signature=sig.to_dict(), opset=opset, onnx_error=onnx_error)
     (out_dir / META).write_text(json.dumps(meta, indent=2))
     return ExportBundle(

@@ -26,6 +26,10 @@ int4 grouped weights, activations quantized per token at run time; convolutions 
 Weight-only torchao (``IntxWeightOnlyConfig``) is not offered: measured here, XNNPACK lowers it
 to an fp32-sized .pte whose outputs are wrong (cosine 0.95 against the model's own 1.0).
 
+A causal LM is built in ExecuTorch's own LLM form instead (:mod:`kiln.targets.executorch.llm`): a
+static KV cache in the program, updated in place by ExecuTorch's custom ops, its metadata
+methods and ``tokenizer.json`` beside the .pte, as ExecuTorch's LLM runner loads them.
+
 The manifest records (``execution``) the delegate, the planned upper bounds, the ops and
 estimated FLOPs inside the delegate and left on portable kernels
 (:mod:`kiln.targets.executorch.delegation`), the .pte size and the ExecuTorch version; when most
@@ -62,14 +66,10 @@ class ExecuTorchTarget(Target):
 
         options: ExecuTorchOptions = ctx.options
         sig = ctx.export.signature
-        if sig.generative:
-            # Refused before lowering: the step graph lowers, but running it with its KV-cache
-            # inputs aborts the ExecuTorch 1.5.1 runtime (SIGABRT in Method::execute), which no
-            # Python code can catch.
-            raise TargetBuildError(
-                "executorch: causal LMs with a KV cache are not supported yet (the step graph aborts the "
-                "ExecuTorch 1.5.1 runtime); build onnxruntime, openvino or aoti for this model"
-            )
+        if sig.generative:  # ExecuTorch's LLM form: a static cache in the program
+            from kiln.targets.executorch.llm import compile_llm
+
+            return compile_llm(ctx)
         program, quantization = ctx.export.program(), None
         if ctx.precision == "int8":
             program, quantization = lower.quantize_static(ctx, program, options)
@@ -112,6 +112,11 @@ class ExecuTorchTarget(Target):
 
     def load(self, artifact: Artifact, options: RunOptions) -> Runner:
         from kiln.targets.executorch.runner import PteRunner
+
+        if artifact.signature.generative:
+            from kiln.targets.executorch.llm import LlmRunner
+
+            return LlmRunner(artifact, options)
 
         # A .pte whose delegate's backend this runtime lacks fails in load_method with a bare error
         # code ("0x:20"); name the backend instead, for callers that did not ask available_here.

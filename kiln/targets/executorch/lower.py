@@ -188,13 +188,16 @@ def _coreml(options: ExecuTorchOptions) -> Any:
     return CoreMLPartitioner(compile_specs=specs)
 
 
-def lower(program: Any, options: ExecuTorchOptions) -> Any:
-    """``to_edge_transform_and_lower`` with the delegate's partitioner: the edge program manager."""
+def lower(program: Any, options: ExecuTorchOptions, constant_methods: dict[str, Any] | None = None) -> Any:
+    """``to_edge_transform_and_lower`` with the delegate's partitioner: the edge program manager
+    (with ``constant_methods``, methods that return those values: an LLM's metadata)."""
     from executorch.exir import to_edge_transform_and_lower
 
     try:
         with quiet():
-            return to_edge_transform_and_lower(program, partitioner=partitioners(options))
+            return to_edge_transform_and_lower(
+                program, partitioner=partitioners(options), constant_methods=constant_methods
+            )
     except Exception as err:
         raise _failure(f"lowering to the {options.delegate} delegate", err) from err
 
