@@ -48,7 +48,8 @@ def test_q5_1_is_not_mistaken_for_a_4_bit_grid() -> None:
     assert blocks.fit(_dequantized(weights, "q5_1")) is None
 
 
-def test_the_rewritten_ir_computes_what_the_float_one_did() -> None:
+@pytest.mark.parametrize("activations", ov_blocks.ACTIVATIONS)
+def test_the_rewritten_ir_computes_what_the_float_one_did(activations: str) -> None:
     ov = pytest.importorskip("openvino")
     from openvino import opset13 as ops
 
@@ -70,15 +71,25 @@ def test_the_rewritten_ir_computes_what_the_float_one_did() -> None:
     rewritten = model()
     found = ov_blocks.plan(rewritten)
     assert found.complete and found.kinds() == {"q8_0": 1, "q4_1": 1, "q4_0": 1}
-    assert ov_blocks.apply(rewritten, found) == 4
+    assert ov_blocks.apply(rewritten, found, activations) == 4
     kinds = {
         op.get_output_element_type(0).get_type_name() for op in rewritten.get_ops() if op.get_type_name() == "Constant"
     }
-    assert {"u4", "u8"} <= kinds and "f32" in kinds  # f32: the zero points and the shapes, no weight
+    if activations == "float":
+        assert {"u4", "u8"} <= kinds and "f32" in kinds  # f32: the zero points and the shapes, no weight
+    else:  # signed blocks and no zero point: what the plugin's int8-activation kernel takes
+        assert {"i4", "i8"} <= kinds and not {"u4", "u8"} & kinds
+        assert not [op for op in rewritten.get_ops() if op.get_type_name() == "Subtract"]
     floats = [op for op in rewritten.get_ops() if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) == 2]
     assert all(op.get_output_element_type(0).get_type_name() != "f32" for op in floats)
-    got = core.compile_model(rewritten, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(ids)[0]
+    # The same numbers in arithmetic: with the plugin's activation quantization off, f32 rounding apart.
+    exact = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+    got = core.compile_model(rewritten, "CPU", exact)(ids)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # As kiln runs it (the plugin's default: activations int8 in groups of 32 where the blocks allow).
+    run = core.compile_model(rewritten, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(ids)[0]
+    scale = float(np.abs(expected).max())
+    assert float(np.abs(run - expected).max()) <= (0 if activations == "float" else 0.02) * scale + 1e-5
 
 
 def test_onnxruntime_writes_the_blocks_as_matmulnbits_and_computes_what_the_float_graph_did(tmp_path) -> None:

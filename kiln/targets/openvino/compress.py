@@ -152,7 +152,7 @@ def compress(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
         info.update(mode=mode, **_record(compressed, found))
         return compressed, {"execution_precision": "int8 weights, float compute", "quantization": info, "notes": []}
     if options.blocks != "nncf" and not any(k in options.model_fields_set for k in NNCF_INT4):
-        source = source_blocks(model, options.blocks == "source")
+        source = source_blocks(model, options.blocks == "source", options.block_activations)
         if source is not None:
             return source
     llm = ctx.export.signature.generative
@@ -222,7 +222,7 @@ def compress(ctx: CompileContext, model: Any) -> tuple[Any, dict[str, Any]]:
     }
 
 
-def source_blocks(model: Any, required: bool) -> tuple[Any, dict[str, Any]] | None:
+def source_blocks(model: Any, required: bool, activations: str = "float") -> tuple[Any, dict[str, Any]] | None:
     """int4 in the blocks the weights already lie on (:mod:`kiln.targets.openvino.blocks`): when
     every layer NNCF would make int4 is on a grid (``required``: else refuse), those blocks, and the
     weights on none (an embedding or head the file kept in another type) int8 per channel by NNCF;
@@ -243,14 +243,19 @@ def source_blocks(model: Any, required: bool) -> tuple[Any, dict[str, Any]] | No
             f"(Q4_0, Q4_1; Q8_0 for the embeddings){': ' + shown if shown else ''}; the source was not dequantized "
             "from such a file: set options.blocks = 'nncf' (or 'auto')"
         )
-    blocks.apply(model, found)
+    blocks.apply(model, found, activations)
     if found.off:  # the embeddings or head the file kept in a type kiln does not rebuild
         with toolchain_prints():
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     after = layers(model)
     info: dict[str, Any] = {
         "tool": "kiln (the source's own blocks)",
-        "activations": "float (weight-only)",
+        "activations": (
+            "int8, quantized by the CPU plugin at run time in groups of 32 (signed blocks, no zero point; "
+            "Q4_1's minimum as a block-sum product)"
+            if activations == "int8"
+            else "float (weight-only)"
+        ),
         "mode": "source blocks",
         "blocks": found.kinds(),
         "block_size": blocks.BLOCK,
@@ -264,7 +269,8 @@ def source_blocks(model: Any, required: bool) -> tuple[Any, dict[str, Any]] | No
         f"int4 in the source's own blocks ({kinds}, blocks of {blocks.BLOCK}): the weights lie on the grid of the "
         "file they were dequantized from and are written back as they were, not re-quantized"
     ]
-    return model, {"execution_precision": "int4 weights, float compute", "quantization": info, "notes": notes}
+    compute = "int8 dynamic activations" if activations == "int8" else "float compute"
+    return model, {"execution_precision": f"int4 weights, {compute}", "quantization": info, "notes": notes}
 
 
 def _record(compressed: Any, found: list[Layer]) -> dict[str, Any]:
