@@ -105,6 +105,32 @@ def test_cache_form_raises_config_error_when_not_a_causal_lm() -> None:
         cache_form(parse_settings(target, target_options(target)), sig)
 
 
+def test_one_by_one_feeds_rows_without_the_mask_and_refuses_padding() -> None:
+    from kiln.targets.coreml import one_by_one
+
+    fed: list[dict[str, np.ndarray]] = []
+
+    def predict(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        fed.append(feed)
+        return {"logits": feed["input_ids"] * 10.0, "present.0.key": feed["past.0.key"] + 1.0}
+
+    ids = np.array([[1, 2], [3, 4], [5, 6]])
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": np.ones((3, 5), np.int64),
+        "position_ids": np.array([[3, 4]] * 3),
+        "past.0.key": np.arange(3 * 6, dtype=np.float32).reshape(3, 1, 3, 2),
+    }
+    out = one_by_one(predict, inputs)
+    assert [sorted(f) for f in fed] == [["input_ids", "past.0.key", "position_ids"]] * 3
+    assert all(f["input_ids"].shape == (1, 2) for f in fed)
+    np.testing.assert_array_equal(out["logits"], ids * 10.0)
+    np.testing.assert_array_equal(out["present.0.key"], inputs["past.0.key"] + 1.0)
+    inputs["attention_mask"][1, 0] = 0
+    with pytest.raises(ConfigError, match="one sequence without padding"):
+        one_by_one(predict, inputs)
+
+
 # the stateful module in PyTorch: the same logits as the explicit step graph
 
 

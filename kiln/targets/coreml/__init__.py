@@ -263,9 +263,26 @@ def converted(sig: Signature) -> Signature:
     return stateful.one_sequence(sig) if sig.generative else sig
 
 
+def one_by_one(predict: Any, inputs: Arrays) -> Arrays:
+    """A causal LM's step contract at any batch through ``predict``, which takes one sequence
+    without a mask: row by row, the outputs concatenated. A mask with padding (a zero) is refused."""
+    mask = inputs.get(stateful.MASK)
+    if mask is not None and not np.all(mask == 1):
+        raise ConfigError(
+            "coreml: the package runs one sequence without padding, and the attention_mask has zeros; "
+            "feed one unpadded sequence at a time"
+        )
+    rows = [
+        predict({name: value[i : i + 1] for name, value in inputs.items() if name != stateful.MASK})
+        for i in range(len(inputs["input_ids"]))
+    ]
+    return {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
+
+
 class MLModelRunner(Runner):
     """The real ``.mlpackage`` through Core ML (macOS only). A causal LM's package takes one
-    sequence without a mask: the step contract's ``attention_mask`` (all ones) is not fed."""
+    sequence without a mask: a batch of the step contract runs row by row, its ``attention_mask``
+    (all ones: no padding) not fed."""
 
     def __init__(self, artifact: Artifact, options: RunOptions) -> None:
         ct, _ = coremltools()
@@ -275,6 +292,11 @@ class MLModelRunner(Runner):
         self.model = ct.models.MLModel(str(artifact.main), compute_units=ct.ComputeUnit[self.units.upper()])
 
     def infer(self, inputs: Arrays) -> Arrays:
+        if self.sig.generative:
+            return one_by_one(self._predict, inputs)
+        return self._predict(inputs)
+
+    def _predict(self, inputs: Arrays) -> Arrays:
         feed = {
             self.renamed_inputs.get(s.name, s.name): np.ascontiguousarray(inputs[s.name], IO_DTYPES[s.dtype])
             for s in self.sig.inputs
