@@ -236,6 +236,7 @@ def test_compile_writes_the_explicit_cache_graph_when_asked(tmp_path: Path) -> N
     assert artifact.info.renamed_inputs["past.0.key"] == "past_0_key"
     assert artifact.info.renamed_outputs["present.1.value"] == "present_1_value"
     assert artifact.info.kv_cache["form"] == "explicit" and artifact.info.minimum_deployment_target == "iOS17"
+    assert artifact.info.kv_cache["inputs"] == ["input_ids", "position_ids", *bundle.signature.cache.past_names]
 
 
 @pytest.mark.target("coreml", stage="build")
