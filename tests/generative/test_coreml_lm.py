@@ -22,13 +22,18 @@ from kiln.targets import target_options, tolerance_for  # noqa: E402
 from kiln.targets.base import CompileContext, RunOptions  # noqa: E402
 from kiln.targets.coreml import TARGET, cache_form  # noqa: E402
 from kiln.targets.coreml.compress import parse_settings  # noqa: E402
-from kiln.targets.coreml.stateful import STATE, StateSession, math_attention, stateful_step  # noqa: E402
+from kiln.targets.coreml.stateful import (  # noqa: E402
+    STATE,
+    StateSession,
+    batch_one,
+    math_attention,
+    stateful_step,
+)
 from kiln.targets.eager import TorchRunner  # noqa: E402
 from tests.conftest import write_config  # noqa: E402
 from tests.generative.models import tiny_gpt2_folder, tiny_llama_folder  # noqa: E402
 
 ON_MAC = platform.system() == "Darwin"
-MASK = "regressed by the step graph's attention_mask input and dynamic batch (issue 38, not fixed yet)"
 PROMPT = [0, 17, 42, 99, 5, 230, 61, 8, 150, 77, 12]
 FLOAT16, FLOAT32, INT32 = 65552, 65568, 131104  # ArrayFeatureType data types in the Core ML spec
 
@@ -100,22 +105,39 @@ def test_cache_form_raises_config_error_when_not_a_causal_lm() -> None:
         cache_form(parse_settings(target, target_options(target)), sig)
 
 
+def test_one_by_one_feeds_rows_without_the_mask_and_refuses_padding() -> None:
+    from kiln.targets.coreml import one_by_one
+
+    fed: list[dict[str, np.ndarray]] = []
+
+    def predict(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        fed.append(feed)
+        return {"logits": feed["input_ids"] * 10.0, "present.0.key": feed["past.0.key"] + 1.0}
+
+    ids = np.array([[1, 2], [3, 4], [5, 6]])
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": np.ones((3, 5), np.int64),
+        "position_ids": np.array([[3, 4]] * 3),
+        "past.0.key": np.arange(3 * 6, dtype=np.float32).reshape(3, 1, 3, 2),
+    }
+    out = one_by_one(predict, inputs)
+    assert [sorted(f) for f in fed] == [["input_ids", "past.0.key", "position_ids"]] * 3
+    assert all(f["input_ids"].shape == (1, 2) for f in fed)
+    np.testing.assert_array_equal(out["logits"], ids * 10.0)
+    np.testing.assert_array_equal(out["present.0.key"], inputs["past.0.key"] + 1.0)
+    inputs["attention_mask"][1, 0] = 0
+    with pytest.raises(ConfigError, match="one sequence without padding"):
+        one_by_one(predict, inputs)
+
+
 # the stateful module in PyTorch: the same logits as the explicit step graph
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "make",
-    [
-        tiny_llama_folder,
-        pytest.param(
-            tiny_gpt2_folder,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=f"{MASK}: GPT-2's decomposed program fails a view of [batch, sequence, 64] at batch 1",
-            ),
-        ),
-    ],
+    [tiny_llama_folder, tiny_gpt2_folder],
     ids=["llama", "gpt2"],
 )
 def test_stateful_step_matches_the_step_graph_when_prefilled_in_chunks(tmp_path: Path, make: Any) -> None:
@@ -127,7 +149,10 @@ def test_stateful_step_matches_the_step_graph_when_prefilled_in_chunks(tmp_path:
     with torch.no_grad():
         mask = (torch.ones(1, 40, dtype=torch.int64),) if sig.cache.attention_mask else ()
         expected = bundle.program().module()(ids, *mask, torch.arange(40)[None], *empty)["logits"]
-        module = stateful_step(math_attention(bundle.program()).module(), sig)
+        # As the target converts it: the step graph at batch 1, its mask of ones made inside.
+        program, single = batch_one(bundle.program(), sig)
+        assert single.input_names == ["input_ids", "position_ids", *sig.cache.past_names]
+        module = stateful_step(math_attention(program).module(), single)
         chunks = [module(ids[:, a:b], torch.arange(a, b)[None]) for a, b in ((0, 12), (12, 13), (13, 30), (30, 40))]
         got = torch.cat(chunks, 1)
         # A shorter sequence over the longer one's state: the stale positions are masked.
@@ -143,9 +168,6 @@ def test_stateful_step_matches_the_step_graph_when_prefilled_in_chunks(tmp_path:
 
 
 @pytest.mark.target("coreml", stage="build")
-@pytest.mark.xfail(
-    strict=True, reason=f"{MASK}: a q_proj/o_proj pair no longer matches its stored weight (max_rel 1.2)"
-)
 def test_compile_writes_a_stateful_package_when_a_causal_lm(tmp_path: Path) -> None:
     bundle = step_bundle(tiny_llama_folder(tmp_path / "lm"), tmp_path)
     sig = bundle.signature
@@ -185,6 +207,7 @@ def test_compile_writes_a_stateful_package_when_a_causal_lm(tmp_path: Path) -> N
     past = np.random.default_rng(0).standard_normal((1, 2, 7, 16)).astype(np.float32)
     inputs = {"input_ids": np.array([[5, 6, 7]]), "position_ids": np.array([[7, 8, 9]])}
     inputs |= dict.fromkeys(sig.cache.past_names, past)
+    inputs["attention_mask"] = np.ones((1, 10), np.int64)  # the eager step's; the package makes its own
     got, expected = runner.infer(inputs), eager.runner.infer(inputs)
     assert got["present.1.value"].shape == (1, 2, 10, 16)
     np.testing.assert_allclose(got["present.1.value"], expected["present.1.value"], atol=5e-3)
@@ -192,7 +215,6 @@ def test_compile_writes_a_stateful_package_when_a_causal_lm(tmp_path: Path) -> N
 
 
 @pytest.mark.target("coreml", stage="build")
-@pytest.mark.xfail(strict=True, reason=f"{MASK}: Core ML takes no input dim that is a sum of dims (past+sequence)")
 def test_compile_writes_the_explicit_cache_graph_when_asked(tmp_path: Path) -> None:
     bundle = step_bundle(tiny_llama_folder(tmp_path / "lm"), tmp_path)
     artifact, _ = compile_lm(bundle, tmp_path, "fp32", kv_cache="explicit")
@@ -201,22 +223,23 @@ def test_compile_writes_the_explicit_cache_graph_when_asked(tmp_path: Path) -> N
     names = [i.name for i in description.input]
     assert names == [
         "input_ids",
-        "attention_mask",
         "position_ids",
         "past_0_key",
         "past_0_value",
         "past_1_key",
         "past_1_value",
     ]
-    past = description.input[3].type.multiArrayType.shapeRange.sizeRanges[2]
+    ids = description.input[0].type.multiArrayType.shapeRange.sizeRanges
+    assert [(s.lowerBound, s.upperBound) for s in ids] == [(1, 1), (1, 128)]  # batch 1: one sequence
+    past = description.input[2].type.multiArrayType.shapeRange.sizeRanges[2]
     assert (past.lowerBound, past.upperBound) == (0, 127)  # the prefill's empty past: unverified on Core ML
     assert artifact.info.renamed_inputs["past.0.key"] == "past_0_key"
     assert artifact.info.renamed_outputs["present.1.value"] == "present_1_value"
     assert artifact.info.kv_cache["form"] == "explicit" and artifact.info.minimum_deployment_target == "iOS17"
+    assert artifact.info.kv_cache["inputs"] == ["input_ids", "position_ids", *bundle.signature.cache.past_names]
 
 
 @pytest.mark.target("coreml", stage="build")
-@pytest.mark.xfail(strict=False, reason=f"{MASK}: the conversion fails with 'Symbol `sequence` is used already'")
 def test_build_gates_the_stateful_package_by_simulation_with_exact_tokens(tmp_path: Path) -> None:
     import json
 

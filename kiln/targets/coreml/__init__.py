@@ -189,14 +189,18 @@ def cache_form(settings: Settings, sig: Signature) -> Settings:
     return replace(settings, kv_cache=form, deployment_target=target)
 
 
-def _program(ctx: CompileContext, settings: Settings) -> Any:
-    """What is converted: the captured program, or its stateful form; decomposed as coremltools
-    needs, without ``aten.alias`` (a no-op view coremltools has no converter for)."""
+def _program(ctx: CompileContext, settings: Settings) -> tuple[Any, Signature]:
+    """What is converted, with its signature: the captured program (a causal LM's step graph at
+    batch 1 without its ``attention_mask``: :func:`stateful.batch_one`), or its stateful form;
+    decomposed as coremltools needs, without ``aten.alias`` (a no-op view coremltools has no
+    converter for)."""
     import torch
 
-    program = ctx.export.program()
+    program, sig = ctx.export.program(), ctx.export.signature
+    if sig.generative:
+        program, sig = stateful.batch_one(program, sig)
     if settings.kv_cache == "state":
-        program = stateful.export(stateful.math_attention(program).module(), ctx.export.signature)
+        program = stateful.export(stateful.math_attention(program).module(), sig)
     program = program.run_decompositions()
     graph = program.graph
     for node in list(graph.nodes):
@@ -204,13 +208,12 @@ def _program(ctx: CompileContext, settings: Settings) -> Any:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     program.graph_module.recompile()
-    return program
+    return program, sig
 
 
 def convert(ctx: CompileContext, settings: Settings, notes: list[str]) -> Any:
     """The captured program (or its stateful form) as an uncompressed ``mlprogram`` at the compute precision."""
     ct, _ = coremltools()
-    sig = ctx.export.signature
     target = getattr(ct.target, settings.deployment_target, None)
     if target is None:
         choices = [t for t in dir(ct.target) if t[:3] in ("iOS", "mac")]
@@ -219,7 +222,7 @@ def convert(ctx: CompileContext, settings: Settings, notes: list[str]) -> Any:
         )
     try:
         with quiet(notes):
-            program = _program(ctx, settings)
+            program, sig = _program(ctx, settings)
             if settings.kv_cache == "state":
                 types = stateful.convert_types(ct, sig)
             else:
@@ -254,17 +257,46 @@ def _io_names(mlmodel: Any, sig: Signature) -> tuple[dict[str, str], dict[str, s
     return inputs, outputs
 
 
+def converted(sig: Signature) -> Signature:
+    """The signature of what Core ML runs: a causal LM's step graph at batch 1 without its
+    ``attention_mask`` (:func:`stateful.one_sequence`), any other model's own."""
+    return stateful.one_sequence(sig) if sig.generative else sig
+
+
+def one_by_one(predict: Any, inputs: Arrays) -> Arrays:
+    """A causal LM's step contract at any batch through ``predict``, which takes one sequence
+    without a mask: row by row, the outputs concatenated. A mask with padding (a zero) is refused."""
+    mask = inputs.get(stateful.MASK)
+    if mask is not None and not np.all(mask == 1):
+        raise ConfigError(
+            "coreml: the package runs one sequence without padding, and the attention_mask has zeros; "
+            "feed one unpadded sequence at a time"
+        )
+    rows = [
+        predict({name: value[i : i + 1] for name, value in inputs.items() if name != stateful.MASK})
+        for i in range(len(inputs["input_ids"]))
+    ]
+    return {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
+
+
 class MLModelRunner(Runner):
-    """The real ``.mlpackage`` through Core ML (macOS only)."""
+    """The real ``.mlpackage`` through Core ML (macOS only). A causal LM's package takes one
+    sequence without a mask: a batch of the step contract runs row by row, its ``attention_mask``
+    (all ones: no padding) not fed."""
 
     def __init__(self, artifact: Artifact, options: RunOptions) -> None:
         ct, _ = coremltools()
-        self.sig, self.renamed = artifact.signature, artifact.info.get("renamed_outputs", {})
+        self.sig, self.renamed = converted(artifact.signature), artifact.info.get("renamed_outputs", {})
         self.renamed_inputs = artifact.info.get("renamed_inputs", {})
         self.units = artifact.info.get("compute_units", "all")
         self.model = ct.models.MLModel(str(artifact.main), compute_units=ct.ComputeUnit[self.units.upper()])
 
     def infer(self, inputs: Arrays) -> Arrays:
+        if self.sig.generative:
+            return one_by_one(self._predict, inputs)
+        return self._predict(inputs)
+
+    def _predict(self, inputs: Arrays) -> Arrays:
         feed = {
             self.renamed_inputs.get(s.name, s.name): np.ascontiguousarray(inputs[s.name], IO_DTYPES[s.dtype])
             for s in self.sig.inputs
@@ -322,7 +354,7 @@ class CoreMLTarget(Target):
         if settings.kv_cache is not None:
             info.kv_cache = _cache_info(settings, ctx.export.signature)
         if settings.kv_cache != "state":
-            renamed_inputs, renamed = _io_names(mlmodel, ctx.export.signature)
+            renamed_inputs, renamed = _io_names(mlmodel, converted(ctx.export.signature))
             if renamed:
                 info.renamed_outputs = renamed
             if renamed_inputs:
@@ -345,8 +377,10 @@ class CoreMLTarget(Target):
         from kiln.targets.eager import TorchRunner  # the eager target's runner: the one cross-target import
 
         settings = cache_form(parse_settings(ctx.target, ctx.options), ctx.export.signature)
-        program = ctx.export.program()
-        module = weighted_module(stateful.math_attention(program) if ctx.export.signature.generative else program)
+        program, sig = ctx.export.program(), ctx.export.signature
+        if settings.kv_cache == "state":  # the program the package holds: batch 1, no mask input
+            program, sig = stateful.batch_one(program, sig)
+        module = weighted_module(stateful.math_attention(program) if sig.generative else program)
         with quiet([]):
             simulate(module, settings)
         artifact.info.simulation = (
@@ -366,7 +400,7 @@ class CoreMLTarget(Target):
             return TorchRunner(module, artifact.signature, RunOptions(threads=ctx.threads))
         artifact.info.simulation += "; the stateful step in PyTorch with its fp16 cache, as the package holds it"
         threads = set_threads(ctx.threads)
-        step = stateful.stateful_step(module, artifact.signature)
+        step = stateful.stateful_step(module, sig)
         if fp16:
             round_activations(step.step)
         return stateful.StateRunner(artifact.signature, stateful.TorchState(step), {"threads": threads})
@@ -379,7 +413,9 @@ def _cache_info(settings: Settings, sig: Signature) -> dict[str, Any]:
     return {
         "form": "explicit",
         "past": [sig.dims["past"].min, sig.dims["past"].max],
-        "note": "past/present as inputs and outputs; a prefill's empty past (past 0) is unverified on Core ML",
+        "inputs": converted(sig).input_names,
+        "note": "past/present as inputs and outputs, batch 1 (the step graph's attention_mask is ones inside); "
+        "a prefill's empty past (past 0) is unverified on Core ML",
     }
 
 

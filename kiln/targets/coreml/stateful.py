@@ -5,7 +5,8 @@ Core ML (iOS 18 / macOS 15) keeps a model's mutable state between predictions (`
 are mutated in place into such states. Core ML states are fp16, whatever the compute precision.
 
 The form is built from the captured explicit-cache step graph (:mod:`kiln.capture.causal`), so it needs
-nothing but the program and serves any model that graph serves. One fp16 buffer
+nothing but the program and serves any model that graph serves; a graph with an ``attention_mask``
+input and a dynamic batch is first re-captured at batch 1 without it (:func:`batch_one`). One fp16 buffer
 ``kv_cache [2 * layers, kv_heads, context, head_dim]`` (row ``2i`` layer ``i``'s keys, ``2i + 1``
 its values; one state, not one per layer: coremltools 9's ``canonicalize_inplace_pattern`` pass
 fails on several state writes in a row) holds the whole context, static: ``forward(input_ids, position_ids) -> logits`` with
@@ -29,16 +30,19 @@ state each call (a dense write of ``context`` rows per layer, cheap next to the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from kiln.config import DimSpec
 from kiln.decoding import DecodeSession
 from kiln.errors import ConfigError, TargetBuildError, error_line
 from kiln.spec import Arrays, Signature
 from kiln.targets.base import Runner
 
 STATE = "kv_cache"
+MASK = "attention_mask"
 INPUTS = ("input_ids", "position_ids")
 
 
@@ -74,6 +78,56 @@ def math_attention(program: Any) -> Any:
     table = core_aten_decompositions()
     table.update(get_decompositions([torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default]))
     return program.run_decompositions(table)
+
+
+def one_sequence(sig: Signature) -> Signature:
+    """The step graph's signature as Core ML runs it: batch 1, no ``attention_mask`` input (one
+    sequence needs no padding: the mask is all ones over the past and the chunk)."""
+    cache = sig.cache
+    assert cache is not None
+    if not cache.attention_mask and sig.dims["batch"].static:
+        return sig
+    dims = {**sig.dims, "batch": DimSpec(min=1, opt=1, max=1)}
+    inputs = tuple(spec for spec in sig.inputs if spec.name != MASK)
+    return Signature(inputs, dims, sig.outputs, replace(cache, attention_mask=False))
+
+
+def batch_one(program: Any, sig: Signature) -> tuple[Any, Signature]:
+    """The step program re-captured as Core ML converts it, with its signature (:func:`one_sequence`):
+    ``forward(input_ids, position_ids, *past)`` at batch 1, feeding the captured graph a mask of
+    ones over ``past + sequence``. Core ML takes no input dim that is a sum of dims, the batch-1
+    capture makes each view of ``[batch, ...]`` static (GPT-2's decomposed program failed one at
+    batch 1 with the batch dynamic), and every weight is stored as the source has it (on the
+    dynamic-batch program one layer's q_proj and o_proj matched no stored weight, max_rel 1.21)."""
+    import torch
+
+    from kiln.capture.causal import example_inputs
+    from kiln.capture.exporters.torch_export import capture
+
+    assert sig.cache is not None
+    single = one_sequence(sig)
+    if single is sig:
+        return program, sig
+    if sig.dims["batch"].min != 1:
+        raise ConfigError(
+            f"coreml: Core ML runs one sequence, and [model].dims.batch starts at {sig.dims['batch'].min}; "
+            "let it start at 1"
+        )
+    step, masked = program.module(), sig.cache.attention_mask
+
+    class OneSequence(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.step = step
+
+        def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor) -> Any:
+            mask = (torch.ones(1, past[0].shape[2] + input_ids.shape[1], dtype=torch.int64),) if masked else ()
+            return self.step(input_ids, *mask, position_ids, *past)
+
+    try:
+        return capture(OneSequence(), example_inputs(single), single, strict=False), single
+    except Exception as err:
+        raise TargetBuildError(f"coreml: re-capturing the step graph at batch 1 failed: {error_line(err)}") from err
 
 
 def stateful_step(step: Any, sig: Signature) -> Any:
