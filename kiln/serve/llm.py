@@ -100,8 +100,10 @@ ENGINES = ("auto", "kiln", "openvino-genai")
 
 def engine_for(folder: Path, manifest: Manifest, wanted: str = "auto") -> str:
     """Which engine serves an artifact: ``openvino-genai`` (the runtime's continuous batching) for
-    an OpenVINO artifact that is an OpenVINO GenAI folder where ``openvino_genai`` is installed,
-    ``kiln`` (:class:`StepScheduler`) otherwise; ``wanted`` other than auto is kept, or one line
+    an OpenVINO artifact that is an OpenVINO GenAI folder built with a batch dim over 1 (at
+    ``dims.batch.max = 1`` the IR's key/value widening holds a constant batch and the CPU plugin's
+    ``PagedAttentionExtension`` fails on it) where ``openvino_genai`` is installed, ``kiln``
+    (:class:`StepScheduler`) otherwise; ``wanted`` other than auto is kept, or one line
     where the artifact cannot take it."""
     import importlib.util
 
@@ -112,6 +114,8 @@ def engine_for(folder: Path, manifest: Manifest, wanted: str = "auto") -> str:
     if wanted == "kiln":
         return "kiln"
     fits = manifest.target == "openvino" and is_genai_folder(folder)
+    batch = manifest.signature.dims.get("batch")
+    batched = batch is None or batch.max > 1  # a batch of 1 is baked into the IR's widening: paged attention fails
     installed = importlib.util.find_spec("openvino_genai") is not None
     if wanted == NAME:
         if not fits:
@@ -120,12 +124,17 @@ def engine_for(folder: Path, manifest: Manifest, wanted: str = "auto") -> str:
                 "with openvino_tokenizer.xml and openvino_detokenizer.xml); serve it with --engine kiln, or rebuild "
                 "its openvino target with kiln build"
             )
+        if not batched:
+            raise ConfigError(
+                f"{folder} was built with dims.batch.max = 1, which OpenVINO GenAI's paged attention cannot run; "
+                "rebuild it with a larger dims.batch.max (8), or serve it with --engine kiln"
+            )
         if not installed:
             raise MissingDependencyError(
                 "--engine openvino-genai needs openvino-genai: pip install 'kiln[openvino]' -c constraints.txt"
             )
         return NAME
-    return NAME if fits and installed else "kiln"
+    return NAME if fits and batched and installed else "kiln"
 
 
 def open_engine(

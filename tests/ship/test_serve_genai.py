@@ -38,6 +38,11 @@ def test_auto_picks_the_runtime_s_batching_for_an_openvino_genai_folder(lm: Path
     folder = _artifact(lm, "openvino")
     assert engine_for(folder, Manifest.read(folder)) == ENGINE
     assert engine_for(folder, Manifest.read(folder), "kiln") == "kiln"
+    single = Manifest.read(folder).model_copy(deep=True)  # built with dims.batch.max = 1
+    single.signature.dims["batch"] = single.signature.dims["batch"].model_copy(update={"min": 1, "max": 1})
+    assert engine_for(folder, single) == "kiln"
+    with pytest.raises(ConfigError, match="dims.batch.max = 1"):
+        engine_for(folder, single, ENGINE)
     other = lm / "onnxruntime-fp32"
     if other.is_dir():
         assert engine_for(other, Manifest.read(other)) == "kiln"
