@@ -41,7 +41,7 @@ def test_auto_picks_the_runtime_s_batching_for_an_openvino_genai_folder(lm: Path
     single = Manifest.read(folder).model_copy(deep=True)  # built with dims.batch.max = 1
     single.signature.dims["batch"] = single.signature.dims["batch"].model_copy(update={"min": 1, "max": 1})
     assert engine_for(folder, single) == "kiln"
-    with pytest.raises(ConfigError, match="dims.batch.max = 1"):
+    with pytest.raises(ConfigError, match=r"dims\.batch\.max = 1"):
         engine_for(folder, single, ENGINE)
     other = lm / "onnxruntime-fp32"
     if other.is_dir():
