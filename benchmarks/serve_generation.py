@@ -5,7 +5,7 @@ time, no HTTP), so the server's overhead is a ratio.
 
     python benchmarks/serve_generation.py build/tinyllm/onnxruntime-fp32 [--concurrency 1,4,16]
         [--requests 32] [--prompt-tokens 8,48] [--output-tokens 16,48] [--seed 0] [--rounds 3]
-        [--threads 1] [--results benchmarks/results]
+        [--threads 1] [--engine auto|kiln|openvino-genai] [--results benchmarks/results]
 
 The workload is seeded: each request's prompt is a window of the calibration text's tokens
 (``kiln.decoding.CALIBRATION_TEXT``, sent as token ids) and its output length is drawn in
@@ -16,7 +16,11 @@ concurrency>``) takes every level after a warm-up; N client threads each stream 
 (request sent to the first chunk with text), the inter-token latency the gap between chunks.
 Clients and server share the machine's cores, so the figures are as much about the clients as the
 server: the fingerprint and load average are recorded beside them. Results go to
-``<results>/<fingerprint>/serve-generation/<model>-<target dir>.{json,md}``.
+``<results>/<fingerprint>/serve-generation/<model>-<target dir>-<engine>.{json,md}``.
+
+``--engine`` is kiln serve's (auto: OpenVINO GenAI's continuous batching on an OpenVINO GenAI
+folder, kiln's step scheduler otherwise); with ``openvino-genai`` the direct run is the
+``ContinuousBatchingPipeline`` itself, configured as the server's, one request at a time.
 """
 
 from __future__ import annotations
@@ -171,6 +175,41 @@ def direct(folder: Path, jobs: list[Job], threads: int | None) -> tuple[list[Don
         return done, time.perf_counter() - start
 
 
+def direct_genai(folder: Path, jobs: list[Job], threads: int | None) -> tuple[list[Done], float]:
+    """The same generations on OpenVINO GenAI's ContinuousBatchingPipeline in this process, one at
+    a time, configured as kiln serve's openvino-genai engine configures it (no HTTP, no kiln)."""
+    import openvino as ov
+    import openvino_genai as og
+
+    from kiln.manifest import Manifest
+    from kiln.serve.genai_engine import F32, scheduler_config
+
+    properties: dict[str, Any] = dict(F32) | ({"INFERENCE_NUM_THREADS": threads} if threads else {})
+    context = Manifest.read(folder).signature.context_length()
+    pipe = og.ContinuousBatchingPipeline(str(folder), scheduler_config(og, context, 1), "CPU", properties)
+
+    def run(job: Job) -> list[float]:
+        config = og.GenerationConfig()
+        config.max_new_tokens, config.ignore_eos, config.do_sample = job.tokens, True, False
+        handle = pipe.add_request(0, ov.Tensor(np.asarray([job.prompt], dtype=np.int64)), config)
+        stamps: list[float] = []
+        while pipe.has_non_finished_requests():
+            pipe.step()
+            while handle.can_read():
+                for out in handle.read().values():
+                    stamps += [time.perf_counter()] * len(out.generated_ids)
+        return stamps
+
+    run(Job(jobs[0].prompt, 2))  # warm-up
+    done = []
+    start = time.perf_counter()
+    for job in jobs:
+        begin = time.perf_counter()
+        stamps = run(job)
+        done.append(Done(stamps[0] - begin, list(np.diff(stamps)), len(stamps), stamps[-1] - begin))
+    return done, time.perf_counter() - start
+
+
 def summarize(name: str, concurrency: int, done: list[Done], wall: float) -> Level:
     ok = [d for d in done if d.error is None]
     ttft = np.array([d.ttft for d in ok]) * 1000 if ok else np.array([np.nan])
@@ -217,7 +256,12 @@ def table(levels: list[Level], meta: dict[str, Any]) -> str:
     )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in levels:
-        label = "direct (in-process, no HTTP)" if lv.name == "direct" else "kiln serve"
+        direct_label = (
+            "direct: the pipeline in-process, one at a time"
+            if meta.get("engine") == "openvino-genai"
+            else ("direct (in-process, no HTTP)")
+        )
+        label = direct_label if lv.name == "direct" else "kiln serve"
         lines.append(
             f"| {label} | {lv.concurrency} | {lv.requests} | {lv.ttft_p50_ms:.2f} | {lv.ttft_p99_ms:.2f} | "
             f"{lv.itl_p50_ms:.3f} | {lv.itl_p99_ms:.3f} | {lv.tokens_per_s_per_request:.0f} | "
@@ -226,12 +270,14 @@ def table(levels: list[Level], meta: dict[str, Any]) -> str:
     fp = meta["fingerprint"]
     lines += [
         "",
-        f"`kiln serve {meta['artifact']}` ({meta['target']}, {meta['threads']} runtime threads, "
+        f"`kiln serve {meta['artifact']} --engine {meta.get('engine', 'kiln')}` ({meta['target']}, "
+        f"{meta['threads']} runtime threads, "
         f"--max-active {meta['max_active']}); {meta['requests']} streaming completions per level and round, "
         f"{meta['rounds']} interleaved rounds (the direct run in each), prompts of "
         f"{meta['prompt_tokens'][0]}-{meta['prompt_tokens'][1]} tokens and outputs of {meta['output_tokens'][0]}-"
         f"{meta['output_tokens'][1]} (seed {meta['seed']}, greedy, ignore_eos); the direct run decodes the same "
-        "requests one at a time with kiln.decoding.generate.  ",
+        "requests one at a time with kiln.decoding.generate (kiln engine) or on OpenVINO GenAI's "
+        "ContinuousBatchingPipeline configured as the server's (openvino-genai engine).  ",
         f"Machine `{fp['id']}`: {fp['cpu']}, {fp['logical_cores']} logical cores, load average "
         f"{meta['load_average_before']} before and {meta['load_average_after']} after; clients and server share "
         "the cores, and the machine is shared: indicative figures.",
@@ -255,6 +301,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of every run.")
     parser.add_argument("--threads", type=int, default=1, help="Runtime threads (0: the runtime's default).")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--engine", default="auto", help="kiln serve's --engine (auto, kiln, openvino-genai); the direct run matches it"
+    )
     args = parser.parse_args()
 
     from kiln.manifest import Manifest
@@ -264,12 +313,16 @@ def main() -> None:
     if not (args.artifact / "manifest.json").is_file():
         sys.exit(f"{args.artifact} is not an artifact folder; build it with kiln build (make tinyllm first)")
     manifest = Manifest.read(args.artifact)
+    from kiln.serve.llm import engine_for
+
+    engine = engine_for(args.artifact, manifest, args.engine)
+    baseline = direct_genai if engine == "openvino-genai" else direct
     levels = [int(c) for c in args.concurrency.split(",")]
     jobs = workload(args.artifact, args.requests, args.prompt_tokens, args.output_tokens, args.seed)
     threads = args.threads or None
     fp = fingerprint()
     load_before = [round(v, 2) for v in os.getloadavg()]
-    flags = ["--max-active", str(max(levels)), "--max-queue", str(args.requests)]
+    flags = ["--max-active", str(max(levels)), "--max-queue", str(args.requests), "--engine", engine]
     flags += ["--threads", str(args.threads)] if args.threads else []
     runs: dict[int, tuple[list[Done], float]] = {c: ([], 0.0) for c in [0, *levels]}  # 0: direct
 
@@ -282,7 +335,7 @@ def main() -> None:
             model = args.artifact.name
             run_level(port, model, jobs[:2], 2)  # warm-up
             for i in range(args.rounds):  # interleaved, so a busy spell of the machine hits every run
-                add(0, *direct(args.artifact, jobs, threads))
+                add(0, *baseline(args.artifact, jobs, threads))
                 for c in levels:
                     add(c, *run_level(port, model, jobs, c))
                 print(f"round {i + 1} of {args.rounds} done", flush=True)
@@ -293,6 +346,7 @@ def main() -> None:
     meta = {
         "artifact": str(args.artifact.relative_to(ROOT) if args.artifact.is_relative_to(ROOT) else args.artifact),
         "target": f"{manifest.target}:{manifest.precision}",
+        "engine": engine,
         "threads": args.threads or "default",
         "max_active": max(levels),
         "requests": args.requests,
@@ -307,7 +361,7 @@ def main() -> None:
     }
     out = args.results / fp.id / "serve-generation"
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{manifest.model}-{args.artifact.name}"
+    stem = f"{manifest.model}-{args.artifact.name}-{engine}"
     write_json(out / f"{stem}.json", {**meta, "levels": [asdict(r) for r in results]})
     text = table(results, meta)
     (out / f"{stem}.md").write_text(text)

@@ -217,6 +217,14 @@ _SERVE_SETTINGS = Group(
             8,
             "A causal LM's sequences decoding at once, in turn (each holds its KV cache); more wait in the queue.",
         ),
+        click.Option(
+            ["--engine"],
+            type=click.Choice(["auto", "kiln", "openvino-genai"]),
+            default="auto",
+            show_default=True,
+            help="A causal LM's engine: kiln's step scheduler, or OpenVINO GenAI's continuous batching on an "
+            "OpenVINO GenAI folder; auto: the runtime's batching where the artifact has it.",
+        ),
         _limit("--max-body-mb", click.FloatRange(min=0, min_open=True), 64.0, "Largest request body (413 above it)."),
         _limit(
             "--max-json-mb",

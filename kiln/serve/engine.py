@@ -14,11 +14,11 @@ by more than one step of each. At most ``max_active`` sequences hold a cache; up
 more wait, in arrival order, and a request past that is refused (:class:`QueueFull`, a 429). A
 cancelled request (its client went away) leaves at its next turn, or from the queue at once.
 
-A runtime that batches requests itself plugs in as another :class:`Engine`: OpenVINO GenAI's
-``ContinuousBatchingPipeline`` (once kiln's OpenVINO artifact is an OpenVINO GenAI folder) or
-ONNX Runtime GenAI's batched generator would be opened in :func:`kiln.serve.llm.open_engine`, take
-the same requests (``add_request`` with the ids, ``max_new_tokens``, the sampling and the stop
-strings, a streamer that calls ``on_event``) and need nothing else from the HTTP layer.
+A runtime that batches requests itself plugs in as another :class:`Engine`, chosen in
+:func:`kiln.serve.llm.open_engine`: OpenVINO GenAI's ``ContinuousBatchingPipeline`` on an
+OpenVINO GenAI folder is :class:`kiln.serve.genai_engine.GenaiEngine` (the same requests:
+``add_request`` with the ids, ``max_new_tokens`` and the sampling; the same :class:`TextTracker`
+for the text and the stop strings). ONNX Runtime GenAI's batched generator could be another.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.decoding import Sampling, Tokenizer, context_misfit, generate, session_for
-from kiln.errors import ConfigError, TargetBuildError
+from kiln.errors import ConfigError, MissingDependencyError, TargetBuildError
 from kiln.manifest import Manifest
 from kiln.serve.engine import Closed, Engine, Event, GenerationRequest, QueueFull, StepScheduler
 from kiln.serve.metrics import EngineObserver, GenerationMetrics
@@ -63,10 +64,11 @@ class GenerativeModel:
     name: str
     folder: Path
     manifest: Manifest
-    runner: Runner
+    runner: Runner | None  # None where the engine runs the artifact itself (openvino-genai)
     tokenizer: Tokenizer
     engine: Engine
     created: int
+    engine_name: str = "kiln"
 
     @property
     def context(self) -> int:
@@ -84,21 +86,81 @@ class GenerativeModel:
             "target": m.target,
             "precision": m.precision,
             "max_model_len": self.context,
+            "engine": self.engine_name,
         }
 
     def close(self, timeout: float | None = None) -> None:
         self.engine.close(timeout)
-        self.runner.close()
+        if self.runner is not None:
+            self.runner.close()
+
+
+ENGINES = ("auto", "kiln", "openvino-genai")
+
+
+def engine_for(folder: Path, manifest: Manifest, wanted: str = "auto") -> str:
+    """Which engine serves an artifact: ``openvino-genai`` (the runtime's continuous batching) for
+    an OpenVINO artifact that is an OpenVINO GenAI folder built with a batch dim over 1 (at
+    ``dims.batch.max = 1`` the IR's key/value widening holds a constant batch and the CPU plugin's
+    ``PagedAttentionExtension`` fails on it) where ``openvino_genai`` is installed, ``kiln``
+    (:class:`StepScheduler`) otherwise; ``wanted`` other than auto is kept, or one line
+    where the artifact cannot take it."""
+    import importlib.util
+
+    from kiln.serve.genai_engine import NAME, is_genai_folder
+
+    if wanted not in ENGINES:
+        raise ConfigError(f"unknown engine {wanted!r}; expected one of {', '.join(ENGINES)}")
+    if wanted == "kiln":
+        return "kiln"
+    fits = manifest.target == "openvino" and is_genai_folder(folder)
+    batch = manifest.signature.dims.get("batch")
+    batched = batch is None or batch.max > 1  # a batch of 1 is baked into the IR's widening: paged attention fails
+    installed = importlib.util.find_spec("openvino_genai") is not None
+    if wanted == NAME:
+        if not fits:
+            raise ConfigError(
+                f"{folder} ({manifest.target}:{manifest.precision}) is not an OpenVINO GenAI folder (openvino_model.xml "
+                "with openvino_tokenizer.xml and openvino_detokenizer.xml); serve it with --engine kiln, or rebuild "
+                "its openvino target with kiln build"
+            )
+        if not batched:
+            raise ConfigError(
+                f"{folder} was built with dims.batch.max = 1, which OpenVINO GenAI's paged attention cannot run; "
+                "rebuild it with a larger dims.batch.max (8), or serve it with --engine kiln"
+            )
+        if not installed:
+            raise MissingDependencyError(
+                "--engine openvino-genai needs openvino-genai: pip install 'kiln[openvino]' -c constraints.txt"
+            )
+        return NAME
+    return NAME if fits and batched and installed else "kiln"
 
 
 def open_engine(
-    runner: Runner, manifest: Manifest, tokenizer: Tokenizer, max_active: int, max_queue: int, observer: EngineObserver
+    runner: Runner | None,
+    manifest: Manifest,
+    tokenizer: Tokenizer,
+    max_active: int,
+    max_queue: int,
+    observer: EngineObserver,
+    engine: str = "kiln",
+    folder: Path | None = None,
+    threads: int | None = None,
 ) -> Engine:
-    """The engine for an artifact: kiln's :class:`StepScheduler` on every target today. A runtime
-    that batches requests itself is chosen here: an OpenVINO GenAI folder (``openvino_model.xml``
-    with its tokenizer IRs) would get an engine over ``ContinuousBatchingPipeline``, an ONNX Runtime
-    folder with a ``genai_config.json`` one over ``onnxruntime_genai``'s batched generator."""
+    """The engine named by :func:`engine_for`: kiln's :class:`StepScheduler` over the artifact's
+    runner, or :class:`~kiln.serve.genai_engine.GenaiEngine` over OpenVINO GenAI's
+    ``ContinuousBatchingPipeline`` on the folder (no kiln runner). An ONNX Runtime folder with a
+    ``genai_config.json`` could get one over ``onnxruntime_genai``'s batched generator here."""
     sig = manifest.signature
+    if engine == "openvino-genai":
+        from kiln.serve.genai_engine import GenaiEngine
+
+        assert folder is not None
+        return GenaiEngine(
+            folder, tokenizer, sig.context_length(), max_active, max_queue, observer, threads, f"kiln-{manifest.key}"
+        )
+    assert runner is not None
     return StepScheduler(
         lambda: session_for(runner, sig), tokenizer, max_active, max_queue, observer, name=f"kiln-{manifest.key}"
     )
@@ -106,13 +168,24 @@ def open_engine(
 
 def load_generative(
     folder: Path, manifest: Manifest, name: str, threads: int | None, max_active: int, max_queue: int,
-    observer: EngineObserver,
+    observer: EngineObserver, engine: str = "auto",
 ) -> GenerativeModel:  # fmt: skip
     """Open a causal LM's artifact (exit 5 where its runtime cannot run here), warm it up with a
-    two-token generation, and start its engine."""
+    two-token generation, and start its engine (:func:`engine_for`)."""
     from kiln.targets.opening import artifact_tokenizer, open_runner
 
     tokenizer = artifact_tokenizer(folder)
+    kind = engine_for(folder, manifest, engine)
+    if kind != "kiln":
+        try:
+            started = open_engine(None, manifest, tokenizer, max_active, max_queue, observer, kind, folder, threads)
+            warm_up(started, tokenizer)
+        except Exception as err:
+            raise TargetBuildError(
+                f"{manifest.target}:{manifest.precision} failed to start OpenVINO GenAI's continuous batching "
+                f"({type(err).__name__}: {err}); rebuild the artifact with kiln build, or serve it with --engine kiln"
+            ) from err
+        return GenerativeModel(name, folder, manifest, None, tokenizer, started, int(time.time()), kind)
     runner = open_runner(folder, RunOptions(threads=threads), manifest)
     try:
         session = session_for(runner, manifest.signature)
@@ -124,8 +197,25 @@ def load_generative(
             f"{manifest.target}:{manifest.precision} failed a warm-up generation ({type(err).__name__}: {err}); "
             "rebuild the artifact with kiln build"
         ) from err
-    engine = open_engine(runner, manifest, tokenizer, max_active, max_queue, observer)
-    return GenerativeModel(name, folder, manifest, runner, tokenizer, engine, int(time.time()))
+    started = open_engine(runner, manifest, tokenizer, max_active, max_queue, observer)
+    return GenerativeModel(name, folder, manifest, runner, tokenizer, started, int(time.time()), kind)
+
+
+def warm_up(engine: Engine, tokenizer: Tokenizer) -> None:
+    """A two-token generation through ``engine``; raises what it ended with, if an error."""
+    done = threading.Event()
+    last: list[Event] = []
+
+    def on_event(event: Event) -> None:
+        if event.finish is not None:
+            last.append(event)
+            done.set()
+
+    engine.submit(GenerationRequest(tuple(tokenizer.encode("hello") or [0]), 2), on_event)
+    done.wait()
+    if last[0].error is not None:
+        engine.close()
+        raise RuntimeError(last[0].error)
 
 
 def prompt_ids(model: GenerativeModel, asked: Asked) -> tuple[tuple[int, ...], int]:

@@ -49,6 +49,7 @@ class ServeSettings:
     name: tuple[str, ...] = ()  # one per artifact; default: the manifest's model (a causal LM: its folder's name)
     max_queue: int = 256
     max_active: int = 8  # a causal LM's sequences decoding at once (each holds its KV cache)
+    engine: str = "auto"  # a causal LM's engine (kiln.serve.llm.engine_for): auto, kiln or openvino-genai
     max_body_mb: float = 64.0
     max_json_mb: float = 16.0
     max_json_depth: int = 32
@@ -234,7 +235,14 @@ def serve_generative(
             for name, folder, manifest in artifacts:
                 observer = metrics.observer(name)
                 models[name] = load_generative(
-                    folder, manifest, name, settings.threads, settings.max_active, settings.max_queue, observer
+                    folder,
+                    manifest,
+                    name,
+                    settings.threads,
+                    settings.max_active,
+                    settings.max_queue,
+                    observer,
+                    settings.engine,
                 )
             health = Health()
             limit = limits(settings)
@@ -269,7 +277,10 @@ def serve_generative(
 
 def describe_generative(models: dict[str, Any], settings: ServeSettings, port: int) -> str:
     """The startup line of a causal LM server."""
-    served = ", ".join(f"{name} ({m.manifest.target}:{m.manifest.precision}, {m.folder})" for name, m in models.items())
+    served = ", ".join(
+        f"{name} ({m.manifest.target}:{m.manifest.precision}, {m.folder}, engine {m.engine_name})"
+        for name, m in models.items()
+    )
     return (
         f"kiln: serving {served} at http://{settings.host}:{port}/v1 (OpenAI-compatible: /v1/completions, "
         f"/v1/chat/completions); {settings.max_active} sequences at once per model, {settings.max_queue} waiting, "

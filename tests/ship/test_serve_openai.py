@@ -136,6 +136,20 @@ class Gated(DecodeSession):
         self.inner.close()
 
 
+class GatedPipe:
+    """A ContinuousBatchingPipeline whose steps wait for the gate (one permit a step)."""
+
+    def __init__(self, inner: Any, gate: Gate) -> None:
+        self.inner, self.gate = inner, gate
+
+    def step(self) -> None:
+        self.gate.take()
+        self.inner.step()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 @dataclass
 class Live:
     port: int
@@ -171,14 +185,17 @@ class Live:
 
 
 @contextlib.contextmanager
-def live(folders: dict[str, Path], max_active: int = 8, max_queue: int = 8, gate: Gate | None = None) -> Iterator[Live]:
-    """The OpenAI app on uvicorn in a thread, on a free port; the models closed on the way out."""
+def live(
+    folders: dict[str, Path], max_active: int = 8, max_queue: int = 8, gate: Gate | None = None, engine: str = "kiln"
+) -> Iterator[Live]:
+    """The OpenAI app on uvicorn in a thread, on a free port; the models closed on the way out.
+    ``engine``: kiln's StepScheduler, or ``openvino-genai`` (its pipeline's steps gated)."""
     import uvicorn
 
     from kiln.manifest import Manifest
     from kiln.serve.app import Health
     from kiln.serve.engine import StepScheduler
-    from kiln.serve.llm import GenerativeModel, create_openai_app
+    from kiln.serve.llm import GenerativeModel, create_openai_app, open_engine
     from kiln.serve.metrics import GenerationMetrics
     from kiln.serve.server import ServeSettings, bind, limits
     from kiln.serve.wire import protocol_class
@@ -190,6 +207,14 @@ def live(folders: dict[str, Path], max_active: int = 8, max_queue: int = 8, gate
     models = {}
     for name, folder in folders.items():
         manifest, tokenizer = manifests[name], tokenizer_of(folder)
+        if engine != "kiln":
+            started = open_engine(
+                None, manifest, tokenizer, max_active, max_queue, metrics.observer(name), engine, folder, 1
+            )
+            if gate is not None:
+                started.pipe = GatedPipe(started.pipe, gate)  # type: ignore[attr-defined]
+            models[name] = GenerativeModel(name, folder, manifest, None, tokenizer, started, 0, engine)
+            continue
         runner = open_runner(folder, RunOptions(threads=1), manifest)
 
         def new_session(runner: Any = runner, sig: Any = manifest.signature) -> DecodeSession:
