@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -149,47 +149,38 @@ class TextTracker:
 
 
 @dataclass(eq=False)  # each request is itself: compared by identity
-class Sequence_:
-    """One request in the scheduler."""
+class Queued:
+    """One request in an engine: what every engine keeps of it."""
 
     request: GenerationRequest
     on_event: Listener
     text: TextTracker
-    rng: np.random.Generator
-    session: DecodeSession | None = None
-    last: int | None = None  # the last token picked, fed at the next turn
+    engine: QueuedEngine
     tokens: int = 0
     cancelled: bool = False
     done: bool = False
-    scheduler: StepScheduler | None = None
 
     def cancel(self) -> None:
-        """Queued: it leaves now; decoding: at its next turn (the worker reads the flag)."""
+        """Queued: it leaves now; decoding: the worker ends it before its next step."""
         self.cancelled = True
-        if self.scheduler is not None:
-            self.scheduler._dequeue(self)
+        self.engine._dequeue(self)
 
 
-class StepScheduler:
-    """kiln's engine: a fair round-robin of one-step turns over per-request decode sessions, on one
-    worker thread (see the module)."""
+class QueuedEngine:
+    """What both engines share: the bounded queue and its admission, the worker thread's turn,
+    the token rule (EOS, stop strings, ``max_tokens``), the ending of a request, the metrics and
+    the drain. A subclass sets its own state, then calls ``__init__`` (it starts the worker), and
+    gives :meth:`_new`, :meth:`_run` (one turn over the active requests) and :meth:`_release`."""
 
     def __init__(
-        self,
-        new_session: Callable[[], DecodeSession],
-        tokenizer: Tokenizer,
-        max_active: int,
-        max_queue: int,
-        observer: Observer | None = None,
-        name: str = "kiln-generate",
+        self, tokenizer: Tokenizer, max_active: int, max_queue: int, observer: Observer | None, name: str
     ) -> None:
-        self.new_session, self.tokenizer = new_session, tokenizer
+        self.tokenizer = tokenizer
         self.max_active, self.max_queue = max_active, max_queue
         self.observer = observer
         self.eos = frozenset(tokenizer.eos_ids)
-        self._waiting: collections.deque[Sequence_] = collections.deque()
-        self._active: list[Sequence_] = []
-        self._idle: list[DecodeSession] = []  # sessions kept for the next requests (reset on reuse)
+        self._waiting: collections.deque[Queued] = collections.deque()
+        self._active: list[Queued] = []
         self._cond = threading.Condition()
         self._closing = False
         self._deadline: float | None = None
@@ -198,9 +189,8 @@ class StepScheduler:
 
     # Engine
 
-    def submit(self, request: GenerationRequest, on_event: Listener) -> Sequence_:
-        seq = Sequence_(request, on_event, TextTracker(self.tokenizer, request.stop), _rng(request.sampling.seed))
-        seq.scheduler = self
+    def submit(self, request: GenerationRequest, on_event: Listener) -> Queued:
+        seq = self._new(request, on_event)
         with self._cond:
             if self._closing:
                 raise Closed("the server is shutting down and takes no new requests; retry on another replica")
@@ -216,18 +206,10 @@ class StepScheduler:
         return seq
 
     def state(self) -> dict[str, int]:
-        """Sequences decoding, waiting, and decoding but cancelled (they leave at their next turn)."""
+        """Requests decoding, waiting, and decoding but cancelled (they leave before their next step)."""
         with self._cond:
             cancelled = sum(s.cancelled and not s.done for s in self._active)
             return {"active": len(self._active), "queued": len(self._waiting), "cancelled": cancelled}
-
-    def _dequeue(self, seq: Sequence_) -> None:
-        with self._cond:
-            if seq not in self._waiting:
-                return
-            self._waiting.remove(seq)
-            self._report()
-        self._finish(seq, CANCELLED)
 
     def close(self, timeout: float | None = None) -> None:
         with self._cond:
@@ -236,9 +218,7 @@ class StepScheduler:
                 self._deadline = time.monotonic() + timeout
             self._cond.notify()
         self._thread.join()
-        for session in self._idle:
-            session.close()
-        self._idle.clear()
+        self._closed()
 
     # The worker
 
@@ -252,15 +232,114 @@ class StepScheduler:
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     for seq in (*self._active, *self._waiting):
                         seq.cancelled = True
+                admitted = []
                 while self._waiting and len(self._active) < self.max_active:
-                    self._active.append(self._waiting.popleft())
+                    admitted.append(self._waiting.popleft())
+                self._active.extend(admitted)
                 turn = list(self._active)
                 self._report()
-            for seq in turn:  # one step each, in turn
-                self._step(seq)
+            self._run(admitted, turn)
             with self._cond:
                 self._active = [s for s in self._active if not s.done]
+                idle = not self._active
                 self._report()
+            if idle:
+                self._idle()
+
+    def _token(self, seq: Queued, token: int) -> bool:
+        """One new token of ``seq``: its text to the client, or its end; True when it ended."""
+        seq.tokens += 1
+        if token in self.eos and not seq.request.ignore_eos:  # the EOS is counted, never shown
+            self._finish(seq, STOP, seq.text.flush())
+            return True
+        text, stopped = seq.text.add(token)
+        if stopped:
+            self._finish(seq, STOP, text)
+        elif seq.tokens >= seq.request.max_tokens:
+            self._finish(seq, LENGTH, text + seq.text.flush())
+        else:
+            seq.on_event(Event(text, seq.tokens, first=seq.tokens == 1))
+            return False
+        return True
+
+    def _failed(self, seq: Queued, err: Exception, what: str = "failed on") -> None:
+        message = " ".join(str(err).split())[:2000]
+        self._finish(seq, ERROR, error=f"the runtime {what} this request: {type(err).__name__}: {message}")
+
+    def _finish(self, seq: Queued, reason: str, text: str = "", error: str | None = None) -> None:
+        if seq.done:
+            return
+        self._release(seq, reason)
+        seq.done = True
+        if self.observer is not None:
+            self.observer.finished(reason, len(seq.request.prompt), seq.tokens)
+        seq.on_event(Event(text, seq.tokens, reason, error, first=seq.tokens == 1))
+
+    def _dequeue(self, seq: Queued) -> None:
+        with self._cond:
+            if seq not in self._waiting:
+                self._cond.notify()  # a worker waiting for work still takes a turn to end it
+                return
+            self._waiting.remove(seq)
+            self._report()
+        self._finish(seq, CANCELLED)
+
+    def _report(self) -> None:
+        if self.observer is not None:
+            self.observer.queued(len(self._waiting))
+            self.observer.active(len(self._active))
+
+    # What each engine gives
+
+    def _new(self, request: GenerationRequest, on_event: Listener) -> Queued:
+        raise NotImplementedError
+
+    def _run(self, admitted: list[Any], turn: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _release(self, seq: Any, reason: str) -> None:
+        """What the runtime holds for ``seq``, given back as it ends."""
+
+    def _idle(self) -> None:
+        """After a turn that left no request active."""
+
+    def _closed(self) -> None:
+        """After the worker has drained and stopped."""
+
+
+@dataclass(eq=False)
+class Sequence_(Queued):
+    """One request in kiln's scheduler: its own decode session, and the token fed next."""
+
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    session: DecodeSession | None = None
+    last: int | None = None  # the last token picked, fed at the next turn
+
+
+class StepScheduler(QueuedEngine):
+    """kiln's engine: a fair round-robin of one-step turns over per-request decode sessions, on one
+    worker thread (see the module)."""
+
+    def __init__(
+        self,
+        new_session: Callable[[], DecodeSession],
+        tokenizer: Tokenizer,
+        max_active: int,
+        max_queue: int,
+        observer: Observer | None = None,
+        name: str = "kiln-generate",
+    ) -> None:
+        self.new_session = new_session
+        self._idle_sessions: list[DecodeSession] = []  # kept for the next requests (reset on reuse)
+        super().__init__(tokenizer, max_active, max_queue, observer, name)
+
+    def _new(self, request: GenerationRequest, on_event: Listener) -> Sequence_:
+        text = TextTracker(self.tokenizer, request.stop)
+        return Sequence_(request, on_event, text, self, rng=_rng(request.sampling.seed))
+
+    def _run(self, admitted: list[Sequence_], turn: list[Sequence_]) -> None:
+        for seq in turn:  # one step each, in turn
+            self._step(seq)
 
     def _step(self, seq: Sequence_) -> None:
         if seq.cancelled:
@@ -268,7 +347,7 @@ class StepScheduler:
             return
         try:
             if seq.session is None:  # its first turn: the prompt's prefill
-                seq.session = self._idle.pop() if self._idle else self.new_session()
+                seq.session = self._idle_sessions.pop() if self._idle_sessions else self.new_session()
                 seq.session.reset()
                 logits = seq.session.feed(list(seq.request.prompt))[-1]
             else:
@@ -277,39 +356,24 @@ class StepScheduler:
             token = pick(logits, seq.request.sampling, seq.rng)
         except Exception as err:  # the runtime's failure ends this request only
             log.exception("kiln serve: a generation failed")
-            message = " ".join(str(err).split())[:2000]
-            self._finish(seq, ERROR, error=f"the runtime failed on this request: {type(err).__name__}: {message}")
+            self._failed(seq, err)
             return
-        seq.tokens += 1
         seq.last = token
-        if token in self.eos and not seq.request.ignore_eos:  # the EOS is counted, never shown
-            self._finish(seq, STOP, seq.text.flush())
-            return
-        text, stopped = seq.text.add(token)
-        if stopped:
-            self._finish(seq, STOP, text)
-        elif seq.tokens >= seq.request.max_tokens:
-            self._finish(seq, LENGTH, text + seq.text.flush())
-        else:
-            seq.on_event(Event(text, seq.tokens, first=seq.tokens == 1))
+        self._token(seq, token)
 
-    def _finish(self, seq: Sequence_, reason: str, text: str = "", error: str | None = None) -> None:
+    def _release(self, seq: Sequence_, reason: str) -> None:
         if seq.session is not None:
             if reason == ERROR:  # a session the runtime failed in is not reused
                 seq.session.close()
             else:
                 seq.session.reset()  # its cache released until the next request takes it
-                self._idle.append(seq.session)
+                self._idle_sessions.append(seq.session)
             seq.session = None
-        seq.done = True
-        if self.observer is not None:
-            self.observer.finished(reason, len(seq.request.prompt), seq.tokens)
-        seq.on_event(Event(text, seq.tokens, reason, error, first=seq.tokens == 1))
 
-    def _report(self) -> None:
-        if self.observer is not None:
-            self.observer.queued(len(self._waiting))
-            self.observer.active(len(self._active))
+    def _closed(self) -> None:
+        for session in self._idle_sessions:
+            session.close()
+        self._idle_sessions.clear()
 
 
 def _rng(seed: int | None) -> np.random.Generator:

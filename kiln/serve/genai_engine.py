@@ -22,13 +22,10 @@ artifact's whole context (``num_kv_blocks``), and the pipeline runs at most ``ma
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 import math
 import random
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,15 +35,12 @@ import numpy as np
 from kiln.decoding import Sampling, Tokenizer
 from kiln.serve.engine import (
     CANCELLED,
-    ERROR,
     LENGTH,
-    STOP,
-    Closed,
-    Event,
     GenerationRequest,
     Listener,
     Observer,
-    QueueFull,
+    Queued,
+    QueuedEngine,
     TextTracker,
 )
 
@@ -86,26 +80,14 @@ def generation_config(og: Any, request: GenerationRequest) -> Any:
     return config
 
 
-@dataclass(eq=False)  # each request is itself: compared by identity
-class GenaiSequence:
+@dataclass(eq=False)
+class GenaiSequence(Queued):
     """One request in the engine; ``handle`` is the pipeline's once it is added."""
 
-    request: GenerationRequest
-    on_event: Listener
-    text: TextTracker
-    engine: GenaiEngine
     handle: Any = None
-    tokens: int = 0
-    cancelled: bool = False
-    done: bool = False
-
-    def cancel(self) -> None:
-        """Queued: it leaves now; in the pipeline: the worker cancels its handle before the next step."""
-        self.cancelled = True
-        self.engine._dequeue(self)
 
 
-class GenaiEngine:
+class GenaiEngine(QueuedEngine):
     """Requests on one ``ContinuousBatchingPipeline``, stepped by one worker thread (see the module)."""
 
     name = NAME
@@ -131,112 +113,42 @@ class GenaiEngine:
         self.pipe = og.ContinuousBatchingPipeline(
             str(folder), scheduler_config(og, context, max_active), "CPU", properties
         )
-        self.tokenizer = tokenizer
-        self.max_active, self.max_queue = max_active, max_queue
-        self.observer = observer
-        self.eos = frozenset(tokenizer.eos_ids)
         self._ids = itertools.count()
-        self._waiting: collections.deque[GenaiSequence] = collections.deque()
-        self._active: list[GenaiSequence] = []
-        self._cond = threading.Condition()
-        self._closing = False
-        self._deadline: float | None = None
-        self._thread = threading.Thread(target=self._loop, name=thread_name, daemon=True)
-        self._thread.start()
+        super().__init__(tokenizer, max_active, max_queue, observer, thread_name)
 
-    # Engine
-
-    def submit(self, request: GenerationRequest, on_event: Listener) -> GenaiSequence:
-        seq = GenaiSequence(request, on_event, TextTracker(self.tokenizer, request.stop), self)
-        with self._cond:
-            if self._closing:
-                raise Closed("the server is shutting down and takes no new requests; retry on another replica")
-            room = max(self.max_active - len(self._active), 0)
-            if len(self._waiting) >= self.max_queue + room:
-                raise QueueFull(
-                    f"{len(self._active)} sequences are decoding and {len(self._waiting)} requests wait, the most "
-                    "this server takes; retry later, or start kiln serve with a larger --max-active or --max-queue"
-                )
-            self._waiting.append(seq)
-            self._report()
-            self._cond.notify()
-        return seq
-
-    def state(self) -> dict[str, int]:
-        """Sequences in the pipeline, waiting, and in it but cancelled (dropped at the next step)."""
-        with self._cond:
-            cancelled = sum(s.cancelled and not s.done for s in self._active)
-            return {"active": len(self._active), "queued": len(self._waiting), "cancelled": cancelled}
-
-    def _dequeue(self, seq: GenaiSequence) -> None:
-        with self._cond:
-            if seq not in self._waiting:
-                self._cond.notify()  # an idle-looking worker still steps to drop it
-                return
-            self._waiting.remove(seq)
-            self._report()
-        self._finish(seq, CANCELLED)
-
-    def close(self, timeout: float | None = None) -> None:
-        with self._cond:
-            self._closing = True
-            if timeout is not None and self._deadline is None:
-                self._deadline = time.monotonic() + timeout
-            self._cond.notify()
-        self._thread.join()
+    def _new(self, request: GenerationRequest, on_event: Listener) -> GenaiSequence:
+        return GenaiSequence(request, on_event, TextTracker(self.tokenizer, request.stop), self)
 
     # The worker
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._active and not self._waiting and not self._closing:
-                    self._cond.wait()
-                if not self._active and not self._waiting:
-                    return  # closing, and drained
-                if self._deadline is not None and time.monotonic() > self._deadline:
-                    for seq in (*self._active, *self._waiting):
-                        seq.cancelled = True
-                admitted = []
-                while self._waiting and len(self._active) < self.max_active:
-                    seq = self._waiting.popleft()
-                    self._active.append(seq)
-                    admitted.append(seq)
-                turn = list(self._active)
-                self._report()
-            for seq in admitted:
-                self._add(seq)
+    def _run(self, admitted: list[GenaiSequence], turn: list[GenaiSequence]) -> None:
+        for seq in admitted:
+            self._add(seq)
+        for seq in turn:
+            if seq.cancelled and not seq.done:
+                self._finish(seq, CANCELLED)
+        if all(s.done for s in turn):
+            return
+        try:
+            self.pipe.step()
+        except Exception as err:  # the runtime failed: every request in this step ends with it
+            log.exception("kiln serve: a continuous-batching step failed")
             for seq in turn:
-                if seq.cancelled and not seq.done:
-                    self._finish(seq, CANCELLED)
-            if any(not s.done for s in turn):
-                try:
-                    self.pipe.step()
-                except Exception as err:  # the runtime failed: every request in this step ends with it
-                    log.exception("kiln serve: a continuous-batching step failed")
-                    message = " ".join(str(err).split())[:2000]
-                    for seq in turn:
-                        if not seq.done:
-                            self._finish(
-                                seq, ERROR, error=f"the runtime failed on this request: {type(err).__name__}: {message}"
-                            )
-                for seq in turn:
-                    if not seq.done:
-                        self._read(seq)
-            with self._cond:
-                self._active = [s for s in self._active if not s.done]
-                idle = not self._active
-                self._report()
-            if idle and self.pipe.has_non_finished_requests():
-                self.pipe.step()  # drops the requests cancelled above, freeing their blocks
+                self._failed(seq, err)
+        for seq in turn:
+            if not seq.done:
+                self._read(seq)
+
+    def _idle(self) -> None:
+        if self.pipe.has_non_finished_requests():
+            self.pipe.step()  # drops the requests cancelled above, freeing their blocks
 
     def _add(self, seq: GenaiSequence) -> None:
         ids = self.ov.Tensor(np.asarray([seq.request.prompt], dtype=np.int64))
         try:
             seq.handle = self.pipe.add_request(next(self._ids), ids, generation_config(self.og, seq.request))
         except Exception as err:
-            message = " ".join(str(err).split())[:2000]
-            self._finish(seq, ERROR, error=f"the runtime refused this request: {type(err).__name__}: {message}")
+            self._failed(seq, err, "refused")
 
     def _read(self, seq: GenaiSequence) -> None:
         handle = seq.handle
@@ -245,18 +157,8 @@ class GenaiEngine:
             for out in handle.read().values():
                 new.extend(int(t) for t in out.generated_ids)
         for token in new:
-            seq.tokens += 1
-            if token in self.eos and not seq.request.ignore_eos:  # the EOS is counted, never shown
-                self._finish(seq, STOP, seq.text.flush())
+            if self._token(seq, token):
                 return
-            text, stopped = seq.text.add(token)
-            if stopped:
-                self._finish(seq, STOP, text)
-                return
-            if seq.tokens >= seq.request.max_tokens:
-                self._finish(seq, LENGTH, text + seq.text.flush())
-                return
-            seq.on_event(Event(text, seq.tokens, first=seq.tokens == 1))
         if self._ended(handle):  # the pipeline ended it without a token that ends it here
             self._finish(seq, LENGTH, seq.text.flush())
 
@@ -264,20 +166,9 @@ class GenaiEngine:
         status = handle.get_status()
         return status != self.og.GenerationStatus.RUNNING and not handle.can_read()
 
-    def _finish(self, seq: GenaiSequence, reason: str, text: str = "", error: str | None = None) -> None:
-        if seq.done:
-            return
+    def _release(self, seq: GenaiSequence, reason: str) -> None:
         if seq.handle is not None and seq.handle.get_status() == self.og.GenerationStatus.RUNNING:
             seq.handle.cancel()  # its blocks are freed at the pipeline's next step
-        seq.done = True
-        if self.observer is not None:
-            self.observer.finished(reason, len(seq.request.prompt), seq.tokens)
-        seq.on_event(Event(text, seq.tokens, reason, error, first=seq.tokens == 1))
-
-    def _report(self) -> None:
-        if self.observer is not None:
-            self.observer.queued(len(self._waiting))
-            self.observer.active(len(self._active))
 
 
 def is_genai_folder(folder: Path) -> bool:
