@@ -19,6 +19,8 @@ from kiln.config import BenchSettings
 RESULTS_SCHEMA = "kiln.results/2"
 Mode = Literal["latency", "throughput"]
 
+BASELINE = "eager"  # the target every cell is compared with (kiln.targets.BASELINE)
+
 
 class _Block(BaseModel):
     """A block kiln writes whole: in the schema every field it writes is required."""

@@ -327,7 +327,17 @@ def torch_precision(name: str, dtypes: list[str]) -> str:
     return next((p for p in known if p in _COMPUTE), "-")
 
 
-def _torch(folder: Path, manifest: Manifest, inputs: dict[str, Any], threads: int) -> tuple[list[OpTime], str]:
+def _torch_program(folder: Path, manifest: Manifest, inputs: dict[str, Any], threads: int) -> tuple[list[OpTime], str]:
+    return _torch(folder, manifest, inputs, threads, aoti=False)
+
+
+def _torch_aoti(folder: Path, manifest: Manifest, inputs: dict[str, Any], threads: int) -> tuple[list[OpTime], str]:
+    return _torch(folder, manifest, inputs, threads, aoti=True)
+
+
+def _torch(
+    folder: Path, manifest: Manifest, inputs: dict[str, Any], threads: int, *, aoti: bool
+) -> tuple[list[OpTime], str]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -335,7 +345,6 @@ def _torch(folder: Path, manifest: Manifest, inputs: dict[str, Any], threads: in
 
     set_threads(threads)
     path = str(folder / manifest.main_file)
-    aoti = manifest.target == "aoti"
     fn = torch._inductor.aoti_load_package(path) if aoti else torch.export.load(path).module()
     args = to_tensors(manifest.signature, inputs, "cpu")
     with torch.inference_mode():
@@ -353,7 +362,7 @@ def _torch(folder: Path, manifest: Manifest, inputs: dict[str, Any], threads: in
         events.append(((event.name, tuple(dtypes), str(event.input_shapes)), op))
     what = (
         "AOTInductor package: the aten ops it calls; its generated C++ kernels are not seen"
-        if manifest.target == "aoti"
+        if aoti
         else "eager program"
     )
     return per_run(events, RUNS), f"torch.profiler (self CPU time per op, {what})"
@@ -402,24 +411,26 @@ def _executorch(folder: Path, manifest: Manifest, inputs: dict[str, Any], thread
     return per_run(events, RUNS), "ExecuTorch ETDump (the Inspector's events; XNNPACK names its ops)"
 
 
+# Keyed by the registry row's `profiler` (kiln.targets.TargetSpec): a target names the profiler
+# its artifacts are read with, so a new target needs no change here unless it brings a new one.
 _PROFILERS: dict[str, Callable[[Path, Manifest, dict[str, Any], int], tuple[list[OpTime], str]]] = {
-    "openvino": _openvino,
-    "onnxruntime": _onnxruntime,
-    "eager": _torch,
-    "aoti": _torch,
-    "executorch": _executorch,
+    "perf-counts": _openvino,
+    "ort-trace": _onnxruntime,
+    "torch-program": _torch_program,
+    "torch-aoti": _torch_aoti,
+    "etdump": _executorch,
 }
-
-_NOT_AVAILABLE: dict[str, str] = {}
 
 
 def profile_artifact(folder: Path, manifest: Manifest, batch: int, threads: int) -> OpProfile:
     """The artifact's op profile at ``batch``, or an :class:`OpProfile` saying why there is none."""
     from kiln.bench.worker import prepare_inputs
+    from kiln.targets import REGISTRY
 
-    profiler = _PROFILERS.get(manifest.target)
+    spec = REGISTRY.get(manifest.target)
+    profiler = _PROFILERS.get(spec.profiler or "") if spec is not None else None
     if profiler is None:
-        why = _NOT_AVAILABLE.get(manifest.target, f"kiln has no profiler for {manifest.target} yet")
+        why = f"kiln has no profiler for {manifest.target} yet"
         return OpProfile(source="none", runs=0, total_ms=0.0, unavailable=why)
     if manifest.signature.generative:
         return OpProfile(source="none", runs=0, total_ms=0.0, unavailable="causal LMs are not profiled yet")

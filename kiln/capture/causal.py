@@ -40,15 +40,7 @@ ATTENTION = "kiln_sdpa"  # the name kiln's attention function is registered unde
 
 
 def kiln_attention(
-    module: Any,
-    query: Any,
-    key: Any,
-    value: Any,
-    attention_mask: Any,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    is_causal: bool | None = None,
-    **kwargs: Any,
+    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
 ) -> tuple[Any, None]:
     """transformers' sdpa attention, pinned for export: always the mask given (kiln's padded causal
     mask), and grouped-query keys and values widened right at the attention as ``unsqueeze(2) ->
@@ -60,7 +52,7 @@ def kiln_attention(
     input shape not compatible with other inputs"), so the widening is kiln's."""
     import torch
 
-    del dropout, is_causal, kwargs
+    scaling = kwargs.get("scaling")  # dropout (0 in eval) and is_causal (the mask says it) are not read
     groups = int(getattr(module, "num_key_value_groups", 1))
     if groups > 1:
         batch, heads, length, width = key.shape

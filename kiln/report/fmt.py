@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from kiln.results import CellBase, MachineLoad, MeasuredCell, Results
+from kiln.results import BASELINE, CellBase, MachineLoad, MeasuredCell, Results
 
 
 def ms(v: float | None) -> str:
@@ -290,7 +290,7 @@ def winner_lines(results: Results) -> list[str]:
         cells = [
             c
             for c in results.batch(batch)
-            if isinstance(c, MeasuredCell) and c.target != "eager" and c.speedup_vs_eager and within_gate(results, c)
+            if isinstance(c, MeasuredCell) and c.target != BASELINE and c.speedup_vs_eager and within_gate(results, c)
         ]
         if not cells:
             continue

@@ -148,6 +148,18 @@ class TextTracker:
         return new
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """How an engine runs: sequences decoding at once, requests waiting beyond them, the runtime's
+    threads (None: its default), and which engine (``auto``: the runtime's own batching where the
+    artifact has it, else kiln's; :func:`kiln.serve.llm.engine_for`)."""
+
+    max_active: int = 8
+    max_queue: int = 256
+    threads: int | None = None
+    engine: str = "auto"
+
+
 @dataclass(eq=False)  # each request is itself: compared by identity
 class Queued:
     """One request in an engine: what every engine keeps of it."""

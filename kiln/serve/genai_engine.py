@@ -36,6 +36,7 @@ from kiln.decoding import Sampling, Tokenizer
 from kiln.serve.engine import (
     CANCELLED,
     LENGTH,
+    EngineSettings,
     GenerationRequest,
     Listener,
     Observer,
@@ -97,10 +98,8 @@ class GenaiEngine(QueuedEngine):
         folder: Path,
         tokenizer: Tokenizer,
         context: int,
-        max_active: int,
-        max_queue: int,
+        settings: EngineSettings,
         observer: Observer | None = None,
-        threads: int | None = None,
         thread_name: str = "kiln-genai",
     ) -> None:
         import openvino as ov
@@ -108,13 +107,13 @@ class GenaiEngine(QueuedEngine):
 
         self.og, self.ov = og, ov
         properties: dict[str, Any] = dict(F32)
-        if threads is not None:
-            properties["INFERENCE_NUM_THREADS"] = threads
+        if settings.threads is not None:
+            properties["INFERENCE_NUM_THREADS"] = settings.threads
         self.pipe = og.ContinuousBatchingPipeline(
-            str(folder), scheduler_config(og, context, max_active), "CPU", properties
+            str(folder), scheduler_config(og, context, settings.max_active), "CPU", properties
         )
         self._ids = itertools.count()
-        super().__init__(tokenizer, max_active, max_queue, observer, thread_name)
+        super().__init__(tokenizer, settings.max_active, settings.max_queue, observer, thread_name)
 
     def _new(self, request: GenerationRequest, on_event: Listener) -> GenaiSequence:
         return GenaiSequence(request, on_event, TextTracker(self.tokenizer, request.stop), self)

@@ -23,14 +23,14 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.decoding import Sampling, Tokenizer, context_misfit, generate, session_for
 from kiln.errors import ConfigError, MissingDependencyError, TargetBuildError
 from kiln.manifest import Manifest
-from kiln.serve.engine import Closed, Engine, Event, GenerationRequest, QueueFull, StepScheduler
+from kiln.serve.engine import Closed, Engine, EngineSettings, Event, GenerationRequest, QueueFull, StepScheduler
 from kiln.serve.metrics import EngineObserver, GenerationMetrics
 from kiln.serve.openai_api import (
     COMPLETION_DEFAULT_TOKENS,
@@ -113,7 +113,7 @@ def engine_for(folder: Path, manifest: Manifest, wanted: str = "auto") -> str:
         raise ConfigError(f"unknown engine {wanted!r}; expected one of {', '.join(ENGINES)}")
     if wanted == "kiln":
         return "kiln"
-    fits = manifest.target == "openvino" and is_genai_folder(folder)
+    fits = is_genai_folder(folder)  # only OpenVINO writes its IR under that name beside tokenizer IRs
     batch = manifest.signature.dims.get("batch")
     batched = batch is None or batch.max > 1  # a batch of 1 is baked into the IR's widening: paged attention fails
     installed = importlib.util.find_spec("openvino_genai") is not None
@@ -141,44 +141,44 @@ def open_engine(
     runner: Runner | None,
     manifest: Manifest,
     tokenizer: Tokenizer,
-    max_active: int,
-    max_queue: int,
+    settings: EngineSettings,
     observer: EngineObserver,
-    engine: str = "kiln",
     folder: Path | None = None,
-    threads: int | None = None,
 ) -> Engine:
     """The engine named by :func:`engine_for`: kiln's :class:`StepScheduler` over the artifact's
     runner, or :class:`~kiln.serve.genai_engine.GenaiEngine` over OpenVINO GenAI's
     ``ContinuousBatchingPipeline`` on the folder (no kiln runner). An ONNX Runtime folder with a
     ``genai_config.json`` could get one over ``onnxruntime_genai``'s batched generator here."""
     sig = manifest.signature
-    if engine == "openvino-genai":
+    if settings.engine == "openvino-genai":
         from kiln.serve.genai_engine import GenaiEngine
 
         assert folder is not None
-        return GenaiEngine(
-            folder, tokenizer, sig.context_length(), max_active, max_queue, observer, threads, f"kiln-{manifest.key}"
-        )
+        return GenaiEngine(folder, tokenizer, sig.context_length(), settings, observer, f"kiln-{manifest.key}")
     assert runner is not None
     return StepScheduler(
-        lambda: session_for(runner, sig), tokenizer, max_active, max_queue, observer, name=f"kiln-{manifest.key}"
+        lambda: session_for(runner, sig),
+        tokenizer,
+        settings.max_active,
+        settings.max_queue,
+        observer,
+        name=f"kiln-{manifest.key}",
     )
 
 
 def load_generative(
-    folder: Path, manifest: Manifest, name: str, threads: int | None, max_active: int, max_queue: int,
-    observer: EngineObserver, engine: str = "auto",
-) -> GenerativeModel:  # fmt: skip
+    folder: Path, manifest: Manifest, name: str, settings: EngineSettings, observer: EngineObserver
+) -> GenerativeModel:
     """Open a causal LM's artifact (exit 5 where its runtime cannot run here), warm it up with a
     two-token generation, and start its engine (:func:`engine_for`)."""
     from kiln.targets.opening import artifact_tokenizer, open_runner
 
     tokenizer = artifact_tokenizer(folder)
-    kind = engine_for(folder, manifest, engine)
+    kind = engine_for(folder, manifest, settings.engine)
+    settings = replace(settings, engine=kind)
     if kind != "kiln":
         try:
-            started = open_engine(None, manifest, tokenizer, max_active, max_queue, observer, kind, folder, threads)
+            started = open_engine(None, manifest, tokenizer, settings, observer, folder)
             warm_up(started, tokenizer)
         except Exception as err:
             raise TargetBuildError(
@@ -186,7 +186,7 @@ def load_generative(
                 f"({type(err).__name__}: {err}); rebuild the artifact with kiln build, or serve it with --engine kiln"
             ) from err
         return GenerativeModel(name, folder, manifest, None, tokenizer, started, int(time.time()), kind)
-    runner = open_runner(folder, RunOptions(threads=threads), manifest)
+    runner = open_runner(folder, RunOptions(threads=settings.threads), manifest)
     try:
         session = session_for(runner, manifest.signature)
         list(generate(session, tokenizer.encode("hello") or [0], 2))
@@ -197,7 +197,7 @@ def load_generative(
             f"{manifest.target}:{manifest.precision} failed a warm-up generation ({type(err).__name__}: {err}); "
             "rebuild the artifact with kiln build"
         ) from err
-    started = open_engine(runner, manifest, tokenizer, max_active, max_queue, observer)
+    started = open_engine(runner, manifest, tokenizer, settings, observer)
     return GenerativeModel(name, folder, manifest, runner, tokenizer, started, int(time.time()), kind)
 
 
@@ -390,7 +390,7 @@ def create_openai_app(
         assert last is not None and last.finish is not None
         if last.error is not None:
             return error(500, last.error)
-        return JSONResponse(response(rid, created, asked, "".join(texts), last.finish, len(ids), last.tokens))
+        return JSONResponse(response(rid, created, asked, "".join(texts), last.finish, (len(ids), last.tokens)))
 
     async def _timed(events: AsyncIterator[Event], received: float, name: str) -> AsyncIterator[Event]:
         """The events, with time to the first token and between tokens observed."""

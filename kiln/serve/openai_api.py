@@ -200,10 +200,9 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def response(
-    rid: str, created: int, asked: Asked, text: str, finish: str, prompt_tokens: int, tokens: int
-) -> dict[str, Any]:
-    """The whole answer of a request that does not stream."""
+def response(rid: str, created: int, asked: Asked, text: str, finish: str, counts: tuple[int, int]) -> dict[str, Any]:
+    """The whole answer of a request that does not stream; ``counts``: its prompt's tokens and the
+    tokens it generated."""
     if asked.chat:
         choice: dict[str, Any] = {
             "index": 0,
@@ -219,7 +218,7 @@ def response(
         "created": created,
         "model": asked.model,
         "choices": [choice],
-        "usage": usage(prompt_tokens, tokens),
+        "usage": usage(*counts),
     }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from kiln.errors import ConfigError, MissingDependencyError
 from kiln.manifest import Manifest
 from kiln.serve.batcher import Batcher, BatchPolicy
+from kiln.serve.engine import EngineSettings
 from kiln.serve.model import ServedModel, artifact_folder, load_model
 from kiln.serve.protocol import MB, Limits
 from kiln.ship.archive import DEFAULT_LIMITS as ARCHIVE_DEFAULTS
@@ -234,16 +235,8 @@ def serve_generative(
         with sock:
             for name, folder, manifest in artifacts:
                 observer = metrics.observer(name)
-                models[name] = load_generative(
-                    folder,
-                    manifest,
-                    name,
-                    settings.threads,
-                    settings.max_active,
-                    settings.max_queue,
-                    observer,
-                    settings.engine,
-                )
+                engine = EngineSettings(settings.max_active, settings.max_queue, settings.threads, settings.engine)
+                models[name] = load_generative(folder, manifest, name, engine, observer)
             health = Health()
             limit = limits(settings)
             app = create_openai_app(models, metrics, limit, health, GRACEFUL_SECONDS)

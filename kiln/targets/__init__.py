@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 
-from kiln import hardware
+from kiln import hardware, results
 from kiln.config import KilnConfig, TargetConfig, Tolerance
 from kiln.errors import ConfigError, MissingDependencyError, UnavailableError, UnknownTargetError
 from kiln.targets.rows import (
@@ -118,6 +118,9 @@ class TargetSpec:
     known_issues: tuple[tuple[str, str], ...] = ()
     # The same for a causal LM's step graph (tests/targets/test_conformance_lm.py).
     lm_known_issues: tuple[tuple[str, str], ...] = ()
+    # The profiler `kiln bench --profile` reads this target's artifacts with (kiln.bench.profile):
+    # perf-counts, ort-trace, torch-program, torch-aoti or etdump; None: not profiled.
+    profiler: str | None = None
 
     @property
     def precision_names(self) -> tuple[str, ...]:
@@ -155,6 +158,7 @@ REGISTRY: dict[str, TargetSpec] = {
                 "a saved torch.export program carries its serialization version and later torch releases read it",
             ),
             serving="a PyTorch program that only kiln's eager runner executes",
+            profiler="torch-program",
         ),
         TargetSpec(
             "aoti",
@@ -175,6 +179,7 @@ REGISTRY: dict[str, TargetSpec] = {
                 "built it; another release can fail to load it or crash in it",
             ),
             serving="an AOTInductor .pt2 package that no Triton or OVMS backend loads",
+            profiler="torch-aoti",
         ),
         TargetSpec(
             "onnxruntime",
@@ -193,6 +198,7 @@ REGISTRY: dict[str, TargetSpec] = {
                 "newer-same-major", "ONNX Runtime runs every opset it shipped with, and later releases only add opsets"
             ),
             serving=Serving("onnxruntime", "ONNX", "model.onnx", "onnx", ovms=True),
+            profiler="ort-trace",
         ),
         TargetSpec(
             "openvino",
@@ -235,6 +241,7 @@ REGISTRY: dict[str, TargetSpec] = {
             # OpenVINO and NNCF send usage data through this optional package and fall back to a
             # silent stub when it cannot be imported: a build tool does not phone home.
             blocked_imports=("openvino_telemetry",),
+            profiler="perf-counts",
         ),
         TargetSpec(
             "coreml",
@@ -309,12 +316,13 @@ REGISTRY: dict[str, TargetSpec] = {
                 package="executorch",
             ),
             serving="an ExecuTorch .pte program for on-device runtimes",
+            profiler="etdump",
         ),
     )
 }
 
 # The target every artifact is compared with: bench measures it first, tune ranks against it.
-BASELINE = "eager"
+BASELINE = results.BASELINE  # the target every artifact is gated and timed against
 
 
 def _has_cuda() -> bool:

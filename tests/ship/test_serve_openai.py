@@ -194,7 +194,7 @@ def live(
 
     from kiln.manifest import Manifest
     from kiln.serve.app import Health
-    from kiln.serve.engine import StepScheduler
+    from kiln.serve.engine import EngineSettings, StepScheduler
     from kiln.serve.llm import GenerativeModel, create_openai_app, open_engine
     from kiln.serve.metrics import GenerationMetrics
     from kiln.serve.server import ServeSettings, bind, limits
@@ -208,9 +208,8 @@ def live(
     for name, folder in folders.items():
         manifest, tokenizer = manifests[name], tokenizer_of(folder)
         if engine != "kiln":
-            started = open_engine(
-                None, manifest, tokenizer, max_active, max_queue, metrics.observer(name), engine, folder, 1
-            )
+            settings = EngineSettings(max_active, max_queue, 1, engine)
+            started = open_engine(None, manifest, tokenizer, settings, metrics.observer(name), folder)
             if gate is not None:
                 started.pipe = GatedPipe(started.pipe, gate)  # type: ignore[attr-defined]
             models[name] = GenerativeModel(name, folder, manifest, None, tokenizer, started, 0, engine)

@@ -157,7 +157,8 @@ def test_kiln_loads_what_transformers_dequantizes(tmp_path: Path, cache: Path, q
     assert (loaded.tokenizer / "chat_template.jinja").read_text() == CHAT
     ids = tokenizer(PROMPT).input_ids
     assert ids[0] != 1, "no BOS: the file says add_bos_token false"
-    args = [torch.tensor([ids]), torch.arange(len(ids))[None]]
+    mask = [torch.ones(1, len(ids), dtype=torch.int64)] if loaded.signature.cache.attention_mask else []
+    args = [torch.tensor([ids]), *mask, torch.arange(len(ids))[None]]
     args += [torch.zeros(1, KV_HEADS, 0, HIDDEN // HEADS)] * (2 * LAYERS)
     with torch.no_grad():
         ours = loaded.module(*args)["logits"]

@@ -40,21 +40,18 @@ of the compute stays on portable kernels it says so (``portable_fallback``, a no
 from __future__ import annotations
 
 import platform
-import warnings
 from typing import Any
 
-from kiln.errors import KilnWarning, TargetBuildError, UnavailableError
+from kiln.errors import TargetBuildError, UnavailableError
 from kiln.manifest import Execution
 from kiln.spec import Signature
 from kiln.targets.base import Artifact, CompileContext, Runner, RunOptions, Target, TargetOptions
+from kiln.targets.executorch.checks import PortableFallbackWarning as PortableFallbackWarning
+from kiln.targets.executorch.checks import _check_kernels, _flag_portable, _version
 from kiln.targets.executorch.options import BACKENDS, ExecuTorchOptions
 
 MAIN = "model.pte"
 DYNAMIC = ("int8-dynamic", "int4-dynamic")
-
-
-class PortableFallbackWarning(KilnWarning):
-    """Most of a .pte's compute stays on ExecuTorch's portable kernels: slow on the device."""
 
 
 class ExecuTorchTarget(Target):
@@ -168,12 +165,6 @@ def _precision(precision: str, options: ExecuTorchOptions) -> str:
     return (options.compute_precision or "fp32") if options.delegate == "coreml" else precision
 
 
-def _version() -> str:
-    from executorch import version
-
-    return str(version.__version__)
-
-
 def planned_bounds(plan: Any, sig: Signature) -> dict[str, int]:
     """Each named dim's size in the emitted program's input tensors (their planned upper bound);
     a bound below the dim's max is a build failure, never a .pte that fails on a device."""
@@ -191,50 +182,6 @@ def planned_bounds(plan: Any, sig: Signature) -> dict[str, int]:
             "would fail at set_inputs; report this, or lower [model].dims max to what the model traces at"
         )
     return bounds
-
-
-def _check_kernels(plan: Any, options: ExecuTorchOptions, info: Execution) -> None:
-    """Every op left outside the delegate has a kernel in this ExecuTorch runtime, or the .pte
-    would fail to load; for device-only delegates the device's own runtime decides, so a note."""
-    from kiln.targets.executorch.runner import runtime
-
-    rt, _ = runtime()
-    have = rt.operator_registry.operator_names
-    needed = {f"{op.name}.{op.overload}" if op.overload else op.name for op in plan.operators}
-    missing = sorted(op for op in needed if op not in have)
-    if not missing:
-        return
-    if options.delegate in ("xnnpack", "portable"):
-        raise TargetBuildError(
-            f"ExecuTorch left {', '.join(missing[:5])} outside the {options.delegate} delegate and this runtime has "
-            "no kernel for it; try another precision or delegate, or another target"
-        )
-    info.notes.append(f"ops with no kernel in the pip runtime (the device runtime needs them): {', '.join(missing)}")
-
-
-def _flag_portable(delegation: Any, info: Execution) -> None:
-    """A note (and a warning) naming what stays on portable kernels."""
-    ops = delegation.portable_ops()
-    if not ops:
-        return
-    counts = ", ".join(f"{op} x{delegation.portable[op]}" for op in ops[:8])
-    share = (
-        f"{delegation.flop_share:.1%} of estimated FLOPs and {delegation.op_share:.0%} of ops delegated, "
-        f"in {delegation.subgraphs} subgraph(s)"
-    )
-    if delegation.delegate == "portable":
-        info.notes.append(f"no delegate: every op on portable kernels ({counts})")
-        return
-    if delegation.mostly_portable:
-        info.portable_fallback = ops
-        message = (
-            f"executorch: most of the compute stays on portable kernels ({share}): {counts}; the .pte will be "
-            f"slow on the device: try another delegate or target, or rewrite those ops"
-        )
-        info.notes.append(message)
-        warnings.warn(message, PortableFallbackWarning, stacklevel=2)
-    else:
-        info.notes.append(f"{share}; on portable kernels: {counts}")
 
 
 def _registered(backend: str) -> bool:

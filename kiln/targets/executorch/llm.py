@@ -65,12 +65,13 @@ class _Position:
     positions: Any = None
 
 
-def _attend_custom(module: Any, query: Any, key: Any, value: Any, *_: Any, scaling: Any = None, **__: Any) -> Any:
+def _attend_custom(module: Any, query: Any, key: Any, value: Any, *_: Any, **kwargs: Any) -> Any:
     """transformers attention (``[batch, heads, seq, dim]`` in) over the layer's static cache:
     ``update_cache`` writes the new keys and values at the start position, ``custom_sdpa``
     attends causally up to it. Returns ``[batch, seq, heads, dim]`` as transformers expects."""
     import torch
 
+    scaling = kwargs.get("scaling")
     start = module.kiln_position.start
     key, value = key.transpose(1, 2), value.transpose(1, 2)
     torch.ops.llama.update_cache(key, module.k_cache, start)
@@ -81,11 +82,12 @@ def _attend_custom(module: Any, query: Any, key: Any, value: Any, *_: Any, scali
     return out, None
 
 
-def _attend_plain(module: Any, query: Any, key: Any, value: Any, *_: Any, scaling: Any = None, **__: Any) -> Any:
+def _attend_plain(module: Any, query: Any, key: Any, value: Any, *_: Any, **kwargs: Any) -> Any:
     """The same cache without the custom ops: ``index_copy_`` and SDPA under a position mask."""
     import torch
     import torch.nn.functional as F
 
+    scaling = kwargs.get("scaling")
     positions = module.kiln_position.positions
     module.k_cache.index_copy_(1, positions, key.transpose(1, 2))
     module.v_cache.index_copy_(1, positions, value.transpose(1, 2))
@@ -271,7 +273,7 @@ def compile_llm(ctx: CompileContext) -> Artifact:
     import torch
 
     from kiln.manifest import Execution
-    from kiln.targets.executorch import _check_kernels, _flag_portable, _version
+    from kiln.targets.executorch.checks import _check_kernels, _flag_portable, _version
     from kiln.targets.executorch.delegation import analyse
     from kiln.targets.executorch.lower import lower, quiet, to_executorch
 
