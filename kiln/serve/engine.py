@@ -23,6 +23,7 @@ for the text and the stop strings). ONNX Runtime GenAI's batched generator could
 
 from __future__ import annotations
 
+import abc
 import collections
 import logging
 import threading
@@ -178,7 +179,7 @@ class Queued:
         self.engine._dequeue(self)
 
 
-class QueuedEngine:
+class QueuedEngine(abc.ABC):
     """What both engines share: the bounded queue and its admission, the worker thread's turn,
     the token rule (EOS, stop strings, ``max_tokens``), the ending of a request, the metrics and
     the drain. A subclass sets its own state, then calls ``__init__`` (it starts the worker), and
@@ -303,11 +304,13 @@ class QueuedEngine:
 
     # What each engine gives
 
+    @abc.abstractmethod
     def _new(self, request: GenerationRequest, on_event: Listener) -> Queued:
-        raise NotImplementedError
+        """The engine's record of a new request."""
 
+    @abc.abstractmethod
     def _run(self, admitted: list[Any], turn: list[Any]) -> None:
-        raise NotImplementedError
+        """One turn: ``admitted`` just left the queue; ``turn`` is every active request."""
 
     def _release(self, seq: Any, reason: str) -> None:
         """What the runtime holds for ``seq``, given back as it ends."""
